@@ -1,0 +1,1 @@
+"""perfdeck collectors: everything that gathers and writes (SDK, integrations, samplers, store, daemon)."""

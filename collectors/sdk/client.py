@@ -1,0 +1,102 @@
+"""configure / flush / shutdown, and keeping the SDK sane across fork()."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+
+from collectors.sdk import api
+from collectors.sdk.flusher import Flusher
+from collectors.sdk.transport import from_url
+
+log = logging.getLogger("perfdeck.sdk")
+_lock = threading.Lock()
+_flusher: Flusher | None = None
+_settings: dict = {}
+
+
+def configure(service: str | None = None, transport: str | None = None, flush_interval: float = 1.0,
+              max_buffer: int = 100_000, clock=None) -> None:
+    """Start recording. Call once at start-up; calling again replaces the settings.
+
+    service:   name shown on the dashboard ($PERFDECK_SERVICE, else the program's name)
+    transport: "spool:DIR" (default "spool:data/spool") or "redis://host:port/db" ($PERFDECK_TRANSPORT)
+    flush_interval: seconds between batches; max_buffer: events held per kind before dropping.
+    clock:     a time.time replacement, for replaying history (the demo's backfill uses it).
+
+    >>> from collectors import sdk
+    >>> sdk.configure(service="api", transport="spool:data/spool")
+    """
+    global _flusher
+    try:
+        with _lock:
+            if _flusher is not None:
+                _flusher.stop(timeout=5.0)
+            service = service or os.environ.get("PERFDECK_SERVICE") or _default_service()
+            url = transport or os.environ.get("PERFDECK_TRANSPORT") or "spool:data/spool"
+            _settings.update(service=service, transport=url, flush_interval=flush_interval,
+                             max_buffer=max_buffer, clock=clock)
+            _start()
+    except Exception:
+        log.exception("perfdeck: configure failed; recording stays off")
+
+
+def _default_service() -> str:
+    import sys
+    return os.path.splitext(os.path.basename(sys.argv[0] or "python"))[0] or "python"
+
+
+def _start() -> None:
+    global _flusher
+    import time
+    api.clock = _settings["clock"] or time.time
+    api.max_buffer = _settings["max_buffer"]
+    _flusher = Flusher(from_url(_settings["transport"]), service=_settings["service"],
+                       interval=_settings["flush_interval"])
+    _flusher.start()
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Send everything recorded so far; True when it was handed to the transport in time."""
+    f = _flusher
+    return f.flush(timeout) if f is not None else False
+
+
+def shutdown(timeout: float = 5.0) -> bool:
+    """Flush and stop the background thread. Runs at interpreter exit too."""
+    global _flusher
+    with _lock:
+        f, _flusher = _flusher, None
+        api.max_buffer = 0
+    return f.stop(timeout) if f is not None else True
+
+
+def stats() -> dict:
+    """What the SDK knows about itself: buffered and dropped events, transport errors."""
+    f = _flusher
+    return {
+        "configured": f is not None,
+        "buffered": sum(len(getattr(api, n)) for n in ("requests", "cache_lookups", "llm_calls", "queries")),
+        "dropped": api.dropped + (f.dropped_batches_events if f else 0),
+        "send_errors": f.send_errors if f else 0,
+        "transport": repr(f.transport) if f else None,
+    }
+
+
+def _after_fork_in_child() -> None:
+    # The parent's events are the parent's to send; the child starts empty with its own thread.
+    global _flusher
+    for name in ("requests", "cache_lookups", "llm_calls", "queries", "deploys"):
+        del getattr(api, name)[:]
+    api.dropped = 0
+    if _flusher is not None:
+        try:
+            _start()
+        except Exception:
+            _flusher = None
+            api.max_buffer = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(shutdown)

@@ -1,0 +1,190 @@
+"""Named, recorded schema migrations. Each runs in the caller's transaction and is recorded in
+`_migrations`; `migrate()` applies the ones not yet recorded, in order. Applied by the daemon and
+the CLI, never by a dashboard page.
+
+Conventions: timestamps are UTC `TIMESTAMP`s; `minute` columns hold the start of a UTC minute;
+latency histograms hold log buckets (see collectors.store.histogram)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import duckdb
+
+
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE request_events (
+            ts TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            host VARCHAR,
+            endpoint VARCHAR NOT NULL,
+            method VARCHAR,
+            status SMALLINT,
+            duration_ms DOUBLE NOT NULL,
+            request_id VARCHAR,
+            tags JSON
+        );
+        -- Per-minute log-bucket histogram of request durations: percentiles over any range by summing.
+        CREATE TABLE latency_hist (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            bucket INTEGER NOT NULL,
+            count BIGINT NOT NULL
+        );
+        -- Per-minute request counters: rate, error rate and mean without touching raw events.
+        CREATE TABLE request_rollup (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            duration_sum_ms DOUBLE NOT NULL,
+            duration_max_ms DOUBLE NOT NULL
+        );
+        CREATE TABLE cache_stats (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            host VARCHAR,
+            cache VARCHAR NOT NULL,
+            namespace VARCHAR,
+            hits BIGINT NOT NULL,
+            misses BIGINT NOT NULL,
+            lookups_timed BIGINT NOT NULL,
+            lookup_ms_sum DOUBLE NOT NULL,
+            lookup_ms_max DOUBLE
+        );
+        CREATE TABLE llm_calls (
+            ts TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            host VARCHAR,
+            provider VARCHAR,
+            model VARCHAR NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            cached_input_tokens BIGINT NOT NULL,
+            request_id VARCHAR,
+            endpoint VARCHAR,
+            user_id VARCHAR,
+            cache_hit BOOLEAN NOT NULL,
+            latency_ms DOUBLE
+        );
+        CREATE TABLE query_stats (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            database VARCHAR,
+            fingerprint VARCHAR NOT NULL,
+            sample_sql VARCHAR,
+            calls BIGINT NOT NULL,
+            total_ms DOUBLE NOT NULL,
+            min_ms DOUBLE,
+            max_ms DOUBLE
+        );
+        CREATE TABLE query_hist (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            fingerprint VARCHAR NOT NULL,
+            bucket INTEGER NOT NULL,
+            count BIGINT NOT NULL
+        );
+        -- Long format so new samplers add metrics without migrations.
+        CREATE TABLE system_metrics (
+            ts TIMESTAMP NOT NULL,
+            host VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            labels VARCHAR,
+            value DOUBLE
+        );
+        CREATE TABLE redis_metrics (
+            ts TIMESTAMP NOT NULL,
+            instance VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            labels VARCHAR,
+            value DOUBLE
+        );
+        CREATE TABLE ingested_batches (
+            batch_id VARCHAR PRIMARY KEY,
+            source VARCHAR NOT NULL,
+            service VARCHAR,
+            host VARCHAR,
+            pid INTEGER,
+            events BIGINT NOT NULL,
+            ingested_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE deploys (
+            ts TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            version VARCHAR NOT NULL,
+            host VARCHAR
+        );
+        CREATE SEQUENCE alerts_id;
+        CREATE TABLE alerts (
+            id BIGINT PRIMARY KEY DEFAULT nextval('alerts_id'),
+            rule VARCHAR NOT NULL,
+            target VARCHAR NOT NULL,
+            severity VARCHAR NOT NULL,
+            state VARCHAR NOT NULL,
+            value DOUBLE,
+            message VARCHAR,
+            started_at TIMESTAMP NOT NULL,
+            resolved_at TIMESTAMP,
+            notified_at TIMESTAMP
+        );
+        CREATE SEQUENCE action_audit_id;
+        CREATE TABLE action_audit (
+            id BIGINT PRIMARY KEY DEFAULT nextval('action_audit_id'),
+            ts TIMESTAMP NOT NULL,
+            actor VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            params JSON,
+            preview VARCHAR,
+            outcome VARCHAR NOT NULL,
+            duration_ms DOUBLE,
+            error VARCHAR
+        );
+        -- Whole batches that could not be read (the file itself goes to the quarantine folder).
+        CREATE TABLE quarantine (
+            ts TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL
+        );
+        -- Rows dropped from otherwise good batches, counted by reason.
+        CREATE TABLE ingest_rejects (
+            ts TIMESTAMP NOT NULL,
+            batch_id VARCHAR,
+            kind VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            count BIGINT NOT NULL
+        );
+        -- What each instrumented process reports about itself (buffer drops, transport errors).
+        CREATE TABLE sdk_health (
+            ts TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            host VARCHAR,
+            pid INTEGER,
+            dropped BIGINT NOT NULL,
+            send_errors BIGINT NOT NULL
+        );
+    """)
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial]
+
+
+def applied(con: duckdb.DuckDBPyConnection) -> list[str]:
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY applied_at, name").fetchall()]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply pending migrations inside the caller's transaction; return the names applied."""
+    done = set(applied(con))
+    new = []
+    for migration in MIGRATIONS:
+        if migration.__name__ in done:
+            continue
+        migration(con)
+        con.execute("INSERT INTO _migrations VALUES (?, now()::TIMESTAMP)", [migration.__name__])
+        new.append(migration.__name__)
+    return new
