@@ -1,0 +1,173 @@
+"""The `perfdeck` command."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
+_UNITS = {"s": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_span(text: str) -> timedelta:
+    """'15m', '24h', '7d' -> timedelta."""
+    m = _SPAN.match(text.strip().lower())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a span like 15m, 24h or 7d")
+    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
+                         help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb).")
+format_option = click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
+                             show_default=True, help="Output format.")
+since_option = click.option("--since", default="24h", show_default=True, help="How far back: 15m, 24h, 7d, ...")
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """perfdeck: latency, caches, cost and database health of your Python services, self-hosted."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command(context_settings=CONTEXT)
+@db_option
+@click.option("--spool", "spool_dir", default="data/spool", show_default=True, help="Spool directory to ingest.")
+@click.option("--redis", "redis_url", default=lambda: os.environ.get("PERFDECK_REDIS"),
+              help="Also read the Redis stream transport at this URL ($PERFDECK_REDIS).")
+@click.option("--once", is_flag=True, help="Ingest everything pending, run rollups and retention, then exit.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between ingest ticks.")
+def collect(db, spool_dir, redis_url, once, interval) -> None:
+    """Run the collector daemon: the single writer of the store."""
+    from collectors.daemon import Collector
+
+    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval)
+    if once:
+        try:
+            report = collector.run_once()
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"ingested {report.batches} batches ({report.events} events), "
+                   f"quarantined {report.quarantined}")
+        return
+    collector.install_signal_handlers()
+    collector.run_forever()
+
+
+EXPORTABLE = {
+    "request_events": "ts", "latency_hist": "minute", "request_rollup": "minute", "cache_stats": "minute",
+    "llm_calls": "ts", "query_stats": "minute", "system_metrics": "ts", "redis_metrics": "ts",
+    "deploys": "ts", "alerts": "started_at", "action_audit": "ts", "quarantine": "ts",
+    "ingest_rejects": "ts", "ingested_batches": "ingested_at", "sdk_health": "ts",
+}
+
+
+class _ExportGroup(click.Group):
+    """`perfdeck export latency` is a computed report; any other name is a raw store table."""
+
+    def list_commands(self, ctx):
+        return super().list_commands(ctx) + sorted(EXPORTABLE)
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or (_table_command(name) if name in EXPORTABLE else None)
+
+
+@main.group(cls=_ExportGroup, context_settings=CONTEXT)
+def export() -> None:
+    """Print store data as CSV or JSON: `latency`, or any raw table by name."""
+
+
+def _emit(df, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(df.to_json(orient="records", date_format="iso", indent=1))
+    else:
+        click.echo(df.to_csv(index=False), nl=False)
+
+
+@export.command("latency", context_settings=CONTEXT)
+@db_option
+@since_option
+@click.option("--service", default=None, help="Only this service.")
+@format_option
+def export_latency(db, since, service, fmt) -> None:
+    """Per-endpoint request count and p50/p95/p99 (ms) over a range, from the rollups."""
+    from collectors.store import read
+    from dashboard.queries.latency import endpoint_percentiles
+
+    until = utcnow()
+    with read(db) as con:
+        df = endpoint_percentiles(con, since=until - parse_span(since), until=until, service=service)
+    _emit(df, fmt)
+
+
+
+
+def _table_command(table: str) -> click.Command:
+    @click.command(table, context_settings=CONTEXT)
+    @db_option
+    @since_option
+    @click.option("--limit", default=100_000, show_default=True, help="At most this many rows.")
+    @format_option
+    def export_table(db, since, limit, fmt) -> None:
+        from collectors.store import read
+
+        col = EXPORTABLE[table]  # table and column come from the allow-list, never from input
+        with read(db) as con:
+            df = con.execute(f'SELECT * FROM "{table}" WHERE "{col}" >= ? ORDER BY "{col}" DESC LIMIT ?',
+                             [utcnow() - parse_span(since), limit]).df()
+        _emit(df, fmt)
+
+    export_table.help = f"Raw rows of the {table} table, newest first."
+    return export_table
+
+
+def dashboard_command(db: str | None, port: int, extra: tuple = ()) -> list[str]:
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app)]
+    if port:
+        cmd += ["--server.port", str(port)]
+    return cmd + list(extra)
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
+@db_option
+@click.option("--port", type=int, default=None, help="Port (default $STREAMLIT_SERVER_PORT or 8501).")
+@click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)
+def dashboard(db, port, streamlit_args) -> None:
+    """Serve the dashboard (Streamlit). Extra arguments go to `streamlit run`."""
+    env = dict(os.environ)
+    if db:
+        env["PERFDECK_DB"] = str(Path(db).resolve())
+    sys.exit(subprocess.call(dashboard_command(db, port, streamlit_args), env=env))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--data-dir", default="data/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo keeps its store, spool and SQLite database (never mixed with real data).")
+@click.option("--port", type=int, default=None, help="Dashboard port (default $STREAMLIT_SERVER_PORT or 8501).")
+@click.option("--days", default=4.0, show_default=True, help="Days of history to backfill in fast-forward.")
+@click.option("--no-dashboard", is_flag=True, help="Run the workload and the collector only.")
+def demo(data_dir, port, days, no_dashboard) -> None:
+    """Backfill days of history from a real instrumented workload, keep it running live, collect it,
+    and serve the dashboard on it. Ctrl-C stops everything."""
+    from collectors.demo.runner import run
+
+    sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard))
+
+
+if __name__ == "__main__":
+    main()

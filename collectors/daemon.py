@@ -1,0 +1,183 @@
+"""The collector daemon: the one process that writes the store.
+
+Each tick it takes pending batches from its sources, writes them with their rollups in one short
+transaction, closes the file, and only then removes them from the source. On a slower schedule it
+compacts the rollups it touched and applies retention. Every job is isolated: a failure is logged
+and the loop goes on (in --once mode the first error is re-raised at the end)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from collectors.sources import Item, RedisSource, SpoolSource
+from collectors.store import connection, migrate
+from collectors.store.ingest import MalformedBatch, decode, write_batches
+from collectors.store.retention import purge
+from collectors.store.rollups import compact
+
+log = logging.getLogger("perfdeck.daemon")
+
+MAX_BATCHES_PER_TX = 500
+MAX_BYTES_PER_TX = 64 * 1024 * 1024
+
+
+@dataclass
+class Report:
+    batches: int = 0
+    events: int = 0
+    quarantined: int = 0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # the store keeps naive UTC
+
+
+class Collector:
+    """Ingest from the spool (and optionally a Redis stream) into the store at `db`."""
+
+    def __init__(self, db: str | Path | None = None, *, spool_dir: str | Path = "data/spool",
+                 quarantine_dir: str | Path | None = None, redis_url: str | None = None,
+                 interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0):
+        self.db = connection.db_path(db)
+        quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
+        self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
+        if redis_url:
+            self.sources.append(RedisSource(redis_url, quarantine_dir))
+        self.interval, self.compact_every, self.retention_every = interval, compact_every, retention_every
+        self._dirty_minutes: tuple[datetime, datetime] | None = None
+        self._last_compact = self._last_retention = 0.0
+        self.stop_event = threading.Event()
+        self._errors: list[str] = []
+        with connection.write(self.db) as con:
+            applied = migrate(con)
+        if applied:
+            log.info("store %s: applied migrations %s", self.db, ", ".join(applied))
+
+    # -- ingest ----------------------------------------------------------------------------------
+    def ingest_source(self, source) -> Report:
+        """One transaction's worth of batches from one source."""
+        report = Report()
+        items: list[Item] = source.fetch(MAX_BATCHES_PER_TX, MAX_BYTES_PER_TX)
+        if not items:
+            return report
+        good, bad = [], []
+        for item in items:
+            try:
+                good.append((item, decode(item.payload)))
+            except MalformedBatch as exc:
+                bad.append((item, str(exc)))
+        with connection.write(self.db) as con:
+            report.events = write_batches(con, [b for _, b in good], source.name)
+            if bad:
+                con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
+                                [(source.name, item.name, reason) for item, reason in bad])
+        # Committed: now, and only now, the source may forget them.
+        source.ack([item for item, _ in good])
+        for item, reason in bad:
+            log.warning("quarantined %s from %s: %s", item.name, source.name, reason)
+            source.quarantine(item, reason)
+        report.batches, report.quarantined = len(good), len(bad)
+        self._mark_dirty([b for _, b in good])
+        return report
+
+    def _mark_dirty(self, batches) -> None:
+        lows, highs = [], []
+        for b in batches:
+            for frame, col in ((b.requests, "ts"), (b.cache, "minute"), (b.queries, "minute")):
+                if frame is not None and len(frame):
+                    values = frame[col]
+                    if hasattr(values, "to_pandas"):
+                        values = values.to_pandas()
+                    lows.append(values.min())
+                    highs.append(values.max())
+        if lows:
+            lo, hi = min(lows).floor("min").to_pydatetime(), max(highs).to_pydatetime()
+            if self._dirty_minutes:
+                lo, hi = min(lo, self._dirty_minutes[0]), max(hi, self._dirty_minutes[1])
+            self._dirty_minutes = (lo, hi)
+
+    def ingest_pending(self) -> Report:
+        """Ingest until every source is empty."""
+        total = Report()
+        for source in self.sources:
+            while True:
+                r = self._isolated(f"ingest from {source.name}", self.ingest_source, source, default=None)
+                if r is None:
+                    break
+                total.batches += r.batches
+                total.events += r.events
+                total.quarantined += r.quarantined
+                if r.batches + r.quarantined == 0:
+                    break
+        return total
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def compact(self) -> int:
+        """Merge the rollup rows of the minutes ingested since the last compaction."""
+        if not self._dirty_minutes:
+            return 0
+        lo, hi = self._dirty_minutes
+        with connection.write(self.db) as con:
+            removed = compact(con, lo, hi + timedelta(minutes=1))
+        self._dirty_minutes = None
+        return removed
+
+    def retention(self) -> dict[str, int]:
+        with connection.write(self.db) as con:
+            return purge(con, _utcnow())
+
+    def _isolated(self, what: str, fn, *args, default=None):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            log.exception("%s failed", what)
+            self._errors.append(f"{what}: {exc}")
+            return default
+
+    # -- schedules -------------------------------------------------------------------------------
+    def run_once(self) -> Report:
+        """Ingest everything pending, compact, apply retention; raise the first error at the end."""
+        self._errors = []
+        report = self.ingest_pending()
+        self._isolated("compaction", self.compact)
+        self._isolated("retention", self.retention)
+        if self._errors:
+            raise RuntimeError("; ".join(self._errors))
+        return report
+
+    def run_forever(self) -> None:
+        """Tick until stop() (or SIGTERM/SIGINT when installed), then finish the current unit cleanly."""
+        self._errors = []
+        log.info("collecting into %s from %s", self.db, ", ".join(s.name for s in self.sources))
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            report = self.ingest_pending()
+            if report.batches:
+                log.debug("ingested %d batches, %d events", report.batches, report.events)
+            now = time.monotonic()
+            if now - self._last_compact >= self.compact_every:
+                self._isolated("compaction", self.compact)
+                self._last_compact = now
+            if now - self._last_retention >= self.retention_every:
+                self._isolated("retention", self.retention)
+                self._last_retention = now
+            self._errors.clear()
+            self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        # Last drain so that what the apps flushed at their own shutdown is not left behind.
+        self.ingest_pending()
+        self._isolated("compaction", self.compact)
+        for source in self.sources:
+            source.close()
+        log.info("collector stopped")
+
+    def stop(self, *_args) -> None:
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)

@@ -1,0 +1,328 @@
+"""Decode batches (format: collectors.sdk.batch) and write them, rollups included, in one
+transaction.
+
+A batch that cannot be read as a whole raises MalformedBatch with the reason; the caller quarantines
+it. Bad rows inside a readable batch (NaN or negative durations, oversized labels, a flood of
+distinct endpoints) are dropped or folded and counted in `ingest_rejects`; the rest lands."""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+
+from collectors.store.histogram import BUCKET_SQL
+
+MAX_LABEL = 512               # longest endpoint / method / model / cache name kept
+MAX_ENDPOINTS_PER_BATCH = 1000  # beyond this, the rarest endpoints fold into OTHER_ENDPOINT
+OTHER_ENDPOINT = "(other)"
+MAX_DURATION_MS = 86_400_000.0  # a day: anything longer is a clock or unit bug
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class MalformedBatch(ValueError):
+    """The batch cannot be read at all; the message is the counted reason."""
+
+
+@dataclass
+class Batch:
+    id: str
+    service: str
+    host: str | None
+    pid: int | None
+    requests: pa.Table | None = None
+    cache: pd.DataFrame | None = None
+    queries: pd.DataFrame | None = None
+    query_buckets: pd.DataFrame | None = None
+    llm: pd.DataFrame | None = None
+    deploys: pd.DataFrame | None = None
+    sdk: dict = field(default_factory=dict)
+    rejects: Counter = field(default_factory=Counter)  # (kind, reason) -> rows
+
+    @property
+    def events(self) -> int:
+        return sum(0 if x is None else len(x) for x in
+                   (self.requests, self.cache, self.queries, self.llm, self.deploys))
+
+
+def _unpack(text, dtype: str, n: int, name: str) -> np.ndarray:
+    try:
+        arr = np.frombuffer(base64.b64decode(text, validate=True), dtype=dtype)
+    except (TypeError, ValueError, binascii.Error) as exc:
+        raise MalformedBatch(f"requests.{name}: not a base64 {dtype} array ({exc})") from None
+    if len(arr) != n:
+        raise MalformedBatch(f"requests.{name}: {len(arr)} values for n={n}")
+    return arr
+
+
+def _labels(values, n: int, name: str, *, nullable: bool = False) -> list:
+    if not isinstance(values, list) or len(values) != n:
+        raise MalformedBatch(f"requests.{name}: expected a list of {n} values")
+    if not all(isinstance(v, str) or (nullable and v is None) for v in values):
+        raise MalformedBatch(f"requests.{name}: values must be strings")
+    return values
+
+
+def _epoch_to_ts(seconds: np.ndarray) -> np.ndarray:
+    return (seconds * 1e6).astype("int64").astype("datetime64[us]")
+
+
+def _decode_requests(doc: dict, batch: Batch) -> None:
+    req = doc.get("requests")
+    if req is None:
+        return
+    if not isinstance(req, dict) or not isinstance(req.get("n"), int) or req["n"] < 0:
+        raise MalformedBatch("requests: expected an object with an integer n")
+    n = req["n"]
+    ts = _unpack(req.get("ts"), "<f8", n, "ts")
+    duration = _unpack(req.get("duration_ms"), "<f8", n, "duration_ms")
+    status = _unpack(req.get("status"), "<u2", n, "status")
+    endpoint = _labels(req.get("endpoint"), n, "endpoint")
+    method = _labels(req.get("method"), n, "method")
+    request_id = _labels(req.get("request_id", [None] * n), n, "request_id", nullable=True)
+    tags = req.get("tags", [None] * n)
+    if not isinstance(tags, list) or len(tags) != n:
+        raise MalformedBatch(f"requests.tags: expected a list of {n} values")
+
+    keep = np.isfinite(duration) & (duration >= 0) & (duration <= MAX_DURATION_MS)
+    batch.rejects["requests", "bad_duration"] += int(n - keep.sum())
+    ts_ok = np.isfinite(ts) & (ts > 0) & (ts < 4e9)
+    batch.rejects["requests", "bad_timestamp"] += int((keep & ~ts_ok).sum())
+    keep &= ts_ok
+    endpoint_arr = pa.array(endpoint, pa.string())
+    long_label = pa.compute.greater(pa.compute.utf8_length(endpoint_arr), MAX_LABEL).to_numpy(zero_copy_only=False)
+    batch.rejects["requests", "label_too_long"] += int((keep & long_label).sum())
+    keep &= ~long_label
+
+    table = pa.table({
+        "ts": pa.array(_epoch_to_ts(ts)),
+        "endpoint": endpoint_arr,
+        "method": pa.array(method, pa.string()),
+        "status": pa.array(status.astype("int16")),
+        "duration_ms": pa.array(duration),
+        "request_id": pa.array(request_id, pa.string()),
+        "tags": pa.array([None if t is None else orjson.dumps(t).decode() for t in tags], pa.string())
+        if any(t is not None for t in tags) else pa.nulls(n, pa.string()),
+    })
+    if not keep.all():
+        table = table.filter(pa.array(keep))
+    batch.requests = _fold_endpoints(table, batch)
+
+
+def _fold_endpoints(table: pa.Table, batch: Batch) -> pa.Table:
+    """Absurd label cardinality (raw URLs with ids in them) would blow up the rollups: keep the most
+    frequent endpoints and fold the rest into one counted label."""
+    counts = pa.compute.value_counts(table["endpoint"])
+    if len(counts) <= MAX_ENDPOINTS_PER_BATCH:
+        return table
+    ranked = sorted(counts.to_pylist(), key=lambda c: -c["counts"])
+    kept = pa.array([c["values"] for c in ranked[:MAX_ENDPOINTS_PER_BATCH]])
+    is_kept = pa.compute.is_in(table["endpoint"], value_set=kept)
+    batch.rejects["requests", "endpoint_cardinality_folded"] += int(len(table) - pa.compute.sum(is_kept).as_py())
+    folded = pa.compute.if_else(is_kept, table["endpoint"], OTHER_ENDPOINT)
+    return table.set_column(table.schema.get_field_index("endpoint"), "endpoint", folded)
+
+
+def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch) -> list[dict]:
+    """Keep the rows of a low-volume kind whose required fields have the right types."""
+    rows = doc.get(kind)
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        raise MalformedBatch(f"{kind}: expected a list")
+    good = []
+    for row in rows:
+        if not isinstance(row, dict):
+            batch.rejects[kind, "not_an_object"] += 1
+            continue
+        bad = next((k for k, types in required.items()
+                    if not isinstance(row.get(k), types) or isinstance(row.get(k), bool) and bool not in types), None)
+        if bad is not None:
+            batch.rejects[kind, f"bad_{bad}"] += 1
+            continue
+        if any(isinstance(v, str) and len(v) > MAX_LABEL and k not in ("sample_sql", "fingerprint")
+               for k, v in row.items()):
+            batch.rejects[kind, "label_too_long"] += 1
+            continue
+        good.append(row)
+    return good
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+
+
+def _minute(df: pd.DataFrame, col: str = "minute") -> pd.Series:
+    return pd.to_datetime(df[col], unit="s").dt.floor("min")
+
+
+def decode(payload: bytes) -> Batch:
+    """Parse and validate one batch."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBatch(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedBatch("not a JSON object")
+    if doc.get("v") != 1:
+        raise MalformedBatch(f"unsupported batch version {doc.get('v')!r}")
+    if not isinstance(doc.get("id"), str) or not _BATCH_ID.match(doc["id"]):
+        raise MalformedBatch("missing or invalid batch id")
+    if not isinstance(doc.get("service"), str) or not 0 < len(doc["service"]) <= MAX_LABEL:
+        raise MalformedBatch("missing or invalid service name")
+    host, pid = doc.get("host"), doc.get("pid")
+    batch = Batch(id=doc["id"], service=doc["service"],
+                  host=host if isinstance(host, str) else None, pid=pid if isinstance(pid, int) else None,
+                  sdk=doc["sdk"] if isinstance(doc.get("sdk"), dict) else {})
+    _decode_requests(doc, batch)
+
+    cache = _rows(doc, "cache", {"minute": _NUM, "cache": (str,), "namespace": _OPT_STR, "hits": (int,),
+                                 "misses": (int,), "lookups_timed": (int,), "lookup_ms_sum": _NUM}, batch)
+    if cache:
+        df = pd.DataFrame(cache, columns=["minute", "cache", "namespace", "hits", "misses", "lookups_timed",
+                                          "lookup_ms_sum", "lookup_ms_max"])
+        df["minute"] = _minute(df)
+        batch.cache = df
+
+    queries = _rows(doc, "queries", {"minute": _NUM, "database": _OPT_STR, "fingerprint": (str,),
+                                     "sample_sql": (str,), "calls": (int,), "total_ms": _NUM,
+                                     "buckets": (dict,)}, batch)
+    if queries:
+        df = pd.DataFrame(queries, columns=["minute", "database", "fingerprint", "sample_sql", "calls",
+                                            "total_ms", "min_ms", "max_ms", "buckets"])
+        df["minute"] = _minute(df)
+        buckets = [(m, fp, int(b), c) for m, fp, bs in zip(df["minute"], df["fingerprint"], df["buckets"])
+                   for b, c in bs.items() if str(b).lstrip("-").isdigit() and isinstance(c, int)]
+        batch.query_buckets = pd.DataFrame(buckets, columns=["minute", "fingerprint", "bucket", "count"])
+        batch.queries = df.drop(columns="buckets")
+
+    llm = _rows(doc, "llm", {"ts": _NUM, "model": (str,), "input_tokens": (int,), "output_tokens": (int,)}, batch)
+    if llm:
+        df = pd.DataFrame(llm, columns=["ts", "provider", "model", "input_tokens", "output_tokens",
+                                        "cached_input_tokens", "request_id", "endpoint", "user", "cache_hit",
+                                        "latency_ms"])
+        df["ts"] = pd.to_datetime(df["ts"], unit="s")
+        df["cached_input_tokens"] = df["cached_input_tokens"].fillna(0).astype("int64")
+        df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
+        for col in ("provider", "request_id", "endpoint", "user"):
+            df[col] = df[col].map(lambda v: None if v is None else str(v)[:MAX_LABEL]).astype(object)
+        batch.llm = df
+
+    deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch)
+    if deploys:
+        df = pd.DataFrame(deploys, columns=["ts", "version"])
+        df["ts"] = pd.to_datetime(df["ts"], unit="s")
+        batch.deploys = df
+    return batch
+
+
+def already_ingested(con: duckdb.DuckDBPyConnection, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    rows = con.execute("SELECT batch_id FROM ingested_batches WHERE batch_id IN (SELECT unnest(?))", [ids])
+    return {r[0] for r in rows.fetchall()}
+
+
+def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: str) -> int:
+    """Insert decoded batches and their rollups within the caller's transaction; returns the events
+    written. Batches whose id is already recorded are skipped, so replays are no-ops."""
+    seen = already_ingested(con, [b.id for b in batches])
+    fresh: dict[str, Batch] = {}
+    for b in batches:
+        if b.id not in seen:
+            fresh.setdefault(b.id, b)
+    batches = list(fresh.values())
+    if not batches:
+        return 0
+    _write_requests(con, [b for b in batches if b.requests is not None and len(b.requests)])
+    for b in batches:
+        _write_small(con, b)
+    con.executemany(
+        "INSERT INTO ingested_batches VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+        [(b.id, source, b.service, b.host, b.pid, b.events) for b in batches],
+    )
+    return sum(b.events for b in batches)
+
+
+def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:
+    if not batches:
+        return
+    tables = []
+    for b in batches:
+        n = len(b.requests)
+        tables.append(b.requests
+                      .append_column("service", pa.array([b.service]).take(pa.array(np.zeros(n, "int32"))))
+                      .append_column("host", pa.array([b.host], pa.string()).take(pa.array(np.zeros(n, "int32")))))
+    con.register("_incoming_requests", pa.concat_tables(tables))
+    try:
+        con.execute("""
+            INSERT INTO request_events
+            SELECT ts, service, host, endpoint, method, status, duration_ms, request_id, tags
+            FROM _incoming_requests
+        """)
+        con.execute(f"""
+            INSERT INTO latency_hist
+            SELECT date_trunc('minute', ts), service, endpoint, {BUCKET_SQL.format(col='duration_ms')}, count(*)
+            FROM _incoming_requests
+            GROUP BY ALL
+        """)
+        con.execute("""
+            INSERT INTO request_rollup
+            SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
+                   sum(duration_ms), max(duration_ms)
+            FROM _incoming_requests
+            GROUP BY ALL
+        """)
+    finally:
+        con.unregister("_incoming_requests")
+
+
+def _insert(con: duckdb.DuckDBPyConnection, sql: str, df, params=()) -> None:
+    """Run an INSERT ... FROM _incoming with `df` registered under that name."""
+    con.register("_incoming", df)
+    try:
+        con.execute(sql, list(params))
+    finally:
+        con.unregister("_incoming")
+
+
+def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
+    svc = (b.service, b.host)
+    if b.cache is not None:
+        _insert(con, """
+            INSERT INTO cache_stats
+            SELECT minute, ?, ?, cache, namespace, hits, misses, lookups_timed, lookup_ms_sum, lookup_ms_max
+            FROM _incoming
+        """, b.cache, svc)
+    if b.queries is not None:
+        _insert(con, """
+            INSERT INTO query_stats
+            SELECT minute, ?, database, fingerprint, sample_sql, calls, total_ms, min_ms, max_ms
+            FROM _incoming
+        """, b.queries, [b.service])
+        _insert(con, "INSERT INTO query_hist SELECT minute, ?, fingerprint, bucket, count FROM _incoming",
+                b.query_buckets, [b.service])
+    if b.llm is not None:
+        _insert(con, """
+            INSERT INTO llm_calls
+            SELECT ts, ?, ?, provider, model, input_tokens, output_tokens, cached_input_tokens, request_id,
+                   endpoint, "user", cache_hit, latency_ms
+            FROM _incoming
+        """, b.llm, svc)
+    if b.deploys is not None:
+        _insert(con, "INSERT INTO deploys SELECT ts, ?, version, ? FROM _incoming", b.deploys, svc)
+    rejects = [(b.id, kind, reason, n) for (kind, reason), n in b.rejects.items() if n]
+    if rejects:
+        con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, ?, ?, ?, ?)", rejects)
+    if b.sdk:
+        dropped, errors = b.sdk.get("dropped", 0), b.sdk.get("send_errors", 0)
+        if isinstance(dropped, int) and isinstance(errors, int):
+            con.execute("INSERT INTO sdk_health VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?)",
+                        [b.service, b.host, b.pid, dropped, errors])

@@ -1,0 +1,52 @@
+"""How long each table keeps its rows. The defaults live here and nowhere else."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+import duckdb
+
+RAW_DAYS = 7        # raw request events and raw samples, for drill-down ($PERFDECK_RAW_DAYS)
+ROLLUP_DAYS = 400   # rollups, cost records and history ($PERFDECK_ROLLUP_DAYS)
+
+# table -> (time column, "raw" or "rollup")
+TABLES: dict[str, tuple[str, str]] = {
+    "request_events": ("ts", "raw"),
+    "system_metrics": ("ts", "raw"),
+    "redis_metrics": ("ts", "raw"),
+    "ingest_rejects": ("ts", "raw"),
+    "sdk_health": ("ts", "raw"),
+    "latency_hist": ("minute", "rollup"),
+    "request_rollup": ("minute", "rollup"),
+    "cache_stats": ("minute", "rollup"),
+    "query_stats": ("minute", "rollup"),
+    "query_hist": ("minute", "rollup"),
+    "llm_calls": ("ts", "rollup"),
+    "deploys": ("ts", "rollup"),
+    "ingested_batches": ("ingested_at", "rollup"),
+    "quarantine": ("ts", "rollup"),
+}
+
+
+def retention_days() -> dict[str, int]:
+    return {"raw": int(os.environ.get("PERFDECK_RAW_DAYS", RAW_DAYS)),
+            "rollup": int(os.environ.get("PERFDECK_ROLLUP_DAYS", ROLLUP_DAYS))}
+
+
+def cutoffs(now: datetime, days: dict[str, int] | None = None) -> dict[str, datetime]:
+    days = days or retention_days()
+    return {table: now - timedelta(days=days[kind]) for table, (_, kind) in TABLES.items()}
+
+
+def count_expired(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
+    """Rows each table would lose: the preview of purge()."""
+    return {table: con.execute(f"SELECT count(*) FROM {table} WHERE {TABLES[table][0]} < ?", [cut]).fetchone()[0]
+            for table, cut in cutoffs(now, days).items()}
+
+
+def purge(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
+    """Delete rows past their retention; returns rows deleted per table."""
+    deleted = {}
+    for table, cut in cutoffs(now, days).items():
+        deleted[table] = con.execute(f"DELETE FROM {table} WHERE {TABLES[table][0]} < ?", [cut]).fetchone()[0]
+    return deleted
