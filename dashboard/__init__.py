@@ -1,0 +1,1 @@
+"""perfdeck dashboard: everything that reads, renders and acts (Streamlit multipage app)."""

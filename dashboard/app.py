@@ -1,0 +1,24 @@
+"""perfdeck dashboard entry point: routing only (pages live in dashboard/pages/).
+
+Run with `perfdeck dashboard`, or `python -m streamlit run dashboard/app.py` with PERFDECK_DB set."""
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run` puts dashboard/ on sys.path, not the repo root; make `import dashboard` work
+# even without the editable install.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
+
+PAGES = Path(__file__).parent / "pages"
+
+# One line per page: section -> pages, shown in this order in the sidebar.
+NAVIGATION = {
+    "Performance": [
+        st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    ],
+}
+
+st.navigation(NAVIGATION).run()

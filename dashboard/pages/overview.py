@@ -1,0 +1,94 @@
+"""Overview: how busy and how fast is each service, and did the last deploy change that?"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import dashboard.queries as q
+from dashboard import charts, widgets
+
+st.title("Overview")
+filters = widgets.sidebar_filters()
+
+ENDPOINT_COLUMNS = {
+    "service": st.column_config.TextColumn("Service"),
+    "endpoint": st.column_config.TextColumn("Endpoint"),
+    "requests": st.column_config.NumberColumn("Requests", format="localized"),
+    "error_rate": st.column_config.NumberColumn("Errors", format="percent", help="Share of requests that failed"),
+    "p50_ms": st.column_config.NumberColumn("p50 (ms)", format="%.1f"),
+    "p95_ms": st.column_config.NumberColumn("p95 (ms)", format="%.1f"),
+    "p99_ms": st.column_config.NumberColumn("p99 (ms)", format="%.1f"),
+}
+
+
+def headline(now: pd.Series, before: pd.Series | None) -> None:
+    """Five metrics, each with its change against the previous period of the same length."""
+    def delta(col, fmt):
+        if before is None or pd.isna(before[col]) or pd.isna(now[col]):
+            return None
+        return fmt(now[col] - before[col])
+
+    cols = st.columns(5)
+    cols[0].metric("Requests / s", f"{now.requests_per_s:,.2f}", delta(
+        "requests_per_s", lambda d: f"{d:+,.2f}"), help=f"{now.requests:,} requests in the range",
+        delta_color="off", border=True)
+    cols[1].metric("Error rate", f"{now.error_rate:.2%}", delta("error_rate", lambda d: f"{d * 100:+.2f} pts"),
+                   help=f"{now.errors:,} failed requests (status ≥ 500)", delta_color="inverse", border=True)
+    for col, name in zip(cols[2:], ("p50_ms", "p95_ms", "p99_ms")):
+        col.metric(name[:3], widgets.fmt_ms(now[name]), delta(name, lambda d: f"{d:+,.1f} ms"),
+                   help=f"{name[:3]} latency over all requests in the range", delta_color="inverse", border=True)
+    st.caption("Changes are against the previous period of the same length.")
+
+
+def body() -> None:
+    since, until = filters.range.bounds()
+    scope = {"since": since, "until": until, "service": filters.service}
+    data = widgets.load({
+        "totals": q.totals, "percentiles": q.endpoint_percentiles, "traffic": q.endpoint_traffic,
+        "rate": q.traffic_over_time, "deploys": q.deploys,
+    }, **scope)
+    if data is None:
+        return
+    widgets.range_caption(since, until)
+    if data["totals"].empty:
+        if widgets.service_names():
+            st.info("No requests were recorded in this time range. Pick a longer range in the sidebar.")
+        else:
+            widgets.no_data_yet("The store is empty.")
+        return
+    previous = widgets.load({"totals": q.totals}, since=since - (until - since), until=since,
+                            service=filters.service)
+    before = previous["totals"].iloc[0] if previous and not previous["totals"].empty else None
+    headline(data["totals"].iloc[0], before)
+
+    st.subheader("Endpoints")
+    endpoints = data["percentiles"].merge(
+        data["traffic"][["service", "endpoint", "error_rate"]], on=["service", "endpoint"], how="left")
+    widgets.table(endpoints[list(ENDPOINT_COLUMNS)], "endpoints", column_config=ENDPOINT_COLUMNS)
+
+    st.subheader("Latency over time")
+    pick, scale = st.columns([3, 1], vertical_alignment="bottom")
+    choices = [None, *endpoints[["service", "endpoint"]].itertuples(index=False, name=None)]
+    chosen = pick.selectbox("Endpoint", choices, key="latency_endpoint",
+                            format_func=lambda c: "All endpoints" if c is None else f"{c[1]}  ·  {c[0]}")
+    log_y = scale.toggle("Log scale", value=True, help="Keeps p50 readable next to a long p99 tail")
+    service, endpoint = chosen if chosen else (filters.service, None)
+    latency = widgets.load({"latency": q.latency_over_time}, **scope | {"service": service, "endpoint": endpoint})
+    if latency is None:
+        return
+    title = f"Latency percentiles: {endpoint or 'all endpoints'}"
+    st.plotly_chart(charts.latency_chart(latency["latency"], data["deploys"], x_range=(since, until),
+                                         title=title, log_y=log_y), key="latency_chart")
+    widgets.csv_download(latency["latency"], "latency-over-time", label="Download chart data (CSV)")
+
+    st.subheader("Traffic")
+    st.plotly_chart(charts.traffic_chart(data["rate"], data["deploys"], x_range=(since, until)),
+                    key="traffic_chart")
+    widgets.csv_download(data["rate"], "traffic-over-time", label="Download chart data (CSV)")
+    if not data["deploys"].empty:
+        with st.expander(f"Deploys in this range ({len(data['deploys'])})"):
+            widgets.table(data["deploys"], "deploys", column_config={
+                "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+
+
+widgets.live(body, filters)

@@ -1,0 +1,191 @@
+"""Sidebar filters, cached data loading and CSV export shared by every page.
+
+The only place that touches Streamlit's cache and the store connection: `load()` opens one short
+read-only connection per cache miss, runs the page's queries on it and closes it; nothing holds
+the DuckDB file across reruns (the collector needs it back within a second or two)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Callable
+
+import duckdb
+import pandas as pd
+import streamlit as st
+
+import dashboard.queries as queries
+from collectors.store import StoreLocked, StoreMissing, db_path, read
+
+CACHE_TTL_S = 10
+# Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
+NOW_GRANULARITY_S = 10
+
+RANGES = {
+    "15m": ("Last 15 minutes", timedelta(minutes=15)),
+    "1h": ("Last hour", timedelta(hours=1)),
+    "6h": ("Last 6 hours", timedelta(hours=6)),
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+    "custom": ("Custom range…", None),
+}
+DEFAULT_RANGE = "24h"
+REFRESH = {"off": "Off", "10": "10 s", "30": "30 s", "60": "60 s"}
+ALL_SERVICES = "All services"
+HOW_TO_GET_DATA = (
+    "Run `perfdeck demo` for a live demo with sample traffic, or `perfdeck collect` to start "
+    "collecting from your instrumented services."
+)
+
+
+def utcnow() -> datetime:
+    """Naive UTC, like every timestamp in the store."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A relative span ending now, or a fixed [start, end) window; resolved at each (fragment)
+    rerun so an auto-refreshing page moves with the clock."""
+
+    key: str
+    span: timedelta | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def bounds(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        if self.span is None:
+            return self.start, self.end
+        now = now or utcnow()
+        until = now.replace(microsecond=0) - timedelta(seconds=now.second % NOW_GRANULARITY_S)
+        return until - self.span, until
+
+    @property
+    def label(self) -> str:
+        return RANGES[self.key][0]
+
+
+@dataclass(frozen=True)
+class Filters:
+    range: TimeRange
+    service: str | None
+    refresh_s: int | None
+
+
+def sidebar_filters() -> Filters:
+    """Time range, service and auto-refresh pickers in the sidebar; bound to the URL so a view
+    can be shared as a link."""
+    sb = st.sidebar
+    sb.header("Filters")
+    key = sb.selectbox(
+        "Time range", list(RANGES), index=list(RANGES).index(DEFAULT_RANGE),
+        format_func=lambda k: RANGES[k][0], key="range", bind="query-params",
+    )
+    if key == "custom":
+        rng = _custom_range(sb)
+    else:
+        rng = TimeRange(key, span=RANGES[key][1])
+    names = [ALL_SERVICES, *service_names()]
+    service = sb.selectbox("Service", names, key="service", bind="query-params")
+    refresh = sb.selectbox(
+        "Auto-refresh", list(REFRESH), format_func=REFRESH.get, key="refresh",
+        help="Re-query the store on a timer; the filters above stay as they are.",
+    )
+    return Filters(
+        range=rng,
+        service=None if service in (None, ALL_SERVICES) else service,
+        refresh_s=None if refresh == "off" else int(refresh),
+    )
+
+
+def _custom_range(sb) -> TimeRange:
+    now = utcnow().replace(second=0, microsecond=0)
+    # Defaults go through session state once, so the inputs don't reset as "now" moves.
+    st.session_state.setdefault("range_from", now - timedelta(hours=24))
+    st.session_state.setdefault("range_to", now)
+    start = sb.datetime_input("From (UTC)", key="range_from", format="YYYY-MM-DD")
+    end = sb.datetime_input("To (UTC)", key="range_to", format="YYYY-MM-DD")
+    start, end = start or now - timedelta(hours=24), end or now
+    if start >= end:
+        sb.warning("“From” is after “To”: showing the range the other way round.")
+        start, end = end, start
+    return TimeRange("custom", start=start.replace(tzinfo=None), end=end.replace(tzinfo=None))
+
+
+def service_names() -> list[str]:
+    """Services that have reported requests; [] when the store is missing, empty or busy."""
+    try:
+        return _cached(str(db_path()), (("services", ()),))[0]["service"].tolist()
+    except (StoreMissing, StoreLocked, duckdb.Error):
+        return []  # the page body explains what is wrong
+
+
+def live(body: Callable[[], None], filters: Filters) -> None:
+    """Run a page body, re-running just it every `filters.refresh_s` seconds when set."""
+    st.fragment(body, run_every=filters.refresh_s)()
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=256, show_spinner=False)
+def _cached(db: str, calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> list[pd.DataFrame]:
+    # Functions are named (not passed) so the cache key is plain data; exceptions are not cached.
+    with read(db) as con:
+        return [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
+
+
+def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[str, pd.DataFrame] | None:
+    """Run `dashboard.queries` functions with the same keyword params on one short connection
+    (cached for CACHE_TTL_S). On a missing, empty or locked store, say so and return None."""
+    for fn in calls.values():
+        if fn.__name__ not in queries.__all__:
+            raise ValueError(f"{fn.__name__} is not a dashboard.queries function")
+    frozen = tuple(sorted(params.items()))
+    path = db_path()
+    try:
+        frames = _cached(str(path), tuple((fn.__name__, frozen) for fn in calls.values()))
+    except StoreMissing:
+        no_data_yet(f"There is no perfdeck store at `{path}` yet.")
+        return None
+    except duckdb.CatalogException:
+        no_data_yet(f"The store at `{path}` has not been initialised.")
+        return None
+    except StoreLocked:
+        st.warning(
+            "The store is busy: the collector held it longer than expected. This view will try "
+            "again on the next refresh (or reload the page).", icon=":material/hourglass:",
+        )
+        return None
+    return dict(zip(calls, frames))
+
+
+def no_data_yet(reason: str = "Nothing has been recorded yet.") -> None:
+    st.info(f"**No data yet.** {reason} {HOW_TO_GET_DATA}", icon=":material/info:")
+
+
+def range_caption(since: datetime, until: datetime) -> None:
+    st.caption(f"{since:%Y-%m-%d %H:%M} → {until:%Y-%m-%d %H:%M} UTC · updated {utcnow():%H:%M:%S} UTC")
+
+
+def fmt_ms(ms: float | None) -> str:
+    if ms is None or pd.isna(ms):
+        return "–"
+    if ms >= 1000:
+        return f"{ms / 1000:,.2f} s"
+    return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
+
+
+def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") -> None:
+    """A download button for `df` as `perfdeck-<name>.csv`; time columns get a `_utc` suffix so
+    the file says what its timestamps are."""
+    out = df.rename(columns={c: f"{c}_utc" for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])})
+    st.download_button(
+        label, out.to_csv(index=False), file_name=f"perfdeck-{name}.csv", mime="text/csv",
+        key=f"csv-{name}", on_click="ignore", icon=":material/download:", type="tertiary",
+    )
+
+
+def table(df: pd.DataFrame, name: str, **dataframe_kwargs: Any) -> None:
+    """Every table goes through here: shown with its CSV download, and a note when cut off."""
+    st.dataframe(df, hide_index=True, **dataframe_kwargs)
+    if df.attrs.get("truncated"):
+        st.caption(f"Showing the first {len(df):,} rows.")
+    csv_download(df, name)
