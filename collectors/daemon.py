@@ -42,13 +42,15 @@ class Collector:
 
     def __init__(self, db: str | Path | None = None, *, spool_dir: str | Path = "data/spool",
                  quarantine_dir: str | Path | None = None, redis_url: str | None = None,
-                 interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0):
+                 interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0,
+                 max_batches_per_tx: int = MAX_BATCHES_PER_TX):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
         if redis_url:
             self.sources.append(RedisSource(redis_url, quarantine_dir))
         self.interval, self.compact_every, self.retention_every = interval, compact_every, retention_every
+        self.max_batches_per_tx = max_batches_per_tx
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_compact = self._last_retention = 0.0
         self.stop_event = threading.Event()
@@ -62,7 +64,7 @@ class Collector:
     def ingest_source(self, source) -> Report:
         """One transaction's worth of batches from one source."""
         report = Report()
-        items: list[Item] = source.fetch(MAX_BATCHES_PER_TX, MAX_BYTES_PER_TX)
+        items: list[Item] = source.fetch(self.max_batches_per_tx, MAX_BYTES_PER_TX)
         if not items:
             return report
         good, bad = [], []

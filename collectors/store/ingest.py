@@ -102,7 +102,7 @@ def _decode_requests(doc: dict, batch: Batch) -> None:
     keep &= ~long_label
 
     table = pa.table({
-        "ts": pa.array(_epoch_to_ts(ts)),
+        "ts": pa.array(_epoch_to_ts(np.where(ts_ok, ts, 0.0))),
         "endpoint": endpoint_arr,
         "method": pa.array(method, pa.string()),
         "status": pa.array(status.astype("int16")),

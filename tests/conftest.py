@@ -1,0 +1,71 @@
+"""Shared fixtures. Everything here is real: DuckDB files in tmp_path, a Redis server on
+127.0.0.1:6379 (started if none answers), the SDK writing to a real spool directory."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from collectors import sdk
+from collectors.sdk import api
+
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, flushed around each test
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Path of a store file that does not exist yet."""
+    return tmp_path / "perfdeck.duckdb"
+
+
+@pytest.fixture
+def spool(tmp_path):
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _sdk_reset():
+    """Every test starts and ends with an unconfigured SDK and empty buffers."""
+    yield
+    sdk.shutdown(timeout=5)
+    for name in ("requests", "cache_lookups", "llm_calls", "queries", "deploys"):
+        del getattr(api, name)[:]
+    api.dropped = 0
+
+
+def _redis_ping() -> bool:
+    import redis
+    try:
+        return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A Redis on 127.0.0.1:6379: the one running, or one started for the session."""
+    if not _redis_ping():
+        if not shutil.which("redis-server"):
+            pytest.fail("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
+        subprocess.run(["redis-server", "--daemonize", "yes", "--port", "6379", "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no"], check=True)
+        deadline = time.monotonic() + 10
+        while not _redis_ping():
+            if time.monotonic() > deadline:
+                pytest.fail("started redis-server but it does not answer")
+            time.sleep(0.1)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    import redis
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    yield redis_server
+    client.flushdb()
+    client.close()
