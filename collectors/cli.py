@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,7 +34,20 @@ db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
                          help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb).")
 format_option = click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
                              show_default=True, help="Output format.")
-since_option = click.option("--since", default="24h", show_default=True, help="How far back: 15m, 24h, 7d, ...")
+since_option = click.option("--since", default="24h", show_default=True, callback=lambda _c, _p, v: parse_span(v),
+                            help="How far back: 15m, 24h, 7d, ...")
+
+
+@contextmanager
+def reading(db):
+    """The store, read-only, with its errors as one clear line instead of a traceback."""
+    from collectors.store import StoreLocked, StoreMissing, read
+
+    try:
+        with read(db) as con:
+            yield con
+    except (StoreMissing, StoreLocked) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings=CONTEXT)
@@ -105,12 +119,11 @@ def _emit(df, fmt: str) -> None:
 @format_option
 def export_latency(db, since, service, fmt) -> None:
     """Per-endpoint request count and p50/p95/p99 (ms) over a range, from the rollups."""
-    from collectors.store import read
     from dashboard.queries.latency import endpoint_percentiles
 
     until = utcnow()
-    with read(db) as con:
-        df = endpoint_percentiles(con, since=until - parse_span(since), until=until, service=service)
+    with reading(db) as con:
+        df = endpoint_percentiles(con, since=until - since, until=until, service=service)
     _emit(df, fmt)
 
 
@@ -123,12 +136,10 @@ def _table_command(table: str) -> click.Command:
     @click.option("--limit", default=100_000, show_default=True, help="At most this many rows.")
     @format_option
     def export_table(db, since, limit, fmt) -> None:
-        from collectors.store import read
-
         col = EXPORTABLE[table]  # table and column come from the allow-list, never from input
-        with read(db) as con:
+        with reading(db) as con:
             df = con.execute(f'SELECT * FROM "{table}" WHERE "{col}" >= ? ORDER BY "{col}" DESC LIMIT ?',
-                             [utcnow() - parse_span(since), limit]).df()
+                             [utcnow() - since, limit]).df()
         _emit(df, fmt)
 
     export_table.help = f"Raw rows of the {table} table, newest first."
