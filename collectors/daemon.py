@@ -7,6 +7,7 @@ and the loop goes on (in --once mode the first error is re-raised at the end).""
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
 from collectors.store import connection, migrate
 from collectors.store.ingest import MalformedBatch, decode, write_batches
@@ -24,6 +26,20 @@ log = logging.getLogger("perfdeck.daemon")
 
 MAX_BATCHES_PER_TX = 500
 MAX_BYTES_PER_TX = 64 * 1024 * 1024
+# Tables samplers may write, and how a row is inserted (slowlog entries are stored once).
+SAMPLE_TABLES = {"system_metrics": "INSERT INTO", "redis_metrics": "INSERT INTO", "db_metrics": "INSERT INTO",
+                 "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO"}
+_UPSERT_COMPONENT = """
+    INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET
+        kind = excluded.kind,
+        target = excluded.target,
+        since = CASE WHEN components.status = excluded.status THEN components.since ELSE excluded.since END,
+        status = excluded.status,
+        last_ok = coalesce(excluded.last_ok, components.last_ok),
+        checked_at = excluded.checked_at,
+        error = excluded.error
+"""
 
 
 @dataclass
@@ -43,7 +59,7 @@ class Collector:
     def __init__(self, db: str | Path | None = None, *, spool_dir: str | Path = "data/spool",
                  quarantine_dir: str | Path | None = None, redis_url: str | None = None,
                  interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0,
-                 max_batches_per_tx: int = MAX_BATCHES_PER_TX):
+                 max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = ()):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
@@ -55,6 +71,8 @@ class Collector:
         self._last_compact = self._last_retention = 0.0
         self.stop_event = threading.Event()
         self._errors: list[str] = []
+        self.samples: queue.Queue = queue.Queue()
+        self.sampler_threads = [SamplerThread(s, self.samples, self.stop_event) for s in samplers]
         with connection.write(self.db) as con:
             applied = migrate(con)
         if applied:
@@ -118,6 +136,34 @@ class Collector:
                     break
         return total
 
+    # -- samplers --------------------------------------------------------------------------------
+    def write_samples(self) -> int:
+        """Write what the sampler threads produced since the last tick, in one transaction."""
+        items = []
+        while True:
+            try:
+                items.append(self.samples.get_nowait())
+            except queue.Empty:
+                break
+        if not items:
+            return 0
+        by_table: dict[str, list[tuple]] = {}
+        statuses = []
+        for item in items:
+            if isinstance(item, Status):
+                statuses.append(item)
+            elif isinstance(item, Rows) and item.table in SAMPLE_TABLES:
+                by_table.setdefault(item.table, []).extend(item.rows)
+        with connection.write(self.db) as con:
+            for table, rows in by_table.items():
+                marks = ", ".join("?" * len(rows[0]))
+                con.executemany(f"{SAMPLE_TABLES[table]} {table} VALUES ({marks})", rows)
+            for st in statuses:
+                con.execute(_UPSERT_COMPONENT, [st.component, st.kind, st.target, "up" if st.up else "down",
+                                                st.checked_at, st.checked_at if st.up else None, st.checked_at,
+                                                st.error])
+        return sum(len(r) for r in by_table.values())
+
     # -- housekeeping ----------------------------------------------------------------------------
     def compact(self) -> int:
         """Merge the rollup rows of the minutes ingested since the last compaction."""
@@ -146,6 +192,9 @@ class Collector:
         """Ingest everything pending, compact, apply retention; raise the first error at the end."""
         self._errors = []
         report = self.ingest_pending()
+        for t in self.sampler_threads:
+            t.run_once()
+        self._isolated("samples", self.write_samples)
         self._isolated("compaction", self.compact)
         self._isolated("retention", self.retention)
         if self._errors:
@@ -156,9 +205,12 @@ class Collector:
         """Tick until stop() (or SIGTERM/SIGINT when installed), then finish the current unit cleanly."""
         self._errors = []
         log.info("collecting into %s from %s", self.db, ", ".join(s.name for s in self.sources))
+        for t in self.sampler_threads:
+            t.start()
         while not self.stop_event.is_set():
             started = time.monotonic()
             report = self.ingest_pending()
+            self._isolated("samples", self.write_samples)
             if report.batches:
                 log.debug("ingested %d batches, %d events", report.batches, report.events)
             now = time.monotonic()
@@ -172,6 +224,9 @@ class Collector:
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
         # Last drain so that what the apps flushed at their own shutdown is not left behind.
         self.ingest_pending()
+        for t in self.sampler_threads:
+            t.thread.join(timeout=10)
+        self._isolated("samples", self.write_samples)
         self._isolated("compaction", self.compact)
         for source in self.sources:
             source.close()

@@ -169,7 +169,52 @@ def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial]
+def m002_samplers(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        -- One row per watched component (a Redis, a database, the host): is it answering?
+        CREATE TABLE components (
+            name VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            target VARCHAR,
+            status VARCHAR NOT NULL,
+            since TIMESTAMP NOT NULL,
+            last_ok TIMESTAMP,
+            checked_at TIMESTAMP NOT NULL,
+            error VARCHAR
+        );
+        CREATE TABLE redis_slowlog (
+            instance VARCHAR NOT NULL,
+            entry_id BIGINT NOT NULL,
+            ts TIMESTAMP NOT NULL,
+            duration_us BIGINT NOT NULL,
+            command VARCHAR,
+            client VARCHAR,
+            PRIMARY KEY (instance, entry_id)
+        );
+        -- Database samples in long format: table and index stats, connections, cache ratios.
+        CREATE TABLE db_metrics (
+            ts TIMESTAMP NOT NULL,
+            target VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            labels VARCHAR,
+            value DOUBLE
+        );
+        -- pg_stat_statements deltas between two samples.
+        CREATE TABLE pg_statements (
+            ts TIMESTAMP NOT NULL,
+            target VARCHAR NOT NULL,
+            queryid BIGINT,
+            query VARCHAR,
+            calls BIGINT NOT NULL,
+            total_ms DOUBLE NOT NULL,
+            rows BIGINT,
+            shared_blks_hit BIGINT,
+            shared_blks_read BIGINT
+        );
+    """)
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

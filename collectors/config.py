@@ -1,0 +1,67 @@
+"""The collector's configuration: one TOML file (`perfdeck.toml`, or $PERFDECK_CONFIG) naming what
+to watch, with environment overrides. Every key is optional:
+
+    [host]                         # on by default
+    interval = 10                  # seconds
+    processes = ["gunicorn", "pid:4242", "cmd:celery .* worker"]   # name, pid: or cmd: regex
+
+    [[redis]]                      # one table per instance
+    name = "cache"
+    url = "redis://127.0.0.1:6379/0"
+    interval = 10
+    namespace_separator = ":"      # prefix = text before the last separator
+    sample_keys = 1000             # keys sampled per interval for memory by namespace (SCAN, never KEYS)
+
+    [[database]]
+    name = "app"
+    url = "postgresql://app@127.0.0.1/app"      # any SQLAlchemy URL; sqlite:///path.db too
+    interval = 30
+
+Environment: PERFDECK_HOST_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
+URLs, added to the file's lists, each named after its host and database)."""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+DEFAULT_PATH = Path("perfdeck.toml")
+
+
+def load(path: str | os.PathLike | None = None) -> dict:
+    """The parsed config: the file if there is one, then the environment on top."""
+    path = Path(path or os.environ.get("PERFDECK_CONFIG") or DEFAULT_PATH)
+    config: dict = {}
+    if path.exists():
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    config.setdefault("host", {})
+    if "PERFDECK_HOST_INTERVAL" in os.environ:
+        config["host"]["interval"] = float(os.environ["PERFDECK_HOST_INTERVAL"])
+    for key, env in (("redis", "PERFDECK_REDIS_URLS"), ("database", "PERFDECK_DATABASE_URLS")):
+        config.setdefault(key, [])
+        for url in filter(None, (u.strip() for u in os.environ.get(env, "").split(","))):
+            config[key].append({"name": _name_of(url), "url": url})
+    return config
+
+
+def _name_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or parts.path.rsplit('/', 1)[-1]}{parts.path if parts.hostname else ''}"
+
+
+def build_samplers(config: dict) -> list:
+    """Sampler objects for the config. Imports each sampler's library only when it is used."""
+    samplers = []
+    host = config.get("host", {})
+    if host.get("enabled", True):
+        from collectors.samplers.system import HostSampler
+        samplers.append(HostSampler(interval=float(host.get("interval", 10)), processes=host.get("processes", [])))
+    for entry in config.get("redis", []):
+        from collectors.samplers.redis import RedisSampler
+        samplers.append(RedisSampler(**entry))
+    for entry in config.get("database", []):
+        from collectors.samplers.database import DatabaseSampler
+        samplers.append(DatabaseSampler(**entry))
+    return samplers
