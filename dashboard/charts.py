@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -37,6 +39,22 @@ def _no_data(fig: go.Figure, text: str = "No data in this time range") -> go.Fig
                        font={"size": 14, "color": DEPLOY_COLOUR})
     fig.update_yaxes(showticklabels=False)
     return fig
+
+
+def _ms_label(ms: float) -> str:
+    return f"{ms / 1000:g} s" if ms >= 1000 else f"{ms:g} ms"
+
+
+def _log_ticks(values: pd.Series) -> dict:
+    """1-2-5 ticks with units for a log latency axis (Plotly's own log ticks label 2 and 5 of each
+    decade as bare digits, which reads as noise)."""
+    positive = values[values > 0]
+    if positive.empty:
+        return {}
+    lo, hi = positive.min(), positive.max()
+    ticks = [m * 10.0**k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo / 2 <= m * 10.0**k <= hi * 2]
+    return {"tickvals": ticks, "ticktext": [_ms_label(t) for t in ticks]} if len(ticks) >= 2 else {}
 
 
 def add_deploy_markers(fig: go.Figure, deploys: pd.DataFrame | None) -> go.Figure:
@@ -75,7 +93,12 @@ def latency_chart(
                 hovertemplate="%{y:,.1f} ms",
             ))
     fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
-    fig.update_yaxes(title_text="latency (ms)", type="log" if log_y else "linear", rangemode="tozero")
+    if log_y:
+        cols = [c for c in PERCENTILE_STYLE if c in df]
+        ticks = _log_ticks(df[cols].stack() if cols else pd.Series(dtype=float))
+        fig.update_yaxes(type="log", title_text="latency (log scale)", **ticks)
+    else:
+        fig.update_yaxes(rangemode="tozero", title_text="latency (ms)")
     _layout(fig, title, 380)
     if df.empty:
         _no_data(fig)

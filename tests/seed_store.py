@@ -20,13 +20,13 @@ from collectors.store.histogram import BUCKET_SQL
 
 # service, endpoint, median ms, lognormal sigma, requests per minute at the daily peak, error share
 ENDPOINTS = [
-    ("api", "GET /products", 18.0, 0.45, 9.0, 0.004),
-    ("api", "GET /products/{id}", 11.0, 0.40, 6.0, 0.003),
-    ("api", "GET /search", 42.0, 0.60, 4.0, 0.010),
-    ("api", "POST /checkout", 120.0, 0.50, 1.5, 0.020),
-    ("api", "POST /chat", 850.0, 0.55, 1.0, 0.030),
-    ("worker", "task send_email", 65.0, 0.35, 2.0, 0.005),
-    ("worker", "task build_report", 2400.0, 0.40, 0.3, 0.015),
+    ("api", "GET /products", 18.0, 0.45, 36.0, 0.004),
+    ("api", "GET /products/{id}", 11.0, 0.40, 24.0, 0.003),
+    ("api", "GET /search", 42.0, 0.60, 16.0, 0.010),
+    ("api", "POST /checkout", 120.0, 0.50, 6.0, 0.020),
+    ("api", "POST /chat", 850.0, 0.55, 4.0, 0.030),
+    ("worker", "task send_email", 65.0, 0.35, 8.0, 0.005),
+    ("worker", "task build_report", 2400.0, 0.40, 1.2, 0.015),
 ]
 
 # (age, service, version, host); api 1.5.0 makes POST /checkout slower, 1.5.1 fixes it.

@@ -23,19 +23,19 @@ ENDPOINT_COLUMNS = {
 
 def headline(now: pd.Series, before: pd.Series | None) -> None:
     """Five metrics, each with its change against the previous period of the same length."""
-    def delta(col, fmt):
-        if before is None or pd.isna(before[col]) or pd.isna(now[col]):
+    def delta(col, fmt=lambda d, b: f"{d / b:+.1%}"):
+        if before is None or pd.isna(before[col]) or pd.isna(now[col]) or not before[col]:
             return None
-        return fmt(now[col] - before[col])
+        change = now[col] - before[col]
+        return None if abs(change / before[col]) < 0.0005 else fmt(change, before[col])
 
     cols = st.columns(5)
-    cols[0].metric("Requests / s", f"{now.requests_per_s:,.2f}", delta(
-        "requests_per_s", lambda d: f"{d:+,.2f}"), help=f"{now.requests:,} requests in the range",
+    cols[0].metric("Requests / s", f"{now.requests_per_s:,.2f}", delta("requests_per_s"), help=f"{now.requests:,} requests in the range",
         delta_color="off", border=True)
-    cols[1].metric("Error rate", f"{now.error_rate:.2%}", delta("error_rate", lambda d: f"{d * 100:+.2f} pts"),
+    cols[1].metric("Error rate", f"{now.error_rate:.2%}", delta("error_rate", lambda d, _: f"{d * 100:+.2f} pts"),
                    help=f"{now.errors:,} failed requests (status ≥ 500)", delta_color="inverse", border=True)
     for col, name in zip(cols[2:], ("p50_ms", "p95_ms", "p99_ms")):
-        col.metric(name[:3], widgets.fmt_ms(now[name]), delta(name, lambda d: f"{d:+,.1f} ms"),
+        col.metric(name[:3], widgets.fmt_ms(now[name]), delta(name),
                    help=f"{name[:3]} latency over all requests in the range", delta_color="inverse", border=True)
     st.caption("Changes are against the previous period of the same length.")
 
@@ -68,9 +68,8 @@ def body() -> None:
 
     st.subheader("Latency over time")
     pick, scale = st.columns([3, 1], vertical_alignment="bottom")
-    choices = [None, *endpoints[["service", "endpoint"]].itertuples(index=False, name=None)]
-    chosen = pick.selectbox("Endpoint", choices, key="latency_endpoint",
-                            format_func=lambda c: "All endpoints" if c is None else f"{c[1]}  ·  {c[0]}")
+    choices = {f"{e}  ·  {s}": (s, e) for s, e in endpoints[["service", "endpoint"]].itertuples(index=False)}
+    chosen = choices.get(pick.selectbox("Endpoint", ["All endpoints", *choices], key="latency_endpoint"))
     log_y = scale.toggle("Log scale", value=True, help="Keeps p50 readable next to a long p99 tail")
     service, endpoint = chosen if chosen else (filters.service, None)
     latency = widgets.load({"latency": q.latency_over_time}, **scope | {"service": service, "endpoint": endpoint})
