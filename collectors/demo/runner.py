@@ -1,0 +1,170 @@
+"""`perfdeck demo`: store, backfill, live workload, collector and dashboard in one command.
+
+Order of events, chosen so that a browser shows data as early as possible:
+1. create the data dir (store `perfdeck.duckdb`, spool `spool/`, the shop's `shop.sqlite`) and run
+   the store migrations;
+2. start the collector daemon in a thread (it ingests the spool every second, so the backfill lands
+   in the store while it is still running);
+3. start the dashboard (Streamlit) as a child process and print its URL;
+4. backfill in fast-forward (collectors.demo.backfill), printing progress;
+5. serve live traffic: the shop in this process, the worker in a child process;
+6. on SIGINT / SIGTERM: stop the workload, flush the SDK, let the collector ingest what is left and
+   stop, terminate the children, return 0.
+
+Re-running on an existing data dir reuses the shop database and the store. The backfill then only
+fills the gap between the newest shop-api event in the store and now (capped at --days, without a new
+deploy marker), and is skipped when that gap is under two minutes."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from collectors import sdk
+
+GAP_FILL_MIN_S = 120.0
+DEFAULT_PORT = 8501
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def resolve_port(port: int | None) -> int:
+    """--port, else $STREAMLIT_SERVER_PORT, else 8501."""
+    if port:
+        return int(port)
+    env = os.environ.get("STREAMLIT_SERVER_PORT", "").strip()
+    return int(env) if env.isdigit() else DEFAULT_PORT
+
+
+def last_event_ts(db: Path) -> float | None:
+    """Epoch seconds of the newest shop-api request in the store, None when there is none."""
+    if not db.exists():
+        return None
+    from collectors.store import connection
+    try:
+        with connection.read(db) as con:
+            row = con.execute("SELECT epoch(max(ts)) FROM request_events WHERE service = 'shop-api'").fetchone()
+    except Exception:
+        return None
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def start_dashboard(db: Path, port: int) -> subprocess.Popen:
+    from collectors.cli import dashboard_command
+
+    env = dict(os.environ, PERFDECK_DB=str(db))
+    extra: tuple = ()
+    if "STREAMLIT_SERVER_HEADLESS" not in os.environ:
+        extra += ("--server.headless", "true")     # never prompt, never try to open a browser
+    return subprocess.Popen(dashboard_command(str(db), port, extra), env=env)
+
+
+def start_live_worker(data_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "collectors.demo.live", "worker", str(data_dir),
+                             "--parent-pid", str(os.getpid())])
+
+
+def stop_process(proc: subprocess.Popen | None, name: str, timeout: float = 10.0) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        say(f"perfdeck demo: {name} did not stop in {timeout:.0f} s; killing it")
+        proc.kill()
+        proc.wait(5)
+
+
+def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True) -> int:
+    """Run the demo until SIGINT/SIGTERM; returns the exit code."""
+    from collectors.daemon import Collector
+    from collectors.demo.backfill import DAY, backfill, shop_rate
+    from collectors.demo.live import run_live
+    from collectors.demo.workload import VERSION_AFTER, Shop, open_database
+
+    t0 = time.monotonic()
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db, spool = data_dir / "perfdeck.duckdb", data_dir / "spool"
+    stop = threading.Event()
+    stopped_by: list[str] = []
+
+    def on_signal(signum, _frame):
+        stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    collector = collector_thread = dash = worker = engine = None
+    code = 0
+    try:
+        last = last_event_ts(db)
+        collector = Collector(db, spool_dir=spool, interval=1.0)
+        collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
+        collector_thread.start()
+        if dashboard:
+            port = resolve_port(port)
+            dash = start_dashboard(db, port)
+            say(f"perfdeck demo: dashboard at http://localhost:{port} — Ctrl-C to stop")
+        say(f"perfdeck demo: data in {data_dir} (store {db.name}, spool {spool.name}/, shop.sqlite)")
+
+        engine = open_database(data_dir / "shop.sqlite")
+        now = time.time()
+        if last is None:
+            say(f"perfdeck demo: backfilling {backfill_days:g} days of history in fast-forward")
+            report = backfill(data_dir, days=backfill_days, end=now, engine=engine, stop=stop, progress=say)
+        elif now - last > GAP_FILL_MIN_S and backfill_days > 0:
+            start = max(last, now - backfill_days * DAY)
+            say(f"perfdeck demo: existing store; filling the {(now - start) / 3600:.1f} h since its newest event")
+            report = backfill(data_dir, days=backfill_days, start=start, end=now, with_deploy=False,
+                              engine=engine, stop=stop, progress=say)
+        else:
+            report = None
+            say("perfdeck demo: existing store is up to date; no backfill")
+        if report is not None:
+            real = sum(s.real for s in report.services)
+            say(f"perfdeck demo: backfilled {(report.end - report.start) / DAY:.2f} days in {report.seconds:.1f} s: "
+                f"{report.requests:,} requests, {report.events:,} events ({real:,} requests run for real, "
+                f"the rest replayed from them; {report.dropped} dropped)")
+
+        if not stop.is_set():
+            sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
+            worker = start_live_worker(data_dir)
+            say(f"perfdeck demo: live traffic running (started {time.monotonic() - t0:.1f} s ago)")
+            shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()))
+
+            def watch() -> None:   # a dashboard that dies on its own ends the demo
+                while not stop.wait(1.0):
+                    if dash is not None and dash.poll() is not None:
+                        say(f"perfdeck demo: the dashboard exited (code {dash.returncode}); stopping")
+                        stopped_by.append("dashboard")
+                        stop.set()
+
+            threading.Thread(target=watch, name="perfdeck-demo-watch", daemon=True).start()
+            run_live(shop, stop, shop_rate)
+            if "dashboard" in stopped_by and not any(s.startswith("SIG") for s in stopped_by):
+                code = dash.returncode or 1
+    finally:
+        say("perfdeck demo: stopping")
+        sdk.shutdown()
+        if dash is not None and dash.poll() is None:
+            dash.terminate()                       # in parallel with the rest of the shutdown
+        stop_process(worker, "live worker")
+        if collector is not None:
+            collector.stop()
+            if collector_thread is not None:
+                collector_thread.join(30)
+        stop_process(dash, "dashboard")
+        if engine is not None:
+            engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("perfdeck demo: stopped")
+    return code

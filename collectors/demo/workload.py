@@ -1,0 +1,418 @@
+"""The demo's workload: a small shop whose requests do real work, instrumented with the perfdeck SDK.
+
+- SQLite through SQLAlchemy (instrumented with collectors.integrations.sqlalchemy): customers,
+  products, and an `orders` table of a quarter of a million rows with deliberately NO index on
+  orders.customer_id or orders.product_id, so "orders of a customer" is a real full scan — the slow
+  query the index advisor should find — next to sub-millisecond primary-key lookups.
+- In-process LRU caches (OrderedDict, fixed capacity) in front of product and customer lookups, hit by
+  Zipf-distributed keys; every lookup is reported with sdk.record_cache and its measured time.
+- A stand-in LLM client (FakeLLMClient) returning realistic token counts and a realistic latency, with
+  a response cache in front of it.
+
+What is real and what is not: every SQL statement, cache lookup and Python step runs and is timed on
+this machine. Two things cannot happen here and are simulated, and only those: the LLM provider's
+latency (FakeLLMClient draws it from a lognormal instead of sleeping) and the network / web-server
+overhead around a request (a small lognormal). A request's recorded duration is the measured time of
+its real work plus those simulated parts, nothing else.
+
+Each served request also returns a `Trace` of the events it recorded, which the fast-forward backfill
+(collectors.demo.backfill) replays to fill days of history without re-running every query."""
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+
+import numpy as np
+from sqlalchemy import create_engine, event, text
+
+from collectors import sdk
+from collectors.integrations.sqlalchemy import CONTEXT_ATTR, instrument_sqlalchemy
+
+N_CUSTOMERS = 20_000
+N_PRODUCTS = 5_000
+N_ORDERS = 250_000
+N_USERS = 500
+CATEGORIES = ["books", "garden", "kitchen", "toys", "audio", "office", "sports", "beauty", "tools", "pets"]
+REGIONS = ["eu-west", "eu-central", "us-east", "us-west", "ap-south"]
+
+# Versions of the shop: v1.8.0 ships a "popularity" ranking for /search that aggregates over the
+# whole orders table per request — the regression the deploy view should reveal.
+VERSION_BEFORE, VERSION_AFTER = "v1.7.3", "v1.8.0"
+
+# endpoint name -> (path pattern recorded, method, share of traffic)
+SHOP_ENDPOINTS = {
+    "product": ("/products/{id}", "GET", 0.46),
+    "customer_orders": ("/customers/{id}/orders", "GET", 0.14),
+    "search": ("/search", "GET", 0.20),
+    "recommendations": ("/recommendations", "GET", 0.10),
+    "checkout": ("/checkout", "POST", 0.06),
+    "health": ("/healthz", "GET", 0.04),
+}
+WORKER_ENDPOINTS = {
+    "send_receipt": ("job:send_receipt", "TASK", 0.73),
+    "summarize_reviews": ("job:summarize_reviews", "TASK", 0.25),
+    "daily_sales_report": ("job:daily_sales_report", "TASK", 0.02),
+}
+
+
+# -- building blocks -----------------------------------------------------------------------------
+class ZipfKeys:
+    """Keys 0..n-1 drawn from a bounded Zipf law (rank r has weight 1/r**s), with ranks shuffled so
+    the popular keys are not simply 0, 1, 2. Draws are made in blocks for speed."""
+
+    def __init__(self, n: int, s: float, rng: np.random.Generator, block: int = 4096):
+        weights = 1.0 / np.arange(1, n + 1) ** s
+        self._cdf = np.cumsum(weights / weights.sum())
+        self._perm = rng.permutation(n)
+        self._rng, self._block, self._buf = rng, block, []
+
+    def __call__(self) -> int:
+        if not self._buf:
+            ranks = np.searchsorted(self._cdf, self._rng.random(self._block), side="right")
+            self._buf = self._perm[np.minimum(ranks, len(self._perm) - 1)].tolist()
+        return self._buf.pop()
+
+
+class LRUCache:
+    """A fixed-capacity LRU in an OrderedDict; each lookup is timed and reported to perfdeck."""
+
+    def __init__(self, name: str, capacity: int):
+        self.name, self.capacity = name, capacity
+        self._data: OrderedDict = OrderedDict()
+
+    def get(self, namespace: str, key, trace: "Trace"):
+        t0 = perf_counter()
+        k = (namespace, key)
+        value = self._data.get(k, _MISS)
+        if value is not _MISS:
+            self._data.move_to_end(k)
+        ms = (perf_counter() - t0) * 1000.0
+        hit = value is not _MISS
+        sdk.record_cache(self.name, hit, ms, namespace=namespace)
+        trace.cache.append((self.name, hit, ms, namespace))
+        return value if hit else None, hit
+
+    def put(self, namespace: str, key, value) -> None:
+        self._data[(namespace, key)] = value
+        self._data.move_to_end((namespace, key))
+        while len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+
+
+_MISS = object()
+
+
+@dataclass(slots=True)
+class Trace:
+    """Everything one request recorded, so the backfill can replay it."""
+    endpoint: str
+    method: str
+    status: int = 200
+    duration_ms: float = 0.0
+    real_ms: float = 0.0                               # the measured part of duration_ms
+    queries: list = field(default_factory=list)        # (sql, ms)
+    cache: list = field(default_factory=list)          # (cache, hit, lookup_ms, namespace)
+    llm: list = field(default_factory=list)            # kwargs of sdk.record_llm_call minus ids/user
+
+
+def replay(trace: Trace, request_id: str, user: str | None) -> None:
+    """Record `trace` again as a new request (new id and user; the clock gives the new time)."""
+    for cache, hit, ms, namespace in trace.cache:
+        sdk.record_cache(cache, hit, ms, namespace=namespace)
+    for sql, ms in trace.queries:
+        sdk.record_query(sql, ms, database="shop")
+    for call in trace.llm:
+        sdk.record_llm_call(request_id=request_id, user=user, **call)
+    sdk.record_request(trace.endpoint, trace.duration_ms, trace.status, trace.method,
+                       request_id=request_id, user=user)
+
+
+# -- the stand-in LLM ----------------------------------------------------------------------------
+# model -> (provider, median latency ms at ~500 output tokens)
+MODELS = {
+    "gpt-4o-mini": ("openai", 650.0),
+    "gpt-4o": ("openai", 1400.0),
+    "claude-3-5-haiku": ("anthropic", 800.0),
+    "claude-sonnet-4": ("anthropic", 1900.0),
+    "acme-local-7b": (None, 450.0),          # self-hosted, unknown to any price list
+}
+
+
+class FakeLLMClient:
+    """Answers like an LLM API would, without one: token counts from lognormals (input 300-3000,
+    output 50-600, a share of input served from the provider's prompt cache) and a latency that grows
+    with the output, also lognormal. It never sleeps: the caller adds `latency_ms` to the request's
+    duration as its one simulated part. A response cache (LRU) answers repeated prompts."""
+
+    def __init__(self, rng: random.Random, cache_capacity: int = 400):
+        self.rng = rng
+        self.cache = LRUCache("llm_responses", cache_capacity)
+
+    def complete(self, model: str, prompt_key, trace: Trace, *, endpoint: str) -> float:
+        """One completion; records it and returns the (simulated) latency in ms."""
+        rng = self.rng
+        cached, hit = self.cache.get(model, prompt_key, trace)
+        provider, median = MODELS[model]
+        if hit:
+            input_tokens, output_tokens = cached
+            latency = rng.lognormvariate(math.log(1.5), 0.4)  # answered from our own cache
+            call = dict(model=model, provider=provider, input_tokens=input_tokens, output_tokens=output_tokens,
+                        cached_input_tokens=0, endpoint=endpoint, cache_hit=True, latency_ms=latency)
+        else:
+            input_tokens = int(min(3000, max(300, rng.lognormvariate(math.log(900), 0.55))))
+            output_tokens = int(min(600, max(50, rng.lognormvariate(math.log(180), 0.6))))
+            cached_input = int(input_tokens * rng.choice((0.0, 0.0, 0.25, 0.5, 0.8)))
+            latency = rng.lognormvariate(math.log(median * (0.4 + output_tokens / 500)), 0.35)
+            self.cache.put(model, prompt_key, (input_tokens, output_tokens))
+            call = dict(model=model, provider=provider, input_tokens=input_tokens, output_tokens=output_tokens,
+                        cached_input_tokens=cached_input, endpoint=endpoint, cache_hit=False, latency_ms=latency)
+        trace.llm.append(call)
+        return latency
+
+
+# -- the database --------------------------------------------------------------------------------
+SCHEMA = [
+    "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,"
+    " region TEXT NOT NULL, created_at TEXT NOT NULL)",
+    "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL,"
+    " price REAL NOT NULL, stock INTEGER NOT NULL)",
+    # No index on customer_id or product_id: on purpose (see module docstring).
+    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER NOT NULL,"
+    " quantity INTEGER NOT NULL, amount REAL NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL)",
+]
+
+
+def open_database(path: Path, *, seed: int = 7):
+    """Create (once) and open the shop's SQLite database; returns an instrumented engine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")      # the live worker reads while the shop writes
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    with engine.begin() as conn:
+        have = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"customers", "products", "orders"} <= have:
+            _create(conn, seed)
+    instrument_sqlalchemy(engine, database="shop")   # after seeding: the seed is not app traffic
+    return engine
+
+
+def _create(conn, seed: int) -> None:
+    for table in ("orders", "products", "customers"):
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    for ddl in SCHEMA:
+        conn.exec_driver_sql(ddl)
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, N_CUSTOMERS + 1)
+    regions = rng.integers(0, len(REGIONS), N_CUSTOMERS)
+    conn.exec_driver_sql("INSERT INTO customers VALUES (?, ?, ?, ?, ?)", [
+        (int(i), f"Customer {i}", f"c{i}@example.com", REGIONS[r], f"2023-{1 + i % 12:02d}-{1 + i % 28:02d}")
+        for i, r in zip(ids, regions)])
+    pids = np.arange(1, N_PRODUCTS + 1)
+    cats = rng.integers(0, len(CATEGORIES), N_PRODUCTS)
+    prices = np.round(rng.lognormal(math.log(25), 0.8, N_PRODUCTS), 2)
+    conn.exec_driver_sql("INSERT INTO products VALUES (?, ?, ?, ?, ?)", [
+        (int(i), f"Product {i}", CATEGORIES[c], float(p), int(i * 7 % 300))
+        for i, c, p in zip(pids, cats, prices)])
+    # Orders: heavy customers order more (Zipf-ish), popular products sell more.
+    cust = ZipfKeys(N_CUSTOMERS, 0.8, rng, block=N_ORDERS)
+    prod = ZipfKeys(N_PRODUCTS, 1.0, rng, block=N_ORDERS)
+    qty = rng.integers(1, 4, N_ORDERS)
+    days = rng.integers(0, 700, N_ORDERS)
+    rows = [(i + 1, cust() + 1, (p := prod() + 1), int(q), round(float(prices[p - 1]) * int(q), 2),
+             "shipped" if d > 3 else "paid", f"2024-{1 + d % 12:02d}-{1 + d % 28:02d}")
+            for i, (q, d) in enumerate(zip(qty.tolist(), days.tolist()))]
+    conn.exec_driver_sql("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.exec_driver_sql("ANALYZE")
+
+
+# -- the apps ------------------------------------------------------------------------------------
+class App:
+    """Common part of the shop and the worker: timing, simulated overheads, traces."""
+
+    endpoints: dict = {}
+
+    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE):
+        self.engine = engine
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.version = version
+        names = list(self.endpoints)
+        self._names, self._weights = names, [self.endpoints[n][2] for n in names]
+        self.users = ZipfKeys(N_USERS, 1.1, self.np_rng)
+
+    def pick(self) -> str:
+        return self.rng.choices(self._names, self._weights)[0]
+
+    def user(self) -> str:
+        return f"u-{self.users() + 1}"
+
+    def _q(self, conn, sql: str, params: dict, trace: Trace) -> list:
+        result = conn.execute(text(sql), params)
+        rows = result.fetchall() if result.returns_rows else []
+        ms = getattr(result.context, CONTEXT_ATTR, None)
+        if ms is not None:                    # the integration already recorded it; keep it for replay
+            trace.queries.append((str(result.context.statement), ms))
+        return rows
+
+    def serve(self, name: str, *, user: str | None = None, request_id: str | None = None) -> Trace:
+        """Run one request for real, record it, and return its trace."""
+        path, method, _ = self.endpoints[name]
+        trace = Trace(path, method)
+        user = user or self.user()
+        request_id = request_id or uuid.uuid4().hex[:16]
+        t0 = perf_counter()
+        try:
+            simulated_ms = getattr(self, "do_" + name)(trace, user)
+        except Exception:
+            simulated_ms, trace.status = 0.0, 500
+        trace.real_ms = (perf_counter() - t0) * 1000.0
+        # Simulated network + web-server overhead: no real HTTP hop happens in the demo.
+        simulated_ms += self.rng.lognormvariate(math.log(1.2), 0.5)
+        trace.duration_ms = trace.real_ms + simulated_ms
+        for call in trace.llm:
+            sdk.record_llm_call(request_id=request_id, user=user, **call)
+        sdk.record_request(path, trace.duration_ms, trace.status, method, request_id=request_id, user=user)
+        return trace
+
+
+class Shop(App):
+    """The customer-facing API ("shop-api")."""
+
+    endpoints = SHOP_ENDPOINTS
+
+    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE):
+        super().__init__(engine, seed=seed, version=version)
+        self.products = ZipfKeys(N_PRODUCTS + 60, 1.05, self.np_rng)    # ids past N_PRODUCTS: real 404s
+        self.customers = ZipfKeys(N_CUSTOMERS, 1.15, self.np_rng)   # support looks at busy accounts
+        self.prompts = ZipfKeys(3000, 1.0, self.np_rng)
+        self.product_cache = LRUCache("product_lru", 400)
+        self.customer_cache = LRUCache("customer_lru", 250)
+        self.llm = FakeLLMClient(self.rng)
+
+    def _product(self, conn, pid: int, trace: Trace):
+        row, hit = self.product_cache.get("product", pid, trace)
+        if not hit:
+            rows = self._q(conn, "SELECT id, name, category, price, stock FROM products WHERE id = :id",
+                           {"id": pid}, trace)
+            row = tuple(rows[0]) if rows else ()
+            self.product_cache.put("product", pid, row)
+        return row
+
+    def _customer_orders(self, conn, cid: int, trace: Trace):
+        rows, hit = self.customer_cache.get("orders", cid, trace)
+        if not hit:
+            # Full scan of orders: there is no index on customer_id.
+            rows = self._q(conn, "SELECT id, product_id, quantity, amount, status, created_at FROM orders"
+                                 " WHERE customer_id = :cid ORDER BY created_at DESC", {"cid": cid}, trace)
+            rows = [tuple(r) for r in rows[:50]]
+            self.customer_cache.put("orders", cid, rows)
+        return rows
+
+    def do_product(self, trace: Trace, user: str) -> float:
+        with self.engine.connect() as conn:
+            row = self._product(conn, self.products() + 1, trace)
+        if not row:
+            trace.status = 404
+        return 0.0
+
+    def do_customer_orders(self, trace: Trace, user: str) -> float:
+        cid = self.customers() + 1
+        with self.engine.connect() as conn:
+            row, hit = self.customer_cache.get("profile", cid, trace)
+            if not hit:
+                rows = self._q(conn, "SELECT id, name, email, region FROM customers WHERE id = :id",
+                               {"id": cid}, trace)
+                row = tuple(rows[0]) if rows else ()
+                self.customer_cache.put("profile", cid, row)
+            self._customer_orders(conn, cid, trace)
+        return 0.0
+
+    def do_search(self, trace: Trace, user: str) -> float:
+        category = CATEGORIES[self.rng.randrange(len(CATEGORIES))]
+        with self.engine.connect() as conn:
+            if self.version == VERSION_BEFORE:
+                self._q(conn, "SELECT id, name, price FROM products WHERE category = :cat AND stock > 0"
+                              " ORDER BY price LIMIT 20", {"cat": category}, trace)
+            else:
+                # v1.8.0's "popular first" ranking: aggregates the whole orders table per search.
+                self._q(conn, "SELECT p.id, p.name, p.price, count(o.id) AS sold FROM products p"
+                              " JOIN orders o ON o.product_id = p.id WHERE p.category = :cat AND p.stock > 0"
+                              " GROUP BY p.id ORDER BY sold DESC LIMIT 20", {"cat": category}, trace)
+        return 0.0
+
+    def do_recommendations(self, trace: Trace, user: str) -> float:
+        cid = int(user[2:]) * 37 % N_CUSTOMERS + 1          # the user's own customer record
+        with self.engine.connect() as conn:
+            orders = self._customer_orders(conn, cid, trace)
+            for _, pid, *_ in orders[:3]:
+                self._product(conn, pid, trace)
+        r = self.rng.random()
+        model = ("gpt-4o-mini" if r < 0.50 else "claude-3-5-haiku" if r < 0.72 else "gpt-4o" if r < 0.85
+                 else "claude-sonnet-4" if r < 0.97 else "acme-local-7b")
+        # LLM latency is the simulated part of this request.
+        return self.llm.complete(model, self.prompts(), trace, endpoint="/recommendations")
+
+    def do_checkout(self, trace: Trace, user: str) -> float:
+        cid = int(user[2:]) * 37 % N_CUSTOMERS + 1
+        pid = self.products() % N_PRODUCTS + 1
+        qty = self.rng.randint(1, 3)
+        # Stand-in payment provider: its latency is simulated, and it fails now and then.
+        payment_ms = self.rng.lognormvariate(math.log(180), 0.45)
+        if self.rng.random() < 0.03:
+            trace.status = 502
+            return payment_ms
+        with self.engine.begin() as conn:
+            row = self._product(conn, pid, trace)
+            price = row[3] if row else 10.0
+            self._q(conn, "INSERT INTO orders (customer_id, product_id, quantity, amount, status, created_at)"
+                          " VALUES (:cid, :pid, :qty, :amount, 'paid', datetime('now'))",
+                    {"cid": cid, "pid": pid, "qty": qty, "amount": round(price * qty, 2)}, trace)
+            self._q(conn, "UPDATE products SET stock = max(stock - :qty, 0) WHERE id = :pid",
+                    {"qty": qty, "pid": pid}, trace)
+        return payment_ms
+
+    def do_health(self, trace: Trace, user: str) -> float:
+        with self.engine.connect() as conn:
+            self._q(conn, "SELECT 1", {}, trace)
+        return 0.0
+
+
+class Worker(App):
+    """Background jobs ("worker")."""
+
+    endpoints = WORKER_ENDPOINTS
+
+    def __init__(self, engine, *, seed: int = 2, version: str = "w-2.3.1"):
+        super().__init__(engine, seed=seed, version=version)
+        self.llm = FakeLLMClient(self.rng, cache_capacity=150)
+        self.prompts = ZipfKeys(2000, 0.9, self.np_rng)
+
+    def do_send_receipt(self, trace: Trace, user: str) -> float:
+        with self.engine.connect() as conn:
+            rows = self._q(conn, "SELECT id, customer_id, amount FROM orders WHERE id = :id",
+                           {"id": self.rng.randint(1, N_ORDERS)}, trace)
+            if rows:
+                self._q(conn, "SELECT email FROM customers WHERE id = :id", {"id": rows[0][1]}, trace)
+        return self.rng.lognormvariate(math.log(90), 0.5)       # simulated SMTP hand-off
+
+    def do_summarize_reviews(self, trace: Trace, user: str) -> float:
+        model = "claude-3-5-haiku" if self.rng.random() < 0.8 else "acme-local-7b"
+        return self.llm.complete(model, self.prompts(), trace, endpoint="job:summarize_reviews")
+
+    def do_daily_sales_report(self, trace: Trace, user: str) -> float:
+        with self.engine.connect() as conn:
+            self._q(conn, "SELECT p.category, count(*), sum(o.amount) FROM orders o JOIN products p"
+                          " ON p.id = o.product_id GROUP BY p.category", {}, trace)
+        return 0.0
