@@ -8,6 +8,7 @@ import socket
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from collectors import sdk
 from collectors.integrations.sqlalchemy import CONTEXT_ATTR, instrument_sqlalchemy, uninstrument_sqlalchemy
@@ -49,7 +50,7 @@ def _exercise(engine, table: str) -> None:
             assert result.scalar_one() == f"n{i}"
             assert getattr(result.context, CONTEXT_ATTR) >= 0
         conn.execute(text(f"SELECT count(*) FROM {table} WHERE name = 'n3'")).scalar_one()
-        with pytest.raises(Exception):
+        with pytest.raises(DBAPIError):
             conn.execute(text(f"SELECT no_such_column FROM {table}"))
 
 

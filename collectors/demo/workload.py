@@ -85,7 +85,7 @@ class LRUCache:
         self.name, self.capacity = name, capacity
         self._data: OrderedDict = OrderedDict()
 
-    def get(self, namespace: str, key, trace: "Trace"):
+    def get(self, namespace: str, key, trace: Trace):
         t0 = perf_counter()
         k = (namespace, key)
         value = self._data.get(k, _MISS)
@@ -177,13 +177,13 @@ class FakeLLMClient:
 
 # -- the database --------------------------------------------------------------------------------
 SCHEMA = [
-    "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,"
-    " region TEXT NOT NULL, created_at TEXT NOT NULL)",
-    "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL,"
-    " price REAL NOT NULL, stock INTEGER NOT NULL)",
+    ("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,"
+     " region TEXT NOT NULL, created_at TEXT NOT NULL)"),
+    ("CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT NOT NULL,"
+     " price REAL NOT NULL, stock INTEGER NOT NULL)"),
     # No index on customer_id or product_id: on purpose (see module docstring).
-    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER NOT NULL,"
-    " quantity INTEGER NOT NULL, amount REAL NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL)",
+    ("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL, product_id INTEGER NOT NULL,"
+     " quantity INTEGER NOT NULL, amount REAL NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL)"),
 ]
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger("perfdeck.integrations.sqlalchemy")
 
 CONTEXT_ATTR = "perfdeck_query_ms"
 _START = "perfdeck_t0"
-_installed: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_installed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def instrument_sqlalchemy(engine, database: str | None = None) -> bool:
