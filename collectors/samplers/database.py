@@ -45,6 +45,7 @@ from datetime import datetime
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from collectors.samplers import Rows, Sampler
 
@@ -240,7 +241,7 @@ class DatabaseSampler(Sampler):
                 if con.dialect.server_version_info >= (14,):
                     reset = con.execute(_sql("SELECT stats_reset FROM pg_stat_statements_info")).scalar()
                 sp.commit()
-            except Exception as exc:
+            except SQLAlchemyError as exc:
                 sp.rollback()
                 reason = f"pg_stat_statements is not readable: {type(exc).__name__}: {exc}".strip()[:300]
         self._caps["pg_stat_statements"] = {"enabled": reason is None, "reason": reason,
@@ -337,7 +338,7 @@ class DatabaseSampler(Sampler):
             return {}
         try:
             return dict(con.execute(text("SELECT name, sum(pgsize) FROM dbstat GROUP BY name")).all())
-        except Exception:
+        except SQLAlchemyError:
             return {}
 
     @staticmethod
@@ -345,7 +346,7 @@ class DatabaseSampler(Sampler):
         """Row estimates from sqlite_stat1 (written by ANALYZE): the first number of a table's stat."""
         try:
             rows = con.execute(text("SELECT tbl, stat FROM sqlite_stat1")).all()
-        except Exception:
+        except SQLAlchemyError:
             return {}
         out = {}
         for tbl, stat in rows:
