@@ -3,4 +3,6 @@
 
     from collectors.integrations.sqlalchemy import instrument_sqlalchemy
     instrument_sqlalchemy(engine)                 # every statement -> sdk.record_query
+Also: asgi.PerfdeckMiddleware, wsgi.instrument_flask / PerfdeckWSGIMiddleware (requests), redis.cached /
+bump_cache_version / instrument_redis (cache hits), llm.instrument_openai / instrument_anthropic (LLM tokens).
 """
