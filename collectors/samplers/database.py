@@ -9,6 +9,8 @@ engine of one pooled connection with connect and statement timeouts. When the da
 unreachable `collect` raises and the daemon marks the component down. A missing optional feature
 (pg_stat_statements not preloaded or not created, no dbstat in SQLite) degrades: the rest is still
 sampled and `capabilities()` / the metric `pg_stat_statements.enabled` say what is missing.
+Other dialects (MySQL/MariaDB: performance_schema digests are not done yet) are only checked for
+reachability, so their component still goes up and down.
 
 `db_metrics` rows are `(ts, target, name, labels, value)` where target is the sampler's name and
 labels are `k=v` pairs joined by commas. The metric names, the dashboard's Database page reads these:
@@ -137,7 +139,10 @@ class DatabaseSampler(Sampler):
             try:
                 if backend == "postgresql":
                     return self._collect_postgresql(con, now)
-                raise NotImplementedError(f"database sampler: {backend} is not supported yet")
+                # Other dialects: reachability only (up/down), no statistics yet.
+                con.execute(text("SELECT 1")).scalar()
+                self._caps["statistics"] = f"no statistics for {backend} yet: only up/down is sampled"
+                return []
             finally:
                 con.rollback()
 
