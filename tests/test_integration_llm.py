@@ -11,10 +11,16 @@ import time
 import pytest
 
 from collectors import sdk
-from collectors.integrations.llm import (anthropic_usage, instrument_anthropic, instrument_openai, openai_usage,
-                                         record_anthropic_response, record_openai_response, uninstrument)
+from collectors.integrations.llm import (
+    anthropic_usage,
+    instrument_anthropic,
+    instrument_openai,
+    openai_usage,
+    record_anthropic_response,
+    record_openai_response,
+    uninstrument,
+)
 from collectors.store.ingest import decode
-
 
 # --- stand-ins shaped like the SDKs' response models ---------------------------------------------
 

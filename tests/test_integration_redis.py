@@ -15,8 +15,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from collectors import sdk
-from collectors.integrations.redis import (bump_cache_version, cached, instrument_redis, stable_hash,
-                                           uninstrument_redis, version_key)
+from collectors.integrations.redis import (
+    bump_cache_version,
+    cached,
+    instrument_redis,
+    stable_hash,
+    uninstrument_redis,
+    version_key,
+)
 from collectors.store.ingest import decode
 
 
@@ -120,7 +126,6 @@ def test_none_is_cached_and_errors_are_not(spool, r):
         calls.append(x)
         if x < 0:
             raise ValueError("negative")
-        return None
 
     assert maybe(1) is None and maybe(1) is None and calls == [1]
     for _ in range(2):

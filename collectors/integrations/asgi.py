@@ -45,7 +45,7 @@ class RequestContext:
     """What code running inside a request can ask about it. `endpoint` is resolved lazily: the
     router picks the route only after the middleware has started the request."""
 
-    __slots__ = ("request_id", "_endpoint")
+    __slots__ = ("_endpoint", "request_id")
 
     def __init__(self, request_id: str, endpoint=None):
         self.request_id = request_id

@@ -141,7 +141,7 @@ def cached(cache: str, ttl: float | None = 60, *, client, namespace: str | None 
 
     def decorate(fn):
         ns = namespace or fn.__qualname__
-        expire = None if ttl is None else max(1, int(round(ttl)))
+        expire = None if ttl is None else max(1, round(ttl))
 
         def make_key(version, args, kwargs) -> str:
             suffix = key(*args, **kwargs) if key is not None else stable_hash(args, kwargs)

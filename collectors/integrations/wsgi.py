@@ -100,7 +100,7 @@ def _endpoint_or_none(environ):
 
 
 class _Timing:
-    __slots__ = ("environ", "status", "rid", "t0", "done")
+    __slots__ = ("done", "environ", "rid", "status", "t0")
 
     def __init__(self, environ, status, rid):
         self.environ, self.status, self.rid = environ, status, rid
