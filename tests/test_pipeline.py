@@ -243,6 +243,16 @@ def test_bad_rows_are_dropped_and_counted_while_the_rest_of_the_batch_lands(stor
     assert count(store, "llm_calls") == 1
 
 
+def test_missing_optional_labels_are_stored_as_null(store, spool):
+    sdk.configure(service="api", transport=f"spool:{spool}", flush_interval=60)
+    sdk.record_llm_call("m", 10, 5, request_id="r-1", user="u-1")
+    sdk.record_llm_call("m", 10, 5)
+    assert sdk.flush(5)
+    Collector(store, spool_dir=spool).run_once()
+    assert query(store, "SELECT request_id, user_id, provider FROM llm_calls ORDER BY request_id NULLS LAST") == [
+        ("r-1", "u-1", None), (None, None, None)]
+
+
 def test_replayed_batch_is_a_no_op(store, spool):
     batch_id, payload, _ = encode(service="api", host="h", pid=1, sent_at=time.time(),
                                   requests=[(time.time(), "/a", 1.0, 200, "GET", {})] * 10)

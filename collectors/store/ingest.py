@@ -212,7 +212,8 @@ def decode(payload: bytes) -> Batch:
         df["cached_input_tokens"] = df["cached_input_tokens"].fillna(0).astype("int64")
         df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
         for col in ("provider", "request_id", "endpoint", "user"):
-            df[col] = df[col].map(lambda v: None if v is None else str(v)[:MAX_LABEL]).astype(object)
+            # From the raw rows: pandas would turn a missing string into NaN (stored as 'nan').
+            df[col] = pd.Series([None if r.get(col) is None else str(r[col])[:MAX_LABEL] for r in llm], dtype=object)
         batch.llm = df
 
     deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch)
