@@ -4,9 +4,8 @@ Every time chart has a UTC time axis spanning the selected range and the deploys
 dashed vertical lines labelled with the version (hover for service, host and exact time)."""
 from __future__ import annotations
 
-from datetime import datetime
-
 import math
+from datetime import datetime
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -62,13 +61,14 @@ def add_deploy_markers(fig: go.Figure, deploys: pd.DataFrame | None) -> go.Figur
     if deploys is None or deploys.empty:
         return fig
     several_services = deploys["service"].nunique() > 1
-    for row in deploys.itertuples(index=False):
+    for i, row in enumerate(deploys.itertuples(index=False)):
         label = f"{row.service} {row.version}" if several_services else row.version
         fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
                       line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dash"}, layer="below")
         host = f" on {row.host}" if isinstance(row.host, str) and row.host else ""
         fig.add_annotation(
-            x=row.ts, y=1, xref="x", yref="paper", text=label, showarrow=False,
+            # Three staggered rows so labels of close deploys don't print over each other.
+            x=row.ts, y=1 - 0.07 * (i % 3), xref="x", yref="paper", text=label, showarrow=False,
             xanchor="left", yanchor="top", xshift=3, font={"size": 11, "color": DEPLOY_COLOUR},
             bgcolor="rgba(255,255,255,0.8)",
             hovertext=f"deploy {row.service} {row.version}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",

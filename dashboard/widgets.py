@@ -5,31 +5,33 @@ read-only connection per cache miss, runs the page's queries on it and closes it
 the DuckDB file across reruns (the collector needs it back within a second or two)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 import pandas as pd
 import streamlit as st
 
-import dashboard.queries as queries
 from collectors.store import StoreLocked, StoreMissing, db_path, read
+from dashboard import queries
 
 CACHE_TTL_S = 10
 # Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
 NOW_GRANULARITY_S = 10
 
+# Labels double as the URL value (?range=Last+7+days): the browser binds the displayed text.
 RANGES = {
-    "15m": ("Last 15 minutes", timedelta(minutes=15)),
-    "1h": ("Last hour", timedelta(hours=1)),
-    "6h": ("Last 6 hours", timedelta(hours=6)),
-    "24h": ("Last 24 hours", timedelta(hours=24)),
-    "7d": ("Last 7 days", timedelta(days=7)),
-    "30d": ("Last 30 days", timedelta(days=30)),
-    "custom": ("Custom range…", None),
+    "Last 15 minutes": timedelta(minutes=15),
+    "Last hour": timedelta(hours=1),
+    "Last 6 hours": timedelta(hours=6),
+    "Last 24 hours": timedelta(hours=24),
+    "Last 7 days": timedelta(days=7),
+    "Last 30 days": timedelta(days=30),
 }
-DEFAULT_RANGE = "24h"
+CUSTOM = "Custom range"
+DEFAULT_RANGE = "Last 24 hours"
 REFRESH = {"off": "Off", "10": "10 s", "30": "30 s", "60": "60 s"}
 ALL_SERVICES = "All services"
 HOW_TO_GET_DATA = (
@@ -48,7 +50,7 @@ class TimeRange:
     """A relative span ending now, or a fixed [start, end) window; resolved at each (fragment)
     rerun so an auto-refreshing page moves with the clock."""
 
-    key: str
+    label: str
     span: timedelta | None = None
     start: datetime | None = None
     end: datetime | None = None
@@ -59,10 +61,6 @@ class TimeRange:
         now = now or utcnow()
         until = now.replace(microsecond=0) - timedelta(seconds=now.second % NOW_GRANULARITY_S)
         return until - self.span, until
-
-    @property
-    def label(self) -> str:
-        return RANGES[self.key][0]
 
 
 @dataclass(frozen=True)
@@ -77,14 +75,11 @@ def sidebar_filters() -> Filters:
     can be shared as a link."""
     sb = st.sidebar
     sb.header("Filters")
-    key = sb.selectbox(
-        "Time range", list(RANGES), index=list(RANGES).index(DEFAULT_RANGE),
-        format_func=lambda k: RANGES[k][0], key="range", bind="query-params",
+    label = sb.selectbox(
+        "Time range", [*RANGES, CUSTOM], index=list(RANGES).index(DEFAULT_RANGE),
+        key="range", bind="query-params",
     )
-    if key == "custom":
-        rng = _custom_range(sb)
-    else:
-        rng = TimeRange(key, span=RANGES[key][1])
+    rng = _custom_range(sb) if label == CUSTOM else TimeRange(label, span=RANGES[label])
     names = [ALL_SERVICES, *service_names()]
     service = sb.selectbox("Service", names, key="service", bind="query-params")
     refresh = sb.selectbox(
@@ -109,7 +104,7 @@ def _custom_range(sb) -> TimeRange:
     if start >= end:
         sb.warning("“From” is after “To”: showing the range the other way round.")
         start, end = end, start
-    return TimeRange("custom", start=start.replace(tzinfo=None), end=end.replace(tzinfo=None))
+    return TimeRange(CUSTOM, start=start.replace(tzinfo=None), end=end.replace(tzinfo=None))
 
 
 def service_names() -> list[str]:

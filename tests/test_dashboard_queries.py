@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from seed_store import seed_store
 
 from collectors.store import migrate, read, write
 from collectors.store.histogram import bucket_of, quantile
@@ -21,7 +22,6 @@ from dashboard.queries import (
     totals,
     traffic_over_time,
 )
-from seed_store import seed_store
 
 QS = {"p50_ms": 0.50, "p95_ms": 0.95, "p99_ms": 0.99}
 # The histogram reports a bucket's representative value: within (gamma-1)/(gamma+1) = 0.99 % of
@@ -87,7 +87,7 @@ def test_time_filter(seeded, con):
 
 
 def test_service_filter(seeded, con):
-    _, now, events = seeded
+    now = seeded[1]
     everything = endpoint_percentiles(con, since=now - timedelta(days=30), until=now)
     worker = endpoint_percentiles(con, since=now - timedelta(days=30), until=now, service="worker")
     assert set(worker["service"]) == {"worker"}
@@ -106,7 +106,11 @@ def test_totals(seeded, con):
     assert row["requests"] == len(events)
     assert row["errors"] == (events.status >= 500).sum()
     assert row["error_rate"] == pytest.approx((events.status >= 500).mean())
-    assert row["requests_per_s"] == pytest.approx(len(events) / (now - since).total_seconds())
+    first_minute = events.ts.min().floor("min")
+    assert row["requests_per_s"] == pytest.approx(len(events) / (now - first_minute).total_seconds())
+    six_hours_ago = now.replace(second=0, microsecond=0) - timedelta(hours=6)
+    recent = totals(con, since=six_hours_ago, until=now).iloc[0]
+    assert recent["requests_per_s"] == pytest.approx(recent["requests"] / (now - six_hours_ago).total_seconds())
     assert_matches_numpy(row, events.duration_ms.to_numpy())
     api = totals(con, since=since, until=now, service="api").iloc[0]
     assert api["requests"] == (events.service == "api").sum()

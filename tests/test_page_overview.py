@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
 
 from collectors.store import migrate, read, write
 from dashboard.queries import totals
 from dashboard.widgets import fmt_ms
-from seed_store import seed_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "pages" / "overview.py")
@@ -46,7 +46,7 @@ def test_overview_shows_metrics_table_and_charts(seeded):
     until = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
     since = until - timedelta(hours=24)
     at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["range"] = "custom"
+    at.session_state["range"] = "Custom range"
     at.session_state["range_from"], at.session_state["range_to"] = since, until
     at.run()
     assert not at.exception, at.exception
@@ -80,11 +80,11 @@ def test_service_filter_and_endpoint_picker(seeded):
 
 def test_time_ranges(seeded):
     at = run(PAGE)
-    for key in ("15m", "7d", "30d"):
+    for key in ("Last 15 minutes", "Last 7 days", "Last 30 days"):
         at.sidebar.selectbox(key="range").select(key).run()
         assert not at.exception, key
         assert len(at.metric) == 5
-    at.sidebar.selectbox(key="range").select("custom").run()
+    at.sidebar.selectbox(key="range").select("Custom range").run()
     assert not at.exception
     assert at.sidebar.get("date_time_input") or at.sidebar.get("datetime_input")
 
@@ -119,5 +119,5 @@ def test_old_data_only_suggests_a_longer_range(tmp_path, monkeypatch):
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run(PAGE)
     assert "longer range" in at.info[0].value
-    at.sidebar.selectbox(key="range").select("7d").run()
+    at.sidebar.selectbox(key="range").select("Last 7 days").run()
     assert not at.exception and len(at.metric) == 5

@@ -23,20 +23,23 @@ ENDPOINT_COLUMNS = {
 
 def headline(now: pd.Series, before: pd.Series | None) -> None:
     """Five metrics, each with its change against the previous period of the same length."""
-    def delta(col, fmt=lambda d, b: f"{d / b:+.1%}"):
-        if before is None or pd.isna(before[col]) or pd.isna(now[col]) or not before[col]:
-            return None
-        change = now[col] - before[col]
-        return None if abs(change / before[col]) < 0.0005 else fmt(change, before[col])
-
-    cols = st.columns(5)
-    cols[0].metric("Requests / s", f"{now.requests_per_s:,.2f}", delta("requests_per_s"), help=f"{now.requests:,} requests in the range",
-        delta_color="off", border=True)
-    cols[1].metric("Error rate", f"{now.error_rate:.2%}", delta("error_rate", lambda d, _: f"{d * 100:+.2f} pts"),
-                   help=f"{now.errors:,} failed requests (status ≥ 500)", delta_color="inverse", border=True)
-    for col, name in zip(cols[2:], ("p50_ms", "p95_ms", "p99_ms")):
-        col.metric(name[:3], widgets.fmt_ms(now[name]), delta(name),
-                   help=f"{name[:3]} latency over all requests in the range", delta_color="inverse", border=True)
+    cards = [  # column, label, value, help, change format, bad when it goes up
+        ("requests_per_s", "Requests / s", f"{now.requests_per_s:,.2f}", f"{now.requests:,} requests; averaged since the first one in the range", None, False),
+        ("error_rate", "Error rate", f"{now.error_rate:.2%}", f"{now.errors:,} failed (status ≥ 500)",
+         lambda d, _: f"{d * 100:+.2f} pts", True),
+        *((c, c[:3], widgets.fmt_ms(now[c]), f"{c[:3]} over all requests in the range", None, True)
+          for c in ("p50_ms", "p95_ms", "p99_ms")),
+    ]
+    for col, (name, label, value, help_, fmt, bad_up) in zip(st.columns(5), cards):
+        delta, colour, arrow = None, "off", "auto"
+        if before is not None and pd.notna(before[name]) and pd.notna(now[name]) and before[name]:
+            change = now[name] - before[name]
+            if abs(change / before[name]) < 0.0005:
+                delta, arrow = "no change", "off"
+            else:
+                delta = (fmt or (lambda d, b: f"{d / b:+.1%}"))(change, before[name])
+                colour = "inverse" if bad_up else "off"
+        col.metric(label, value, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
     st.caption("Changes are against the previous period of the same length.")
 
 

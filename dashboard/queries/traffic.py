@@ -80,7 +80,7 @@ def traffic_over_time(
 
 TOTALS_SQL = f"""
 WITH traffic AS (
-    SELECT sum(requests) AS requests, sum(errors) AS errors
+    SELECT sum(requests) AS requests, sum(errors) AS errors, min(minute) AS first_minute
     FROM request_rollup
     WHERE minute >= $since
       AND minute < $until
@@ -107,7 +107,9 @@ latency AS (
 SELECT CAST(traffic.requests AS BIGINT) AS requests,
        CAST(traffic.errors AS BIGINT) AS errors,
        traffic.errors / traffic.requests AS error_rate,
-       traffic.requests / $span_s AS requests_per_s,
+       -- Per second of the range that has data: a 30-day view of a 3-day-old store is not idle.
+       traffic.requests / greatest(epoch($until) - epoch(greatest($since, traffic.first_minute)), 60)
+           AS requests_per_s,
        latency.p50_ms,
        latency.p95_ms,
        latency.p99_ms
@@ -124,8 +126,8 @@ def totals(
     service: str | None = None,
 ) -> pd.DataFrame:
     """One row [requests, errors, error_rate, requests_per_s, p50_ms, p95_ms, p99_ms] for the
-    whole range, or no rows when nothing was recorded in it."""
-    span_s = max((until - since).total_seconds(), 1.0)
-    params = {"since": since, "until": until, "service": service, "span_s": span_s}
+    whole range, or no rows when nothing was recorded in it. requests_per_s averages over the part
+    of the range since the first recorded minute."""
+    params = {"since": since, "until": until, "service": service}
     df, _ = run_query(TOTALS_SQL, params, con=con)
     return df

@@ -1,0 +1,145 @@
+"""End to end: `perfdeck dashboard` on a seeded store, driven by Debian's Chromium."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from seed_store import seed_store
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+if not Path(CHROMIUM).exists():
+    pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _command(port: int) -> list[str]:
+    cli = ROOT / ".venv" / "bin" / "perfdeck"
+    if cli.exists() and subprocess.run([str(cli), "dashboard", "--help"], capture_output=True, check=False).returncode == 0:
+        return [str(cli), "dashboard", "--port", str(port), "--server.headless", "true"]
+    return [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+            "--server.port", str(port), "--server.headless", "true"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    store = tmp / "perfdeck.duckdb"
+    seed_store(store)
+    port = _free_port()
+    env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    log = (tmp / "server.log").open("w")  # closed once the server is stopped
+    # Own process group: `perfdeck dashboard` starts streamlit as a child, and both must go at the end.
+    proc = subprocess.Popen(_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dashboard did not start:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, wait for every member (streamlit outlives the CLI
+    by a moment), SIGKILL what is left after 15 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1200}, accept_downloads=True)
+        page = context.new_page()
+        page.goto(server)
+        page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_overview_renders_without_exception(page):
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator(".js-plotly-plot").count() == 2
+    # Lines were drawn, not just empty axes.
+    assert page.locator(".js-plotly-plot .scatterlayer path.js-line").count() >= 3
+    assert page.locator('[data-testid="stMetricValue"]').count() == 5
+
+
+def test_csv_download_of_endpoint_table(page, tmp_path):
+    button = page.locator('[data-testid="stDownloadButton"] button').first
+    with page.expect_download(timeout=30_000) as info:
+        button.click()
+    download = info.value
+    assert download.suggested_filename == "perfdeck-endpoints.csv"
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert list(rows[0]) == ["service", "endpoint", "requests", "error_rate", "p50_ms", "p95_ms", "p99_ms"]
+    assert len(rows) == 7
+    assert {r["endpoint"] for r in rows} >= {"GET /products", "POST /checkout", "task build_report"}
+    assert all(float(r["p50_ms"]) <= float(r["p95_ms"]) <= float(r["p99_ms"]) for r in rows)
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_service_filter_in_browser(page):
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').nth(1).click()
+    page.get_by_role("option", name="worker").click()
+    page.wait_for_function(
+        "() => new URL(location.href).searchParams.get('service') === 'worker'", timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator(".js-plotly-plot").count() == 2
+
+
+def test_time_range_comes_from_the_url(server, page):
+    page.goto(f"{server}/?range=Last+7+days&service=api")
+    page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    caption = page.locator('[data-testid="stCaptionContainer"]').first.inner_text()
+    since, until = (datetime.strptime(part.strip()[:16], "%Y-%m-%d %H:%M") for part in caption.split("→"))
+    assert until - since == timedelta(days=7)
+    assert page.locator('[data-testid="stException"]').count() == 0
