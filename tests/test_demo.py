@@ -21,7 +21,7 @@ from collectors import sdk
 from collectors.daemon import Collector
 from collectors.demo.backfill import DAY, backfill
 from collectors.demo.live import run_live
-from collectors.demo.runner import resolve_port
+from collectors.demo.runner import last_event_ts, resolve_port
 from collectors.demo.workload import SHOP_ENDPOINTS, VERSION_AFTER, WORKER_ENDPOINTS, Shop, open_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,12 @@ def test_deploy_marks_a_regression(demo_store):
                                           median(duration_ms) FILTER (WHERE epoch(ts) >= ?)
                                    FROM request_events WHERE endpoint = '/search'""", [at, at]).fetchone()
     assert after > 3 * before
+
+
+def test_rerun_sees_existing_history(demo_store, tmp_path):
+    # What the runner checks before deciding between a full backfill, a gap fill and none.
+    assert last_event_ts(demo_store["data"] / "perfdeck.duckdb") >= demo_store["end"]
+    assert last_event_ts(tmp_path / "missing.duckdb") is None
 
 
 def test_port_resolution(monkeypatch):

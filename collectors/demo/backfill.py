@@ -30,7 +30,7 @@ from collectors.demo.workload import VERSION_AFTER, VERSION_BEFORE, Shop, Worker
 DAY = 86_400.0
 MIN_POOL = 12           # real runs per endpoint and version before replays start
 POOL_SIZE = 256         # replays draw from the most recent real traces
-SHOP_PEAK_RPS = 1.6     # shop-api requests/s at the afternoon peak on a weekday
+SHOP_PEAK_RPS = 1.4     # shop-api requests/s at the afternoon peak on a weekday
 WORKER_PEAK_RPS = 0.12
 
 

@@ -113,6 +113,15 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             port = resolve_port(port)
             dash = start_dashboard(db, port)
             say(f"perfdeck demo: dashboard at http://localhost:{port} — Ctrl-C to stop")
+
+            def watch() -> None:   # a dashboard that dies on its own (port taken, crash) ends the demo
+                while not stop.wait(1.0):
+                    if dash.poll() is not None and not stop.wait(1.0):   # not just our own Ctrl-C
+                        say(f"perfdeck demo: the dashboard exited (code {dash.returncode}); stopping")
+                        stopped_by.append("dashboard")
+                        stop.set()
+
+            threading.Thread(target=watch, name="perfdeck-demo-watch", daemon=True).start()
         say(f"perfdeck demo: data in {data_dir} (store {db.name}, spool {spool.name}/, shop.sqlite)")
 
         engine = open_database(data_dir / "shop.sqlite")
@@ -132,7 +141,8 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             real = sum(s.real for s in report.services)
             say(f"perfdeck demo: backfilled {(report.end - report.start) / DAY:.2f} days in {report.seconds:.1f} s: "
                 f"{report.requests:,} requests, {report.events:,} events ({real:,} requests run for real, "
-                f"the rest replayed from them; {report.dropped} dropped)")
+                f"the rest replayed from them; {report.dropped} dropped)"
+                + (" — interrupted" if report.interrupted else ""))
 
         if not stop.is_set():
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
@@ -140,17 +150,9 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             say(f"perfdeck demo: live traffic running (started {time.monotonic() - t0:.1f} s ago)")
             shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()))
 
-            def watch() -> None:   # a dashboard that dies on its own ends the demo
-                while not stop.wait(1.0):
-                    if dash is not None and dash.poll() is not None:
-                        say(f"perfdeck demo: the dashboard exited (code {dash.returncode}); stopping")
-                        stopped_by.append("dashboard")
-                        stop.set()
-
-            threading.Thread(target=watch, name="perfdeck-demo-watch", daemon=True).start()
             run_live(shop, stop, shop_rate)
-            if "dashboard" in stopped_by and not any(s.startswith("SIG") for s in stopped_by):
-                code = dash.returncode or 1
+        if "dashboard" in stopped_by and not any(s.startswith("SIG") for s in stopped_by):
+            code = dash.returncode or 1
     finally:
         say("perfdeck demo: stopping")
         sdk.shutdown()

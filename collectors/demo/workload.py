@@ -19,9 +19,10 @@ Each served request also returns a `Trace` of the events it recorded, which the 
 (collectors.demo.backfill) replays to fill days of history without re-running every query."""
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,11 +250,12 @@ class App:
         self.np_rng = np.random.default_rng(seed)
         self.version = version
         names = list(self.endpoints)
-        self._names, self._weights = names, [self.endpoints[n][2] for n in names]
+        self._names = names
+        self._cum = list(itertools.accumulate(self.endpoints[n][2] for n in names))
         self.users = ZipfKeys(N_USERS, 1.1, self.np_rng)
 
     def pick(self) -> str:
-        return self.rng.choices(self._names, self._weights)[0]
+        return self._names[bisect.bisect(self._cum, self.rng.random() * self._cum[-1])]
 
     def user(self) -> str:
         return f"u-{self.users() + 1}"
@@ -271,7 +273,7 @@ class App:
         path, method, _ = self.endpoints[name]
         trace = Trace(path, method)
         user = user or self.user()
-        request_id = request_id or uuid.uuid4().hex[:16]
+        request_id = request_id or f"{self.rng.getrandbits(64):016x}"
         t0 = perf_counter()
         try:
             simulated_ms = getattr(self, "do_" + name)(trace, user)
