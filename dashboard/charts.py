@@ -56,12 +56,17 @@ def _log_ticks(values: pd.Series) -> dict:
     return {"tickvals": ticks, "ticktext": [_ms_label(t) for t in ticks]} if len(ticks) >= 2 else {}
 
 
-def add_deploy_markers(fig: go.Figure, deploys: pd.DataFrame | None) -> go.Figure:
+def add_deploy_markers(
+    fig: go.Figure, deploys: pd.DataFrame | None, x_range: tuple[datetime, datetime] | None = None,
+) -> go.Figure:
     """Dashed vertical line per deploy across all subplots, labelled with its version."""
     if deploys is None or deploys.empty:
         return fig
     several_services = deploys["service"].nunique() > 1
+    start, end = x_range or (deploys["ts"].min(), deploys["ts"].max())
+    span = (end - start) or pd.Timedelta(seconds=1)
     for i, row in enumerate(deploys.itertuples(index=False)):
+        near_right = (row.ts - start) / span > 0.85  # label on the left of its line, not cut off
         label = f"{row.service} {row.version}" if several_services else row.version
         fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
                       line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dash"}, layer="below")
@@ -69,7 +74,7 @@ def add_deploy_markers(fig: go.Figure, deploys: pd.DataFrame | None) -> go.Figur
         fig.add_annotation(
             # Three staggered rows so labels of close deploys don't print over each other.
             x=row.ts, y=1 - 0.07 * (i % 3), xref="x", yref="paper", text=label, showarrow=False,
-            xanchor="left", yanchor="top", xshift=3, font={"size": 11, "color": DEPLOY_COLOUR},
+            xanchor="right" if near_right else "left", yanchor="top", xshift=-3 if near_right else 3, font={"size": 11, "color": DEPLOY_COLOUR},
             bgcolor="rgba(255,255,255,0.8)",
             hovertext=f"deploy {row.service} {row.version}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",
         )
@@ -102,7 +107,7 @@ def latency_chart(
     _layout(fig, title, 380)
     if df.empty:
         _no_data(fig)
-    return add_deploy_markers(fig, deploys)
+    return add_deploy_markers(fig, deploys, x_range)
 
 
 def traffic_chart(
@@ -131,4 +136,4 @@ def traffic_chart(
     _layout(fig, title, 440)
     if df.empty:
         _no_data(fig)
-    return add_deploy_markers(fig, deploys)
+    return add_deploy_markers(fig, deploys, x_range)
