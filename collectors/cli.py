@@ -65,11 +65,16 @@ def main(verbose: bool) -> None:
               help="Also read the Redis stream transport at this URL ($PERFDECK_REDIS).")
 @click.option("--once", is_flag=True, help="Ingest everything pending, run rollups and retention, then exit.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between ingest ticks.")
-def collect(db, spool_dir, redis_url, once, interval) -> None:
-    """Run the collector daemon: the single writer of the store."""
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="What to watch: perfdeck.toml by default, or $PERFDECK_CONFIG.")
+def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
+    """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
+    send and samples the host, Redis instances and databases named in perfdeck.toml."""
+    from collectors import config
     from collectors.daemon import Collector
 
-    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval)
+    samplers = config.build_samplers(config.load(config_path))
+    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval, samplers=samplers)
     if once:
         try:
             report = collector.run_once()
