@@ -151,12 +151,22 @@ def _table_command(table: str) -> click.Command:
     return export_table
 
 
-def dashboard_command(db: str | None, port: int, extra: tuple = ()) -> list[str]:
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app)]
+REPO_ROOT = Path(__file__).resolve().parent.parent  # holds dashboard/ and .streamlit/config.toml
+
+
+def dashboard_command(db: str | None, port: int | None, extra: tuple = ()) -> list[str]:
+    """argv that serves the dashboard; run it with cwd=REPO_ROOT so Streamlit finds its config."""
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py")]
     if port:
         cmd += ["--server.port", str(port)]
     return cmd + list(extra)
+
+
+def dashboard_env(db: str | os.PathLike | None) -> dict:
+    """The environment for the dashboard: the store path made absolute against *our* cwd."""
+    from collectors.store import db_path
+
+    return dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()))
 
 
 @main.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
@@ -165,10 +175,11 @@ def dashboard_command(db: str | None, port: int, extra: tuple = ()) -> list[str]
 @click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)
 def dashboard(db, port, streamlit_args) -> None:
     """Serve the dashboard (Streamlit). Extra arguments go to `streamlit run`."""
-    env = dict(os.environ)
-    if db:
-        env["PERFDECK_DB"] = str(Path(db).resolve())
-    sys.exit(subprocess.call(dashboard_command(db, port, streamlit_args), env=env))
+    env = dashboard_env(db)
+    os.chdir(REPO_ROOT)
+    # Become Streamlit rather than wrap it, so signals (Ctrl-C, SIGTERM) reach it directly.
+    cmd = dashboard_command(db, port, streamlit_args)
+    os.execve(cmd[0], cmd, env)
 
 
 @main.command(context_settings=CONTEXT)

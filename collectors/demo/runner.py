@@ -56,13 +56,12 @@ def last_event_ts(db: Path) -> float | None:
 
 
 def start_dashboard(db: Path, port: int) -> subprocess.Popen:
-    from collectors.cli import dashboard_command
+    from collectors.cli import REPO_ROOT, dashboard_command, dashboard_env
 
-    env = dict(os.environ, PERFDECK_DB=str(db))
     extra: tuple = ()
     if "STREAMLIT_SERVER_HEADLESS" not in os.environ:
         extra += ("--server.headless", "true")     # never prompt, never try to open a browser
-    return subprocess.Popen(dashboard_command(str(db), port, extra), env=env)
+    return subprocess.Popen(dashboard_command(str(db), port, extra), env=dashboard_env(db), cwd=REPO_ROOT)
 
 
 def start_live_worker(data_dir: Path) -> subprocess.Popen:
