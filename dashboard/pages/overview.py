@@ -14,7 +14,7 @@ ENDPOINT_COLUMNS = {
     "service": st.column_config.TextColumn("Service"),
     "endpoint": st.column_config.TextColumn("Endpoint"),
     "requests": st.column_config.NumberColumn("Requests", format="localized"),
-    "error_rate": st.column_config.NumberColumn("Errors", format="percent", help="Share of requests that failed"),
+    "error_rate": st.column_config.NumberColumn("Error rate", format="percent", help="Share of requests that failed"),
     "p50_ms": st.column_config.NumberColumn("p50 (ms)", format="%.1f"),
     "p95_ms": st.column_config.NumberColumn("p95 (ms)", format="%.1f"),
     "p99_ms": st.column_config.NumberColumn("p99 (ms)", format="%.1f"),
