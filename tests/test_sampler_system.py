@@ -29,9 +29,12 @@ def _by_name(rows) -> dict[str, dict[str, float]]:
     return d
 
 
+SLEEP = f"30.{os.getpid()}"  # unique, so that nobody else's `sleep 30` matches the cmd: pattern
+
+
 @pytest.fixture
 def sleeper():
-    proc = subprocess.Popen(["sleep", "30"])
+    proc = subprocess.Popen(["sleep", SLEEP])
     yield proc
     proc.kill()
     proc.wait()
@@ -94,7 +97,7 @@ def test_rates_follow_real_traffic():
 
 
 def test_cmd_pattern_finds_a_subprocess(sleeper):
-    s = HostSampler(interval=1, processes=[r"cmd:^sleep 30$"])
+    s = HostSampler(interval=1, processes=[rf"cmd:^sleep {SLEEP}$"])
     first = _by_name(_sample(s))
     label = f"proc=sleep,pid={sleeper.pid}"
     assert label in first["proc.rss_bytes"] and label not in first.get("proc.cpu_percent", {})
@@ -140,7 +143,7 @@ def test_built_from_config():
 
 def test_cpu_cost_per_collect_is_far_below_one_percent_of_a_core_at_10s(sleeper):
     """The issue's budget: the daemon under 1 % of a core at a 10 s interval = 100 ms of CPU per 10 s."""
-    s = HostSampler(interval=10, processes=["cmd:^sleep 30$", "gunicorn"])  # name/cmd specs scan all processes
+    s = HostSampler(interval=10, processes=[rf"cmd:^sleep {SLEEP}$", "gunicorn"])  # name/cmd specs scan all processes
     _sample(s)
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(100):
