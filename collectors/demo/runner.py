@@ -82,6 +82,17 @@ def stop_process(proc: subprocess.Popen | None, name: str, timeout: float = 10.0
         proc.wait(5)
 
 
+def demo_samplers(data_dir: Path) -> list:
+    """The host (with the demo's own processes), the shop's SQLite database, and any Redis or
+    database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS."""
+    from collectors import config
+
+    cfg = config.load()
+    cfg["host"].setdefault("processes", ["cmd:collectors\\.demo\\.live", "cmd:streamlit run"])
+    cfg["database"].append({"name": "shop", "url": f"sqlite:///{data_dir / 'shop.sqlite'}"})
+    return config.build_samplers(cfg)
+
+
 def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True) -> int:
     """Run the demo until SIGINT/SIGTERM; returns the exit code."""
     from collectors.daemon import Collector
@@ -105,7 +116,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     code = 0
     try:
         last = last_event_ts(db)
-        collector = Collector(db, spool_dir=spool, interval=1.0)
+        collector = Collector(db, spool_dir=spool, interval=1.0, samplers=demo_samplers(data_dir))
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:

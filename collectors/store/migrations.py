@@ -189,7 +189,7 @@ def m002_samplers(con: duckdb.DuckDBPyConnection) -> None:
             duration_us BIGINT NOT NULL,
             command VARCHAR,
             client VARCHAR,
-            PRIMARY KEY (instance, entry_id)
+            PRIMARY KEY (instance, entry_id, ts)  -- ids restart from 0 when Redis restarts
         );
         -- Database samples in long format: table and index stats, connections, cache ratios.
         CREATE TABLE db_metrics (
