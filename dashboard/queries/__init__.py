@@ -8,17 +8,57 @@ the CLI and tests call the same functions.
         df = endpoint_percentiles(con, since=since, until=until)
 """
 from dashboard.queries._run import bucket_seconds, run_query
+from dashboard.queries.caches import (
+    HIT_RATE_THRESHOLDS,
+    app_cache_namespaces,
+    app_cache_over_time,
+    app_cache_summary,
+    redis_namespaces,
+    redis_over_time,
+    redis_slowlog,
+    redis_summary,
+)
 from dashboard.queries.catalog import deploys, services
+from dashboard.queries.database import (
+    db_cache_hit_ratio,
+    db_connections,
+    db_targets,
+    pg_top_statements,
+    sdk_top_queries,
+    seq_scan_tables,
+)
+from dashboard.queries.host import host_disks, host_over_time, hosts, processes_latest, processes_over_time
 from dashboard.queries.latency import endpoint_percentiles, latency_over_time
+from dashboard.queries.samplers import component_status
 from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_time
 
 __all__ = [
+    "HIT_RATE_THRESHOLDS",
+    "app_cache_namespaces",
+    "app_cache_over_time",
+    "app_cache_summary",
     "bucket_seconds",
+    "component_status",
+    "db_cache_hit_ratio",
+    "db_connections",
+    "db_targets",
     "deploys",
     "endpoint_percentiles",
     "endpoint_traffic",
+    "host_disks",
+    "host_over_time",
+    "hosts",
     "latency_over_time",
+    "pg_top_statements",
+    "processes_latest",
+    "processes_over_time",
+    "redis_namespaces",
+    "redis_over_time",
+    "redis_slowlog",
+    "redis_summary",
     "run_query",
+    "sdk_top_queries",
+    "seq_scan_tables",
     "services",
     "totals",
     "traffic_over_time",
