@@ -18,6 +18,9 @@ PAGES = Path(__file__).parent / "pages"
 NAVIGATION = {
     "Performance": [
         st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(PAGES / "caches.py", title="Caches", icon=":material/cached:"),
+        st.Page(PAGES / "database.py", title="Database", icon=":material/database:"),
+        st.Page(PAGES / "host.py", title="Host", icon=":material/memory:"),
     ],
 }
 

@@ -137,3 +137,125 @@ def traffic_chart(
     if df.empty:
         _no_data(fig)
     return add_deploy_markers(fig, deploys, x_range)
+
+
+# --- Sampler pages (Caches, Database, Host) ---------------------------------------------------
+DASHES = ("solid", "dot", "dash", "dashdot")
+DASH_NAMES = {"solid": "solid", "dot": "dotted", "dash": "dashed", "dashdot": "dash-dot"}
+THRESHOLD_COLOURS = {"target": "#2A9D8F", "warning": "#F18F01", "critical": "#C73E1D"}
+# y-axis formats: name -> (tickformat, ticksuffix, hover format)
+Y_FORMATS = {
+    "percent": (".0%", "", "%{y:.1%}"),
+    "percent100": ("", " %", "%{y:.1f} %"),
+    "bytes": ("~s", "B", "%{y:.3s}B"),
+    "bytes_per_s": ("~s", "B/s", "%{y:.3s}B/s"),
+    "ms": ("", " ms", "%{y:,.3g} ms"),
+    "per_s": ("~s", "/s", "%{y:,.3g}/s"),
+    "number": ("~s", "", "%{y:,.3g}"),
+}
+
+
+def time_lines(
+    df: pd.DataFrame,
+    columns: dict[str, str],
+    *,
+    by: str | list[str] | None = None,
+    title: str,
+    y_title: str,
+    y_format: str = "number",
+    deploys: pd.DataFrame | None = None,
+    x_range: tuple[datetime, datetime] | None = None,
+    hlines: tuple[tuple[str, float], ...] = (),
+    y_range: tuple[float, float] | None = None,
+    dashes: dict[str, str] | None = None,
+    log_y: bool = False,
+    height: int = 340,
+) -> go.Figure:
+    """One line per (group of `by`, column of `columns`) over `df["time"]`. `columns` maps a column
+    to its legend name; a single group or a single column is left out of the trace names.
+    `hlines` are labelled horizontal threshold lines (name, y); `dashes` a column -> dash style."""
+    tickformat, suffix, hover = Y_FORMATS[y_format]
+    fig = go.Figure()
+    groups = [(None, df)] if by is None else list(df.groupby(by, sort=True))
+    several = len(groups) > 1 and len(columns) > 1
+    styles = {col: (dashes or {}).get(col, DASHES[i % len(DASHES)]) for i, col in enumerate(columns)}
+    for gi, (group, part) in enumerate(groups):
+        group = " · ".join(map(str, group)) if isinstance(group, tuple) else str(group)
+        shown = False
+        for ci, (col, label) in enumerate(columns.items()):
+            if col not in part or part[col].isna().all():
+                continue
+            # Several groups and columns: colour = group (one legend entry), dash = column.
+            name = group if len(groups) > 1 else label
+            full = f"{group} · {label}" if several else name
+            fig.add_trace(go.Scatter(
+                x=part["time"], y=part[col], name=name, mode="lines", connectgaps=False,
+                legendgroup=group if several else None, showlegend=not (several and shown),
+                line={"width": 2, "dash": styles[col] if len(columns) > 1 else "solid",
+                      "color": _colour(gi if len(groups) > 1 else ci)},
+                hovertemplate=f"{full}: {hover}<extra></extra>",
+            ))
+            shown = True
+    subtitle = " · ".join(f"{DASH_NAMES[styles[c]]}: {label}" for c, label in columns.items()) \
+        if len(columns) > 1 else ""
+    for name, y in hlines:
+        colour = THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR)
+        fig.add_hline(y=y, line={"color": colour, "width": 1, "dash": "dot"}, layer="below",
+                      annotation={"text": f"{name} {y:.0%}" if y_format == "percent" else f"{name} {y:g}",
+                                  "font": {"size": 10, "color": colour}, "xanchor": "right", "x": 1,
+                                  "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.8)"})
+    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    if log_y:
+        fig.update_yaxes(type="log", title_text=f"{y_title} (log scale)", ticksuffix=suffix)
+    else:
+        fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix,
+                         **({"range": list(y_range)} if y_range else {"rangemode": "tozero"}))
+    _layout(fig, title, height)
+    # Title (and what the line styles mean) on top, the legend in a row of its own under it.
+    fig.update_layout(title={"subtitle": {"text": subtitle, "font": {"size": 11}}, "y": 0.98, "yanchor": "top"},
+                      legend={"x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
+                      margin={"t": 95 if len(fig.data) > 4 else 80})
+    fig.update_xaxes(tickangle=0)
+    if df.empty or not fig.data:
+        _no_data(fig)
+    return add_deploy_markers(fig, deploys, x_range)
+
+
+def _colour(i: int) -> str:
+    palette = ("#2E86AB", "#F18F01", "#6A4C93", "#2A9D8F", "#C73E1D", "#8D6A9F", "#5C946E", "#E9C46A")
+    return palette[i % len(palette)]
+
+
+def stacked_area(
+    df: pd.DataFrame, *, y: str, stack: str, title: str, y_title: str,
+    x_range: tuple[datetime, datetime] | None = None, height: int = 320,
+) -> go.Figure:
+    """`df[y]` over `df["time"]`, one stacked area per value of `stack` (e.g. connections by state)."""
+    fig = go.Figure()
+    for i, (name, part) in enumerate(df.groupby(stack, sort=True)):
+        fig.add_trace(go.Scatter(x=part["time"], y=part[y], name=str(name), mode="lines", stackgroup="one",
+                                 line={"width": 1, "color": _colour(i)}, hovertemplate="%{y:,.1f}"))
+    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_yaxes(title_text=y_title, rangemode="tozero")
+    _layout(fig, title, height)
+    return _no_data(fig) if df.empty else fig
+
+
+def bars(
+    df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, x_format: str = "number",
+    colour_by: str | None = None, height: int | None = None,
+) -> go.Figure:
+    """Horizontal bars of `df[x]` per `df[y]`, largest at the top (e.g. Redis memory by namespace)."""
+    tickformat, suffix, _ = Y_FORMATS[x_format]
+    hover = Y_FORMATS[x_format][2].replace("%{y", "%{x")
+    fig = go.Figure()
+    groups = [(None, df)] if colour_by is None else list(df.groupby(colour_by, sort=True))
+    for i, (name, part) in enumerate(groups):
+        part = part.sort_values(x)
+        fig.add_trace(go.Bar(x=part[x], y=part[y].astype(str), orientation="h", name=str(name or x),
+                             marker_color=_colour(i), hovertemplate=hover, showlegend=colour_by is not None))
+    fig.update_xaxes(title_text=x_title, tickformat=tickformat, ticksuffix=suffix)
+    fig.update_yaxes(automargin=True)
+    _layout(fig, title, height or max(220, 60 + 28 * len(df)))
+    fig.update_layout(hovermode="closest", barmode="relative")
+    return _no_data(fig) if df.empty else fig

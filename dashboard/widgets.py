@@ -184,3 +184,21 @@ def table(df: pd.DataFrame, name: str, **dataframe_kwargs: Any) -> None:
     if df.attrs.get("truncated"):
         st.caption(f"Showing the first {len(df):,} rows.")
     csv_download(df, name)
+
+
+def down_components(df: pd.DataFrame, what: str) -> None:
+    """A red callout per watched component that is down (from `queries.component_status`), with
+    its error and since when; the targets in the store are already masked."""
+    for row in df[df["status"] == "down"].itertuples(index=False):
+        last_ok = f" Last answered {row.last_ok:%Y-%m-%d %H:%M} UTC." if pd.notna(row.last_ok) else ""
+        target = f" (`{row.target}`)" if isinstance(row.target, str) and row.target else ""
+        error = f" Error: `{row.error}`." if isinstance(row.error, str) and row.error else ""
+        st.error(f"**{what} {row.name}{target} is down** since {row.since:%Y-%m-%d %H:%M} UTC "
+                 f"(checked {row.checked_at:%H:%M:%S} UTC).{error}{last_ok}", icon=":material/error:")
+
+
+def chart(fig, data: pd.DataFrame | None, name: str) -> None:
+    """A Plotly chart, with its data as a CSV download when given."""
+    st.plotly_chart(fig, key=f"chart-{name}")
+    if data is not None:
+        csv_download(data, name, label="Download chart data (CSV)")

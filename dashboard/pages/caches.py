@@ -1,0 +1,133 @@
+"""Caches: are the app caches and the Redis instances earning their keep, and is Redis healthy?"""
+from __future__ import annotations
+
+import streamlit as st
+
+import dashboard.queries as q
+from dashboard import charts, widgets
+
+st.title("Caches")
+filters = widgets.sidebar_filters()
+
+NUM = st.column_config.NumberColumn
+PCT = {"hit_rate": NUM("Hit rate", format="percent", help="hits / (hits + misses) over the range")}
+APP_COLUMNS = {
+    "service": st.column_config.TextColumn("Service"), "cache": st.column_config.TextColumn("Cache"),
+    "lookups": NUM("Lookups", format="localized"), **PCT,
+    "hits": NUM("Hits", format="localized"), "misses": NUM("Misses", format="localized"),
+    "mean_lookup_ms": NUM("Mean lookup (ms)", format="%.3f"), "max_lookup_ms": NUM("Max lookup (ms)", format="%.2f"),
+}
+REDIS_COLUMNS = {
+    "instance": st.column_config.TextColumn("Instance"), **PCT,
+    "ops_per_sec": NUM("Ops / s", format="%.1f", help="Mean over the range"),
+    "used_memory": NUM("Memory used", format="bytes", help="Latest sample"),
+    "used_memory_peak": NUM("Peak", format="bytes"),
+    "maxmemory": NUM("maxmemory", format="bytes", help="Empty when there is no limit"),
+    "evicted_per_sec": NUM("Evictions / s", format="%.2f", help="Mean over the range"),
+    "mem_fragmentation_ratio": NUM("Fragmentation", format="%.2f"),
+    "connected_clients": NUM("Clients"), "keys": NUM("Keys", format="localized"),
+    "last_sample": st.column_config.DatetimeColumn("Last sample (UTC)", format="YYYY-MM-DD HH:mm"),
+}
+NAMESPACE_COLUMNS = {
+    "instance": "Instance", "namespace": "Namespace",
+    "estimated_bytes": NUM("Estimated memory", format="bytes", help="Sampled bytes scaled by DBSIZE / sampled keys"),
+    "sampled_keys": NUM("Sampled keys", format="localized"),
+    "ttl_share": NUM("Keys with a TTL", format="percent"), "mean_ttl_sec": NUM("Mean TTL (s)", format="%.0f"),
+    "sampled_at": st.column_config.DatetimeColumn("Sampled (UTC)", format="YYYY-MM-DD HH:mm"),
+}
+SLOWLOG_COLUMNS = {
+    "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+    "instance": "Instance", "duration_ms": NUM("Duration (ms)", format="%.1f"),
+    "command": st.column_config.TextColumn("Command", width="large"), "client": "Client",
+}
+HOW_TO = ("App caches report through `sdk.record_cache(...)` (or the Redis integration's `cached()` "
+          "decorator); Redis instances are sampled when listed under `[[redis]]` in perfdeck.toml "
+          "or in `PERFDECK_REDIS_URLS`.")
+
+
+def app_caches(data: dict, x_range, deploys) -> None:
+    st.subheader("App caches")
+    if data["summary"].empty:
+        st.info(f"No app cache lookups in this time range. {HOW_TO}", icon=":material/info:")
+        return
+    widgets.table(data["summary"][list(APP_COLUMNS)], "app-caches", column_config=APP_COLUMNS)
+    over_time = data["over_time"]
+    widgets.chart(charts.time_lines(
+        over_time, {"hit_rate": "hit rate"}, by="cache", title="Hit rate", y_title="hits / lookups",
+        y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, deploys=deploys, x_range=x_range,
+    ), over_time, "app-caches-over-time")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(charts.time_lines(
+            over_time, {"mean_lookup_ms": "mean", "max_lookup_ms": "max"}, by="cache", title="Lookup time",
+            y_title="lookup time", y_format="ms", log_y=True, dashes={"max_lookup_ms": "dot"},
+            deploys=deploys, x_range=x_range), key="chart-app-lookup-time")
+    with right:
+        st.plotly_chart(charts.time_lines(
+            over_time, {"lookups_per_s": "lookups / s"}, by="cache", title="Lookups per second",
+            y_title="lookups / s", y_format="per_s", deploys=deploys, x_range=x_range), key="chart-app-ops")
+    with st.expander(f"By namespace ({len(data['namespaces'])})"):
+        widgets.table(data["namespaces"], "app-cache-namespaces", column_config=APP_COLUMNS)
+
+
+def redis(data: dict, x_range) -> None:
+    st.subheader("Redis")
+    if data["summary"].empty:
+        st.info(f"No Redis samples in this time range. {HOW_TO}", icon=":material/info:")
+        return
+    widgets.table(data["summary"][list(REDIS_COLUMNS)], "redis-instances", column_config=REDIS_COLUMNS)
+    over_time = data["over_time"]
+    lines = {"by": "instance", "x_range": x_range}
+    widgets.chart(charts.time_lines(
+        over_time, {"hit_rate": "hit rate"}, title="Keyspace hit rate", y_title="hits / lookups",
+        y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, **lines,
+    ), over_time, "redis-over-time")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.time_lines(over_time, {"ops_per_sec": "ops / s"}, title="Commands per second",
+                                        y_title="ops / s", y_format="per_s", **lines), key="chart-redis-ops")
+    right.plotly_chart(charts.time_lines(
+        over_time, {"evicted_per_sec": "evicted", "expired_per_sec": "expired"}, title="Evictions and expirations",
+        y_title="keys / s", y_format="per_s", dashes={"expired_per_sec": "dot"}, **lines), key="chart-redis-evictions")
+    st.plotly_chart(charts.time_lines(
+        over_time, {"used_memory": "used", "used_memory_peak": "peak", "maxmemory": "maxmemory"},
+        title="Memory: used, peak and maxmemory", y_title="memory", y_format="bytes",
+        dashes={"used_memory_peak": "dot", "maxmemory": "dash"}, **lines), key="chart-redis-memory")
+
+    st.markdown("**Memory by key namespace** (latest sample of each instance)")
+    namespaces = data["namespaces"]
+    if namespaces.empty:
+        st.caption("No namespace sample in this range (the sampler's `sample_keys` may be 0).")
+    else:
+        st.plotly_chart(charts.bars(namespaces.head(40), x="estimated_bytes", y="namespace", colour_by="instance",
+                                    title="Estimated memory by namespace", x_title="memory", x_format="bytes"),
+                        key="chart-redis-namespaces")
+        widgets.table(namespaces, "redis-namespaces", column_config=NAMESPACE_COLUMNS)
+    st.markdown("**Slow log** (slowest first)")
+    if data["slowlog"].empty:
+        st.caption("No SLOWLOG entries in this range.")
+    else:
+        widgets.table(data["slowlog"], "redis-slowlog", column_config=SLOWLOG_COLUMNS)
+
+
+def body() -> None:
+    since, until = filters.range.bounds()
+    app = widgets.load({"summary": q.app_cache_summary, "namespaces": q.app_cache_namespaces,
+                        "over_time": q.app_cache_over_time, "deploys": q.deploys},
+                       since=since, until=until, service=filters.service)
+    if app is None:
+        return
+    rds = widgets.load({"summary": q.redis_summary, "over_time": q.redis_over_time,
+                        "namespaces": q.redis_namespaces, "slowlog": q.redis_slowlog}, since=since, until=until)
+    status = widgets.load({"components": q.component_status}, kind="redis")
+    if rds is None or status is None:
+        return
+    widgets.range_caption(since, until)
+    widgets.down_components(status["components"], "Redis")
+    if app["summary"].empty and rds["summary"].empty and status["components"].empty:
+        widgets.no_data_yet(f"No cache lookups or Redis samples in this time range. {HOW_TO}")
+        return
+    app_caches(app, (since, until), app["deploys"])
+    redis(rds, (since, until))
+
+
+widgets.live(body, filters)

@@ -1,0 +1,99 @@
+"""AppTest of the Caches page on a seeded store, an empty store and the router."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from seed_samples import seed_samples
+from seed_store import seed_store
+from streamlit.testing.v1 import AppTest
+
+from collectors.store import migrate, write
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "dashboard" / "pages" / "caches.py")
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def seeded(tmp_path, monkeypatch):
+    path = tmp_path / "perfdeck.duckdb"
+    seed_store(path, days=1)
+    seed_samples(path)
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    return path
+
+
+def run(script: str = PAGE) -> AppTest:
+    at = AppTest.from_file(script, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_caches_page_shows_app_caches_and_redis(seeded):
+    at = run()
+    assert at.title[0].value == "Caches"
+    assert [h.value for h in at.subheader] == ["App caches", "Redis"]
+    tables = {b.key.removeprefix("csv-"): None for b in at.download_button}
+    assert {"app-caches", "redis-instances", "redis-namespaces", "redis-slowlog", "app-cache-namespaces",
+            "app-caches-over-time", "redis-over-time"} <= set(tables)
+    app = at.dataframe[0].value
+    assert app["cache"].tolist() == ["product_lru", "customer_lru", "llm_responses", "report_cache"]
+    assert app["hit_rate"].between(0, 1).all()
+    redis = next(d.value for d in at.dataframe if "ops_per_sec" in d.value)
+    assert redis["instance"].tolist() == ["cache", "queue", "sessions"]
+    assert len(at.get("plotly_chart")) == 8
+    # The Redis that stopped answering is called out, with its error; nothing else is.
+    assert len(at.error) == 1
+    assert "queue" in at.error[0].value and "is down" in at.error[0].value
+    assert "Connection refused" in at.error[0].value and "***" in at.error[0].value
+    assert not at.warning
+
+
+def test_service_filter_applies_to_app_caches(seeded):
+    at = run()
+    at.sidebar.selectbox(key="service").select("worker").run()
+    assert not at.exception
+    assert at.dataframe[0].value["cache"].tolist() == ["report_cache"]
+
+
+def test_hit_rate_chart_has_threshold_lines(seeded):
+    import json
+    at = run()
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    lines = [s for s in chart["layout"]["shapes"] if s.get("y0") == s.get("y1") and s.get("yref") != "paper"]
+    assert sorted(s["y0"] for s in lines) == [0.5, 0.8, 0.9]
+
+
+def test_router_runs_caches(seeded):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception
+    assert at.title[0].value == "Caches"
+
+
+def test_empty_store_says_how_to_get_data(tmp_path, monkeypatch):
+    path = tmp_path / "empty.duckdb"
+    with write(path) as con:
+        migrate(con)
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run()
+    assert len(at.info) == 1
+    assert "perfdeck demo" in at.info[0].value and "record_cache" in at.info[0].value
+    assert not at.dataframe
+
+
+def test_missing_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFDECK_DB", str(tmp_path / "nothing.duckdb"))
+    at = run()
+    assert "perfdeck demo" in at.info[0].value

@@ -1,0 +1,100 @@
+"""AppTest of the Database page on a seeded store and an empty one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from seed_samples import seed_samples
+from seed_store import seed_store
+from streamlit.testing.v1 import AppTest
+
+from collectors.samplers.database import pg_stat_statements_hint
+from collectors.store import migrate, write
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = str(ROOT / "dashboard" / "pages" / "database.py")
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def seeded(tmp_path, monkeypatch):
+    path = tmp_path / "perfdeck.duckdb"
+    seed_store(path, days=1)
+    seed_samples(path)
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    return path
+
+
+def run() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def table(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value)
+
+
+def test_database_page(seeded):
+    at = run()
+    assert at.title[0].value == "Database"
+    assert [h.value for h in at.subheader] == ["Top queries", "Databases", "Tables with many sequential scans"]
+    queries = table(at, "fingerprint")
+    assert queries["fingerprint"].iloc[0] == "SELECT * FROM orders WHERE customer_id = ?"
+    assert queries["total_ms"].is_monotonic_decreasing and queries["p95_ms"].notna().all()
+    # legacy-pg has pg_stat_statements off: the sampler's hint says how to turn it on.
+    assert len(at.info) == 1
+    assert "legacy-pg" in at.info[0].value and "shared_preload_libraries" in at.info[0].value
+    assert pg_stat_statements_hint()[1:] in at.info[0].value
+    seq = table(at, "seq_scans")
+    assert seq["table"].iloc[0] in {"public.orders", "public.audit_log"} and seq["flagged"].iloc[0]
+    assert set(table(at, "pgss_enabled")["target"]) == {"shop-pg", "legacy-pg"}
+    assert {b.key for b in at.download_button} >= {
+        "csv-top-queries-sdk", "csv-databases", "csv-seq-scan-tables", "csv-db-cache-hit-ratio", "csv-db-connections"}
+    assert len(at.get("plotly_chart")) == 2
+    assert not at.error and not at.warning
+
+
+def test_pg_stat_statements_source_and_order(seeded):
+    at = run()
+    at.get("button_group")[0].set_value("pg").run()
+    assert not at.exception
+    statements = table(at, "queryid")
+    assert statements["queryid"].tolist() == [101, 102, 103]
+    at.selectbox(key="query_order").select("calls").run()
+    assert table(at, "queryid")["queryid"].iloc[0] == 102
+    assert "csv-top-queries-pg" in {b.key for b in at.download_button}
+
+
+def test_order_by_calls_and_service_filter(seeded):
+    at = run()
+    at.selectbox(key="query_order").select("calls").run()
+    assert table(at, "fingerprint")["fingerprint"].iloc[0] == "SELECT * FROM products WHERE id = ?"
+    at.sidebar.selectbox(key="service").select("worker").run()
+    assert not at.exception
+    assert any("No statements" in i.value for i in at.info)
+
+
+def test_connections_chart_follows_the_picked_database(seeded):
+    at = run()
+    at.selectbox(key="db_target").select("shop-pg").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 2
+
+
+def test_empty_store_says_how_to_get_data(tmp_path, monkeypatch):
+    path = tmp_path / "empty.duckdb"
+    with write(path) as con:
+        migrate(con)
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run()
+    assert len(at.info) == 1
+    assert "perfdeck demo" in at.info[0].value and "PERFDECK_DATABASE_URLS" in at.info[0].value
+    assert not at.dataframe
