@@ -32,7 +32,10 @@ class Flusher:
         self.dropped_batches_events = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
+        # Passes of flush_once begun and finished: flush() waits for a pass that began after it was
+        # called, since one already under way may have drained the buffers before the caller's events.
+        self._passes = threading.Condition()
+        self._begun = self._finished = 0
         self._thread = threading.Thread(target=self._run, name="perfdeck-flusher", daemon=True)
 
     def start(self) -> None:
@@ -43,11 +46,16 @@ class Flusher:
             self._wake.wait(self.interval)
             self._wake.clear()
             stopping = self._stop.is_set()
+            with self._passes:
+                self._begun += 1
+                this_pass = self._begun
             try:
                 self.flush_once()
             except Exception:  # never let the thread die: the next tick tries again
                 log.exception("perfdeck flusher failed")
-            self._idle.set()
+            with self._passes:
+                self._finished = this_pass
+                self._passes.notify_all()
             if stopping:
                 return
 
@@ -79,9 +87,12 @@ class Flusher:
         """Ask for an immediate flush and wait for it; False when it did not finish in time."""
         if not self._thread.is_alive():
             return False
-        self._idle.clear()
+        with self._passes:
+            wanted = self._begun + 1
         self._wake.set()
-        return self._idle.wait(timeout) and not self.backlog
+        with self._passes:
+            done = self._passes.wait_for(lambda: self._finished >= wanted, timeout)
+        return done and not self.backlog
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
