@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from seed_samples import seed_samples
 from seed_store import seed_store
 
 pytestmark = pytest.mark.browser
@@ -47,6 +48,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     store = tmp / "perfdeck.duckdb"
     seed_store(store)
+    seed_samples(store)  # caches, Redis (one down), databases and hosts for the other pages
     port = _free_port()
     env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     log = (tmp / "server.log").open("w")  # closed once the server is stopped
@@ -143,3 +145,47 @@ def test_time_range_comes_from_the_url(server, page):
     since, until = (datetime.strptime(part.strip()[:16], "%Y-%m-%d %H:%M") for part in caption.split("→"))
     assert until - since == timedelta(days=7)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+# The only error box a page may show: a watched component that is down (seed_samples' Redis "queue").
+EXPECTED_ERRORS = {"Caches": ["Redis queue"]}
+
+
+def _settle(page) -> None:
+    page.wait_for_load_state("networkidle")
+    page.wait_for_selector('[data-testid="stHeading"]', timeout=60_000)
+    for _ in range(120):  # Streamlit shows its status widget while a script runs
+        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+            break
+        page.wait_for_timeout(250)
+    page.wait_for_timeout(1000)
+
+
+def test_every_nav_page_renders_without_errors(server, page):
+    page.goto(server)
+    _settle(page)
+    links = page.locator('[data-testid="stSidebarNavLink"]')
+    titles = [links.nth(i).inner_text().split("\n")[-1] for i in range(links.count())]
+    assert titles[:4] == ["Overview", "Caches", "Database", "Host"]
+    for title in titles:
+        page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+        page.wait_for_function(
+            "t => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === t)", arg=title,
+            timeout=60_000)
+        _settle(page)
+        assert page.locator('[data-testid="stException"]').count() == 0, title
+        errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+        expected = EXPECTED_ERRORS.get(title, [])
+        assert len(errors) == len(expected), (title, errors)
+        for text, start in zip(errors, expected):
+            assert start in text and "is down" in text, (title, text)
+        assert page.locator(".js-plotly-plot").count() >= 1, title
+
+
+def test_down_redis_callout_on_caches_page(server, page):
+    page.goto(f"{server}/caches")
+    _settle(page)
+    box = page.locator('[data-testid="stAlertContentError"]')
+    assert box.count() == 1
+    text = box.inner_text()
+    assert "queue" in text and "Connection refused" in text and "***" in text
