@@ -109,6 +109,8 @@ class RedisSource:
             items.append(Item(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, payload))
             size += len(payload)
             if size >= max_bytes:
+                # The rest were delivered to this consumer already: re-read them from its pending list.
+                self._own_pending_done = False
                 break
         return items
 

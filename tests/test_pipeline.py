@@ -96,7 +96,7 @@ def write_spool_batches(spool: Path, n_batches: int, events_per_batch: int) -> i
     transport = SpoolTransport(spool)
     now = time.time()
     for b in range(n_batches):
-        events = [(now - i * 0.001, f"/ep{i % 5}", 1.0 + (i % 97), 200, "GET", {}) for i in range(events_per_batch)]
+        events = [(now - i * 0.001, f"/ep{i % 5}", 1.0 + (i % 97), 200, "GET", None, None) for i in range(events_per_batch)]
         transport.send(*encode(service="api", host="h", pid=1, sent_at=now, requests=events)[:2])
     return n_batches * events_per_batch
 
@@ -133,7 +133,7 @@ def test_redis_kill_9_mid_ingest_loses_nothing(store, tmp_path, redis_url):
 
     transport, now = RedisTransport(redis_url), time.time()
     for b in range(60):
-        events = [(now, "/r", 1.0 + i % 50, 200, "GET", {}) for i in range(2_000)]
+        events = [(now, "/r", 1.0 + i % 50, 200, "GET", None, None) for i in range(2_000)]
         transport.send(*encode(service="api", host="h", pid=1, sent_at=now, requests=events)[:2])
     script = DAEMON.replace("spool_dir=sys.argv[2]", f"spool_dir=sys.argv[2], redis_url={redis_url!r}")
     daemon = subprocess.Popen([sys.executable, "-c", script, str(store), str(tmp_path / "spool")])
@@ -221,10 +221,10 @@ def test_malformed_batches_are_quarantined_and_counted_while_good_ones_land(stor
 
 def test_bad_rows_are_dropped_and_counted_while_the_rest_of_the_batch_lands(store, spool):
     now = time.time()
-    events = [(now, "/ok", 5.0, 200, "GET", {}), (now, "/nan", float("nan"), 200, "GET", {}),
-              (now, "/neg", -3.0, 200, "GET", {}), (now, "/x" * 400, 1.0, 200, "GET", {}),
-              (float("inf"), "/ts", 1.0, 200, "GET", {}), (now, "/ok", 7.0, 200, "GET", {})]
-    events += [(now, f"/user/{i}", 1.0, 200, "GET", {}) for i in range(1_200)]  # ids in the path
+    events = [(now, "/ok", 5.0, 200, "GET", None, None), (now, "/nan", float("nan"), 200, "GET", None, None),
+              (now, "/neg", -3.0, 200, "GET", None, None), (now, "/x" * 400, 1.0, 200, "GET", None, None),
+              (float("inf"), "/ts", 1.0, 200, "GET", None, None), (now, "/ok", 7.0, 200, "GET", None, None)]
+    events += [(now, f"/user/{i}", 1.0, 200, "GET", None, None) for i in range(1_200)]  # ids in the path
     SpoolTransport(spool).send(*encode(
         service="api", host="h", pid=1, sent_at=now, requests=events,
         llm=[(now, None, "m", 10, 5, 0, None, None, None, False, None), (now, None, None, "x", 5, 0, None, None,
@@ -255,7 +255,7 @@ def test_missing_optional_labels_are_stored_as_null(store, spool):
 
 def test_replayed_batch_is_a_no_op(store, spool):
     batch_id, payload, _ = encode(service="api", host="h", pid=1, sent_at=time.time(),
-                                  requests=[(time.time(), "/a", 1.0, 200, "GET", {})] * 10)
+                                  requests=[(time.time(), "/a", 1.0, 200, "GET", None, None)] * 10)
     transport = SpoolTransport(spool)
     transport.send(batch_id, payload)
     collector = Collector(store, spool_dir=spool)
@@ -277,3 +277,20 @@ def test_collect_runs_until_sigterm_and_flushes_cleanly(store, spool):
     assert daemon.wait(20) == 0, daemon.stderr.read()
     assert count(store, "request_events") == expected
     assert os.path.exists(store)
+
+
+def test_redis_entries_past_the_size_cap_come_back_in_the_next_fetch(tmp_path, redis_url):
+    from collectors.sdk.transport.redis import RedisTransport
+    from collectors.sources import RedisSource
+
+    transport, now = RedisTransport(redis_url), time.time()
+    sent = [transport.send(*encode(service="api", host="h", pid=1, sent_at=now,
+                                   requests=[(now, "/a", 1.0, 200, "GET", None, None)])[:2]) for _ in range(5)]
+    source = RedisSource(redis_url, tmp_path / "q")
+    seen = []
+    for _ in range(6):
+        items = source.fetch(500, max_bytes=1)       # the cap stops after the first entry each time
+        seen += [i.name for i in items]
+        source.ack(items)
+    assert len(sent) == len(seen) == len(set(seen)) == 5
+    assert transport.client.xlen("perfdeck:batches") == 0
