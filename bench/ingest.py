@@ -85,7 +85,7 @@ def make_spool(root: Path) -> tuple[Path, list[bytes]]:
         t0 = start + 1800 * made / EVENTS
         events = [(t0 + k * 1e-4, rnd.choice(ENDPOINTS), rnd.lognormvariate(3.0, 1.0),
                    rnd.choices((200, 201, 404, 500), (88, 5, 5, 2))[0], "POST" if rnd.random() < 0.25 else "GET",
-                   {"request_id": f"{rnd.getrandbits(64):016x}"}) for k in range(n)]
+                   f"{rnd.getrandbits(64):016x}", None) for k in range(n)]
         batch_id, payload, _ = encode(service=service, host=f"{service}-1", pid=1000 + i, sent_at=t0,
                                       requests=events)
         transport.send(batch_id, payload)

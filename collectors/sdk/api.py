@@ -29,14 +29,18 @@ def _drop() -> None:
         dropped += 1
 
 
-def record_request(endpoint: str, duration_ms: float, status: int = 200, method: str = "GET", **tags) -> None:
-    """Record one served request. `request_id=` among the tags links it to LLM calls.
+def record_request(endpoint: str, duration_ms: float, status: int = 200, method: str = "GET",
+                   request_id: str | None = None, **tags) -> None:
+    """Record one served request. `request_id` links it to the LLM calls it made; other keyword
+    arguments are kept as tags.
 
     >>> record_request("/search", 12.5, status=200, method="GET", request_id="r-1")
     """
     try:
         if len(requests) < max_buffer:
-            requests.append((clock(), endpoint, duration_ms, status, method, tags))
+            # Only atomic values (tags is usually empty -> None): the garbage collector then stops
+            # tracking the tuple, instead of rescanning every buffered event on each pass.
+            requests.append((clock(), endpoint, duration_ms, status, method, request_id, tags or None))
         else:
             _drop()
     except Exception:

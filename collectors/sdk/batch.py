@@ -63,12 +63,11 @@ def _statuses(values) -> str:
 
 
 def encode_requests(events: list) -> dict:
-    ts, endpoint, duration, status, method, tags = zip(*events)
+    ts, endpoint, duration, status, method, request_ids, tags = zip(*events)
     try:
         duration_packed = pack("d", duration)
     except TypeError:
         duration_packed = pack("d", [_number(d, math.nan) for d in duration])
-    request_ids = [t.pop("request_id", None) if t else None for t in tags]
     return {
         "n": len(events),
         "ts": pack("d", ts),
@@ -77,7 +76,7 @@ def encode_requests(events: list) -> dict:
         "endpoint": [e if isinstance(e, str) else str(e) for e in endpoint],
         "method": [m if isinstance(m, str) else str(m) for m in method],
         "request_id": [None if r is None else str(r) for r in request_ids],
-        "tags": [t or None for t in tags],
+        "tags": tags,
     }
 
 
