@@ -195,6 +195,13 @@ MALFORMED = {
         "n": 3, "ts": "AAAAAAAAAAA=", "duration_ms": "", "status": "", "endpoint": [], "method": []}}).encode(),
     "bad-base64.batch": json.dumps({"v": 1, "id": "abd", "service": "api", "requests": {
         "n": 1, "ts": "***", "duration_ms": "***", "status": "**", "endpoint": ["/"], "method": ["GET"]}}).encode(),
+    "code-out-of-range.batch": json.dumps({"v": 1, "id": "abe", "service": "api", "requests": {
+        "n": 1, "ts": "AAAAAAAAAAA=", "duration_ms": "AAAAAAAA8D8=", "status": "yAA=",
+        "endpoint": {"values": ["/"], "codes": "BwAAAA=="}, "method": {"values": ["GET"], "codes": "AAAAAA=="}}}).encode(),
+    "bad-offsets.batch": json.dumps({"v": 1, "id": "abf", "service": "api", "requests": {
+        "n": 1, "ts": "AAAAAAAAAAA=", "duration_ms": "AAAAAAAA8D8=", "status": "yAA=",
+        "endpoint": {"values": ["/"], "codes": "AAAAAA=="}, "method": {"values": ["GET"], "codes": "AAAAAA=="},
+        "request_id": {"offsets": "AAAAAGQAAAA=", "data": "cjE="}}}).encode(),
 }
 
 
@@ -211,6 +218,8 @@ def test_malformed_batches_are_quarantined_and_counted_while_good_ones_land(stor
     assert reasons["not-json.batch"].startswith("not JSON")
     assert reasons["version.batch"] == "unsupported batch version 99"
     assert reasons["evil-id.batch"] == "missing or invalid batch id"
+    assert reasons["code-out-of-range.batch"] == "requests.endpoint: code out of range"
+    assert reasons["bad-offsets.batch"].startswith("requests.request_id: invalid packed strings")
     assert "3 values" not in reasons["short-column.batch"] and "n=3" in reasons["short-column.batch"]
     quarantine = tmp_path / "quarantine"
     for name, payload in MALFORMED.items():
@@ -251,6 +260,16 @@ def test_missing_optional_labels_are_stored_as_null(store, spool):
     Collector(store, spool_dir=spool).run_once()
     assert query(store, "SELECT request_id, user_id, provider FROM llm_calls ORDER BY request_id NULLS LAST") == [
         ("r-1", "u-1", None), (None, None, None)]
+
+
+def test_request_ids_round_trip_including_non_ascii_and_missing(store, spool):
+    sdk.configure(service="api", transport=f"spool:{spool}", flush_interval=60)
+    for rid in ("r-1", None, "zürich-ü", "", "r-5"):
+        sdk.record_request("/a", 1.0, request_id=rid)
+    assert sdk.flush(5)
+    Collector(store, spool_dir=spool).run_once()
+    assert [r[0] for r in query(store, "SELECT request_id FROM request_events ORDER BY ts")] == [
+        "r-1", None, "zürich-ü", None, "r-5"]
 
 
 def test_replayed_batch_is_a_no_op(store, spool):

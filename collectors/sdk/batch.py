@@ -5,7 +5,10 @@ A batch is one UTF-8 JSON object:
     {"v": 1, "id": "<32 hex>", "service": "api", "host": "web-1", "pid": 4242, "sent_at": <epoch s>,
      "requests": {"n": N,
                   "ts": <base64 float64 LE>, "duration_ms": <base64 float64 LE>, "status": <base64 uint16 LE>,
-                  "endpoint": [str], "method": [str], "request_id": [str|null], "tags": [object|null]},
+                  "endpoint": {"values": [str], "codes": <base64 uint32 LE>},     # dictionary-encoded
+                  "method":   {"values": [str], "codes": <base64 uint32 LE>},
+                  "request_id": {"offsets": <base64 int32 LE, n+1>, "data": <base64 UTF-8>} | null,
+                  "tags": [object|null] | null},
      "cache":   [{"minute", "cache", "namespace", "hits", "misses", "lookups_timed", "lookup_ms_sum", "lookup_ms_max"}],
      "queries": [{"minute", "database", "fingerprint", "sample_sql", "calls", "total_ms", "min_ms", "max_ms",
                   "buckets": {"<log bucket>": count}}],
@@ -14,8 +17,10 @@ A batch is one UTF-8 JSON object:
      "deploys": [{"ts", "version"}],
      "sdk": {"dropped": int, "send_errors": int}}
 
-Request events are columnar with numbers packed as little-endian arrays: encoding costs a fraction
-of a microsecond per event, and the daemon decodes them without a Python loop. Times are UTC epoch
+Request events are columnar: numbers packed as little-endian arrays, labels as a dictionary of
+distinct values plus packed codes, request ids as one UTF-8 buffer with offsets (an empty id means
+none). Encoding costs a fraction of a microsecond per event, and the daemon hands the columns to
+Arrow without a Python loop. Times are UTC epoch
 seconds; `minute` is the epoch second a UTC minute starts."""
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import math
 import sys
 import uuid
 from array import array
+from itertools import accumulate
 
 from collectors.sdk.fingerprint import fingerprint
 
@@ -62,6 +68,32 @@ def _statuses(values) -> str:
         return pack("H", cleaned)
 
 
+def pack_labels(values) -> dict:
+    """Dictionary-encode a column of labels: the distinct values once, then one code per row."""
+    index: dict = {}
+    codes = [index.setdefault(v, len(index)) for v in values]
+    return {"values": [v if isinstance(v, str) else str(v) for v in index], "codes": pack("I", codes)}
+
+
+def pack_strings(values) -> dict | None:
+    """Many distinct strings as one UTF-8 buffer plus offsets; None (all missing) when empty."""
+    strings = ["" if v is None else v if isinstance(v, str) else str(v) for v in values]
+    text = "".join(strings)
+    if not text:
+        return None
+    if text.isascii():
+        data, lengths = text.encode("ascii"), map(len, strings)
+    else:
+        encoded = [x.encode("utf-8", "replace") for x in strings]
+        data, lengths = b"".join(encoded), map(len, encoded)
+    offsets = array("i", [0])
+    offsets.extend(accumulate(lengths))
+    if sys.byteorder == "big":
+        offsets.byteswap()
+    return {"offsets": base64.b64encode(offsets.tobytes()).decode("ascii"),
+            "data": base64.b64encode(data).decode("ascii")}
+
+
 def encode_requests(events: list) -> dict:
     ts, endpoint, duration, status, method, request_ids, tags = zip(*events)
     try:
@@ -73,10 +105,10 @@ def encode_requests(events: list) -> dict:
         "ts": pack("d", ts),
         "duration_ms": duration_packed,
         "status": _statuses(status),
-        "endpoint": [e if isinstance(e, str) else str(e) for e in endpoint],
-        "method": [m if isinstance(m, str) else str(m) for m in method],
-        "request_id": [None if r is None else str(r) for r in request_ids],
-        "tags": tags,
+        "endpoint": pack_labels(endpoint),
+        "method": pack_labels(method),
+        "request_id": pack_strings(request_ids),
+        "tags": tags if any(tags) else None,
     }
 
 

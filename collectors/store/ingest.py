@@ -62,12 +62,33 @@ def _unpack(text, dtype: str, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def _labels(values, n: int, name: str, *, nullable: bool = False) -> list:
-    if not isinstance(values, list) or len(values) != n:
-        raise MalformedBatch(f"requests.{name}: expected a list of {n} values")
-    if not all(isinstance(v, str) or (nullable and v is None) for v in values):
+def _dictionary(col, n: int, name: str) -> tuple[list[str], np.ndarray]:
+    """A dictionary-encoded label column: (distinct values, one code per row)."""
+    if not isinstance(col, dict) or not isinstance(col.get("values"), list):
+        raise MalformedBatch(f"requests.{name}: expected {{values, codes}}")
+    values = col["values"]
+    if not all(isinstance(v, str) for v in values):
         raise MalformedBatch(f"requests.{name}: values must be strings")
-    return values
+    codes = _unpack(col.get("codes"), "<u4", n, f"{name}.codes")
+    if n and int(codes.max()) >= len(values):
+        raise MalformedBatch(f"requests.{name}: code out of range")
+    return values, codes
+
+
+def _strings(col, n: int, name: str) -> pa.Array:
+    """A packed string column (offsets + UTF-8 data); empty strings stand for missing values."""
+    if col is None:
+        return pa.nulls(n, pa.string())
+    if not isinstance(col, dict):
+        raise MalformedBatch(f"requests.{name}: expected {{offsets, data}}")
+    offsets = _unpack(col.get("offsets"), "<i4", n + 1, f"{name}.offsets")
+    try:
+        data = base64.b64decode(col.get("data") or "", validate=True)
+        arr = pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype("int32").tobytes()), pa.py_buffer(data))
+        arr.validate(full=True)
+    except (TypeError, ValueError, binascii.Error, pa.ArrowInvalid) as exc:
+        raise MalformedBatch(f"requests.{name}: invalid packed strings ({exc})") from None
+    return pa.compute.if_else(pa.compute.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
 
 def _epoch_to_ts(seconds: np.ndarray) -> np.ndarray:
@@ -84,11 +105,11 @@ def _decode_requests(doc: dict, batch: Batch) -> None:
     ts = _unpack(req.get("ts"), "<f8", n, "ts")
     duration = _unpack(req.get("duration_ms"), "<f8", n, "duration_ms")
     status = _unpack(req.get("status"), "<u2", n, "status")
-    endpoint = _labels(req.get("endpoint"), n, "endpoint")
-    method = _labels(req.get("method"), n, "method")
-    request_id = _labels(req.get("request_id", [None] * n), n, "request_id", nullable=True)
-    tags = req.get("tags", [None] * n)
-    if not isinstance(tags, list) or len(tags) != n:
+    endpoints, endpoint_codes = _dictionary(req.get("endpoint"), n, "endpoint")
+    methods, method_codes = _dictionary(req.get("method"), n, "method")
+    request_id = _strings(req.get("request_id"), n, "request_id")
+    tags = req.get("tags")
+    if tags is not None and (not isinstance(tags, list) or len(tags) != n):
         raise MalformedBatch(f"requests.tags: expected a list of {n} values")
 
     keep = np.isfinite(duration) & (duration >= 0) & (duration <= MAX_DURATION_MS)
@@ -96,38 +117,36 @@ def _decode_requests(doc: dict, batch: Batch) -> None:
     ts_ok = np.isfinite(ts) & (ts > 0) & (ts < 4e9)
     batch.rejects["requests", "bad_timestamp"] += int((keep & ~ts_ok).sum())
     keep &= ts_ok
-    endpoint_arr = pa.array(endpoint, pa.string())
-    long_label = pa.compute.greater(pa.compute.utf8_length(endpoint_arr), MAX_LABEL).to_numpy(zero_copy_only=False)
+    long_label = np.array([len(v) > MAX_LABEL for v in endpoints], dtype=bool)[endpoint_codes]
     batch.rejects["requests", "label_too_long"] += int((keep & long_label).sum())
     keep &= ~long_label
+    endpoints, endpoint_codes = _fold_endpoints(endpoints, endpoint_codes, keep, batch)
 
     table = pa.table({
         "ts": pa.array(_epoch_to_ts(np.where(ts_ok, ts, 0.0))),
-        "endpoint": endpoint_arr,
-        "method": pa.array(method, pa.string()),
+        "endpoint": pa.DictionaryArray.from_arrays(pa.array(endpoint_codes.astype("int32")), pa.array(endpoints)),
+        "method": pa.DictionaryArray.from_arrays(pa.array(method_codes.astype("int32")), pa.array(methods)),
         "status": pa.array(status.astype("int16")),
         "duration_ms": pa.array(duration),
-        "request_id": pa.array(request_id, pa.string()),
-        "tags": pa.array([None if t is None else orjson.dumps(t).decode() for t in tags], pa.string())
-        if any(t is not None for t in tags) else pa.nulls(n, pa.string()),
+        "request_id": request_id,
+        "tags": pa.nulls(n, pa.string()) if tags is None else
+        pa.array([None if t is None else orjson.dumps(t).decode() for t in tags], pa.string()),
     })
-    if not keep.all():
-        table = table.filter(pa.array(keep))
-    batch.requests = _fold_endpoints(table, batch)
+    batch.requests = table if keep.all() else table.filter(pa.array(keep))
 
 
-def _fold_endpoints(table: pa.Table, batch: Batch) -> pa.Table:
+def _fold_endpoints(values: list[str], codes: np.ndarray, keep: np.ndarray, batch: Batch):
     """Absurd label cardinality (raw URLs with ids in them) would blow up the rollups: keep the most
     frequent endpoints and fold the rest into one counted label."""
-    counts = pa.compute.value_counts(table["endpoint"])
-    if len(counts) <= MAX_ENDPOINTS_PER_BATCH:
-        return table
-    ranked = sorted(counts.to_pylist(), key=lambda c: -c["counts"])
-    kept = pa.array([c["values"] for c in ranked[:MAX_ENDPOINTS_PER_BATCH]])
-    is_kept = pa.compute.is_in(table["endpoint"], value_set=kept)
-    batch.rejects["requests", "endpoint_cardinality_folded"] += int(len(table) - pa.compute.sum(is_kept).as_py())
-    folded = pa.compute.if_else(is_kept, table["endpoint"], OTHER_ENDPOINT)
-    return table.set_column(table.schema.get_field_index("endpoint"), "endpoint", folded)
+    if len(values) <= MAX_ENDPOINTS_PER_BATCH:
+        return values, codes
+    counts = np.bincount(codes[keep], minlength=len(values))
+    kept = np.argsort(-counts, kind="stable")[:MAX_ENDPOINTS_PER_BATCH]
+    remap = np.full(len(values), MAX_ENDPOINTS_PER_BATCH, dtype=codes.dtype)  # default: the OTHER label
+    remap[kept] = np.arange(len(kept), dtype=codes.dtype)
+    new_codes = remap[codes]
+    batch.rejects["requests", "endpoint_cardinality_folded"] += int((keep & (new_codes == MAX_ENDPOINTS_PER_BATCH)).sum())
+    return [values[i] for i in kept] + [OTHER_ENDPOINT], new_codes
 
 
 def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch) -> list[dict]:
