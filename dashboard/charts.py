@@ -189,7 +189,9 @@ def time_lines(
             name = group if len(groups) > 1 else label
             full = f"{group} · {label}" if several else name
             fig.add_trace(go.Scatter(
-                x=part["time"], y=part[col], name=name, mode="lines", connectgaps=False,
+                # Markers too when there are few points, so a short history is not invisible.
+                x=part["time"], y=part[col], name=name, connectgaps=False, marker={"size": 4},
+                mode="lines+markers" if part[col].notna().sum() < 30 else "lines",
                 legendgroup=group if several else None, showlegend=not (several and shown),
                 line={"width": 2, "dash": styles[col] if len(columns) > 1 else "solid",
                       "color": _colour(gi if len(groups) > 1 else ci)},
@@ -202,8 +204,8 @@ def time_lines(
         colour = THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR)
         fig.add_hline(y=y, line={"color": colour, "width": 1, "dash": "dot"}, layer="below",
                       annotation={"text": f"{name} {y:.0%}" if y_format == "percent" else f"{name} {y:g}",
-                                  "font": {"size": 10, "color": colour}, "xanchor": "right", "x": 1,
-                                  "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.8)"})
+                                  "font": {"size": 10, "color": colour}, "xanchor": "left", "x": 1,
+                                  "yanchor": "middle"})
     fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
     if log_y:
         fig.update_yaxes(type="log", title_text=f"{y_title} (log scale)", ticksuffix=suffix)
@@ -214,7 +216,8 @@ def time_lines(
     # Title (and what the line styles mean) on top, the legend in a row of its own under it.
     fig.update_layout(title={"subtitle": {"text": subtitle, "font": {"size": 11}}, "y": 0.98, "yanchor": "top"},
                       legend={"x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
-                      margin={"t": 95 if len(fig.data) > 4 else 80})
+                      # Threshold labels sit in the right margin, clear of the newest data.
+                      margin={"t": 95 if len(fig.data) > 4 else 80, "r": 75 if hlines else 10})
     fig.update_xaxes(tickangle=0)
     if df.empty or not fig.data:
         _no_data(fig)

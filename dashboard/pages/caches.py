@@ -52,19 +52,20 @@ def app_caches(data: dict, x_range, deploys) -> None:
         return
     widgets.table(data["summary"][list(APP_COLUMNS)], "app-caches", column_config=APP_COLUMNS)
     over_time = data["over_time"]
+    by = "cache" if data["summary"]["service"].nunique() == 1 else ["service", "cache"]
     widgets.chart(charts.time_lines(
-        over_time, {"hit_rate": "hit rate"}, by="cache", title="Hit rate", y_title="hits / lookups",
+        over_time, {"hit_rate": "hit rate"}, by=by, title="Hit rate", y_title="hits / lookups",
         y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, deploys=deploys, x_range=x_range,
     ), over_time, "app-caches-over-time")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(charts.time_lines(
-            over_time, {"mean_lookup_ms": "mean", "max_lookup_ms": "max"}, by="cache", title="Lookup time",
+            over_time, {"mean_lookup_ms": "mean", "max_lookup_ms": "max"}, by=by, title="Lookup time",
             y_title="lookup time", y_format="ms", log_y=True, dashes={"max_lookup_ms": "dot"},
             deploys=deploys, x_range=x_range), key="chart-app-lookup-time")
     with right:
         st.plotly_chart(charts.time_lines(
-            over_time, {"lookups_per_s": "lookups / s"}, by="cache", title="Lookups per second",
+            over_time, {"lookups_per_s": "lookups / s"}, by=by, title="Lookups per second",
             y_title="lookups / s", y_format="per_s", deploys=deploys, x_range=x_range), key="chart-app-ops")
     with st.expander(f"By namespace ({len(data['namespaces'])})"):
         widgets.table(data["namespaces"], "app-cache-namespaces", column_config=APP_COLUMNS)

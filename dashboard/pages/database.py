@@ -71,10 +71,11 @@ def top_queries(since, until, targets) -> None:
                   column_order=[c for c in QUERY_COLUMN_ORDER if c in data["queries"]])
 
 
-def health(data: dict, x_range) -> None:
-    st.subheader("Databases")
-    widgets.table(data["targets"][list(TARGET_COLUMNS)], "databases", column_config=TARGET_COLUMNS)
+def buffer_and_connections(data: dict, x_range) -> None:
     ratio, connections = data["hit_ratio"], data["connections"]
+    if ratio.empty and connections.empty:
+        st.caption("Buffer cache and connection statistics come from PostgreSQL targets only.")
+        return
     names = sorted(set(ratio["target"]) | set(connections["target"]))
     if len(names) > 1:
         picked = st.selectbox("Database", names, key="db_target", help="For the two charts below")
@@ -87,8 +88,14 @@ def health(data: dict, x_range) -> None:
                                         x_range=x_range), data["hit_ratio"], "db-cache-hit-ratio")
     with right:
         widgets.chart(charts.stacked_area(connections, y="connections", stack="state", title="Connections by state",
-                                          y_title="connections", x_range=x_range), data["connections"],
-                      "db-connections")
+                                          y_title="connections", x_range=x_range), data["connections"], "db-connections")
+
+
+def health(data: dict, x_range) -> None:
+    st.subheader("Databases")
+    targets = data["targets"][list(TARGET_COLUMNS)].dropna(axis="columns", how="all")  # e.g. PostgreSQL-only ones
+    widgets.table(targets, "databases", column_config=TARGET_COLUMNS)
+    buffer_and_connections(data, x_range)
     st.subheader("Tables with many sequential scans")
     if data["seq_scans"].empty:
         st.caption("No table was scanned sequentially in this range (PostgreSQL targets only).")

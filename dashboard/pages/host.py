@@ -28,7 +28,6 @@ HOW_TO = ("`perfdeck collect` samples this machine (the `[host]` section of perf
 
 def machine(data: dict, lines: dict) -> None:
     over_time = data["over_time"]
-    widgets.csv_download(over_time, "host-over-time", label="Download chart data (CSV)")
     left, right = st.columns(2)
     left.plotly_chart(charts.time_lines(over_time, {"cpu_percent": "CPU"}, title="CPU (all cores)", y_title="busy",
                                         y_format="percent100", y_range=(0, 100), **lines), key="chart-cpu")
@@ -42,6 +41,7 @@ def machine(data: dict, lines: dict) -> None:
     right.plotly_chart(charts.time_lines(over_time, {"net_recv_bps": "received", "net_sent_bps": "sent"},
                                          title="Network", y_title="throughput", y_format="bytes_per_s",
                                          dashes={"net_sent_bps": "dot"}, **lines), key="chart-net")
+    widgets.csv_download(over_time, "host-over-time", label="Download chart data (CSV)")
     st.subheader("Disks")
     if data["disks"].empty:
         st.caption("No filesystem usage in this range.")
