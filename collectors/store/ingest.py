@@ -276,10 +276,11 @@ def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> Non
         return
     tables = []
     for b in batches:
-        n = len(b.requests)
+        # service and host are constant per batch: one-value dictionaries cost nothing per row
+        zeros = pa.array(np.zeros(len(b.requests), "int32"))
         tables.append(b.requests
-                      .append_column("service", pa.array([b.service]).take(pa.array(np.zeros(n, "int32"))))
-                      .append_column("host", pa.array([b.host], pa.string()).take(pa.array(np.zeros(n, "int32")))))
+                      .append_column("service", pa.DictionaryArray.from_arrays(zeros, pa.array([b.service])))
+                      .append_column("host", pa.DictionaryArray.from_arrays(zeros, pa.array([b.host], pa.string()))))
     con.register("_incoming_requests", pa.concat_tables(tables))
     try:
         con.execute("""
@@ -287,19 +288,24 @@ def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> Non
             SELECT ts, service, host, endpoint, method, status, duration_ms, request_id, tags
             FROM _incoming_requests
         """)
+        # One pass over the raw rows into (minute, endpoint, bucket) groups; both rollups come from those.
         con.execute(f"""
-            INSERT INTO latency_hist
-            SELECT date_trunc('minute', ts), service, endpoint, {BUCKET_SQL.format(col='duration_ms')}, count(*)
+            CREATE OR REPLACE TEMP TABLE _incoming_groups AS
+            SELECT date_trunc('minute', ts) AS minute, service, endpoint,
+                   {BUCKET_SQL.format(col='duration_ms')} AS bucket, count(*) AS requests,
+                   count(*) FILTER (WHERE status >= 500) AS errors, sum(duration_ms) AS duration_sum_ms,
+                   max(duration_ms) AS duration_max_ms
             FROM _incoming_requests
             GROUP BY ALL
         """)
+        con.execute("INSERT INTO latency_hist SELECT minute, service, endpoint, bucket, requests FROM _incoming_groups")
         con.execute("""
             INSERT INTO request_rollup
-            SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
-                   sum(duration_ms), max(duration_ms)
-            FROM _incoming_requests
+            SELECT minute, service, endpoint, sum(requests), sum(errors), sum(duration_sum_ms), max(duration_max_ms)
+            FROM _incoming_groups
             GROUP BY ALL
         """)
+        con.execute("DROP TABLE _incoming_groups")
     finally:
         con.unregister("_incoming_requests")
 
