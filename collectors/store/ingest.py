@@ -76,7 +76,7 @@ def _dictionary(col, n: int, name: str) -> tuple[list[str], np.ndarray]:
 
 
 def _strings(col, n: int, name: str) -> pa.Array:
-    """A packed string column (offsets + UTF-8 data); empty strings stand for missing values."""
+    """A packed string column (offsets + UTF-8 data); an empty string stands for a missing value."""
     if col is None:
         return pa.nulls(n, pa.string())
     if not isinstance(col, dict):
@@ -88,7 +88,7 @@ def _strings(col, n: int, name: str) -> pa.Array:
         arr.validate(full=True)
     except (TypeError, ValueError, binascii.Error, pa.ArrowInvalid) as exc:
         raise MalformedBatch(f"requests.{name}: invalid packed strings ({exc})") from None
-    return pa.compute.if_else(pa.compute.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+    return arr  # empty strings become NULL in the INSERT
 
 
 def _epoch_to_ts(seconds: np.ndarray) -> np.ndarray:
@@ -264,10 +264,15 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     _write_requests(con, [b for b in batches if b.requests is not None and len(b.requests)])
     for b in batches:
         _write_small(con, b)
-    con.executemany(
-        "INSERT INTO ingested_batches VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+    # One statement per table for all batches: per-row statements cost ~0.5 ms each.
+    _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
         [(b.id, source, b.service, b.host, b.pid, b.events) for b in batches],
-    )
+        columns=["batch_id", "source", "service", "host", "pid", "events"]))
+    health = [(b.service, b.host, b.pid, b.sdk.get("dropped"), b.sdk.get("send_errors")) for b in batches
+              if isinstance(b.sdk.get("dropped"), int) and isinstance(b.sdk.get("send_errors"), int)]
+    if health:
+        _insert(con, "INSERT INTO sdk_health SELECT now()::TIMESTAMP, * FROM _incoming", pd.DataFrame(
+            health, columns=["service", "host", "pid", "dropped", "send_errors"]))
     return sum(b.events for b in batches)
 
 
@@ -285,7 +290,7 @@ def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> Non
     try:
         con.execute("""
             INSERT INTO request_events
-            SELECT ts, service, host, endpoint, method, status, duration_ms, request_id, tags
+            SELECT ts, service, host, endpoint, method, status, duration_ms, nullif(request_id, ''), tags
             FROM _incoming_requests
         """)
         # One pass over the raw rows into (minute, endpoint, bucket) groups; both rollups come from those.
@@ -347,8 +352,3 @@ def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
     rejects = [(b.id, kind, reason, n) for (kind, reason), n in b.rejects.items() if n]
     if rejects:
         con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, ?, ?, ?, ?)", rejects)
-    if b.sdk:
-        dropped, errors = b.sdk.get("dropped", 0), b.sdk.get("send_errors", 0)
-        if isinstance(dropped, int) and isinstance(errors, int):
-            con.execute("INSERT INTO sdk_health VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?)",
-                        [b.service, b.host, b.pid, dropped, errors])
