@@ -1,4 +1,4 @@
-"""perfdeck dashboard entry point: routing only (pages live in dashboard/pages/).
+"""perfdeck dashboard entry point: routing only (pages live in dashboard/app_pages/, not pages/, which Streamlit would also auto-discover).
 
 Run with `perfdeck dashboard`, or `python -m streamlit run dashboard/app.py` with PERFDECK_DB set."""
 import sys
@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "app_pages"
 
 # One line per page: section -> pages, shown in this order in the sidebar.
 NAVIGATION = {

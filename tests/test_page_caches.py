@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from collectors.store import migrate, write
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "dashboard" / "pages" / "caches.py")
+PAGE = str(ROOT / "dashboard" / "app_pages" / "caches.py")
 APP = str(ROOT / "dashboard" / "app.py")
 
 

@@ -13,7 +13,7 @@ from collectors.samplers.database import pg_stat_statements_hint
 from collectors.store import migrate, write
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "dashboard" / "pages" / "database.py")
+PAGE = str(ROOT / "dashboard" / "app_pages" / "database.py")
 
 
 @pytest.fixture(autouse=True)

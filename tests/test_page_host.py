@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from collectors.store import migrate, write
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "dashboard" / "pages" / "host.py")
+PAGE = str(ROOT / "dashboard" / "app_pages" / "host.py")
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from dashboard.queries import totals
 from dashboard.widgets import fmt_ms
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = str(ROOT / "dashboard" / "pages" / "overview.py")
+PAGE = str(ROOT / "dashboard" / "app_pages" / "overview.py")
 APP = str(ROOT / "dashboard" / "app.py")
 
 
