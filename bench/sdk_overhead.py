@@ -9,7 +9,8 @@ of realistic events (8 endpoints, mostly-200 statuses, GET/POST, a distinct requ
 
 An empty loop of the same shape is timed too and subtracted; its cost is printed. Each row is the
 median of REPEATS runs of CHUNK calls, timed with time.thread_time() (this thread's CPU time, so
-other processes on a shared machine do not inflate it), rows run round-robin. perfdeck's buffer is emptied between runs, outside the timed
+other processes on a shared machine do not inflate it), rows run round-robin. perfdeck's buffer is emptied
+between runs, outside the timed
 region (the flusher is configured with a huge interval and never runs by itself).
 
 Python's cyclic GC stays ENABLED for the main rows, because an application runs with it on and the

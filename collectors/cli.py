@@ -1,11 +1,9 @@
 """The `perfdeck` command."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone

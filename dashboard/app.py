@@ -1,4 +1,5 @@
-"""perfdeck dashboard entry point: routing only (pages live in dashboard/app_pages/, not pages/, which Streamlit would also auto-discover).
+"""perfdeck dashboard entry point: routing only. Pages live in dashboard/app_pages/ (not pages/, which
+Streamlit would also auto-discover).
 
 Run with `perfdeck dashboard`, or `python -m streamlit run dashboard/app.py` with PERFDECK_DB set."""
 import sys

@@ -74,7 +74,8 @@ def add_deploy_markers(
         fig.add_annotation(
             # Three staggered rows so labels of close deploys don't print over each other.
             x=row.ts, y=1 - 0.07 * (i % 3), xref="x", yref="paper", text=label, showarrow=False,
-            xanchor="right" if near_right else "left", yanchor="top", xshift=-3 if near_right else 3, font={"size": 11, "color": DEPLOY_COLOUR},
+            xanchor="right" if near_right else "left", yanchor="top", xshift=-3 if near_right else 3,
+            font={"size": 11, "color": DEPLOY_COLOUR},
             bgcolor="rgba(255,255,255,0.8)",
             hovertext=f"deploy {row.service} {row.version}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",
         )

@@ -37,6 +37,17 @@ def _sdk_reset():
     api.dropped = 0
 
 
+@pytest.fixture(autouse=True)
+def _fresh_streamlit_cache():
+    """Page tests share one process: cached query results must not leak from one store to the next."""
+    import sys
+    if "streamlit" in sys.modules:
+        sys.modules["streamlit"].cache_data.clear()
+    yield
+    if "streamlit" in sys.modules:
+        sys.modules["streamlit"].cache_data.clear()
+
+
 def _redis_ping() -> bool:
     import redis
     try:

@@ -18,3 +18,13 @@ def query(db, sql: str, params=()) -> list[tuple]:
         return con.execute(sql, list(params)).fetchall()
     finally:
         con.close()
+
+
+def run_app(script: str):
+    """Run a dashboard script in Streamlit's AppTest and fail on any exception it shows."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(script, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at

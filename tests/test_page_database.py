@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from helpers import run_app
 from seed_samples import seed_samples
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
@@ -14,13 +14,6 @@ from collectors.store import migrate, write
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "database.py")
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 @pytest.fixture
@@ -33,10 +26,7 @@ def seeded(tmp_path, monkeypatch):
 
 
 def run() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_app(PAGE)
 
 
 def table(at: AppTest, column: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from helpers import run_app
 from seed_samples import seed_samples
 from streamlit.testing.v1 import AppTest
 
@@ -12,13 +12,6 @@ from collectors.store import migrate, write
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "host.py")
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
 
 
 @pytest.fixture
@@ -30,10 +23,7 @@ def seeded(tmp_path, monkeypatch):
 
 
 def run() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_app(PAGE)
 
 
 def test_host_page_all_hosts(seeded):

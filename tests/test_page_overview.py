@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from helpers import run_app
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
 
@@ -18,13 +18,6 @@ PAGE = str(ROOT / "dashboard" / "app_pages" / "overview.py")
 APP = str(ROOT / "dashboard" / "app.py")
 
 
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    st.cache_data.clear()
-    yield
-    st.cache_data.clear()
-
-
 @pytest.fixture
 def seeded(tmp_path, monkeypatch):
     path = tmp_path / "perfdeck.duckdb"
@@ -34,10 +27,7 @@ def seeded(tmp_path, monkeypatch):
 
 
 def run(script: str) -> AppTest:
-    at = AppTest.from_file(script, default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return run_app(script)
 
 
 def test_overview_shows_metrics_table_and_charts(seeded):

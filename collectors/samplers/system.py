@@ -221,8 +221,8 @@ class HostSampler(Sampler):
             p = w.proc
             try:
                 with p.oneshot():
-                    for metric, read in (("proc.cpu_percent", lambda: p.cpu_percent(interval=None)),
-                                         ("proc.rss_bytes", lambda: p.memory_info().rss),
+                    for metric, read in (("proc.cpu_percent", lambda p=p: p.cpu_percent(interval=None)),
+                                         ("proc.rss_bytes", lambda p=p: p.memory_info().rss),
                                          ("proc.threads", p.num_threads),
                                          ("proc.open_files", p.num_fds if hasattr(p, "num_fds") else p.num_handles)):
                         try:

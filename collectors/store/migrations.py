@@ -6,7 +6,7 @@ Conventions: timestamps are UTC `TIMESTAMP`s; `minute` columns hold the start of
 latency histograms hold log buckets (see collectors.store.histogram)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import duckdb
 

@@ -24,7 +24,8 @@ ENDPOINT_COLUMNS = {
 def headline(now: pd.Series, before: pd.Series | None) -> None:
     """Five metrics, each with its change against the previous period of the same length."""
     cards = [  # column, label, value, help, change format, bad when it goes up
-        ("requests_per_s", "Requests / s", f"{now.requests_per_s:,.2f}", f"{now.requests:,} requests; averaged since the first one in the range", None, False),
+        ("requests_per_s", "Requests / s", f"{now.requests_per_s:,.2f}",
+         f"{now.requests:,} requests; averaged since the first one in the range", None, False),
         ("error_rate", "Error rate", f"{now.error_rate:.2%}", f"{now.errors:,} failed (status ≥ 500)",
          lambda d, _: f"{d * 100:+.2f} pts", True),
         *((c, c[:3], widgets.fmt_ms(now[c]), f"{c[:3]} over all requests in the range", None, True)
