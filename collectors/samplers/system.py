@@ -76,9 +76,10 @@ def _busy_total(t) -> tuple[float, float]:
 def _cpu_percent(before, after) -> float | None:
     b0, t0 = _busy_total(before)
     b1, t1 = _busy_total(after)
-    if t1 <= t0 or b1 < b0:
-        return None
-    return max(0.0, min(100.0, 100.0 * (b1 - b0) / (t1 - t0)))
+    if t1 <= t0:
+        return None  # no time accounted between the samples: no rate
+    # Kernel counters (iowait notably) can step backwards a little; clamp like psutil does.
+    return max(0.0, min(100.0, 100.0 * max(0.0, b1 - b0) / (t1 - t0)))
 
 
 class _Watch:
