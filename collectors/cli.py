@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -22,10 +22,6 @@ def parse_span(text: str) -> timedelta:
     if not m:
         raise click.BadParameter(f"{text!r} is not a span like 15m, 24h or 7d")
     return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
@@ -122,6 +118,7 @@ def _emit(df, fmt: str) -> None:
 @format_option
 def export_latency(db, since, service, fmt) -> None:
     """Per-endpoint request count and p50/p95/p99 (ms) over a range, from the rollups."""
+    from collectors.store import utcnow
     from dashboard.queries.latency import endpoint_percentiles
 
     until = utcnow()
@@ -139,6 +136,8 @@ def _table_command(table: str) -> click.Command:
     @click.option("--limit", default=100_000, show_default=True, help="At most this many rows.")
     @format_option
     def export_table(db, since, limit, fmt) -> None:
+        from collectors.store import utcnow
+
         col = EXPORTABLE[table]  # table and column come from the allow-list, never from input
         with reading(db) as con:
             df = con.execute(f'SELECT * FROM "{table}" WHERE "{col}" >= ? ORDER BY "{col}" DESC LIMIT ?',

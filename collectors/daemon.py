@@ -12,12 +12,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
-from collectors.store import connection, migrate
+from collectors.store import connection, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact
@@ -47,10 +47,6 @@ class Report:
     batches: int = 0
     events: int = 0
     quarantined: int = 0
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # the store keeps naive UTC
 
 
 class Collector:
@@ -177,7 +173,7 @@ class Collector:
 
     def retention(self) -> dict[str, int]:
         with connection.write(self.db) as con:
-            return purge(con, _utcnow())
+            return purge(con, utcnow())
 
     def _isolated(self, what: str, fn, *args, default=None):
         try:

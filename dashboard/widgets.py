@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
 import pandas as pd
 import streamlit as st
 
-from collectors.store import StoreLocked, StoreMissing, db_path, read
+from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
 from dashboard import queries
 
 CACHE_TTL_S = 10
@@ -38,11 +38,6 @@ HOW_TO_GET_DATA = (
     "Run `perfdeck demo` for a live demo with sample traffic, or `perfdeck collect` to start "
     "collecting from your instrumented services."
 )
-
-
-def utcnow() -> datetime:
-    """Naive UTC, like every timestamp in the store."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)

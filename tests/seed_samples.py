@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from collectors.store import migrate, write
+from collectors.store import migrate, utcnow, write
 from collectors.store.histogram import bucket_of
 
 # (service, cache, namespaces, lookups per minute, hit probability)
@@ -83,10 +83,6 @@ HOSTS = {  # host: (cpu %, memory total GB, processes [(name, pid, rss MB, cpu %
     "web-1": (35.0, 16, [("gunicorn", 101, 180, 20.0), ("gunicorn", 102, 170, 18.0), ("perfdeck", 50, 90, 2.0)]),
     "web-2": (12.0, 8, [("gunicorn", 301, 150, 8.0)]),
 }
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _long(rows: list[tuple], key: str) -> pd.DataFrame:
@@ -258,7 +254,7 @@ TABLES = ("cache_stats", "redis_metrics", "redis_slowlog", "db_metrics", "pg_sta
 def seed_samples(path: str | os.PathLike, *, now: datetime | None = None, hours: float = 24) -> dict[str, pd.DataFrame]:
     """Create (migrate) the store at `path` if needed and add the sampler, cache and query rows of
     `make_samples`. Returns them per table (plus "query_raw": the raw SDK statement durations)."""
-    frames = make_samples(now=now or _utcnow(), hours=hours)
+    frames = make_samples(now=now or utcnow(), hours=hours)
     with write(path) as con:
         migrate(con)
         for table in TABLES:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from collectors.store import migrate, write
+from collectors.store import migrate, utcnow, write
 from collectors.store.histogram import BUCKET_SQL
 
 # service, endpoint, median ms, lognormal sigma, requests per minute at the daily peak, error share
@@ -37,10 +37,6 @@ DEPLOYS = [
     (timedelta(hours=3), "api", "v1.5.1", "web-1"),
 ]
 REGRESSION = ("api", "POST /checkout", 1.6)  # latency factor between v1.5.0 and v1.5.1
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def make_events(*, now: datetime, days: float = 3, seed: int = 7) -> pd.DataFrame:
@@ -77,7 +73,7 @@ def make_events(*, now: datetime, days: float = 3, seed: int = 7) -> pd.DataFram
 def seed_store(path: str | os.PathLike, *, now: datetime | None = None, days: float = 3) -> pd.DataFrame:
     """Create (migrate) the store at `path` and fill request_events, latency_hist, request_rollup
     and deploys the way the daemon would. Returns the raw events (see `make_events`)."""
-    now = now or _utcnow()
+    now = now or utcnow()
     events = make_events(now=now, days=days)
     end = now.replace(second=0, microsecond=0)
     deploys = pd.DataFrame(

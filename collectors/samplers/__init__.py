@@ -12,7 +12,9 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+
+from collectors.store.connection import utcnow  # noqa: F401 - samplers stamp rows with it
 
 log = logging.getLogger("perfdeck.samplers")
 MAX_BACKOFF = 300.0
@@ -33,10 +35,6 @@ class Status:
     up: bool
     checked_at: datetime
     error: str | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class Sampler:

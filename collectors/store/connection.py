@@ -18,11 +18,17 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 
 DEFAULT_DB = Path("data") / "perfdeck.duckdb"
+
+
+def utcnow() -> datetime:
+    """Now as naive UTC, the form of every timestamp in the store."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class StoreLocked(RuntimeError):
