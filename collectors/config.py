@@ -18,7 +18,7 @@ to watch, with environment overrides. Every key is optional:
     interval = 30
 
 Environment: PERFDECK_HOST_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
-URLs, added to the file's lists, each named after its host and database)."""
+URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database)."""
 from __future__ import annotations
 
 import os
@@ -41,8 +41,11 @@ def load(path: str | os.PathLike | None = None) -> dict:
         config["host"]["interval"] = float(os.environ["PERFDECK_HOST_INTERVAL"])
     for key, env in (("redis", "PERFDECK_REDIS_URLS"), ("database", "PERFDECK_DATABASE_URLS")):
         config.setdefault(key, [])
-        for url in filter(None, (u.strip() for u in os.environ.get(env, "").split(","))):
-            config[key].append({"name": _name_of(url), "url": url})
+        for item in filter(None, (u.strip() for u in os.environ.get(env, "").split(","))):
+            name, sep, url = item.partition("=")
+            if not sep or "://" in name:      # a bare URL (which may itself hold "=" in its query)
+                name, url = _name_of(item), item
+            config[key].append({"name": name.strip(), "url": url.strip()})
     return config
 
 

@@ -2,6 +2,7 @@
 127.0.0.1:6379 (started if none answers), the SDK writing to a real spool directory."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -11,7 +12,8 @@ import pytest
 from collectors import sdk
 from collectors.sdk import api
 
-REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, flushed around each test
+# A database of its own, flushed around each test ($PERFDECK_TEST_REDIS_DB lets parallel runs apart).
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('PERFDECK_TEST_REDIS_DB', '15')}"
 
 
 @pytest.fixture

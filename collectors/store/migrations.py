@@ -214,7 +214,16 @@ def m002_samplers(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers]
+def m003_action_results(con: duckdb.DuckDBPyConnection) -> None:
+    # An action's target ("redis:cache", "database:shop", "store") and what it did, for the audit log.
+    con.execute("""
+        ALTER TABLE action_audit ADD COLUMN target VARCHAR;
+        ALTER TABLE action_audit ADD COLUMN result VARCHAR;
+        ALTER TABLE action_audit ADD COLUMN figures JSON;
+    """)
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,0 +1,54 @@
+"""The audit log of actions: one row per attempt, in the store's `action_audit` table.
+
+A run writes its row *before* it touches anything (outcome "running") and completes it afterwards, so
+an action that could not be audited never runs, and one whose process died shows as "running".
+Writes use the store's short write discipline (open, one transaction, close), like the daemon."""
+from __future__ import annotations
+
+import json
+
+from collectors.store import utcnow, write
+
+
+def _json(value) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def start(db, *, actor, action: str, target: str | None, params: dict, preview: str | None) -> int:
+    """Insert the row of a run about to start; returns its id."""
+    with write(db) as con:
+        return con.execute(
+            """
+            INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome)
+            VALUES (?, ?, ?, ?, ?, ?, 'running')
+            RETURNING id
+            """,
+            [utcnow(), actor.name, action, target, _json(params), preview],
+        ).fetchone()[0]
+
+
+def finish(db, audit_id: int, *, outcome: str, duration_ms: float, result: str | None = None,
+           figures: dict | None = None, error: str | None = None) -> None:
+    with write(db) as con:
+        con.execute(
+            """
+            UPDATE action_audit
+            SET outcome = ?, duration_ms = ?, result = ?, figures = ?, error = ?
+            WHERE id = ?
+            """,
+            [outcome, duration_ms, result, _json(figures), error, audit_id],
+        )
+
+
+def record(db, *, actor, action: str, target: str | None, params: dict, preview: str | None, outcome: str,
+           error: str | None = None, result: str | None = None) -> int:
+    """One complete row for something that did not run (refused, invalid) or had no steps (a login)."""
+    with write(db) as con:
+        return con.execute(
+            """
+            INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome, duration_ms, result, error)
+            VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
+            RETURNING id
+            """,
+            [utcnow(), actor.name, action, target, _json(params), preview, outcome, result, error],
+        ).fetchone()[0]
