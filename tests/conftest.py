@@ -23,6 +23,21 @@ def store(tmp_path):
 
 
 @pytest.fixture
+def migrated_store(store):
+    """A store file with every migration applied and no rows: where actions write their audit rows."""
+    from collectors.store import migrate, write
+    with write(store) as con:
+        migrate(con)
+    return store
+
+
+@pytest.fixture
+def operator():
+    from dashboard.actions import Actor
+    return Actor("test-operator", role="operator", via="test")
+
+
+@pytest.fixture
 def spool(tmp_path):
     path = tmp_path / "spool"
     path.mkdir()
