@@ -98,3 +98,12 @@ def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Ite
         yield con
     finally:
         con.close()
+
+
+def checkpoint(path: str | os.PathLike | None = None, *, timeout: float = 30.0) -> None:
+    """Write the WAL into the store file (CHECKPOINT cannot run inside write()'s transaction)."""
+    con = _connect(db_path(path), read_only=False, timeout=timeout)
+    try:
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()

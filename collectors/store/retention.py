@@ -37,8 +37,9 @@ def retention_days() -> dict[str, int]:
 
 
 def cutoffs(now: datetime, days: dict[str, int] | None = None) -> dict[str, datetime]:
+    """table -> the time before which its rows go; `days` may name only some kinds ({"raw": 3})."""
     days = days or retention_days()
-    return {table: now - timedelta(days=days[kind]) for table, (_, kind) in TABLES.items()}
+    return {table: now - timedelta(days=days[kind]) for table, (_, kind) in TABLES.items() if kind in days}
 
 
 def count_expired(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
@@ -47,9 +48,11 @@ def count_expired(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str,
             for table, cut in cutoffs(now, days).items()}
 
 
+def purge_table(con: duckdb.DuckDBPyConnection, table: str, cutoff: datetime) -> int:
+    """Delete `table`'s rows older than `cutoff` (table names come from TABLES only)."""
+    return con.execute(f"DELETE FROM {table} WHERE {TABLES[table][0]} < ?", [cutoff]).fetchone()[0]
+
+
 def purge(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
     """Delete rows past their retention; returns rows deleted per table."""
-    deleted = {}
-    for table, cut in cutoffs(now, days).items():
-        deleted[table] = con.execute(f"DELETE FROM {table} WHERE {TABLES[table][0]} < ?", [cut]).fetchone()[0]
-    return deleted
+    return {table: purge_table(con, table, cut) for table, cut in cutoffs(now, days).items()}

@@ -28,6 +28,14 @@ _QUERY_STATS = """
 """
 
 
+def mergeable(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows compact() would remove from each rollup table over all time: the preview of a full compaction."""
+    keys = {table: k for table, (k, _) in ROLLUPS.items()} | {"query_stats": "minute, service, database, fingerprint"}
+    return {table: con.execute(f"SELECT (SELECT count(*) FROM {table}) - "
+                               f"(SELECT count(*) FROM (SELECT DISTINCT {k} FROM {table}))").fetchone()[0]
+            for table, k in keys.items()}
+
+
 def compact(con: duckdb.DuckDBPyConnection, since: datetime, until: datetime) -> int:
     """Merge duplicate rollup rows with minute in [since, until); returns rows removed."""
     removed = 0

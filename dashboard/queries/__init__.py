@@ -8,6 +8,7 @@ the CLI and tests call the same functions.
         df = endpoint_percentiles(con, since=since, until=until)
 """
 from dashboard.queries._run import bucket_seconds, run_query
+from dashboard.queries.audit import audit_facets, audit_log
 from dashboard.queries.caches import (
     HIT_RATE_THRESHOLDS,
     app_cache_namespaces,
@@ -37,6 +38,8 @@ __all__ = [
     "app_cache_namespaces",
     "app_cache_over_time",
     "app_cache_summary",
+    "audit_facets",
+    "audit_log",
     "bucket_seconds",
     "component_status",
     "db_cache_hit_ratio",
