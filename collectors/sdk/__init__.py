@@ -10,9 +10,11 @@
     sdk.record_llm_call("gpt-4o-mini", input_tokens=812, output_tokens=95, request_id="r-1")
     sdk.record_query("SELECT * FROM users WHERE id = 7", 3.1, database="app")
     sdk.mark_deploy("v1.4.2")
+    sdk.register_cache("prices", lambda namespace: prices.cache_clear())   # clearable from the dashboard
 
 Only the standard library is imported here. Record calls append to bounded in-memory buffers; a
-background thread ships them every second to the transport (a spool directory or a Redis stream).
+background thread ships them every second to the transport (a spool directory or a Redis stream),
+and listens there for the dashboard's "clear cache" broadcasts (collectors.sdk.control).
 """
 from collectors.sdk.api import (
     mark_deploy,
@@ -23,8 +25,9 @@ from collectors.sdk.api import (
     timed,
 )
 from collectors.sdk.client import configure, flush, shutdown, stats
+from collectors.sdk.control import register_cache
 
 __all__ = [
     "configure", "flush", "mark_deploy", "record_cache", "record_llm_call", "record_query",
-    "record_request", "shutdown", "stats", "timed",
+    "record_request", "register_cache", "shutdown", "stats", "timed",
 ]

@@ -17,13 +17,15 @@ _settings: dict = {}
 
 
 def configure(service: str | None = None, transport: str | None = None, flush_interval: float = 1.0,
-              max_buffer: int = 100_000, clock=None) -> None:
+              max_buffer: int = 100_000, clock=None, control: bool = True) -> None:
     """Start recording. Call once at start-up; calling again replaces the settings.
 
     service:   name shown on the dashboard ($PERFDECK_SERVICE, else the program's name)
     transport: "spool:DIR" (default "spool:data/spool") or "redis://host:port/db" ($PERFDECK_TRANSPORT)
     flush_interval: seconds between batches; max_buffer: events held per kind before dropping.
     clock:     a time.time replacement, for replaying history (the demo's backfill uses it).
+    control:   listen on the transport for "clear cache" broadcasts from the dashboard (see
+               register_cache); False opts out: nothing is polled and no presence is announced.
 
     >>> from collectors import sdk
     >>> sdk.configure(service="api", transport="spool:data/spool")
@@ -36,7 +38,7 @@ def configure(service: str | None = None, transport: str | None = None, flush_in
             service = service or os.environ.get("PERFDECK_SERVICE") or _default_service()
             url = transport or os.environ.get("PERFDECK_TRANSPORT") or "spool:data/spool"
             _settings.update(service=service, transport=url, flush_interval=flush_interval,
-                             max_buffer=max_buffer, clock=clock)
+                             max_buffer=max_buffer, clock=clock, control=control)
             _start()
     except Exception:
         log.exception("perfdeck: configure failed; recording stays off")
@@ -52,8 +54,10 @@ def _start() -> None:
     import time
     api.clock = _settings["clock"] or time.time
     api.max_buffer = _settings["max_buffer"]
+    # In a forked child this makes a new control listener too: its own pid, its own presence, and
+    # only commands issued from now on (the registered caches are the child's copies, so they stay).
     _flusher = Flusher(from_url(_settings["transport"]), service=_settings["service"],
-                       interval=_settings["flush_interval"])
+                       interval=_settings["flush_interval"], control=_settings["control"])
     _flusher.start()
 
 
@@ -81,6 +85,7 @@ def stats() -> dict:
         "dropped": api.dropped + (f.dropped_batches_events if f else 0),
         "send_errors": f.send_errors if f else 0,
         "transport": repr(f.transport) if f else None,
+        "control_commands": f.control.commands_run if f and f.control else 0,
     }
 
 

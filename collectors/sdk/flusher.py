@@ -1,12 +1,17 @@
 """The background flusher: every `interval` seconds it drains the record buffers, encodes one batch
 and hands it to the transport. A failing transport costs the host app nothing: unsent batches wait
-in a small bounded backlog, and past it they are dropped and counted."""
+in a small bounded backlog, and past it they are dropped and counted.
+
+The same thread polls the control channel (collectors.sdk.control: "clear cache X") once a tick,
+after flushing, at least every CONTROL_TICK_S even when batches go out less often, so a broadcast
+is picked up within about a second whatever the flush interval."""
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 
 from collectors.sdk import api
@@ -14,6 +19,7 @@ from collectors.sdk.batch import encode
 
 log = logging.getLogger("perfdeck.sdk")
 BACKLOG = 16  # encoded batches kept for retry while the transport is down
+CONTROL_TICK_S = 1.0  # the control channel is polled at least this often
 
 
 def _drain(buf: list) -> list:
@@ -24,9 +30,10 @@ def _drain(buf: list) -> list:
 
 
 class Flusher:
-    def __init__(self, transport, *, service: str, interval: float):
+    def __init__(self, transport, *, service: str, interval: float, control: bool = True):
         self.transport, self.service, self.interval = transport, service, interval
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.control = _listener(transport, service, self.host, self.pid) if control else None
         self.backlog: deque[tuple[str, bytes, int]] = deque()
         self.send_errors = 0
         self.dropped_batches_events = 0
@@ -42,22 +49,35 @@ class Flusher:
         self._thread.start()
 
     def _run(self) -> None:
+        self._poll_control()          # announce ourselves at once: the dashboard counts on presence
+        tick = self.interval if self.control is None else min(self.interval, CONTROL_TICK_S)
+        next_flush = time.monotonic() + self.interval
         while True:
-            self._wake.wait(self.interval)
+            woken = self._wake.wait(max(0.0, min(tick, next_flush - time.monotonic())))
             self._wake.clear()
             stopping = self._stop.is_set()
-            with self._passes:
-                self._begun += 1
-                this_pass = self._begun
-            try:
-                self.flush_once()
-            except Exception:  # never let the thread die: the next tick tries again
-                log.exception("perfdeck flusher failed")
-            with self._passes:
-                self._finished = this_pass
-                self._passes.notify_all()
+            if woken or stopping or time.monotonic() >= next_flush:
+                self._flush_pass()
+                next_flush = time.monotonic() + self.interval
             if stopping:
                 return
+            self._poll_control()
+
+    def _flush_pass(self) -> None:
+        with self._passes:
+            self._begun += 1
+            this_pass = self._begun
+        try:
+            self.flush_once()
+        except Exception:  # never let the thread die: the next tick tries again
+            log.exception("perfdeck flusher failed")
+        with self._passes:
+            self._finished = this_pass
+            self._passes.notify_all()
+
+    def _poll_control(self) -> None:
+        if self.control is not None:
+            self.control.poll()       # never raises; a failing channel backs off on its own
 
     def flush_once(self) -> None:
         """Drain every buffer into one batch, then send it and any backlog."""
@@ -102,8 +122,26 @@ class Flusher:
         if api.dropped or pending or self.dropped_batches_events:
             log.warning("perfdeck: at shutdown %d events were dropped and %d could not be sent",
                         api.dropped + self.dropped_batches_events, pending)
+        if self.control is not None:
+            self.control.close()      # withdraw our presence before the transport's client closes
         try:
             self.transport.close()
         except Exception:
             pass
         return ok
+
+
+def _listener(transport, service: str, host: str, pid: int):
+    """The control listener on the transport's own channel (sharing its Redis client); None if the
+    transport is of a kind that has no control channel."""
+    from collectors.sdk import control
+    from collectors.sdk.transport.redis import RedisTransport
+    from collectors.sdk.transport.spool import SpoolTransport
+
+    if isinstance(transport, SpoolTransport):
+        channel = control.SpoolChannel(transport.directory)
+    elif isinstance(transport, RedisTransport):
+        channel = control.RedisChannel(transport.url, client=transport.client)
+    else:
+        return None
+    return control.Listener(channel, service=service, host=host, pid=pid)

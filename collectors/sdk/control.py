@@ -1,0 +1,368 @@
+"""Clearing in-process caches from the dashboard: a broadcast every instrumented process picks up.
+
+An app says what can be cleared:
+
+    prices = functools.lru_cache(maxsize=4096)(load_price)
+    sdk.register_cache("prices", lambda namespace: prices.cache_clear())
+
+`clear(namespace)` gets a namespace, or None for the whole cache, and returns the number of entries
+it removed (None when it cannot tell). It runs on perfdeck's background thread, not on the thread
+that serves requests, so it must be thread-safe (lru_cache's cache_clear is; a dict needs a lock).
+
+The channel is the transport the SDK already ships batches over, so nothing new is configured:
+
+    spool:DIR  DIR/control/<time_ns>-<id>.json         a command, written atomically (tmp + rename)
+               DIR/control/acks/<id>/<host>-<pid>.json  one acknowledgement per process
+               DIR/control/listeners/<host>-<pid>.json  presence: service and caches, every 10 s
+               (the collector daemon reads only DIR/*.batch, so it never sees these)
+    redis://   stream perfdeck:control (XADD MAXLEN ~1000) read with non-blocking XREAD from the
+               last id seen; acks in hash perfdeck:control:acks:<id> (expires after an hour);
+               presence in hash perfdeck:control:listeners, field <host>-<pid>
+
+The flusher thread calls Listener.poll() about once a second: one scandir or one XREAD. Only commands
+issued after the listener started run (a restarted process does not replay old clears), each once,
+and every process acknowledges, with {} when it has no such cache. Nothing raises into the app: a
+handler's exception is logged and reported in the ack, and a failing channel (Redis down, unwritable
+directory) is logged once and retried every 30 s.
+
+The channels below serve both sides; the broadcasting API the dashboard uses (listeners(),
+broadcast_clear(), acks(), cleanup()) is collectors.control. Only the standard library is imported
+here; redis-py only for a redis:// channel.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("perfdeck.sdk")
+
+NAME = re.compile(r"[A-Za-z0-9_\-.:/]{1,200}")   # cache names and namespaces: plain names only
+COMMAND_ID = re.compile(r"[0-9a-f]{32}")          # ids become file and key names: never a path
+ANNOUNCE_S = 10.0       # presence is rewritten this often...
+FRESH_S = 30.0          # ...and readers ignore entries older than this
+RETRY_S = 30.0          # a failing channel is tried again after this long
+COMMAND_TTL_S = 60.0    # a process that sees a command later than this ignores it
+KEEP_S = 3600.0         # commands, acks and stale presence older than this are cleaned up
+
+# -- what the app registered -----------------------------------------------------------------------
+_lock = threading.Lock()
+_handlers: dict[str, list[Callable]] = {}
+_version = 0            # bumped on every change, so the listener re-announces its caches at once
+
+
+def _new_lock_in_child() -> None:
+    # fork() may copy the lock held by the parent's flusher thread, which does not exist in the child.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def is_name(value) -> bool:
+    return isinstance(value, str) and NAME.fullmatch(value) is not None
+
+
+def register_cache(name: str, clear: Callable[[str | None], int | None]) -> Callable[[], None]:
+    """Let the dashboard clear cache `name`: `clear(namespace)` empties one namespace (None: all)
+    and returns the entries removed or None. Several registrations per name are all called. Runs on
+    perfdeck's background thread, so `clear` must be thread-safe. Returns a function that unregisters.
+
+    >>> sdk.register_cache("prices", lambda namespace: prices.cache_clear())
+    """
+    global _version
+    if not is_name(name) or not callable(clear):
+        log.warning("perfdeck: register_cache(%r) ignored: the name must be letters, digits and _-.:/ "
+                    "(at most 200) and clear a callable", name)
+        return lambda: None
+    with _lock:
+        _handlers.setdefault(name, []).append(clear)
+        _version += 1
+
+    def unregister() -> None:
+        global _version
+        with _lock:
+            handlers = _handlers.get(name, [])
+            for i, h in enumerate(handlers):
+                if h is clear:
+                    del handlers[i]
+                    _version += 1
+                    break
+            if not handlers:
+                _handlers.pop(name, None)
+
+    return unregister
+
+
+def registered() -> tuple[int, list[str]]:
+    with _lock:
+        return _version, sorted(_handlers)
+
+
+def clear_cache(cache: str, namespace: str | None) -> tuple[dict, list[str]]:
+    """Run every handler of `cache`. Returns ({cache: entries or None}, errors); {} without handlers."""
+    with _lock:
+        handlers = list(_handlers.get(cache, ()))
+    ran, total, errors = 0, 0, []
+    for clear in handlers:
+        try:
+            n = clear(namespace)
+        except Exception as exc:
+            log.exception("perfdeck: clearing cache %r failed", cache)
+            errors.append(f"{cache}: {type(exc).__name__}: {exc}"[:300])
+            continue
+        ran += 1
+        known = isinstance(n, int) and not isinstance(n, bool) and n >= 0
+        total = total + n if known and total is not None else None   # one unknown count: total unknown
+    return ({cache: total} if ran else {}), errors
+
+
+# -- channels: the same files / keys seen from both sides -------------------------------------------
+def _key(host: str, pid: int) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{host}-{pid}")
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _read_jsons(folder: Path) -> list[dict]:
+    out = []
+    for path in folder.glob("*.json"):
+        try:
+            out.append(json.loads(path.read_bytes()))
+        except (OSError, ValueError):      # vanished or half-written by something else: skip it
+            continue
+    return out
+
+
+class SpoolChannel:
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.root = self.directory / "control"
+        self._since_ns, self._seen = 0, set()
+
+    def __repr__(self) -> str:
+        return f"spool:{self.directory}"
+
+    # listener side
+    def start(self) -> None:
+        self._since_ns = time.time_ns()
+
+    def poll(self) -> list[dict]:
+        try:
+            with os.scandir(self.root) as entries:
+                names = {e.name for e in entries if e.name.endswith(".json")}
+        except FileNotFoundError:
+            return []                      # nothing was ever broadcast here
+        self._seen &= names                # forget what cleanup removed
+        commands = []
+        for name in sorted(names - self._seen):
+            self._seen.add(name)
+            stamp = name.partition("-")[0]
+            if not stamp.isdigit() or int(stamp) < self._since_ns:
+                continue                   # issued before we started: not ours to replay
+            try:
+                commands.append(json.loads((self.root / name).read_bytes()))
+            except (OSError, ValueError):
+                log.warning("perfdeck: unreadable control command %s skipped", name)
+        return commands
+
+    def ack(self, command_id: str, key: str, ack: dict) -> None:
+        _write_json(self.root / "acks" / command_id / f"{key}.json", ack)
+
+    def announce(self, key: str, presence: dict) -> None:
+        _write_json(self.root / "listeners" / f"{key}.json", presence)
+
+    def withdraw(self, key: str) -> None:
+        (self.root / "listeners" / f"{key}.json").unlink(missing_ok=True)
+
+    # broadcaster side
+    def publish(self, command: dict) -> None:
+        stamp = round(command["issued_at"] * 1e9)   # name order is issue order
+        _write_json(self.root / f"{stamp:020d}-{command['id']}.json", command)
+
+    def listeners(self) -> list[dict]:
+        return _read_jsons(self.root / "listeners")
+
+    def acks(self, command_id: str) -> list[dict]:
+        return _read_jsons(self.root / "acks" / command_id)
+
+    def cleanup(self, max_age_s: float) -> int:
+        cutoff, removed = time.time() - max_age_s, 0
+        for path in [*self.root.glob("*.json"), *self.root.glob("listeners/*.json")]:
+            stamp = path.name.partition("-")[0]
+            born = int(stamp) / 1e9 if path.parent == self.root and stamp.isdigit() else _mtime(path)
+            if born < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        for folder in self.root.glob("acks/*"):
+            if _mtime(folder) < cutoff:
+                try:
+                    for path in folder.iterdir():
+                        path.unlink(missing_ok=True)
+                    folder.rmdir()
+                    removed += 1
+                except OSError:            # a late ack landing right now: next time
+                    continue
+        return removed
+
+    def close(self) -> None:
+        pass
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+class RedisChannel:
+    STREAM, ACKS, LISTENERS = "perfdeck:control", "perfdeck:control:acks:", "perfdeck:control:listeners"
+    MAXLEN = 1000
+
+    def __init__(self, url: str, client=None):
+        self.url, self._client, self._owned = url, client, client is None
+        self._last: bytes | str = "0-0"
+
+    def __repr__(self) -> str:
+        return re.sub(r"(//[^:@/]*):[^@/]*@", r"\1:***@", self.url)   # no password in logs
+
+    @property
+    def client(self):
+        if self._client is None:
+            import redis  # noqa: PLC0415 - optional dependency, only for this channel
+            self._client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        return self._client
+
+    # listener side
+    def start(self) -> None:
+        newest = self.client.xrevrange(self.STREAM, count=1)   # commands after this one are ours
+        self._last = newest[0][0] if newest else "0-0"
+
+    def poll(self) -> list[dict]:
+        reply = self.client.xread({self.STREAM: self._last}, count=100)
+        commands = []
+        for entry_id, fields in (reply[0][1] if reply else []):
+            self._last = entry_id
+            try:
+                commands.append(json.loads(fields[b"c"]))
+            except (KeyError, ValueError):
+                log.warning("perfdeck: unreadable control command %r skipped", entry_id)
+        return commands
+
+    def ack(self, command_id: str, key: str, ack: dict) -> None:
+        pipe = self.client.pipeline()
+        pipe.hset(self.ACKS + command_id, key, json.dumps(ack))
+        pipe.expire(self.ACKS + command_id, int(KEEP_S))
+        pipe.execute()
+
+    def announce(self, key: str, presence: dict) -> None:
+        self.client.hset(self.LISTENERS, key, json.dumps(presence))
+
+    def withdraw(self, key: str) -> None:
+        self.client.hdel(self.LISTENERS, key)
+
+    # broadcaster side
+    def publish(self, command: dict) -> None:
+        self.client.xadd(self.STREAM, {"c": json.dumps(command)}, maxlen=self.MAXLEN, approximate=True)
+
+    def listeners(self) -> list[dict]:
+        return [json.loads(v) for v in self.client.hgetall(self.LISTENERS).values()]
+
+    def acks(self, command_id: str) -> list[dict]:
+        return [json.loads(v) for v in self.client.hgetall(self.ACKS + command_id).values()]
+
+    def cleanup(self, max_age_s: float) -> int:
+        cutoff = time.time() - max_age_s
+        stale = [k for k, v in self.client.hgetall(self.LISTENERS).items() if json.loads(v).get("at", 0) < cutoff]
+        if stale:
+            self.client.hdel(self.LISTENERS, *stale)
+        trimmed = self.client.xtrim(self.STREAM, minid=f"{int(cutoff * 1000)}-0", approximate=False)
+        return len(stale) + int(trimmed or 0)
+
+    def close(self) -> None:
+        if self._owned and self._client is not None:
+            self._client.close()
+
+
+def channel_for(url: str, client=None) -> SpoolChannel | RedisChannel:
+    """The control channel beside a transport URL, as collectors.sdk.transport.from_url reads it."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisChannel(url, client)
+    return SpoolChannel(url[len("spool:"):] if url.startswith("spool:") else url or "data/spool")
+
+
+# -- the process side: run by the flusher thread -----------------------------------------------------
+class Listener:
+    def __init__(self, channel, *, service: str, host: str, pid: int):
+        self.channel, self.service, self.host, self.pid = channel, service, host, pid
+        self.key = _key(host, pid)
+        self.commands_run = 0
+        self._started = self._failing = False
+        self._announced_at, self._announced_version, self._retry_at = 0.0, -1, 0.0
+
+    def poll(self) -> int:
+        """Start and announce when due, then run new commands; returns how many ran. Never raises."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return 0
+        try:
+            if not self._started:
+                self.channel.start()
+                self._started = True
+            version, caches = registered()
+            if version != self._announced_version or now - self._announced_at >= ANNOUNCE_S:
+                self.channel.announce(self.key, {"service": self.service, "host": self.host, "pid": self.pid,
+                                                 "caches": caches, "at": time.time()})
+                self._announced_at, self._announced_version = now, version
+            ran = sum(self._run(command) for command in self.channel.poll())
+        except Exception as exc:
+            if not self._failing:
+                log.warning("perfdeck: control channel %r failed (%s); retrying every %.0f s",
+                            self.channel, exc, RETRY_S)
+            self._failing, self._retry_at = True, now + RETRY_S
+            return 0
+        if self._failing:
+            log.warning("perfdeck: control channel %r works again", self.channel)
+            self._failing = False
+        self.commands_run += ran
+        return ran
+
+    def _run(self, command) -> int:
+        if not isinstance(command, dict) or command.get("command") != "clear_cache":
+            return 0
+        cid, cache, namespace = command.get("id"), command.get("cache"), command.get("namespace")
+        if not (isinstance(cid, str) and COMMAND_ID.fullmatch(cid) and is_name(cache)
+                and (namespace is None or is_name(namespace))):
+            log.warning("perfdeck: malformed control command ignored")
+            return 0
+        if not isinstance(command.get("expires_at"), (int, float)) or command["expires_at"] < time.time():
+            return 0
+        cleared, errors = clear_cache(cache, namespace)
+        self.channel.ack(cid, self.key, {"host": self.host, "pid": self.pid, "service": self.service,
+                                         "cleared": cleared, "errors": errors, "at": time.time()})
+        return 1
+
+    def close(self) -> None:
+        """Withdraw our presence (at shutdown); the dashboard stops counting on us."""
+        try:
+            if self._started:
+                self.channel.withdraw(self.key)
+        except Exception:
+            pass
+        try:
+            self.channel.close()
+        except Exception:
+            pass
