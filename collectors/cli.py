@@ -160,10 +160,18 @@ def dashboard_command(db: str | None, port: int | None, extra: tuple = ()) -> li
 
 
 def dashboard_env(db: str | os.PathLike | None) -> dict:
-    """The environment for the dashboard: the store path made absolute against *our* cwd."""
+    """The environment for the dashboard, which runs from REPO_ROOT: the store, the spool (where
+    actions broadcast to app processes) and perfdeck.toml (the targets actions may touch) made
+    absolute against *our* cwd."""
+    from collectors import config
     from collectors.store import db_path
 
-    return dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()))
+    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()),
+               PERFDECK_SPOOL=str(Path(os.environ.get("PERFDECK_SPOOL") or "data/spool").resolve()))
+    config_file = Path(os.environ.get("PERFDECK_CONFIG") or config.DEFAULT_PATH)
+    if config_file.exists():
+        env["PERFDECK_CONFIG"] = str(config_file.resolve())
+    return env
 
 
 @main.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
@@ -177,6 +185,22 @@ def dashboard(db, port, streamlit_args) -> None:
     # Become Streamlit rather than wrap it, so signals (Ctrl-C, SIGTERM) reach it directly.
     cmd = dashboard_command(db, port, streamlit_args)
     os.execve(cmd[0], cmd, env)
+
+
+@main.command("operator-hash", context_settings=CONTEXT)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of a prompt.")
+def operator_hash(password_stdin) -> None:
+    """Print the scrypt hash of an operator password, for PERFDECK_OPERATOR_PASSWORD_HASH or
+    `operator_password_hash` under [perfdeck] in .streamlit/secrets.toml."""
+    from dashboard.actions.access import hash_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Operator password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise click.ClickException("use at least 8 characters")
+    click.echo(hash_password(password))
 
 
 @main.command(context_settings=CONTEXT)

@@ -11,6 +11,8 @@ import streamlit as st
 # even without the editable install.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dashboard.actions.ui import operator_sidebar  # noqa: E402 - needs the sys.path line above
+
 st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
 
 PAGES = Path(__file__).parent / "app_pages"
@@ -23,6 +25,11 @@ NAVIGATION = {
         st.Page(PAGES / "database.py", title="Database", icon=":material/database:"),
         st.Page(PAGES / "host.py", title="Host", icon=":material/memory:"),
     ],
+    "Operate": [
+        st.Page(PAGES / "actions.py", title="Actions", icon=":material/build:"),
+    ],
 }
+
+operator_sidebar()      # role, and the operator login, on every page
 
 st.navigation(NAVIGATION).run()

@@ -55,13 +55,36 @@ def last_event_ts(db: Path) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
-def start_dashboard(db: Path, port: int) -> subprocess.Popen:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def dashboard_address() -> str:
+    """Where the demo dashboard listens: loopback unless $STREAMLIT_SERVER_ADDRESS says otherwise."""
+    return os.environ.get("STREAMLIT_SERVER_ADDRESS", "").strip() or "127.0.0.1"
+
+
+def start_dashboard(db: Path, port: int, env: dict) -> subprocess.Popen:
     from collectors.cli import REPO_ROOT, dashboard_command, dashboard_env
 
-    extra: tuple = ()
+    extra: tuple = ("--server.address", dashboard_address())
     if "STREAMLIT_SERVER_HEADLESS" not in os.environ:
         extra += ("--server.headless", "true")     # never prompt, never try to open a browser
-    return subprocess.Popen(dashboard_command(str(db), port, extra), env=dashboard_env(db), cwd=REPO_ROOT)
+    return subprocess.Popen(dashboard_command(str(db), port, extra), env=dashboard_env(db) | env, cwd=REPO_ROOT)
+
+
+def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
+    """The demo dashboard's environment, so its actions reach the demo's spool (its app caches) and
+    the shop database next to whatever is configured; and on a loopback address, with no operator
+    configured, a generated operator password (returned to be printed, never written anywhere)."""
+    from dashboard.actions.access import generate_demo_password, operator_config
+
+    shop = f"shop=sqlite:///{data_dir / 'shop.sqlite'}"
+    env = {"PERFDECK_SPOOL": str(data_dir / "spool"),
+           "PERFDECK_DATABASE_URLS": ",".join(filter(None, [os.environ.get("PERFDECK_DATABASE_URLS"), shop]))}
+    password = None
+    if not operator_config().enabled and dashboard_address() in LOOPBACK:
+        password, env["PERFDECK_OPERATOR_PASSWORD_HASH"] = generate_demo_password()
+    return env, password
 
 
 def start_live_worker(data_dir: Path) -> subprocess.Popen:
@@ -121,8 +144,12 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector_thread.start()
         if dashboard:
             port = resolve_port(port)
-            dash = start_dashboard(db, port)
+            env, password = dashboard_targets(data_dir)
+            dash = start_dashboard(db, port, env)
             say(f"perfdeck demo: dashboard at http://localhost:{port} — Ctrl-C to stop")
+            if password:
+                say(f"perfdeck demo: operator password for this run: {password} "
+                    "(log in from the sidebar to try the actions)")
 
             def watch() -> None:   # a dashboard that dies on its own (port taken, crash) ends the demo
                 while not stop.wait(1.0):
