@@ -40,7 +40,7 @@ SESSION_KEY = "perfdeck_operator_session"
 ABSOLUTE_SESSION_S = 8 * 3600
 DEFAULT_SESSION_MINUTES = 60
 
-# scrypt: n=2**14, r=8 takes 16 MiB and ~0.1 s, the usual interactive-login setting.
+# scrypt: n=2**14, r=8 takes 16 MiB and tens of milliseconds per check, the usual interactive-login setting.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MAX_SCRYPT_MEMORY = 64 * 2**20      # 128 * n * r bytes
 MAX_SCRYPT_WORK = 2**20             # n * r * p: 8x the default, well under a second
