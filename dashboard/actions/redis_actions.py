@@ -315,4 +315,4 @@ class BumpCacheVersion(_RedisAction):
         return Result(f"{cache}: version {new - 1} -> {new}", {"old_version": new - 1, "new_version": new})
 
 
-ACTIONS = [DeleteKeys(), FlushDatabase(), BumpCacheVersion()]
+ACTIONS = [DeleteKeys, FlushDatabase, BumpCacheVersion]
