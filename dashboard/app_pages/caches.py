@@ -5,6 +5,8 @@ import streamlit as st
 
 import dashboard.queries as q
 from dashboard import charts, widgets
+from dashboard.actions.app_cache import ClearAppCache
+from dashboard.actions.ui import action_panel
 
 st.title("Caches")
 filters = widgets.sidebar_filters()
@@ -132,3 +134,9 @@ def body() -> None:
 
 
 widgets.live(body, filters)
+
+# Outside the auto-refreshing fragment: a refresh must not redraw a half-filled action form.
+st.subheader("Act on caches")
+with st.expander("Clear an in-process cache", icon=":material/mop:"):
+    action_panel(ClearAppCache(), key="caches-clear")
+st.markdown(":material/build: Redis keys, cache versions and every other action: [Actions](actions)")
