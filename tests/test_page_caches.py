@@ -32,7 +32,7 @@ def run(script: str = PAGE) -> AppTest:
 def test_caches_page_shows_app_caches_and_redis(seeded):
     at = run()
     assert at.title[0].value == "Caches"
-    assert [h.value for h in at.subheader] == ["App caches", "Redis"]
+    assert [h.value for h in at.subheader] == ["App caches", "Redis", "Act on caches"]
     tables = {b.key.removeprefix("csv-"): None for b in at.download_button}
     assert {"app-caches", "redis-instances", "redis-namespaces", "redis-slowlog", "app-cache-namespaces",
             "app-caches-over-time", "redis-over-time"} <= set(tables)
@@ -78,8 +78,10 @@ def test_empty_store_says_how_to_get_data(tmp_path, monkeypatch):
         migrate(con)
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run()
-    assert len(at.info) == 1
+    # One "no data" callout; the other says the cache-clear action has no process to reach.
+    assert len(at.info) == 2
     assert "perfdeck demo" in at.info[0].value and "record_cache" in at.info[0].value
+    assert "no instrumented process has announced itself" in at.info[1].value
     assert not at.dataframe
 
 
