@@ -23,7 +23,9 @@ import bisect
 import itertools
 import math
 import random
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -80,18 +82,23 @@ class ZipfKeys:
 
 
 class LRUCache:
-    """A fixed-capacity LRU in an OrderedDict; each lookup is timed and reported to perfdeck."""
+    """A fixed-capacity LRU in an OrderedDict; each lookup is timed and reported to perfdeck.
+
+    A lock guards the dict: a live process registers `clear` with sdk.register_cache, and the
+    dashboard's clear then runs on the SDK's thread while requests use the cache."""
 
     def __init__(self, name: str, capacity: int):
         self.name, self.capacity = name, capacity
         self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, namespace: str, key, trace: Trace):
         t0 = perf_counter()
         k = (namespace, key)
-        value = self._data.get(k, _MISS)
-        if value is not _MISS:
-            self._data.move_to_end(k)
+        with self._lock:
+            value = self._data.get(k, _MISS)
+            if value is not _MISS:
+                self._data.move_to_end(k)
         ms = (perf_counter() - t0) * 1000.0
         hit = value is not _MISS
         sdk.record_cache(self.name, hit, ms, namespace=namespace)
@@ -99,10 +106,30 @@ class LRUCache:
         return value if hit else None, hit
 
     def put(self, namespace: str, key, value) -> None:
-        self._data[(namespace, key)] = value
-        self._data.move_to_end((namespace, key))
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
+        with self._lock:
+            self._data[(namespace, key)] = value
+            self._data.move_to_end((namespace, key))
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def clear(self, namespace: str | None = None) -> int:
+        """Drop one namespace's entries (None: all of them); returns how many were dropped."""
+        with self._lock:
+            if namespace is None:
+                n = len(self._data)
+                self._data.clear()
+                return n
+            doomed = [k for k in self._data if k[0] == namespace]
+            for k in doomed:
+                del self._data[k]
+            return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def register(self) -> Callable[[], None]:
+        """Make this cache clearable from the dashboard (live processes only); returns the unregister."""
+        return sdk.register_cache(self.name, self.clear)
 
 
 _MISS = object()
