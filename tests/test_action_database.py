@@ -1,0 +1,439 @@
+"""Database actions against a real PostgreSQL (tests/pg.py, a database of this module's own) and real
+SQLite files: what each statement did in the catalogue, what the audit log says, and that names the
+catalogue does not know are refused before anything runs."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from dashboard.actions import InvalidInput, NotAuthorized, Progress, TargetUnavailable, make_preview, run_action
+from dashboard.actions.database_actions import (
+    ALL_TABLES,
+    Analyze,
+    CreateIndex,
+    DropIndex,
+    ResetStatements,
+    Vacuum,
+)
+from dashboard.actions.framework import ActionError
+from tests.helpers import query
+from tests.pg import pg_cluster  # noqa: F401  (the session fixture)
+
+DB = "perfdeck_db_actions"
+
+
+@pytest.fixture(scope="module")
+def pg_db(pg_cluster):  # noqa: F811
+    """A database of this module's own in the session cluster; tests create their own tables in it."""
+    pg_cluster.create_database(DB)
+    pg_cluster.execute("CREATE EXTENSION pg_stat_statements", dbname=DB)
+    return pg_cluster
+
+
+@pytest.fixture
+def lite(tmp_path):
+    return tmp_path / "app.sqlite"
+
+
+@pytest.fixture
+def targets(monkeypatch, tmp_path, pg_db, lite):
+    sqlite3.connect(lite).close()
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-such.toml"))
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"pg={pg_db.url_for(DB)},lite=sqlite:///{lite}")
+    return pg_db
+
+
+def sql(cluster, statement: str, params=None) -> list[tuple]:
+    return cluster.execute(statement, params, dbname=DB)
+
+
+def lite_sql(path, *statements: str) -> list[tuple]:
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        rows = []
+        for statement in statements:
+            rows = con.execute(statement).fetchall()
+        return rows
+    finally:
+        con.close()
+
+
+def run(action, params, *, store, actor, confirmation=None, progress=None):
+    checked, preview = make_preview(action, params)
+    return preview, run_action(action, params, preview, actor=actor, confirmation=confirmation, db=store,
+                               progress=progress)
+
+
+def audit(store) -> list[tuple]:
+    rows = query(store, "SELECT action, target, outcome, error, params, figures FROM action_audit ORDER BY id")
+    return [(a, t, o, e, json.loads(p) if p else None, json.loads(f) if f else None) for a, t, o, e, p, f in rows]
+
+
+def plan(cluster, statement: str) -> str:
+    with cluster.connect(DB) as con:
+        con.execute("SET max_parallel_workers_per_gather = 0")
+        return con.execute("EXPLAIN (COSTS OFF) " + statement).fetchall()[0][0]
+
+
+# -- ANALYZE ---------------------------------------------------------------------------------------
+def test_analyze_one_postgres_table_then_the_whole_database(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE an_one AS SELECT g AS id FROM generate_series(1, 1000) g")
+    sql(targets, "CREATE TABLE an_two AS SELECT g AS id FROM generate_series(1, 300) g")
+    last = "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname LIKE 'an\\_%' ORDER BY 1"
+    assert sql(targets, last) == [("an_one", False), ("an_two", False)]
+
+    preview, result = run(Analyze(), {"target": "pg", "schema": "public", "table": "an_one"},
+                          store=migrated_store, actor=operator)
+    assert preview.statements == ['ANALYZE "public"."an_one"']
+    assert sql(targets, last) == [("an_one", True), ("an_two", False)]
+    assert sql(targets, "SELECT reltuples::int FROM pg_class WHERE relname = 'an_one'") == [(1000,)]
+    assert result.summary.startswith('Analyzed "public"."an_one" in ')
+
+    preview, _ = run(Analyze(), {"target": "pg", "schema": "public", "table": ALL_TABLES},
+                     store=migrated_store, actor=operator)
+    assert preview.statements == ["ANALYZE"]
+    assert sql(targets, last) == [("an_one", True), ("an_two", True)]
+    assert [row[:5] for row in audit(migrated_store)] == [
+        ("database.analyze", "database:pg", "done", None, {"target": "pg", "schema": "public", "table": "an_one"}),
+        ("database.analyze", "database:pg", "done", None, {"target": "pg", "schema": None, "table": None}),
+    ]
+
+
+def test_analyze_sqlite_fills_sqlite_stat1(targets, lite, migrated_store, operator):
+    lite_sql(lite, "CREATE TABLE items (id INTEGER PRIMARY KEY, kind INTEGER)",
+             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 100) "
+             "INSERT INTO items (kind) SELECT n % 2 FROM g",
+             "CREATE INDEX ix_items_kind ON items (kind)")
+    assert lite_sql(lite, "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'") == [(0,)]
+    preview, _ = run(Analyze(), {"target": "lite", "schema": None, "table": "items"}, store=migrated_store,
+                     actor=operator)
+    assert preview.statements == ['ANALYZE "items"']
+    assert preview.rows == [{"table": "items", "rows estimate": 100, "size bytes": 8192, "last analyze": None}]
+    assert lite_sql(lite, "SELECT tbl, idx, stat FROM sqlite_stat1") == [("items", "ix_items_kind", "100 50")]
+
+
+# -- VACUUM ----------------------------------------------------------------------------------------
+def test_vacuum_postgres_table_and_database(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE vac_t AS SELECT g AS id, repeat('x', 100) AS pad FROM generate_series(1, 20000) g")
+    sql(targets, "DELETE FROM vac_t WHERE id % 2 = 0")
+    stamps = "SELECT last_vacuum IS NOT NULL, last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'vac_t'"
+    assert sql(targets, stamps) == [(False, False)]
+    preview, result = run(Vacuum(), {"target": "pg", "schema": "public", "table": "vac_t"}, store=migrated_store,
+                          actor=operator)
+    assert preview.statements == ['VACUUM (ANALYZE) "public"."vac_t"']
+    assert sql(targets, stamps) == [(True, True)]
+    assert sql(targets, "SELECT reltuples::int FROM pg_class WHERE relname = 'vac_t'") == [(10000,)]
+    size = sql(targets, "SELECT pg_total_relation_size('vac_t')")[0][0]
+    assert result.figures["size_bytes_after"] == size
+
+    preview, _ = run(Vacuum(), {"target": "pg", "schema": "public", "table": None}, store=migrated_store,
+                     actor=operator)
+    assert preview.statements == ["VACUUM (ANALYZE)"]
+    assert [row[2] for row in audit(migrated_store)] == ["done", "done"]
+
+
+def test_vacuum_sqlite_gives_back_the_free_pages(targets, lite, migrated_store, operator):
+    lite_sql(lite, "CREATE TABLE keep (id INTEGER PRIMARY KEY, body BLOB)",
+             "CREATE TABLE junk (id INTEGER PRIMARY KEY, body BLOB)",
+             "INSERT INTO keep (body) VALUES (randomblob(500)), (randomblob(500))",
+             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 2000) "
+             "INSERT INTO junk (body) SELECT randomblob(1000) FROM g",
+             "DELETE FROM junk")
+    page_size, free = lite_sql(lite, "SELECT page_size, freelist_count FROM pragma_page_size, pragma_freelist_count")[0]
+    size_before = lite.stat().st_size
+    assert free > 400
+
+    preview, result = run(Vacuum(), {"target": "lite", "table": "keep"}, store=migrated_store, actor=operator)
+    assert preview.statements == ["VACUUM", "PRAGMA optimize"]
+    assert preview.rows == [{"file bytes": size_before, "free pages": free, "page size": page_size,
+                             "reclaimable bytes": free * page_size}]
+    assert lite_sql(lite, "PRAGMA freelist_count") == [(0,)]
+    assert size_before - lite.stat().st_size == free * page_size
+    assert result.figures["size_bytes_before"] == size_before
+    assert result.figures["size_bytes_after"] == lite.stat().st_size
+    assert audit(migrated_store)[0][:5] == ("database.vacuum", "database:lite", "done", None,
+                                           {"target": "lite", "schema": None, "table": None})
+
+
+# -- pg_stat_statements ----------------------------------------------------------------------------
+def test_reset_pg_stat_statements_forgets_every_entry(targets, migrated_store, operator):
+    count = "SELECT count(*) FROM pg_stat_statements"
+    sql(targets, "CREATE TABLE IF NOT EXISTS pgss_t (id int)")
+    sql(targets, "SELECT * FROM pgss_t WHERE id = 1")
+    make_preview(ResetStatements(), {"target": "pg"})    # our own catalogue queries get their entries once
+    entries = sql(targets, count)[0][0]                     # the same query text as the action's count
+    checked, preview = make_preview(ResetStatements(), {"target": "pg"})
+    assert preview.count == entries
+    assert preview.confirm == "pg" and preview.statements == ["SELECT pg_stat_statements_reset()"]
+
+    with pytest.raises(NotAuthorized, match="type 'pg' to confirm"):
+        run_action(ResetStatements(), {"target": "pg"}, preview, actor=operator, confirmation="yes", db=migrated_store)
+    assert sql(targets, "SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%pgss_t%'") == [(2,)]
+
+    result = run_action(ResetStatements(), {"target": "pg"}, preview, actor=operator, confirmation="pg",
+                        db=migrated_store)
+    # all that is left is the reset call itself, recorded as it finished
+    assert sql(targets, "SELECT query FROM pg_stat_statements") == [("SELECT pg_stat_statements_reset()",)]
+    assert result.figures == {"entries_before": entries + 1}    # + the count the test ran after the preview
+    assert [row[2:4] for row in audit(migrated_store)] == [("refused", "confirmation text did not match"),
+                                                           ("done", None)]
+
+
+# -- CREATE INDEX ----------------------------------------------------------------------------------
+def test_create_index_concurrently_turns_a_seq_scan_into_an_index_scan(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE big AS SELECT g AS id, g * 7 AS v, md5(g::text) AS pad FROM generate_series(1, 100000) g")
+    sql(targets, "ANALYZE big")
+    assert plan(targets, "SELECT * FROM big WHERE v = 4242") == "Seq Scan on big"
+
+    params = {"target": "pg", "schema": "public", "table": "big", "columns": ["v"], "unique": False, "name": None}
+    preview, result = run(CreateIndex(), params, store=migrated_store, actor=operator)
+    assert preview.statements == ['CREATE INDEX CONCURRENTLY "ix_big_v" ON "public"."big" ("v")']
+    assert preview.rows == [{"table": "big", "rows estimate": 100000,
+                             "size bytes": sql(targets, "SELECT pg_total_relation_size('big') - "
+                                                        "pg_relation_size('ix_big_v')")[0][0]}]
+    assert plan(targets, "SELECT * FROM big WHERE v = 4242") == "Index Scan using ix_big_v on big"
+    assert sql(targets, "SELECT i.indisvalid, pg_relation_size(i.indexrelid) FROM pg_index i "
+                        "WHERE i.indexrelid = 'ix_big_v'::regclass") == [(True, result.figures["index_bytes"])]
+    (row,) = audit(migrated_store)
+    assert row[:5] == ("database.create_index", "database:pg", "done", None, {**params, "name": "ix_big_v"})
+    assert row[5]["index"] == "ix_big_v" and row[5]["index_bytes"] == result.figures["index_bytes"]
+
+    # the same leading column again: refused, naming the index that covers it
+    with pytest.raises(InvalidInput, match=r"index 'ix_big_v' on \(v\) already covers \(v\)"):
+        make_preview(CreateIndex(), params)
+
+
+def test_create_index_on_a_mixed_case_table_in_a_mixed_case_schema(targets, migrated_store, operator):
+    sql(targets, 'CREATE SCHEMA "Sales"')
+    sql(targets, 'CREATE TABLE "Sales"."Orders" ("Id" int PRIMARY KEY, "CustomerId" int, "Region" text)')
+    sql(targets, """INSERT INTO "Sales"."Orders" SELECT g, g % 50, 'r' || g % 3 FROM generate_series(1, 1000) g""")
+    params = {"target": "pg", "schema": "Sales", "table": "Orders", "columns": ["CustomerId", "Region"]}
+    preview, _ = run(CreateIndex(), params, store=migrated_store, actor=operator)
+    assert preview.statements == [
+        'CREATE INDEX CONCURRENTLY "ix_Orders_CustomerId_Region" ON "Sales"."Orders" ("CustomerId", "Region")']
+    assert sql(targets, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'Sales' AND indexname LIKE 'ix%'") == [
+        ('CREATE INDEX "ix_Orders_CustomerId_Region" ON "Sales"."Orders" USING btree ("CustomerId", "Region")',)]
+    with pytest.raises(InvalidInput, match=r"index 'ix_Orders_CustomerId_Region' on \(CustomerId, Region\) already "
+                                           r"covers \(CustomerId\)"):
+        make_preview(CreateIndex(), {**params, "columns": ["CustomerId"]})
+    # a different leading column is no duplicate; a unique index is not covered by a plain one
+    assert make_preview(CreateIndex(), {**params, "columns": ["Region"]})[0]["name"] == "ix_Orders_Region"
+    assert make_preview(CreateIndex(), {**params, "unique": True})[1].statements == [
+        'CREATE UNIQUE INDEX CONCURRENTLY "ix_Orders_CustomerId_Region_2" ON "Sales"."Orders" ("CustomerId", "Region")']
+
+
+def test_create_index_names_are_trimmed_to_63_bytes_and_never_taken(targets):
+    long = "t" * 60
+    sql(targets, f"CREATE TABLE {long} (alpha int, beta int)")
+    checked, preview = make_preview(CreateIndex(), {"target": "pg", "schema": "public", "table": long,
+                                                    "columns": ["alpha", "beta"]})
+    assert checked["name"] == "ix_" + "t" * 60 and len(checked["name"]) == 63
+    sql(targets, f"CREATE TABLE ix_{long} (x int)")      # the name is now taken by a table
+    checked, _ = make_preview(CreateIndex(), {"target": "pg", "schema": "public", "table": long, "columns": ["alpha"]})
+    assert checked["name"] == "ix_" + "t" * 58 + "_2"
+
+
+def test_create_index_refuses_bad_definitions(targets, lite):
+    sql(targets, "CREATE TABLE defs (a int, b int, c int, d int)")
+    base = {"target": "pg", "schema": "public", "table": "defs"}
+    refusals = [
+        ({"columns": []}, "choose 1 to 3 columns"),
+        ({"columns": ["a", "b", "c", "d"]}, "choose 1 to 3 columns"),
+        ({"columns": ["a", "a"]}, "a column is named twice: a, a"),
+        ({"columns": ["a", "nope"]}, "table 'defs' has no column 'nope'"),
+        ({"columns": ["a"], "unique": "yes"}, "unique must be true or false"),
+        ({"columns": ["a"], "name": "defs"}, "the name 'defs' is already taken in schema 'public' of database 'pg'"),
+        ({"columns": ["a"], "table": "nope"}, "no table 'nope' in schema 'public' of database 'pg'"),
+        ({"columns": ["a"], "schema": "nope"}, "no table 'defs' in schema 'nope' of database 'pg'"),
+    ]
+    for change, message in refusals:
+        with pytest.raises(InvalidInput) as exc:
+            make_preview(CreateIndex(), {**base, **change})
+        assert str(exc.value) == message
+    assert sql(targets, "SELECT count(*) FROM pg_indexes WHERE tablename = 'defs'") == [(0,)]
+
+
+def test_a_unique_index_over_duplicates_fails_and_leaves_no_invalid_index(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE dups AS SELECT g AS id, g % 10 AS v FROM generate_series(1, 1000) g")
+    params = {"target": "pg", "schema": "public", "table": "dups", "columns": ["v"], "unique": True}
+    with pytest.raises(ActionError) as exc:
+        run(CreateIndex(), params, store=migrated_store, actor=operator)
+    message = str(exc.value)
+    assert message.startswith("creating index 'ix_dups_v' failed: database 'pg': could not create unique index "
+                              '"ix_dups_v" (Key (v)=(')
+    assert message.endswith("is duplicated.); the invalid index it left behind was dropped")
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_dups_v'") == [(0,)]
+    (row,) = audit(migrated_store)
+    assert row[:3] == ("database.create_index", "database:pg", "failed") and row[3] == message
+
+
+def test_create_index_on_sqlite(targets, lite, migrated_store, operator):
+    lite_sql(lite, "CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT, at INTEGER)",
+             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 5000) "
+             "INSERT INTO events (kind, at) SELECT 'k' || (n % 20), n FROM g")
+    explain = "EXPLAIN QUERY PLAN SELECT * FROM events WHERE kind = 'k3'"
+    assert lite_sql(lite, explain)[0][3] == "SCAN events"
+    preview, result = run(CreateIndex(), {"target": "lite", "table": "events", "columns": ["kind", "at"]},
+                          store=migrated_store, actor=operator)
+    assert preview.statements == ['CREATE INDEX "ix_events_kind_at" ON "events" ("kind", "at")']
+    assert lite_sql(lite, explain)[0][3] == "SEARCH events USING COVERING INDEX ix_events_kind_at (kind=?)"
+    assert result.figures["index_bytes"] == lite_sql(
+        lite, "SELECT sum(pgsize) FROM dbstat WHERE name = 'ix_events_kind_at'")[0][0]
+
+
+# -- DROP INDEX ------------------------------------------------------------------------------------
+def test_drop_index_refuses_a_primary_key_and_drops_a_plain_index(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE drop_t (id int PRIMARY KEY, v int, code text UNIQUE)")
+    sql(targets, "CREATE INDEX ix_drop_v ON drop_t (v)")
+    assert DropIndex().fields()[2].options({"target": "pg", "schema": "public"}).count("ix_drop_v") == 1
+    for index, constraint in (("drop_t_pkey", 'primary key "drop_t_pkey"'),
+                              ("drop_t_code_key", 'unique constraint "drop_t_code_key"')):
+        with pytest.raises(InvalidInput) as exc:
+            make_preview(DropIndex(), {"target": "pg", "schema": "public", "index": index})
+        assert str(exc.value) == f"index {index!r} backs the {constraint}: it cannot be dropped on its own"
+        assert index not in DropIndex().fields()[2].options({"target": "pg", "schema": "public"})
+
+    params = {"target": "pg", "schema": "public", "index": "ix_drop_v"}
+    checked, preview = make_preview(DropIndex(), params)
+    assert preview.statements == ['DROP INDEX CONCURRENTLY "public"."ix_drop_v"']
+    assert preview.confirm == "ix_drop_v"
+    size = sql(targets, "SELECT pg_relation_size('ix_drop_v')")[0][0]
+    assert preview.rows[0]["definition"] == "CREATE INDEX ix_drop_v ON public.drop_t USING btree (v)"
+    assert preview.rows[0]["size bytes"] == size
+    with pytest.raises(NotAuthorized):
+        run_action(DropIndex(), params, preview, actor=operator, confirmation="drop_t", db=migrated_store)
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_drop_v'") == [(1,)]
+    result = run_action(DropIndex(), params, preview, actor=operator, confirmation="ix_drop_v", db=migrated_store)
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_drop_v'") == [(0,)]
+    assert sql(targets, "SELECT indexname FROM pg_indexes WHERE tablename = 'drop_t' ORDER BY 1") == [
+        ("drop_t_code_key",), ("drop_t_pkey",)]
+    assert result.figures["index_bytes_freed"] == size
+    assert [row[2:5] for row in audit(migrated_store)] == [
+        ("refused", "confirmation text did not match", params), ("done", None, params)]
+
+
+def test_drop_index_on_sqlite_refuses_auto_indexes(targets, lite, migrated_store, operator):
+    lite_sql(lite, "CREATE TABLE codes (code TEXT PRIMARY KEY, label TEXT UNIQUE, n INTEGER)",
+             "CREATE INDEX ix_codes_n ON codes (n)")
+    assert DropIndex().fields()[2].options({"target": "lite"}) == ["ix_codes_n"]
+    assert DropIndex().fields()[1].options({"target": "lite"}) is None       # no schema on SQLite
+    for index, origin in (("sqlite_autoindex_codes_1", "primary key"), ("sqlite_autoindex_codes_2", "unique constraint")):
+        with pytest.raises(InvalidInput) as exc:
+            make_preview(DropIndex(), {"target": "lite", "index": index})
+        assert str(exc.value) == f"index {index!r} backs the {origin} of codes: it cannot be dropped on its own"
+    preview, _ = run(DropIndex(), {"target": "lite", "index": "ix_codes_n"}, store=migrated_store, actor=operator,
+                     confirmation="ix_codes_n")
+    assert preview.statements == ['DROP INDEX "ix_codes_n"']
+    assert preview.rows[0]["definition"] == "CREATE INDEX ix_codes_n ON codes (n)"
+    assert lite_sql(lite, "SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY 1") == [
+        ("sqlite_autoindex_codes_1",), ("sqlite_autoindex_codes_2",)]
+
+
+# -- refusals --------------------------------------------------------------------------------------
+def test_injection_attempts_are_refused_and_nothing_runs(targets, lite, migrated_store, operator):
+    sql(targets, "CREATE TABLE inj (id int PRIMARY KEY, v int)")
+    sql(targets, "INSERT INTO inj SELECT g, g FROM generate_series(1, 10) g")
+    sql(targets, "CREATE INDEX ix_inj_v ON inj (v)")
+    attempts = [
+        (Analyze(), {"target": "pg", "schema": "public", "table": "inj; DROP TABLE inj"},
+         "no table 'inj; DROP TABLE inj' in schema 'public' of database 'pg'"),
+        (Vacuum(), {"target": "pg", "schema": 'public"; DROP TABLE inj; --', "table": "inj"},
+         "no table 'inj' in schema 'public\"; DROP TABLE inj; --' of database 'pg'"),
+        (CreateIndex(), {"target": "pg", "schema": "public", "table": "inj", "columns": ["id) --"]},
+         "table 'inj' has no column 'id) --'"),
+        (CreateIndex(), {"target": "pg", "schema": "public", "table": "inj", "columns": ["v"],
+                         "name": 'ix"; DROP TABLE inj; --'},
+         "index name 'ix\"; DROP TABLE inj; --': use letters, digits and _ (at most 63)"),
+        (DropIndex(), {"target": "pg", "schema": "public", "index": 'ix_inj_v"; DROP TABLE inj; --'},
+         "no index 'ix_inj_v\"; DROP TABLE inj; --' in schema 'public' of database 'pg'"),
+        (Analyze(), {"target": "lite", "table": "x\x00y"}, "table 'x\\x00y' is not a name"),
+        (Analyze(), {"target": "nope", "table": "inj"}, "no database named 'nope' is configured; configured: lite, pg"),
+        (Analyze(), {"target": "pg=postgresql://evil", "table": "inj"},
+         "no database named 'pg=postgresql://evil' is configured; configured: lite, pg"),
+    ]
+    good = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "inj"})[1]
+    for action, params, message in attempts:
+        with pytest.raises(InvalidInput) as exc:
+            make_preview(action, params)
+        assert str(exc.value) == message
+        with pytest.raises(InvalidInput):             # run with someone else's preview: refused and audited
+            run_action(action, params, good, actor=operator, db=migrated_store)
+    assert [row[2:4] for row in audit(migrated_store)] == [("invalid", message) for _, _, message in attempts]
+    assert sql(targets, "SELECT count(*), (SELECT count(*) FROM pg_indexes WHERE tablename = 'inj') FROM inj") == [
+        (10, 2)]
+    assert sql(targets, "SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%drop table%'") == [(0,)]
+
+
+def test_unsupported_dialects_and_missing_extension(targets, monkeypatch, lite):
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"my=mysql+pymysql://u@127.0.0.1/shop,lite=sqlite:///{lite}")
+    with pytest.raises(InvalidInput) as exc:
+        make_preview(Analyze(), {"target": "my", "table": "orders"})
+    assert str(exc.value) == "Analyze is not supported for mysql (database 'my')"
+    with pytest.raises(InvalidInput) as exc:
+        make_preview(ResetStatements(), {"target": "lite"})
+    assert str(exc.value) == "Reset pg_stat_statements is not supported for sqlite (database 'lite')"
+    assert Analyze().fields()[0].options({}) == ["lite"]
+    assert Analyze().available() is None
+    assert ResetStatements().available() == (
+        "Reset pg_stat_statements needs a postgresql database: add a [[database]] with a name and url to "
+        "perfdeck.toml, or set PERFDECK_DATABASE_URLS=name=url")
+
+
+# -- a target that is down -------------------------------------------------------------------------
+def test_a_database_stopped_mid_action_fails_cleanly_and_is_audited(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE mid AS SELECT g AS id, g AS v FROM generate_series(1, 1000) g")
+    params = {"target": "pg", "schema": "public", "table": "mid", "columns": ["v"]}
+    checked, preview = make_preview(CreateIndex(), params)
+    stopped = []
+
+    def stop_server(progress):        # called just before the CREATE INDEX statement is sent
+        if not stopped:
+            stopped.append(progress.note)
+            targets.stop()
+    try:
+        with pytest.raises(TargetUnavailable) as exc:
+            run_action(CreateIndex(), params, preview, actor=operator, db=migrated_store,
+                       progress=Progress(stop_server))
+        assert stopped == ['CREATE INDEX CONCURRENTLY "ix_mid_v" ON "public"."mid" ("v")']
+        message = str(exc.value)
+        assert message.startswith("creating index 'ix_mid_v' failed: database 'pg' (")
+        assert "went away" in message
+        assert message.endswith('once the database is back run DROP INDEX CONCURRENTLY IF EXISTS "public"."ix_mid_v"')
+        with pytest.raises(TargetUnavailable) as exc:
+            make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "mid"})
+        assert str(exc.value).startswith(f"database 'pg' (postgresql+psycopg://postgres@127.0.0.1:{targets.port}/"
+                                         f"{DB}) is unreachable: ")
+    finally:
+        targets.start()
+    (row,) = audit(migrated_store)
+    assert row[2:4] == ("failed", message)
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_mid_v'") == [(0,)]
+
+
+def test_a_missing_sqlite_file_is_unavailable_and_never_created(targets, lite, migrated_store, operator):
+    lite_sql(lite, "CREATE TABLE t (a INTEGER)")
+    checked, preview = make_preview(Analyze(), {"target": "lite", "table": ALL_TABLES})
+    lite.unlink()
+    with pytest.raises(TargetUnavailable) as exc:
+        run_action(Analyze(), {"target": "lite", "table": ALL_TABLES}, preview, actor=operator, db=migrated_store)
+    assert str(exc.value) == f"database 'lite' (sqlite:///{lite}) is unreachable: unable to open database file"
+    assert not lite.exists()
+
+
+# -- fields ----------------------------------------------------------------------------------------
+def test_fields_offer_what_the_catalogue_holds(targets, lite):
+    sql(targets, "CREATE SCHEMA IF NOT EXISTS fld")
+    sql(targets, "CREATE TABLE fld.f_one (a int, \"B\" int)")
+    lite_sql(lite, "CREATE TABLE lt (x INTEGER, y TEXT)")
+    names = [f.name for f in CreateIndex().fields()]
+    assert names == ["target", "schema", "table", "columns", "unique", "name"]
+    target, schema, table, cols = CreateIndex().fields()[:4]
+    assert target.options({}) == ["pg", "lite"]
+    assert schema.options({"target": "pg"})[0] == "public" and "fld" in schema.options({"target": "pg"})
+    assert schema.options({"target": "lite"}) is None
+    assert table.options({"target": "pg", "schema": "fld"}) == ["f_one"]
+    assert cols.options({"target": "pg", "schema": "fld", "table": "f_one"}) == ["a", "B"]
+    assert cols.options({"target": "lite", "table": "lt"}) == ["x", "y"]
+    assert Analyze().fields()[2].options({"target": "lite"}) == [ALL_TABLES, "lt"]
