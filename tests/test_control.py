@@ -409,3 +409,36 @@ def redis_error():
 
 def test_redis_channel_never_shows_the_password():
     assert repr(RedisChannel("redis://user:s3cret@cache.internal:6380/2")) == "redis://user:***@cache.internal:6380/2"
+
+
+# -- the demo's caches ----------------------------------------------------------------------------------
+def test_demo_lru_clears_by_namespace():
+    from collectors.demo.workload import LRUCache, Trace
+
+    cache = LRUCache("product_lru", 10)
+    for i in range(3):
+        cache.put("product", i, f"p{i}")
+    for i in range(2):
+        cache.put("profile", i, f"c{i}")
+    assert cache.clear("product") == 3 and len(cache) == 2
+    assert cache.get("product", 0, Trace("/x", "GET")) == (None, False)
+    assert cache.get("profile", 1, Trace("/x", "GET")) == ("c1", True)
+    assert cache.clear("nothing-here") == 0 and cache.clear() == 2 and len(cache) == 0
+
+
+def test_live_demo_apps_register_their_caches_only_while_serving():
+    from collectors.demo.live import run_live
+    from collectors.demo.workload import Shop, Worker
+
+    seen = {}
+    for app in (Shop(None), Worker(None)):
+        stop = threading.Event()
+
+        def rate(_now, app=app, stop=stop):
+            seen[type(app).__name__] = sdk_control.registered()[1]
+            stop.set()
+            return 1.0
+
+        assert run_live(app, stop, rate) == 0
+        assert sdk_control.registered()[1] == []
+    assert seen == {"Shop": ["customer_lru", "llm_responses", "product_lru"], "Worker": ["llm_responses"]}
