@@ -1,23 +1,18 @@
-"""Maintenance actions on a configured SQL database (PostgreSQL through psycopg 3, or a SQLite file):
+"""Maintenance actions on a configured SQL database (PostgreSQL via psycopg 3, or a SQLite file):
 ANALYZE, VACUUM, reset pg_stat_statements, create an index, drop an index.
 
-No SQL text from a user or from captured queries is ever executed. Every statement is built here from
-a fixed keyword skeleton and identifiers that check() found in the catalogue (db_catalog, bound
-parameters), each quoted by the dialect's identifier preparer. A name the catalogue does not know
-(`orders; DROP TABLE orders`, `id) --`) is refused with InvalidInput before anything runs.
+No SQL text from a user or a captured query ever runs. Statements are fixed keywords plus identifiers
+that check() found in the catalogue (db_catalog, bound parameters), each quoted by the dialect's
+preparer; any other name (`orders; DROP TABLE orders`, `id) --`) is refused with InvalidInput.
 
-preview() builds the exact statements and stores them with the checked params in `preview.data`;
-execute() runs those statements, after making sure they were made for the same params, so what runs
-is what the operator saw. progress.step() is called before each statement, so an Abort lands between
-statements, never inside one.
+preview() builds the exact statements and keeps them with the checked params in `preview.data`;
+execute() runs them only for those same params (what runs is what was shown), with an Abort point
+before each statement. PostgreSQL maintenance runs in autocommit: VACUUM and the CONCURRENTLY forms
+refuse transactions, and CONCURRENTLY leaves reads and writes alone. A failed CREATE INDEX
+CONCURRENTLY leaves an invalid index; CreateIndex drops it (the name was free just before) and says so.
 
-PostgreSQL maintenance runs in autocommit: VACUUM, CREATE INDEX CONCURRENTLY and DROP INDEX
-CONCURRENTLY refuse to run in a transaction, and the concurrent forms leave reads and writes alone.
-A failed CREATE INDEX CONCURRENTLY leaves an invalid index behind; CreateIndex drops it (only when it
-is invalid, under the name it checked was free just before) and says so in its error.
-
-CreateIndex's params {"target", "schema", "table", "columns", "unique", "name"} are also what the
-index advisor passes with a generated definition; a missing name becomes ix_<table>_<columns>.
+CreateIndex's params {"target", "schema", "table", "columns", "unique", "name"} are what the index
+advisor passes with a generated definition; a missing name becomes ix_<table>_<columns>.
 """
 from __future__ import annotations
 
@@ -26,6 +21,7 @@ import time
 
 from dashboard.actions import db_catalog as cat
 from dashboard.actions.framework import (
+    Aborted,
     Action,
     ActionError,
     Field,
@@ -41,12 +37,14 @@ MAX_INDEX_COLUMNS = 3
 _INDEX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # names an operator types: nothing to escape
 
 
-def _mb(n: int | None) -> str:
-    return "size unknown" if n is None else f"{n / 1e6:,.1f} MB"
+def _size(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
 
 
-def _rows_text(n: int | None) -> str:
-    return "rows unknown" if n is None else f"~{n:,} rows"
+def _rows_and_size(info: cat.TableInfo) -> str:
+    return f"{'rows unknown' if info.rows_estimate is None else f'~{info.rows_estimate:,} rows'}, {_size(info.size_bytes)}"
 
 
 def _name(params: dict, key: str, what: str, *, required: bool = True) -> str | None:
@@ -65,14 +63,9 @@ def _where(schema: str | None, target: str) -> str:
     return f"in schema {schema!r} of database {target!r}" if schema else f"in database {target!r}"
 
 
-def _trim(name: str, limit: int = cat.PG_NAME_MAX) -> str:
-    """`name` cut to `limit` UTF-8 bytes without splitting a character."""
-    return name.encode()[:limit].decode(errors="ignore")
-
-
 class DatabaseAction(Action):
-    """What the database actions share: the target/schema/table fields, target checks, and running
-    the preview's statements on a maintenance connection."""
+    """What the database actions share: target/schema/table fields and checks, and an execute() that
+    runs the preview's statements on a maintenance connection between `_before` and `_result`."""
     kind = "database"
     dialects: tuple[str, ...] = cat.SUPPORTED
 
@@ -89,37 +82,10 @@ class DatabaseAction(Action):
         """PostgreSQL: the schema param, "public" when none is given; SQLite has no schemas (None)."""
         return (_name(params, "schema", "schema", required=False) or "public") if dialect == "postgresql" else None
 
-    # -- fields --------------------------------------------------------------------------------
-    def _target_field(self) -> Field:
-        return Field("target", "Database", "choice", options=lambda p: cat.names(self.dialects),
-                     help="a database configured in perfdeck.toml or $PERFDECK_DATABASE_URLS")
-
-    def _schema_field(self) -> Field:
-        def options(params: dict):
-            if not params.get("target"):
-                return []
-            target, dialect = self._target(params)
-            if dialect != "postgresql":
-                return None          # not applicable: the page hides the field
-            with cat.connect(target) as con:
-                return cat.schemas(con)
-        return Field("schema", "Schema", "choice", options=options)
-
-    def _table_field(self, *, allow_all: bool = False) -> Field:
-        def options(params: dict):
-            if not params.get("target"):
-                return []
-            target, dialect = self._target(params)
-            with cat.connect(target) as con:
-                names = cat.tables(con, self._schema(params, dialect))
-            return [ALL_TABLES, *names] if allow_all else names
-        return Field("table", "Table", "choice", options=options,
-                     help=f"{ALL_TABLES}: every table of the database" if allow_all else "")
-
     def _table(self, params: dict, dialect: str, target, *, allow_all: bool = False):
         """(schema, table, TableInfo) for the table param; table None for "all" when allowed."""
         table = _name(params, "table", "table", required=not allow_all)
-        if table in (None, ALL_TABLES) and allow_all:
+        if allow_all and table in (None, ALL_TABLES):
             return None, None, None
         schema = self._schema(params, dialect)
         with cat.connect(target) as con:
@@ -127,6 +93,29 @@ class DatabaseAction(Action):
         if info is None:
             raise InvalidInput(f"no table {table!r} {_where(schema, target.name)}")
         return schema, table, info
+
+    # -- fields --------------------------------------------------------------------------------
+    def _options(self, lookup, *, needs: tuple[str, ...] = ("target",), pg_only: bool = False):
+        """A Field's options: `lookup(con, schema, params)` once the fields it `needs` are chosen."""
+        def options(params: dict):
+            if not all(params.get(key) for key in needs):
+                return []
+            target, dialect = self._target(params)
+            if pg_only and dialect != "postgresql":
+                return None          # not applicable: the page hides the field
+            with cat.connect(target) as con:
+                return lookup(con, self._schema(params, dialect), params)
+        return options
+
+    def _common_fields(self, *, table: bool = True, allow_all: bool = False) -> list[Field]:
+        fields = [Field("target", "Database", "choice", options=lambda p: cat.names(self.dialects),
+                        help="a database configured in perfdeck.toml or $PERFDECK_DATABASE_URLS"),
+                  Field("schema", "Schema", "choice", options=self._options(lambda con, s, p: cat.schemas(con), pg_only=True))]
+        if table:
+            tables = self._options(lambda con, schema, p: ([ALL_TABLES] if allow_all else []) + cat.tables(con, schema))
+            fields.append(Field("table", "Table", "choice", options=tables,
+                                help=f"{ALL_TABLES}: every table of the database" if allow_all else ""))
+        return fields
 
     # -- running -------------------------------------------------------------------------------
     def _statements(self, params: dict, preview: Preview) -> list[str]:
@@ -142,14 +131,30 @@ class DatabaseAction(Action):
             con.exec_driver_sql(statement)
         return time.perf_counter() - t0
 
+    def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
+        statements = self._statements(params, preview)
+        target, _ = self._target(params)
+        with cat.connect(target, maintenance=True) as con:
+            before = self._before(con, params)
+            seconds = self._run(con, statements, progress)
+            return self._result(con, params, preview, before, seconds)
+
+    def _before(self, con, params: dict):
+        return None
+
+    def _result(self, con, params: dict, preview: Preview, before, seconds: float) -> Result:
+        raise NotImplementedError
+
 
 class Analyze(DatabaseAction):
     name = "database.analyze"
     title = "Analyze"
     touches = "the planner statistics of one table, or of every table of a database"
+    keyword = "ANALYZE"
+    effect = "reads a sample of rows and refreshes the planner's statistics; reads and writes go on."
 
     def fields(self) -> list[Field]:
-        return [self._target_field(), self._schema_field(), self._table_field(allow_all=True)]
+        return self._common_fields(allow_all=True)
 
     def check(self, params: dict) -> dict:
         target, dialect = self._target(params)
@@ -160,87 +165,56 @@ class Analyze(DatabaseAction):
         target, _ = self._target(params)
         with cat.connect(target) as con:
             if params["table"] is None:
-                n = len(cat.tables(con, None)) if con.dialect.name == "sqlite" else None
-                statement = "ANALYZE"
-                summary = f"ANALYZE every table of database {target.name!r} ({_mb(cat.database_size(con))})"
-                rows = []
+                size, statement, rows = cat.database_size(con), self.keyword, []
+                what = f"every table of database {target.name!r} ({_size(size)})"
             else:
                 info = cat.table(con, params["schema"], params["table"])
-                n, statement = 1, f"ANALYZE {cat.quote(con, params['schema'], params['table'])}"
-                summary = f"ANALYZE {info.kind} {statement[8:]} ({_rows_text(info.rows_estimate)}, {_mb(info.size_bytes)})"
-                rows = [{"table": params["table"], "rows estimate": info.rows_estimate, "size bytes": info.size_bytes,
-                         "last analyze": info.last_analyze}]
-        return Preview(summary + ": reads a sample of rows and refreshes the planner's statistics; "
-                       "reads and writes go on.", statements=[statement], rows=rows, count=n,
-                       data={"params": params, "statements": [statement]})
+                size, statement = info.size_bytes, f"{self.keyword} {cat.quote(con, params['schema'], params['table'])}"
+                what = f"{info.kind} {params['table']!r} ({_rows_and_size(info)})"
+                rows = [{"table": params["table"], "rows estimate": info.rows_estimate, "dead rows": info.dead_rows,
+                         "size bytes": size, "last analyze": info.last_analyze, "last vacuum": info.last_vacuum}]
+        return Preview(f"{self.keyword} {what}: {self.effect}", statements=[statement], rows=rows,
+                       data={"params": params, "statements": [statement], "what": what, "size_bytes": size})
 
-    def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
-        statements = self._statements(params, preview)
-        target, _ = self._target(params)
-        with cat.connect(target, maintenance=True) as con:
-            seconds = self._run(con, statements, progress)
-        what = statements[0][len("ANALYZE "):] or f"every table of {target.name!r}"
-        return Result(f"Analyzed {what} in {seconds:,.1f} s.", {"duration_s": round(seconds, 3)})
+    def _result(self, con, params, preview, before, seconds) -> Result:
+        return Result(f"Analyzed {preview.data['what']} in {seconds:,.1f} s.", {"duration_s": round(seconds, 3)})
 
 
-class Vacuum(DatabaseAction):
+class Vacuum(Analyze):
     name = "database.vacuum"
     title = "Vacuum"
     touches = "PostgreSQL: dead rows of one table or of the database (VACUUM (ANALYZE)); SQLite: rewrites the file"
-
-    def fields(self) -> list[Field]:
-        return [self._target_field(), self._schema_field(), self._table_field(allow_all=True)]
+    keyword = "VACUUM (ANALYZE)"
+    effect = ("makes dead rows' space reusable and refreshes statistics; reads and writes go on (files do not "
+              "shrink: that is VACUUM FULL, which locks the table).")
 
     def check(self, params: dict) -> dict:
-        target, dialect = self._target(params)
-        if dialect == "sqlite":        # SQLite's VACUUM rewrites the whole file: no table to choose
-            return {"target": target.name, "schema": None, "table": None}
-        schema, table, _ = self._table(params, dialect, target, allow_all=True)
-        return {"target": target.name, "schema": schema, "table": table}
+        if self._target(params)[1] == "sqlite":     # SQLite's VACUUM rewrites the whole file: no table to choose
+            return {"target": params["target"], "schema": None, "table": None}
+        return super().check(params)
 
     def preview(self, params: dict) -> Preview:
         target, dialect = self._target(params)
+        if dialect != "sqlite":
+            return super().preview(params)
         with cat.connect(target) as con:
-            if dialect == "sqlite":
-                return self._sqlite_preview(con, params, target)
-            if params["table"] is None:
-                statement, size = "VACUUM (ANALYZE)", cat.database_size(con)
-                summary, rows = f"VACUUM (ANALYZE) every table of database {target.name!r} ({_mb(size)})", []
-            else:
-                info = cat.table(con, params["schema"], params["table"])
-                statement, size = f"VACUUM (ANALYZE) {cat.quote(con, params['schema'], params['table'])}", info.size_bytes
-                summary = f"{statement} ({_rows_text(info.rows_estimate)}, {info.dead_rows or 0:,} dead, {_mb(size)})"
-                rows = [{"table": params["table"], "dead rows": info.dead_rows, "size bytes": size,
-                         "last vacuum": info.last_vacuum}]
-        return Preview(summary + ": marks dead rows' space reusable and refreshes statistics; reads and writes go "
-                       "on (it does not shrink the files: that would be VACUUM FULL, which locks the table).",
-                       statements=[statement], rows=rows,
-                       data={"params": params, "statements": [statement], "size_bytes": size})
-
-    def _sqlite_preview(self, con, params: dict, target) -> Preview:
-        pages = cat.sqlite_pages(con)
+            pages = cat.sqlite_pages(con)
         size, free = pages["page_size"] * pages["page_count"], pages["page_size"] * pages["freelist_count"]
         statements = ["VACUUM", "PRAGMA optimize"]
         return Preview(
-            f"VACUUM rewrites database {target.name!r} ({_mb(size)}) and gives back {pages['freelist_count']:,} free "
-            f"pages of {pages['page_size']:,} bytes (~{_mb(free)}); then PRAGMA optimize refreshes statistics.",
+            f"VACUUM rewrites database {target.name!r} ({_size(size)}) and gives back {pages['freelist_count']:,} free "
+            f"pages of {pages['page_size']:,} bytes ({_size(free)}); then PRAGMA optimize refreshes statistics.",
             statements=statements, rows=[{"file bytes": size, "free pages": pages["freelist_count"],
                                           "page size": pages["page_size"], "reclaimable bytes": free}],
             warnings=["Writers wait until VACUUM is done, and it needs free disk space of up to twice the file."],
-            data={"params": params, "statements": statements, "size_bytes": size, "reclaimable_bytes": free})
+            data={"params": params, "statements": statements, "what": f"database {target.name!r}", "size_bytes": size})
 
-    def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
-        statements = self._statements(params, preview)
-        target, _ = self._target(params)
+    def _result(self, con, params, preview, before, seconds) -> Result:
         before = preview.data["size_bytes"]
-        with cat.connect(target, maintenance=True) as con:
-            seconds = self._run(con, statements, progress)
-            if params["table"] is None:
-                after = cat.database_size(con)
-            else:
-                after = cat.table(con, params["schema"], params["table"]).size_bytes
-        figures = {"size_bytes_before": before, "size_bytes_after": after, "duration_s": round(seconds, 3)}
-        return Result(f"{statements[0]} done in {seconds:,.1f} s: {_mb(before)} -> {_mb(after)}.", figures)
+        after = cat.database_size(con) if params["table"] is None else \
+            cat.table(con, params["schema"], params["table"]).size_bytes
+        return Result(f"Vacuumed {preview.data['what']} in {seconds:,.1f} s: {_size(before)} -> {_size(after)}.",
+                      {"size_bytes_before": before, "size_bytes_after": after, "duration_s": round(seconds, 3)})
 
 
 class ResetStatements(DatabaseAction):
@@ -251,14 +225,13 @@ class ResetStatements(DatabaseAction):
     dialects = ("postgresql",)
 
     def fields(self) -> list[Field]:
-        return [self._target_field()]
+        return self._common_fields(table=False)[:1]
 
     def check(self, params: dict) -> dict:
         target, _ = self._target(params)
         with cat.connect(target) as con:
             if not cat.pg_stat_statements_installed(con):
-                raise InvalidInput(f"pg_stat_statements is not installed in database {target.name!r}: "
-                                   "CREATE EXTENSION pg_stat_statements; (it also needs shared_preload_libraries)")
+                raise InvalidInput(f"pg_stat_statements is not installed in database {target.name!r}")
         return {"target": target.name}
 
     def preview(self, params: dict) -> Preview:
@@ -272,14 +245,12 @@ class ResetStatements(DatabaseAction):
                                  "reads them; perfdeck's Database page starts counting again from zero."],
                        data={"params": params, "statements": [statement]})
 
-    def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
-        statements = self._statements(params, preview)
-        target, _ = self._target(params)
-        with cat.connect(target, maintenance=True) as con:
-            entries = cat.pg_stat_statements_count(con)
-            self._run(con, statements, progress)
-        return Result(f"Reset pg_stat_statements on {target.name!r}: {entries:,} entries forgotten.",
-                      {"entries_before": entries})
+    def _before(self, con, params: dict) -> int:
+        return cat.pg_stat_statements_count(con)
+
+    def _result(self, con, params, preview, before, seconds) -> Result:
+        return Result(f"Reset pg_stat_statements on {params['target']!r}: {before:,} entries forgotten.",
+                      {"entries_before": before})
 
 
 class CreateIndex(DatabaseAction):
@@ -288,14 +259,9 @@ class CreateIndex(DatabaseAction):
     touches = "one new index on one table (PostgreSQL: CREATE INDEX CONCURRENTLY, no write lock)"
 
     def fields(self) -> list[Field]:
-        def column_options(params: dict):
-            if not params.get("target") or not params.get("table"):
-                return []
-            target, dialect = self._target(params)
-            with cat.connect(target) as con:
-                return cat.columns(con, self._schema(params, dialect), params["table"])
-        return [self._target_field(), self._schema_field(), self._table_field(),
-                Field("columns", "Columns", "multi", options=column_options,
+        columns = self._options(lambda con, schema, p: cat.columns(con, schema, p["table"]), needs=("target", "table"))
+        return [*self._common_fields(),
+                Field("columns", "Columns", "multi", options=columns,
                       help=f"in index order, at most {MAX_INDEX_COLUMNS}: equality columns first"),
                 Field("unique", "Unique", "bool", default=False),
                 Field("name", "Index name", "text", help="empty: ix_<table>_<columns>")]
@@ -304,8 +270,7 @@ class CreateIndex(DatabaseAction):
         target, dialect = self._target(params)
         schema, table, info = self._table(params, dialect, target)
         if info.kind == "partitioned table":
-            raise InvalidInput(f"{table!r} is partitioned: CREATE INDEX CONCURRENTLY cannot build on it; index the "
-                               "partitions")
+            raise InvalidInput(f"{table!r} is partitioned: CREATE INDEX CONCURRENTLY cannot build on it")
         cols = params.get("columns")
         if not isinstance(cols, list) or not 1 <= len(cols) <= MAX_INDEX_COLUMNS:
             raise InvalidInput(f"choose 1 to {MAX_INDEX_COLUMNS} columns")
@@ -322,28 +287,15 @@ class CreateIndex(DatabaseAction):
             missing = [c for c in cols if c not in cat.columns(con, schema, table)]
             if missing:
                 raise InvalidInput(f"table {table!r} has no column {', '.join(map(repr, missing))}")
-            for ix in cat.indexes(con, schema, table):
-                if ix.usable and ix.columns[:len(cols)] == tuple(cols) and (ix.unique or not unique) \
-                        and (not unique or len(ix.columns) == len(cols)):
-                    raise InvalidInput(f"index {ix.name!r} on ({', '.join(ix.columns)}) already covers "
-                                       f"({', '.join(cols)})")
+            same = cat.covering_index(con, schema, table, cols, unique)
+            if same is not None:
+                raise InvalidInput(f"index {same.name!r} on ({', '.join(map(str, same.columns))}) already covers "
+                                   f"({', '.join(cols)})")
             if name is not None and cat.name_taken(con, schema, name):
                 raise InvalidInput(f"the name {name!r} is already taken {_where(schema, target.name)}")
-            name = name or self._free_name(con, schema, table, cols, dialect)
+            name = name or cat.free_index_name(con, schema, f"ix_{table}_{'_'.join(cols)}")
         return {"target": target.name, "schema": schema, "table": table, "columns": cols, "unique": unique,
                 "name": name}
-
-    @staticmethod
-    def _free_name(con, schema, table: str, cols: list[str], dialect: str) -> str:
-        """ix_<table>_<cols>, trimmed to PostgreSQL's 63 bytes, with _2, _3... when taken."""
-        base = f"ix_{table}_{'_'.join(cols)}"
-        limit = cat.PG_NAME_MAX if dialect == "postgresql" else 1000
-        for n in range(1, 100):
-            suffix = "" if n == 1 else f"_{n}"
-            name = _trim(base, limit - len(suffix)) + suffix
-            if not cat.name_taken(con, schema, name):
-                return name
-        raise InvalidInput(f"no free index name like {_trim(base)!r}: give one")
 
     def preview(self, params: dict) -> Preview:
         target, dialect = self._target(params)
@@ -355,13 +307,10 @@ class CreateIndex(DatabaseAction):
                          f"({', '.join(cat.quote(con, c) for c in params['columns'])})")
             cleanup = f"DROP INDEX CONCURRENTLY IF EXISTS {cat.quote(con, params['schema'], params['name'])}"
         warnings = [f"It fails if ({', '.join(params['columns'])}) holds duplicate values."] if params["unique"] else []
-        if pg:
-            warnings.append("Reads and writes go on while it builds; it scans the table twice and first waits for "
-                            f"transactions already running. If it fails, the invalid index left is dropped: {cleanup}")
-        else:
-            warnings.append("Other writers wait until the index is built.")
-        return Preview(f"Create index {params['name']!r} on {info.kind} {params['table']!r} "
-                       f"({_rows_text(info.rows_estimate)}, {_mb(info.size_bytes)}).",
+        warnings.append("Reads and writes go on while it builds; it scans the table twice and first waits for "
+                        f"transactions already running. If it fails, the invalid index left is dropped: {cleanup}"
+                        if pg else "Other writers wait until the index is built.")
+        return Preview(f"Create index {params['name']!r} on {info.kind} {params['table']!r} ({_rows_and_size(info)}).",
                        statements=[statement], warnings=warnings,
                        rows=[{"table": params["table"], "rows estimate": info.rows_estimate,
                               "size bytes": info.size_bytes}],
@@ -373,18 +322,18 @@ class CreateIndex(DatabaseAction):
         schema, name, started = params["schema"], params["name"], False
         try:
             with cat.connect(target, maintenance=True) as con:
-                if cat.name_taken(con, schema, name):
+                if cat.name_taken(con, schema, name):     # so whatever carries the name after a failure is ours
                     raise InvalidInput(f"{name!r} was created since the preview: preview again")
                 started = True
                 seconds = self._run(con, statements, progress)
                 size = cat.index(con, schema, name).size_bytes
         except ActionError as exc:
-            if not started or preview.data["cleanup"] is None:
+            if not started or isinstance(exc, Aborted) or preview.data["cleanup"] is None:
                 raise
             note = self._clean_up(target, schema, name, preview.data["cleanup"])
             kind = TargetUnavailable if isinstance(exc, TargetUnavailable) else ActionError
             raise kind(f"creating index {name!r} failed: {exc}; {note}") from exc
-        return Result(f"Created index {name!r} ({_mb(size)}) in {seconds:,.1f} s.",
+        return Result(f"Created index {name!r} ({_size(size)}) in {seconds:,.1f} s.",
                       {"index": name, "index_bytes": size, "duration_s": round(seconds, 3)})
 
     @staticmethod
@@ -398,7 +347,8 @@ class CreateIndex(DatabaseAction):
                     return "the invalid index it left behind was dropped"
             return "no index was left behind" if valid is None else "the index exists and is valid"
         except ActionError as exc:
-            return f"could not check for an invalid index left behind ({exc}); once the database is back run {cleanup}"
+            reason = "the database is unreachable" if isinstance(exc, TargetUnavailable) else str(exc)
+            return f"could not check for an invalid index left behind ({reason}); once the database is back run {cleanup}"
 
 
 class DropIndex(DatabaseAction):
@@ -408,14 +358,8 @@ class DropIndex(DatabaseAction):
     destructive = True
 
     def fields(self) -> list[Field]:
-        def index_options(params: dict):
-            if not params.get("target"):
-                return []
-            target, dialect = self._target(params)
-            with cat.connect(target) as con:
-                return cat.droppable(con, self._schema(params, dialect))
-        return [self._target_field(), self._schema_field(),
-                Field("index", "Index", "choice", options=index_options,
+        return [*self._common_fields(table=False),
+                Field("index", "Index", "choice", options=self._options(lambda con, schema, p: cat.droppable(con, schema)),
                       help="indexes that back a primary key or unique constraint are not listed")]
 
     def check(self, params: dict) -> dict:
@@ -436,24 +380,19 @@ class DropIndex(DatabaseAction):
             since = cat.stats_reset(con) or "statistics began"
             concurrently = "CONCURRENTLY " if dialect == "postgresql" else ""
             statement = f"DROP INDEX {concurrently}{cat.quote(con, params['schema'], params['index'])}"
-        warnings = []
-        if info.scans:
-            warnings.append(f"Queries used it {info.scans:,} times since {since}: they will get slower.")
-        if dialect == "sqlite":
-            warnings.append("SQLite keeps no index usage counts: check the queries on its columns first.")
-        return Preview(f"Drop index {params['index']!r} of table {info.table!r} ({_mb(info.size_bytes)}).",
-                       statements=[statement], confirm=params["index"], warnings=warnings,
+        usage = (f"Queries used it {info.scans:,} times since {since}: they will get slower without it."
+                 if info.scans else f"No query used it since {since}." if dialect == "postgresql"
+                 else "SQLite keeps no index usage counts: check the queries on its columns first.")
+        return Preview(f"Drop index {params['index']!r} of table {info.table!r} ({_size(info.size_bytes)}).",
+                       statements=[statement], confirm=params["index"], warnings=[usage],
                        rows=[{"index": params["index"], "table": info.table, "definition": info.definition,
                               "size bytes": info.size_bytes, "scans": info.scans, "scans since": since}],
                        data={"params": params, "statements": [statement], "size_bytes": info.size_bytes})
 
-    def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
-        statements = self._statements(params, preview)
-        target, _ = self._target(params)
-        with cat.connect(target, maintenance=True) as con:
-            seconds = self._run(con, statements, progress)
-        return Result(f"Dropped index {params['index']!r} ({_mb(preview.data['size_bytes'])} freed) in {seconds:,.1f} s.",
-                      {"index_bytes_freed": preview.data["size_bytes"], "duration_s": round(seconds, 3)})
+    def _result(self, con, params, preview, before, seconds) -> Result:
+        size = preview.data["size_bytes"]
+        return Result(f"Dropped index {params['index']!r} ({_size(size)} freed) in {seconds:,.1f} s.",
+                      {"index_bytes_freed": size, "duration_s": round(seconds, 3)})
 
 
 ACTIONS: list[type[Action]] = [Analyze, Vacuum, ResetStatements, CreateIndex, DropIndex]

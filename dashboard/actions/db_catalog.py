@@ -69,10 +69,13 @@ def names(dialects: tuple[str, ...] = SUPPORTED) -> list[str]:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The database's message (its first line: libpq adds hints below) and PostgreSQL's detail."""
     orig = getattr(exc, "orig", None) or exc
-    line = " ".join(str(getattr(getattr(orig, "diag", None), "message_primary", None) or orig).split())
-    detail = getattr(getattr(orig, "diag", None), "message_detail", None)
-    return f"{line} ({' '.join(detail.split())})" if detail else (line or type(orig).__name__)
+    diag = getattr(orig, "diag", None)
+    lines = str(getattr(diag, "message_primary", None) or orig).strip().splitlines()
+    line = " ".join(lines[0].split()) if lines else type(orig).__name__
+    detail = getattr(diag, "message_detail", None)
+    return f"{line} ({' '.join(detail.split())})" if detail else line
 
 
 def _unreachable(exc: DBAPIError) -> bool:
@@ -359,3 +362,23 @@ def pg_stat_statements_installed(con: Connection) -> bool:
 def pg_stat_statements_count(con: Connection) -> int:
     """Entries in pg_stat_statements, all databases of the server (what a reset forgets)."""
     return con.exec_driver_sql("SELECT count(*) FROM pg_stat_statements").scalar()
+
+
+def covering_index(con: Connection, schema: str | None, table_name: str, cols: list[str], unique: bool):
+    """An existing index that makes a new one on `cols` pointless: one whose leading key columns are
+    `cols` in that order (for a unique one: a unique index on exactly `cols`)."""
+    for ix in indexes(con, schema, table_name):
+        if ix.usable and (ix.unique and ix.columns == tuple(cols) if unique else ix.columns[:len(cols)] == tuple(cols)):
+            return ix
+    return None
+
+
+def free_index_name(con: Connection, schema: str | None, base: str) -> str:
+    """`base`, trimmed to PostgreSQL's 63 bytes (never splitting a character), with _2, _3... while taken."""
+    limit = PG_NAME_MAX if _is_pg(con) else 1000
+    for n in range(1, 100):
+        suffix = "" if n == 1 else f"_{n}"
+        name = base.encode()[:limit - len(suffix)].decode(errors="ignore") + suffix
+        if not name_taken(con, schema, name):
+            return name
+    raise InvalidInput(f"no free index name like {base[:60]!r}: give one")
