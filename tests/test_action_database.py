@@ -20,7 +20,7 @@ from dashboard.actions.database_actions import (
 )
 from dashboard.actions.framework import ActionError
 from tests.helpers import query
-from tests.pg import pg_cluster  # noqa: F401  (the session fixture)
+from tests.pg import pg_cluster, pg_cluster_no_pgss  # noqa: F401  (the session fixtures)
 
 DB = "perfdeck_db_actions"
 
@@ -383,6 +383,30 @@ def test_unsupported_dialects_and_missing_extension(targets, monkeypatch, lite):
         "perfdeck.toml, or set PERFDECK_DATABASE_URLS=name=url")
 
 
+def test_pg_stat_statements_not_installed_or_not_preloaded(targets, monkeypatch, pg_cluster_no_pgss):  # noqa: F811
+    bare = targets.create_database("perfdeck_db_actions_bare")
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"bare={bare},unloaded={pg_cluster_no_pgss.url}")
+    with pytest.raises(InvalidInput) as exc:
+        make_preview(ResetStatements(), {"target": "bare"})
+    assert str(exc.value) == "pg_stat_statements is not installed in database 'bare'"
+    with pytest.raises(ActionError) as exc:
+        make_preview(ResetStatements(), {"target": "unloaded"})
+    assert str(exc.value) == "database 'unloaded': pg_stat_statements must be loaded via shared_preload_libraries"
+
+
+def test_a_preview_only_runs_for_the_params_it_was_made_for(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE pv_a (id int)")
+    sql(targets, "CREATE TABLE pv_b (id int)")
+    checked, preview = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "pv_a"})
+    with pytest.raises(InvalidInput) as exc:
+        run_action(Analyze(), {"target": "pg", "schema": "public", "table": "pv_b"}, preview, actor=operator,
+                   db=migrated_store)
+    assert str(exc.value) == "the preview was made for other parameters (or the catalogue changed): preview again"
+    assert sql(targets, "SELECT count(*) FROM pg_stat_user_tables WHERE relname LIKE 'pv\\_%' AND last_analyze IS NOT NULL"
+               ) == [(0,)]
+    assert audit(migrated_store)[0][2:4] == ("failed", str(exc.value))
+
+
 # -- a target that is down -------------------------------------------------------------------------
 def test_a_database_stopped_mid_action_fails_cleanly_and_is_audited(targets, migrated_store, operator):
     sql(targets, "CREATE TABLE mid AS SELECT g AS id, g AS v FROM generate_series(1, 1000) g")
@@ -439,3 +463,5 @@ def test_fields_offer_what_the_catalogue_holds(targets, lite):
     assert cols.options({"target": "pg", "schema": "fld", "table": "f_one"}) == ["a", "B"]
     assert cols.options({"target": "lite", "table": "lt"}) == ["x", "y"]
     assert Analyze().fields()[2].options({"target": "lite"}) == [ALL_TABLES, "lt"]
+    assert Vacuum().fields()[2].options({"target": "lite"}) is None       # SQLite vacuums the whole file
+    assert Vacuum().fields()[2].options({"target": "pg", "schema": "fld"}) == [ALL_TABLES, "f_one"]

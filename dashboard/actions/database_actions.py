@@ -59,10 +59,6 @@ def _name(params: dict, key: str, what: str, *, required: bool = True) -> str | 
     return value
 
 
-def _where(schema: str | None, target: str) -> str:
-    return f"in schema {schema!r} of database {target!r}" if schema else f"in database {target!r}"
-
-
 class DatabaseAction(Action):
     """What the database actions share: target/schema/table fields and checks, and an execute() that
     runs the preview's statements on a maintenance connection between `_before` and `_result`."""
@@ -91,7 +87,7 @@ class DatabaseAction(Action):
         with cat.connect(target) as con:
             info = cat.table(con, schema, table)
         if info is None:
-            raise InvalidInput(f"no table {table!r} {_where(schema, target.name)}")
+            raise InvalidInput(f"no table {table!r} {cat.where(schema, target.name)}")
         return schema, table, info
 
     # -- fields --------------------------------------------------------------------------------
@@ -107,12 +103,13 @@ class DatabaseAction(Action):
                 return lookup(con, self._schema(params, dialect), params)
         return options
 
-    def _common_fields(self, *, table: bool = True, allow_all: bool = False) -> list[Field]:
+    def _common_fields(self, *, table: bool = True, allow_all: bool = False, pg_only_table: bool = False) -> list[Field]:
         fields = [Field("target", "Database", "choice", options=lambda p: cat.names(self.dialects),
                         help="a database configured in perfdeck.toml or $PERFDECK_DATABASE_URLS"),
                   Field("schema", "Schema", "choice", options=self._options(lambda con, s, p: cat.schemas(con), pg_only=True))]
         if table:
-            tables = self._options(lambda con, schema, p: ([ALL_TABLES] if allow_all else []) + cat.tables(con, schema))
+            tables = self._options(lambda con, schema, p: ([ALL_TABLES] if allow_all else []) + cat.tables(con, schema),
+                                   pg_only=pg_only_table)
             fields.append(Field("table", "Table", "choice", options=tables,
                                 help=f"{ALL_TABLES}: every table of the database" if allow_all else ""))
         return fields
@@ -187,6 +184,9 @@ class Vacuum(Analyze):
     keyword = "VACUUM (ANALYZE)"
     effect = ("makes dead rows' space reusable and refreshes statistics; reads and writes go on (files do not "
               "shrink: that is VACUUM FULL, which locks the table).")
+
+    def fields(self) -> list[Field]:
+        return self._common_fields(allow_all=True, pg_only_table=True)   # SQLite vacuums the whole file
 
     def check(self, params: dict) -> dict:
         if self._target(params)[1] == "sqlite":     # SQLite's VACUUM rewrites the whole file: no table to choose
@@ -292,7 +292,7 @@ class CreateIndex(DatabaseAction):
                 raise InvalidInput(f"index {same.name!r} on ({', '.join(map(str, same.columns))}) already covers "
                                    f"({', '.join(cols)})")
             if name is not None and cat.name_taken(con, schema, name):
-                raise InvalidInput(f"the name {name!r} is already taken {_where(schema, target.name)}")
+                raise InvalidInput(f"the name {name!r} is already taken {cat.where(schema, target.name)}")
             name = name or cat.free_index_name(con, schema, f"ix_{table}_{'_'.join(cols)}")
         return {"target": target.name, "schema": schema, "table": table, "columns": cols, "unique": unique,
                 "name": name}
@@ -368,7 +368,7 @@ class DropIndex(DatabaseAction):
         with cat.connect(target) as con:
             info = cat.index(con, schema, name)
         if info is None:
-            raise InvalidInput(f"no index {name!r} {_where(schema, target.name)}")
+            raise InvalidInput(f"no index {name!r} {cat.where(schema, target.name)}")
         if info.constraint:
             raise InvalidInput(f"index {name!r} backs the {info.constraint}: it cannot be dropped on its own")
         return {"target": target.name, "schema": schema, "index": name}

@@ -134,6 +134,11 @@ def connect(target: targets.Target, *, maintenance: bool = False) -> Iterator[Co
         engine.dispose()
 
 
+def where(schema: str | None, target_name: str) -> str:
+    """Where a name was looked for, for messages: "in schema 'public' of database 'app'"."""
+    return f"in schema {schema!r} of database {target_name!r}" if schema else f"in database {target_name!r}"
+
+
 def quote(con: Connection, *parts: str | None) -> str:
     """`"schema"."name"`: every part quoted by the dialect (mixed case and odd characters survive)."""
     preparer = con.dialect.identifier_preparer
