@@ -368,16 +368,19 @@ def test_injection_attempts_are_refused_and_nothing_runs(targets, lite, migrated
     assert sql(targets, "SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%drop table%'") == [(0,)]
 
 
-def test_unsupported_dialects_and_missing_extension(targets, monkeypatch, lite):
-    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"my=mysql+pymysql://u@127.0.0.1/shop,lite=sqlite:///{lite}")
+def test_unsupported_dialects_and_plain_postgresql_urls(targets, monkeypatch, lite):
+    plain = f"postgresql://postgres@127.0.0.1:{targets.port}/{DB}"          # no driver named: psycopg 3 it is
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"my=mysql+pymysql://u@127.0.0.1/shop,lite=sqlite:///{lite},pg={plain}")
+    assert make_preview(Analyze(), {"target": "pg", "table": None})[1].statements == ["ANALYZE"]
     with pytest.raises(InvalidInput) as exc:
         make_preview(Analyze(), {"target": "my", "table": "orders"})
     assert str(exc.value) == "Analyze is not supported for mysql (database 'my')"
     with pytest.raises(InvalidInput) as exc:
         make_preview(ResetStatements(), {"target": "lite"})
     assert str(exc.value) == "Reset pg_stat_statements is not supported for sqlite (database 'lite')"
-    assert Analyze().fields()[0].options({}) == ["lite"]
+    assert Analyze().fields()[0].options({}) == ["lite", "pg"]
     assert Analyze().available() is None
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"lite=sqlite:///{lite}")
     assert ResetStatements().available() == (
         "Reset pg_stat_statements needs a postgresql database: add a [[database]] with a name and url to "
         "perfdeck.toml, or set PERFDECK_DATABASE_URLS=name=url")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from collectors.samplers.database import COUNT_MAX_BYTES, DBSTAT_MAX_BYTES
@@ -85,7 +85,9 @@ def _unreachable(exc: DBAPIError) -> bool:
     state = getattr(exc.orig, "sqlstate", "")
     # 08xxx: connection exceptions; 57P01-03: the server is shutting down or starting; psycopg reports
     # a connection closed under it with no SQLSTATE at all.
-    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    if state is None:
+        return isinstance(exc, (OperationalError, InterfaceError))
+    return state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def _sqlite_path(target: targets.Target) -> str:
@@ -103,10 +105,17 @@ def _engine(target: targets.Target, maintenance: bool):
         busy = SQLITE_BUSY_S if maintenance else CONNECT_TIMEOUT_S
         return create_engine("sqlite://", poolclass=NullPool, creator=lambda: sqlite3.connect(
             file_uri, uri=True, timeout=busy, check_same_thread=False))
+    url = make_url(target.url)
+    if url.drivername == "postgresql":      # SQLAlchemy's default driver is psycopg2; perfdeck ships psycopg 3
+        url = url.set(drivername="postgresql+psycopg")
     timeout = MAINTENANCE_TIMEOUT_MS if maintenance else CATALOG_TIMEOUT_MS
     args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "perfdeck-actions",
             "options": f"-c statement_timeout={timeout} -c lock_timeout={LOCK_TIMEOUT_MS}"}
-    return create_engine(target.url, poolclass=NullPool, connect_args=args)
+    try:
+        return create_engine(url, poolclass=NullPool, connect_args=args)
+    except ImportError as exc:
+        raise InvalidInput(f"database {target.name!r}: its driver is not installed ({exc}); use a "
+                           "postgresql+psycopg:// URL") from exc
 
 
 @contextmanager
@@ -276,7 +285,7 @@ _PG_INDEX = """
            (SELECT CASE con.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique constraint'
                    WHEN 'x' THEN 'exclusion constraint' ELSE 'foreign key' END || ' "' || con.conname || '"'
             FROM pg_constraint con WHERE con.conindid = ci.oid ORDER BY con.contype DESC LIMIT 1),
-           pg_get_indexdef(ci.oid), pg_relation_size(ci.oid), s.idx_scan, ci.relkind
+           pg_get_indexdef(ci.oid), pg_relation_size(ci.oid), s.idx_scan
     FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid JOIN pg_class ct ON ct.oid = i.indrelid
     JOIN pg_namespace n ON n.oid = ci.relnamespace JOIN pg_am am ON am.oid = ci.relam
     LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = ci.oid
@@ -284,9 +293,7 @@ _PG_INDEX = """
 
 
 def _pg_index(row) -> IndexInfo:
-    name, tbl, unique, usable, cols, constraint, definition, size, scans, relkind = row
-    if relkind == "I":
-        constraint = constraint or "a partitioned table (drop it there)"
+    name, tbl, unique, usable, cols, constraint, definition, size, scans = row
     return IndexInfo(name, tbl, tuple(cols), unique, usable, constraint, definition, size, scans)
 
 
