@@ -226,6 +226,24 @@ def test_create_index_on_a_mixed_case_table_in_a_mixed_case_schema(targets, migr
         'CREATE UNIQUE INDEX CONCURRENTLY "ix_Orders_CustomerId_Region_2" ON "Sales"."Orders" ("CustomerId", "Region")']
 
 
+def test_names_with_quotes_percent_signs_and_question_marks_are_identifiers(targets, lite, migrated_store, operator):
+    """Shown statements are plain SQL; what runs creates exactly the names shown, on both drivers."""
+    sql(targets, 'CREATE TABLE "odd ""t"" 100%" ("a%s" int, "b?" int)')
+    lite_sql(lite, 'CREATE TABLE "odd ""t"" 100%" ("a%s" INTEGER, "b?" INTEGER)')
+    for target, prefix in (("pg", '"public".'), ("lite", "")):
+        params = {"target": target, "schema": "public", "table": 'odd "t" 100%', "columns": ["a%s", "b?"]}
+        preview, _ = run(CreateIndex(), params, store=migrated_store, actor=operator)
+        concurrently = "CONCURRENTLY " if target == "pg" else ""
+        assert preview.statements == [f'CREATE INDEX {concurrently}"ix_odd ""t"" 100%_a%s_b?" ON {prefix}"odd ""t"" 100%" '
+                                      '("a%s", "b?")']
+        # found by its exact name in the catalogue: the index was created under the name shown
+        preview, _ = run(DropIndex(), {"target": target, "schema": "public", "index": 'ix_odd "t" 100%_a%s_b?'},
+                         store=migrated_store, actor=operator, confirmation='ix_odd "t" 100%_a%s_b?')
+        assert preview.statements == [f'DROP INDEX {concurrently}{prefix}"ix_odd ""t"" 100%_a%s_b?"']
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_odd \"t\" 100%_a%s_b?'") == [(0,)]
+    assert [row[2] for row in audit(migrated_store)] == ["done"] * 4
+
+
 def test_create_index_names_are_trimmed_to_63_bytes_and_never_taken(targets):
     long = "t" * 60
     sql(targets, f"CREATE TABLE {long} (alpha int, beta int)")

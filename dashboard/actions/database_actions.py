@@ -125,7 +125,7 @@ class DatabaseAction(Action):
         t0 = time.perf_counter()
         for i, statement in enumerate(statements):
             progress.step(i, len(statements), statement)
-            con.exec_driver_sql(statement)
+            cat.run(con, statement)
         return time.perf_counter() - t0
 
     def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
@@ -343,7 +343,7 @@ class CreateIndex(DatabaseAction):
             with cat.connect(target, maintenance=True) as con:
                 valid = cat.pg_index_valid(con, schema, name)
                 if valid is False:
-                    con.exec_driver_sql(cleanup)
+                    cat.run(con, cleanup)
                     return "the invalid index it left behind was dropped"
             return "no index was left behind" if valid is None else "the index exists and is valid"
         except ActionError as exc:

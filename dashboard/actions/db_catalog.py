@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from collectors.samplers.database import COUNT_MAX_BYTES, DBSTAT_MAX_BYTES
@@ -41,10 +41,7 @@ PG_NAME_MAX = 63                     # bytes in a PostgreSQL identifier (NAMEDAT
 
 
 def dialect_of(target: targets.Target) -> str:
-    try:
-        return make_url(target.url).get_backend_name()
-    except ArgumentError as exc:
-        raise InvalidInput(f"database {target.name!r} has a URL SQLAlchemy cannot read") from exc
+    return make_url(target.url).get_backend_name()    # targets.configured() has parsed it already
 
 
 def resolve(name, what: str, dialects: tuple[str, ...] = SUPPORTED) -> tuple[targets.Target, str]:
@@ -58,14 +55,7 @@ def resolve(name, what: str, dialects: tuple[str, ...] = SUPPORTED) -> tuple[tar
 
 def names(dialects: tuple[str, ...] = SUPPORTED) -> list[str]:
     """Configured database names whose dialect is one of `dialects`, in config order."""
-    out = []
-    for name, target in targets.configured("database").items():
-        try:
-            if dialect_of(target) in dialects:
-                out.append(name)
-        except InvalidInput:
-            continue
-    return out
+    return [name for name, target in targets.configured("database").items() if dialect_of(target) in dialects]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -148,10 +138,20 @@ def where(schema: str | None, target_name: str) -> str:
     return f"in schema {schema!r} of database {target_name!r}" if schema else f"in database {target_name!r}"
 
 
+def _percent_placeholders(con: Connection) -> bool:
+    return con.dialect.paramstyle in ("format", "pyformat")
+
+
 def quote(con: Connection, *parts: str | None) -> str:
     """`"schema"."name"`: every part quoted by the dialect (mixed case and odd characters survive)."""
-    preparer = con.dialect.identifier_preparer
-    return ".".join(preparer.quote_identifier(p) for p in parts if p is not None)
+    quoted = ".".join(con.dialect.identifier_preparer.quote_identifier(p) for p in parts if p is not None)
+    # The preparer doubles % for drivers with %s placeholders; shown and audited is the plain SQL text.
+    return quoted.replace("%%", "%") if _percent_placeholders(con) else quoted
+
+
+def run(con: Connection, statement: str) -> None:
+    """Run one statement built with quote(), exactly as shown (% escaped for the driver, if it needs it)."""
+    con.exec_driver_sql(statement.replace("%", "%%") if _percent_placeholders(con) else statement)
 
 
 def _rows(con: Connection, sql: str, **params) -> list:
