@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from dashboard.actions import InvalidInput, NotAuthorized, Progress, TargetUnavailable, make_preview, run_action
+from dashboard.actions import Aborted, InvalidInput, NotAuthorized, Progress, TargetUnavailable, make_preview, run_action
 from dashboard.actions.database_actions import (
     ALL_TABLES,
     Analyze,
@@ -353,27 +353,27 @@ def test_drop_index_on_sqlite_refuses_auto_indexes(targets, lite, migrated_store
 
 # -- refusals --------------------------------------------------------------------------------------
 def test_injection_attempts_are_refused_and_nothing_runs(targets, lite, migrated_store, operator):
-    sql(targets, "CREATE TABLE inj (id int PRIMARY KEY, v int)")
-    sql(targets, "INSERT INTO inj SELECT g, g FROM generate_series(1, 10) g")
-    sql(targets, "CREATE INDEX ix_inj_v ON inj (v)")
+    sql(targets, "CREATE TABLE orders (id int PRIMARY KEY, v int)")
+    sql(targets, "INSERT INTO orders SELECT g, g FROM generate_series(1, 10) g")
+    sql(targets, "CREATE INDEX ix_orders_v ON orders (v)")
     attempts = [
-        (Analyze(), {"target": "pg", "schema": "public", "table": "inj; DROP TABLE inj"},
-         "no table 'inj; DROP TABLE inj' in schema 'public' of database 'pg'"),
-        (Vacuum(), {"target": "pg", "schema": 'public"; DROP TABLE inj; --', "table": "inj"},
-         "no table 'inj' in schema 'public\"; DROP TABLE inj; --' of database 'pg'"),
-        (CreateIndex(), {"target": "pg", "schema": "public", "table": "inj", "columns": ["id) --"]},
-         "table 'inj' has no column 'id) --'"),
-        (CreateIndex(), {"target": "pg", "schema": "public", "table": "inj", "columns": ["v"],
-                         "name": 'ix"; DROP TABLE inj; --'},
-         "index name 'ix\"; DROP TABLE inj; --': use letters, digits and _ (at most 63)"),
-        (DropIndex(), {"target": "pg", "schema": "public", "index": 'ix_inj_v"; DROP TABLE inj; --'},
-         "no index 'ix_inj_v\"; DROP TABLE inj; --' in schema 'public' of database 'pg'"),
+        (Analyze(), {"target": "pg", "schema": "public", "table": "orders; DROP TABLE orders"},
+         "no table 'orders; DROP TABLE orders' in schema 'public' of database 'pg'"),
+        (Vacuum(), {"target": "pg", "schema": 'public"; DROP TABLE orders; --', "table": "orders"},
+         "no table 'orders' in schema 'public\"; DROP TABLE orders; --' of database 'pg'"),
+        (CreateIndex(), {"target": "pg", "schema": "public", "table": "orders", "columns": ["id) --"]},
+         "table 'orders' has no column 'id) --'"),
+        (CreateIndex(), {"target": "pg", "schema": "public", "table": "orders", "columns": ["v"],
+                         "name": 'ix"; DROP TABLE orders; --'},
+         "index name 'ix\"; DROP TABLE orders; --': use letters, digits and _ (at most 63)"),
+        (DropIndex(), {"target": "pg", "schema": "public", "index": 'ix_orders_v"; DROP TABLE orders; --'},
+         "no index 'ix_orders_v\"; DROP TABLE orders; --' in schema 'public' of database 'pg'"),
         (Analyze(), {"target": "lite", "table": "x\x00y"}, "table 'x\\x00y' is not a name"),
-        (Analyze(), {"target": "nope", "table": "inj"}, "no database named 'nope' is configured; configured: lite, pg"),
-        (Analyze(), {"target": "pg=postgresql://evil", "table": "inj"},
+        (Analyze(), {"target": "nope", "table": "orders"}, "no database named 'nope' is configured; configured: lite, pg"),
+        (Analyze(), {"target": "pg=postgresql://evil", "table": "orders"},
          "no database named 'pg=postgresql://evil' is configured; configured: lite, pg"),
     ]
-    good = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "inj"})[1]
+    good = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "orders"})[1]
     for action, params, message in attempts:
         with pytest.raises(InvalidInput) as exc:
             make_preview(action, params)
@@ -381,7 +381,7 @@ def test_injection_attempts_are_refused_and_nothing_runs(targets, lite, migrated
         with pytest.raises(InvalidInput):             # run with someone else's preview: refused and audited
             run_action(action, params, good, actor=operator, db=migrated_store)
     assert [row[2:4] for row in audit(migrated_store)] == [("invalid", message) for _, _, message in attempts]
-    assert sql(targets, "SELECT count(*), (SELECT count(*) FROM pg_indexes WHERE tablename = 'inj') FROM inj") == [
+    assert sql(targets, "SELECT count(*), (SELECT count(*) FROM pg_indexes WHERE tablename = 'orders') FROM orders") == [
         (10, 2)]
     assert sql(targets, "SELECT count(*) FROM pg_stat_statements WHERE query ILIKE '%drop table%'") == [(0,)]
 
@@ -457,6 +457,18 @@ def test_a_database_stopped_mid_action_fails_cleanly_and_is_audited(targets, mig
     (row,) = audit(migrated_store)
     assert row[2:4] == ("failed", message)
     assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_mid_v'") == [(0,)]
+
+
+def test_an_abort_before_create_index_runs_nothing(targets, migrated_store, operator):
+    sql(targets, "CREATE TABLE ab (v int)")
+    params = {"target": "pg", "schema": "public", "table": "ab", "columns": ["v"]}
+    checked, preview = make_preview(CreateIndex(), params)
+    progress = Progress()
+    progress.abort()                 # Abort clicked: it lands before the first statement
+    with pytest.raises(Aborted):
+        run_action(CreateIndex(), params, preview, actor=operator, db=migrated_store, progress=progress)
+    assert sql(targets, "SELECT count(*) FROM pg_class WHERE relname = 'ix_ab_v'") == [(0,)]
+    assert audit(migrated_store)[0][2:4] == ("aborted", "aborted after 0 of 1")
 
 
 def test_a_missing_sqlite_file_is_unavailable_and_never_created(targets, lite, migrated_store, operator):
