@@ -150,7 +150,7 @@ class SpoolChannel:
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         self.root = self.directory / "control"
-        self._since_ns, self._seen = 0, set()
+        self._since_ns, self._seen, self._mtime = 0, set(), 0
 
     def __repr__(self) -> str:
         return f"spool:{self.directory}"
@@ -160,6 +160,15 @@ class SpoolChannel:
         self._since_ns = time.time_ns()
 
     def poll(self) -> list[dict]:
+        # A folder whose entries did not change keeps its mtime: one stat instead of a listing. Only
+        # trusted once that mtime is a few seconds old, for filesystems with coarse timestamps.
+        try:
+            mtime = os.stat(self.root).st_mtime_ns
+        except FileNotFoundError:
+            return []                      # nothing was ever broadcast here
+        if mtime == self._mtime and mtime < time.time_ns() - 3 * 10**9:
+            return []
+        self._mtime = mtime
         try:
             with os.scandir(self.root) as entries:
                 names = {e.name for e in entries if e.name.endswith(".json")}
