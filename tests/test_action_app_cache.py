@@ -238,7 +238,7 @@ def test_nobody_answering_fails_with_one_line(spool, migrated_store, operator, m
     params, preview = make_preview(action, {"target": "product", "namespace": "detail"})
     with pytest.raises(ActionError) as failed:
         run_action(action, params, preview, actor=operator, db=migrated_store)
-    assert str(failed.value) == ("none of the 1 processes with cache 'product' answered within 0.5 s (busy or "
+    assert str(failed.value) == ("none of the 1 process with cache 'product' answered within 0.5 s (busy or "
                                  "stopped?); the broadcast stays valid for a minute")
     [row] = audit_rows(migrated_store)
     assert (row[3], row[7]) == ("failed", str(failed.value))
@@ -256,8 +256,28 @@ def test_redis_channel_end_to_end(redis_url, spool, migrated_store, operator, mo
     params, preview = make_preview(action, {"target": "product", "namespace": None})
     assert preview.statements == [f"broadcast clear_cache cache='product' namespace=None on {redis_url}"]
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
-    assert result.summary == "1 of 1 processes cleared 'product' (whole cache): 8 entries"
+    assert result.summary == "1 of 1 process cleared 'product' (whole cache): 8 entries"
     assert result.figures == {"acknowledged": 1, "expected": 1, "entries_cleared": 8, "errors": 0}
+    assert local.data == {}
+
+
+def test_handlers_that_cannot_count(spool, migrated_store, operator):
+    url = f"spool:{spool}"
+    local = Cache(detail=4)
+    sdk.register_cache("product", local.clear)
+    sdk.register_cache("prices", lambda namespace: None)            # like functools.lru_cache's cache_clear
+    sdk.configure(service="shop", transport=url, flush_interval=60)
+    wait_listening(url, os.getpid())
+    action = ClearAppCache()
+    params, preview = make_preview(action, {"target": "prices", "namespace": None})
+    result = run_action(action, params, preview, actor=operator, db=migrated_store)
+    assert result.summary == "1 of 1 process cleared 'prices' (whole cache); 1 without an entry count"
+    assert result.figures == {"acknowledged": 1, "expected": 1, "entries_cleared": 0, "errors": 0}
+    sdk.register_cache("product", lambda namespace: None)
+    params, preview = make_preview(action, {"target": "product", "namespace": None})
+    result = run_action(action, params, preview, actor=operator, db=migrated_store)
+    # One process, two handlers: one count unknown makes the process's count unknown.
+    assert result.summary == "1 of 1 process cleared 'product' (whole cache); 1 without an entry count"
     assert local.data == {}
 
 

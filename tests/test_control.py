@@ -281,7 +281,7 @@ def test_an_unwritable_channel_is_logged_once_and_retried_later(tmp_path, caplog
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"perfdeck: control channel spool:{blocker} failed"]
     blocker.unlink()
     listener._retry_at = 0.0                         # the 30 s are over
-    with caplog.at_level(logging.WARNING, logger="perfdeck.sdk"):
+    with caplog.at_level(logging.INFO, logger="perfdeck.sdk"):
         assert listener.poll() == 0
     assert caplog.records[-1].getMessage() == f"perfdeck: control channel spool:{blocker} works again"
     assert [p["pid"] for p in control.listeners(f"spool:{blocker}")] == [1]
@@ -374,12 +374,14 @@ def test_redis_channel_same_process(redis_url):
     client.close()
 
 
-def test_redis_cleanup_drops_stale_presence_and_old_commands(redis_url):
+def test_redis_cleanup_drops_stale_and_junk_presence_and_old_commands(redis_url):
     import redis
     client = redis.Redis.from_url(redis_url)
     client.hset("perfdeck:control:listeners", mapping={
-        "old-1": json.dumps({"pid": 1, "at": time.time() - 7200}), "new-2": json.dumps({"pid": 2, "at": time.time()})})
+        "old-1": json.dumps({"pid": 1, "at": time.time() - 7200}), "new-2": json.dumps({"pid": 2, "at": time.time()}),
+        "junk-3": "{not json", "list-4": "[1, 2]"})
     client.xadd("perfdeck:control", {"c": "{}"}, id=f"{int((time.time() - 7200) * 1000)}-0")
+    assert [p["pid"] for p in control.listeners(redis_url)] == [2]   # junk is skipped, not an error
     control.broadcast_clear(redis_url, "things")                # cleans up on the way
     assert sorted(client.hkeys("perfdeck:control:listeners")) == [b"new-2"]
     assert client.xlen("perfdeck:control") == 1

@@ -136,13 +136,23 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(tmp, path)
 
 
+def _loads(raw) -> dict | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:                     # written by something else: not ours to trust
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _read_jsons(folder: Path) -> list[dict]:
     out = []
     for path in folder.glob("*.json"):
         try:
-            out.append(json.loads(path.read_bytes()))
-        except (OSError, ValueError):      # vanished or half-written by something else: skip it
+            value = _loads(path.read_bytes())
+        except OSError:                    # removed meanwhile
             continue
+        if value is not None:
+            out.append(value)
     return out
 
 
@@ -288,14 +298,19 @@ class RedisChannel:
         self.client.xadd(self.STREAM, {"c": json.dumps(command)}, maxlen=self.MAXLEN, approximate=True)
 
     def listeners(self) -> list[dict]:
-        return [json.loads(v) for v in self.client.hgetall(self.LISTENERS).values()]
+        return [v for v in map(_loads, self.client.hgetall(self.LISTENERS).values()) if v is not None]
 
     def acks(self, command_id: str) -> list[dict]:
-        return [json.loads(v) for v in self.client.hgetall(self.ACKS + command_id).values()]
+        return [v for v in map(_loads, self.client.hgetall(self.ACKS + command_id).values()) if v is not None]
 
     def cleanup(self, max_age_s: float) -> int:
         cutoff = time.time() - max_age_s
-        stale = [k for k, v in self.client.hgetall(self.LISTENERS).items() if json.loads(v).get("at", 0) < cutoff]
+
+        def is_stale(raw) -> bool:
+            at = (_loads(raw) or {}).get("at")
+            return not isinstance(at, (int, float)) or at < cutoff
+
+        stale = [k for k, v in self.client.hgetall(self.LISTENERS).items() if is_stale(v)]
         if stale:
             self.client.hdel(self.LISTENERS, *stale)
         trimmed = self.client.xtrim(self.STREAM, minid=f"{int(cutoff * 1000)}-0", approximate=False)
@@ -344,7 +359,7 @@ class Listener:
             self._failing, self._retry_at = True, now + RETRY_S
             return 0
         if self._failing:
-            log.warning("perfdeck: control channel %r works again", self.channel)
+            log.info("perfdeck: control channel %r works again", self.channel)
             self._failing = False
         self.commands_run += ran
         return ran

@@ -185,17 +185,21 @@ class ClearAppCache(Action):
             time.sleep(POLL_S)
 
     def _result(self, cache: str, namespace: str | None, expected: dict, answers: dict) -> Result:
+        processes = "process" if len(expected) == 1 else "processes"
         if not answers:
-            raise ActionError(f"none of the {len(expected)} processes with cache {cache!r} answered within "
+            raise ActionError(f"none of the {len(expected)} {processes} with cache {cache!r} answered within "
                               f"{WAIT_S:g} s (busy or stopped?); the broadcast stays valid for a minute")
         # Per process: entries dropped, None when its handler cannot count; absent when its handler failed.
         cleared = [a["cleared"][cache] for a in answers.values()
                    if isinstance(a.get("cleared"), dict) and cache in a["cleared"]]
-        entries = sum(n for n in cleared if isinstance(n, int))
+        counted = [n for n in cleared if isinstance(n, int)]
+        entries, uncounted = sum(counted), len(cleared) - len(counted)
         errors = [f"{a.get('service')} pid {a.get('pid')}: {e}" for a in answers.values() for e in a.get("errors") or []]
-        summary = f"{len(cleared)} of {len(expected)} processes cleared {_what(cache, namespace)}: {entries:,} entries"
-        if any(n is None for n in cleared):
-            summary += f" (and {sum(n is None for n in cleared)} that do not count entries)"
+        summary = f"{len(cleared)} of {len(expected)} {processes} cleared {_what(cache, namespace)}"
+        if counted or not uncounted:
+            summary += f": {entries:,} entries"
+        if uncounted:
+            summary += f"{',' if counted else ';'} {uncounted} without an entry count"
         if len(answers) < len(expected):
             summary += f"; {len(expected) - len(answers)} did not answer within {WAIT_S:g} s"
         if errors:
