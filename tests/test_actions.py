@@ -139,3 +139,22 @@ def test_audit_queries_filter_and_list_facets(seeded, operator):
     assert refused["actor"].tolist() == ["anonymous"]
     assert facets[facets.facet == "outcome"]["value"].tolist() == ["done", "refused"]
     assert facets[facets.facet == "action"]["value"].tolist() == ["store.compact"]
+
+
+def test_a_target_gone_between_preview_and_run_is_an_audited_failure(migrated_store, operator, tmp_path, monkeypatch):
+    import sqlite3
+
+    from dashboard.actions import ActionError
+    from dashboard.actions.database_actions import Analyze
+
+    path = tmp_path / "app.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER)")
+    monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"app=sqlite:///{path}")
+    params, preview = make_preview(Analyze(), {"target": "app", "table": "orders"})
+    path.unlink()
+    with pytest.raises(ActionError):
+        run_action(Analyze(), params, preview, actor=operator, db=migrated_store)
+    [row] = audit_rows(migrated_store)
+    assert (row["action"], row["target"], row["outcome"]) == ("database.analyze", "database:app", "failed")
+    assert row["error"]

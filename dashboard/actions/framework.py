@@ -190,6 +190,9 @@ def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, 
     except InvalidInput as exc:
         refuse("invalid", str(exc), params)
         raise
+    except ActionError as exc:             # e.g. the target went away since the preview
+        refuse("failed", str(exc), params)
+        raise
     if preview.confirm is not None and (confirmation or "").strip() != preview.confirm:
         refuse("refused", "confirmation text did not match", checked)
         raise NotAuthorized(f"type {preview.confirm!r} to confirm")

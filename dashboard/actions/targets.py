@@ -18,11 +18,14 @@ class Target:
 
 
 def _redact(kind: str, url: str) -> str:
-    if kind == "redis":
-        from collectors.samplers.redis import redact
-        return redact(url)
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        if kind == "redis":
+            from collectors.samplers.redis import redact
+            return redact(url)
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:           # one bad URL must not hide the other targets; connecting will say why
+        return "(a URL that could not be parsed)"
 
 
 def configured(kind: str) -> dict[str, Target]:
