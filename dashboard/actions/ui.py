@@ -84,10 +84,11 @@ def _audit_login(name: str, result) -> None:
 
 
 # -- one action --------------------------------------------------------------------------------
-def action_panel(action: Action, *, key: str, preset: dict | None = None) -> None:
-    """Parameters, Preview, confirmation, Run, result: everything one action needs on a page."""
+def action_panel(action: Action, *, key: str, preset: dict | None = None, title: bool = True) -> None:
+    """Parameters, Preview, confirmation, Run, result: everything one action needs on a page.
+    `title=False` when the page already names the action (an expander's label)."""
     actor = current_actor()
-    st.markdown(f"**{action.title}** · {action.touches}")
+    st.markdown(f"**{action.title}** · {action.touches}" if title else f"Touches {action.touches}.")
     unavailable = action.available()
     if unavailable:
         st.info(unavailable, icon=":material/info:")

@@ -138,5 +138,5 @@ widgets.live(body, filters)
 # Outside the auto-refreshing fragment: a refresh must not redraw a half-filled action form.
 st.subheader("Act on caches")
 with st.expander("Clear an in-process cache", icon=":material/mop:"):
-    action_panel(ClearAppCache(), key="caches-clear")
+    action_panel(ClearAppCache(), key="caches-clear", title=False)
 st.markdown(":material/build: Redis keys, cache versions and every other action: [Actions](actions)")

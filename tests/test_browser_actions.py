@@ -1,0 +1,154 @@
+"""The actions, as a newcomer meets them, in Chromium: `perfdeck demo` prints an operator password; they
+log in from the sidebar, clear a namespace of the shop's product cache on the Caches page (the live
+processes acknowledge it), purge old raw data with its typed confirmation on the Actions page, and find
+every step in the audit log's CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _settle
+
+from collectors.store import connection
+
+pytestmark = pytest.mark.browser
+sync_api = pytest.importorskip("playwright.sync_api")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    data = tmp_path_factory.mktemp("demo-actions")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("STREAMLIT_", "PERFDECK_OPERATOR", "PERFDECK_REDIS", "PERFDECK_DATABASE"))}
+    exe = Path(sys.executable).parent / "perfdeck"
+    proc = subprocess.Popen([str(exe), "demo", "--data-dir", str(data), "--port", str(port), "--days", "0.05"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("live traffic running" in line for line in output):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("perfdeck demo did not start:\n" + "".join(output))
+            time.sleep(0.3)
+        [password] = [m.group(1) for line in output
+                      if (m := re.search(r"operator password for this run: (\S+)", line))]
+        yield {"url": f"http://127.0.0.1:{port}", "password": password, "data": data}
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(demo):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
+        yield context.new_page()
+        browser.close()
+
+
+def audit_rows(data: Path) -> list[tuple]:
+    with connection.read(data / "perfdeck.duckdb", timeout=30) as con:
+        return con.execute("SELECT action, outcome, actor, target, figures FROM action_audit ORDER BY id").fetchall()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the selectbox labelled `label`. A click that lands while the panel is still
+    expanding only focuses the box, so click again until the list opens."""
+    box = page.locator('[data-testid="stSelectbox"]', has_text=label)
+    for _ in range(5):
+        box.click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=3000)
+            return
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not pick {option!r} in {label!r}")
+
+
+def no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_log_in_then_clear_a_cache_namespace_on_the_caches_page(demo, page):
+    page.goto(f"{demo['url']}/caches")
+    _settle(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Viewer").wait_for()
+    sidebar.get_by_role("button", name="Operator login").click()
+    page.get_by_label("Operator password").fill(demo["password"])
+    page.get_by_role("button", name="Log in").click()
+    sidebar.get_by_role("button", name="Log out").wait_for(timeout=30_000)
+
+    page.locator('[data-testid="stExpander"] summary', has_text="Clear an in-process cache").click()
+    choose(page, "Cache", "product_lru")
+    page.get_by_role("textbox", name="Namespace").fill("product")
+    page.get_by_role("textbox", name="Namespace").press("Enter")
+    page.get_by_role("button", name="Preview").click()
+    page.get_by_text("has cache 'product_lru' registered; it will clear namespace 'product'").wait_for(
+        timeout=30_000)
+    page.get_by_role("button", name="Run").click()
+    done = page.locator('[data-testid="stAlertContentSuccess"]')
+    done.wait_for(timeout=30_000)
+    text = done.inner_text()
+    assert re.search(r"1 of 1 process cleared 'product_lru' namespace 'product': [\d,]+ entries", text), text
+    no_exception(page)
+
+    [row] = [r for r in audit_rows(demo["data"]) if r[0] == "app_cache.clear"]
+    assert row[1:4] == ("done", "operator", "app-cache:product_lru")
+    figures = json.loads(row[4])
+    assert figures["acknowledged"] == figures["expected"] == 1 and figures["entries_cleared"] > 0
+
+
+def test_a_destructive_action_needs_the_typed_name_then_shows_in_the_audit_csv(demo, page, tmp_path):
+    # Through the navigation, not a reload: the operator login lives in this browser session.
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Actions").click()
+    page.get_by_role("heading", name="Actions").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="perfdeck store").click()
+    page.get_by_text("Purge old raw data ·").wait_for(timeout=30_000)
+    _settle(page)                        # the previous area's panel is gone once the run ends
+    page.get_by_role("button", name="Preview").click()
+    confirm = page.get_by_label(re.compile("to confirm"))
+    confirm.wait_for(timeout=30_000)
+    run = page.get_by_role("button", name="Run")
+    assert run.is_disabled()
+    confirm.fill("perfdeck")
+    confirm.press("Enter")
+    page.wait_for_timeout(1000)
+    assert run.is_disabled()
+    confirm.fill("perfdeck.duckdb")
+    confirm.press("Enter")
+    page.wait_for_function("() => [...document.querySelectorAll('button')].some("
+                           "b => b.innerText.includes('Run') && !b.disabled)", timeout=30_000)
+    run.click()
+    page.locator('[data-testid="stAlertContentSuccess"]').wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stAlertContentSuccess"]').inner_text().startswith("Deleted")
+    no_exception(page)
+
+    _settle(page)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator('[data-testid="stDownloadButton"] button').last.click()
+    target = tmp_path / info.value.suggested_filename
+    info.value.save_as(target)
+    assert target.name == "perfdeck-action-audit.csv"
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [(r["action"], r["outcome"]) for r in rows][:3] == [
+        ("store.purge_raw", "done"), ("app_cache.clear", "done"), ("operator.login", "done")]
