@@ -151,8 +151,9 @@ Y_FORMATS = {
     "bytes": ("~s", "B", "%{y:.3s}B"),
     "bytes_per_s": ("~s", "B/s", "%{y:.3s}B/s"),
     "ms": ("", " ms", "%{y:,.3g} ms"),
-    "per_s": ("~s", "/s", "%{y:,.3g}/s"),
-    "number": ("~s", "", "%{y:,.3g}"),
+    # Rates are often below 1 per second: SI ticks would read "600m/s", so plain rounded decimals.
+    "per_s": (",.3~r", "/s", "%{y:,.3g}/s"),
+    "number": (",.3~r", "", "%{y:,.3g}"),
 }
 
 

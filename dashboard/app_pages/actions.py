@@ -26,8 +26,8 @@ with st.container(border=True):
 AUDIT_COLUMNS = {
     "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
     "actor": "Who", "action": "Action", "target": "Target", "outcome": "Outcome",
-    "result": st.column_config.TextColumn("Result", width="large"), "error": "Error",
     "duration_ms": st.column_config.NumberColumn("Duration (ms)", format="%.0f"),
+    "result": st.column_config.TextColumn("Result", width="large"), "error": "Error",
     "params": "Parameters", "preview": st.column_config.TextColumn("Preview", width="medium"),
     "figures": "Figures",
 }
