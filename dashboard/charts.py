@@ -82,6 +82,24 @@ def add_deploy_markers(
     return fig
 
 
+ACTION_COLOUR = "#7B2CBF"
+
+
+def add_action_markers(fig: go.Figure, actions: pd.DataFrame | None) -> go.Figure:
+    """Dotted vertical line per maintenance action (from `queries.cache_actions`), labelled at the
+    bottom so it reads apart from the deploys labelled at the top."""
+    if actions is None or actions.empty:
+        return fig
+    for i, row in enumerate(actions.itertuples(index=False)):
+        fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
+                      line={"color": ACTION_COLOUR, "width": 1, "dash": "dot"}, layer="below")
+        fig.add_annotation(x=row.ts, y=0.02 + 0.07 * (i % 2), xref="x", yref="paper", text=row.label,
+                           showarrow=False, xanchor="left", yanchor="bottom", xshift=3,
+                           font={"size": 11, "color": ACTION_COLOUR}, bgcolor="rgba(255,255,255,0.8)",
+                           hovertext=f"{row.action} {row.target}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC")
+    return fig
+
+
 def latency_chart(
     df: pd.DataFrame,
     deploys: pd.DataFrame | None = None,

@@ -158,3 +158,20 @@ def test_a_target_gone_between_preview_and_run_is_an_audited_failure(migrated_st
     [row] = audit_rows(migrated_store)
     assert (row["action"], row["target"], row["outcome"]) == ("database.analyze", "database:app", "failed")
     assert row["error"]
+
+
+def test_cache_actions_are_listed_for_chart_markers(migrated_store, operator):
+    from dashboard.actions import Actor
+    from dashboard.actions.audit import record
+    from dashboard.queries import cache_actions
+
+    for action, target, outcome in [("app_cache.clear", "app-cache:product_lru", "done"),
+                                    ("redis.bump_cache_version", "redis:cache", "done"),
+                                    ("redis.delete_keys", "redis:cache", "failed"),
+                                    ("store.compact", "store", "done")]:
+        record(migrated_store, actor=Actor("op", role="operator"), action=action, target=target, params={},
+               preview=None, outcome=outcome)
+    now = utcnow()
+    with read(migrated_store) as con:
+        df = cache_actions(con, since=now - timedelta(hours=1), until=now + timedelta(minutes=1))
+    assert df["label"].tolist() == ["cleared product_lru", "bumped cache"]

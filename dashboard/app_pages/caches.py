@@ -55,10 +55,10 @@ def app_caches(data: dict, x_range, deploys) -> None:
     widgets.table(data["summary"][list(APP_COLUMNS)], "app-caches", column_config=APP_COLUMNS)
     over_time = data["over_time"]
     by = "cache" if data["summary"]["service"].nunique() == 1 else ["service", "cache"]
-    widgets.chart(charts.time_lines(
+    widgets.chart(charts.add_action_markers(charts.time_lines(
         over_time, {"hit_rate": "hit rate"}, by=by, title="Hit rate", y_title="hits / lookups",
         y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, deploys=deploys, x_range=x_range,
-    ), over_time, "app-caches-over-time")
+    ), data["actions"]), over_time, "app-caches-over-time")
     left, right = st.columns(2)
     with left:
         st.plotly_chart(charts.time_lines(
@@ -73,7 +73,7 @@ def app_caches(data: dict, x_range, deploys) -> None:
         widgets.table(data["namespaces"], "app-cache-namespaces", column_config=APP_COLUMNS)
 
 
-def redis(data: dict, x_range) -> None:
+def redis(data: dict, x_range, actions) -> None:
     st.subheader("Redis")
     if data["summary"].empty:
         st.info(f"No Redis samples in this time range. {HOW_TO}", icon=":material/info:")
@@ -81,10 +81,10 @@ def redis(data: dict, x_range) -> None:
     widgets.table(data["summary"][list(REDIS_COLUMNS)], "redis-instances", column_config=REDIS_COLUMNS)
     over_time = data["over_time"]
     lines = {"by": "instance", "x_range": x_range}
-    widgets.chart(charts.time_lines(
+    widgets.chart(charts.add_action_markers(charts.time_lines(
         over_time, {"hit_rate": "hit rate"}, title="Keyspace hit rate", y_title="hits / lookups",
         y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, **lines,
-    ), over_time, "redis-over-time")
+    ), actions), over_time, "redis-over-time")
     left, right = st.columns(2)
     left.plotly_chart(charts.time_lines(over_time, {"ops_per_sec": "ops / s"}, title="Commands per second",
                                         y_title="ops / s", y_format="per_s", **lines), key="chart-redis-ops")
@@ -115,7 +115,7 @@ def redis(data: dict, x_range) -> None:
 def body() -> None:
     since, until = filters.range.bounds()
     app = widgets.load({"summary": q.app_cache_summary, "namespaces": q.app_cache_namespaces,
-                        "over_time": q.app_cache_over_time, "deploys": q.deploys},
+                        "over_time": q.app_cache_over_time, "deploys": q.deploys, "actions": q.cache_actions},
                        since=since, until=until, service=filters.service)
     if app is None:
         return
@@ -130,7 +130,7 @@ def body() -> None:
         widgets.no_data_yet(f"No cache lookups or Redis samples in this time range. {HOW_TO}")
         return
     app_caches(app, (since, until), app["deploys"])
-    redis(rds, (since, until))
+    redis(rds, (since, until), app["actions"])
 
 
 widgets.live(body, filters)

@@ -8,7 +8,7 @@ the CLI and tests call the same functions.
         df = endpoint_percentiles(con, since=since, until=until)
 """
 from dashboard.queries._run import bucket_seconds, run_query
-from dashboard.queries.audit import audit_facets, audit_log
+from dashboard.queries.audit import audit_facets, audit_log, cache_actions
 from dashboard.queries.caches import (
     HIT_RATE_THRESHOLDS,
     app_cache_namespaces,
@@ -41,6 +41,7 @@ __all__ = [
     "audit_facets",
     "audit_log",
     "bucket_seconds",
+    "cache_actions",
     "component_status",
     "db_cache_hit_ratio",
     "db_connections",

@@ -50,3 +50,31 @@ def audit_facets(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """[facet, value]: every actor, action and outcome in the log, for the page's filters."""
     df, _ = run_query(AUDIT_FACETS_SQL, con=con)
     return df
+
+
+# Actions that empty caches, and how a chart labels them.
+CACHE_ACTION_LABELS = {
+    "app_cache.clear": "cleared", "redis.delete_keys": "deleted keys in", "redis.flush_db": "flushed",
+    "redis.bump_cache_version": "bumped",
+}
+
+CACHE_ACTIONS_SQL = """
+SELECT ts, action, target, params
+FROM action_audit
+WHERE ts >= $since
+  AND ts < $until
+  AND outcome = 'done'
+  AND action IN (SELECT unnest($actions))
+ORDER BY ts
+"""
+
+
+def cache_actions(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime,
+                  service: str | None = None) -> pd.DataFrame:
+    """[ts, action, target, label] of the cache-emptying actions done in [since, until), to mark on
+    hit-rate charts ("cleared product_lru"); `service` is accepted for the page's shared params."""
+    params = {"since": since, "until": until, "actions": list(CACHE_ACTION_LABELS)}
+    df, _ = run_query(CACHE_ACTIONS_SQL, params, max_rows=500, con=con)
+    names = df["target"].fillna("").str.split(":", n=1).str[-1]
+    df["label"] = df["action"].map(CACHE_ACTION_LABELS) + " " + names
+    return df.drop(columns="params")
