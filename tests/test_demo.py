@@ -4,6 +4,7 @@ test runs `perfdeck demo` itself with its dashboard and stops it with SIGINT."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -166,7 +167,7 @@ def test_perfdeck_demo_command_end_to_end(tmp_path):
     port = _free_port()
     data = tmp_path / "demo"
     exe = Path(sys.executable).parent / "perfdeck"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "PERFDECK_OPERATOR"))}
     started = time.monotonic()
     proc = subprocess.Popen([str(exe), "demo", "--data-dir", str(data), "--port", str(port), "--days", "0.2"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -201,6 +202,7 @@ def test_perfdeck_demo_command_end_to_end(tmp_path):
     text = "".join(output)
     assert rc == 0, text
     assert f"dashboard at http://localhost:{port}" in text
+    assert re.search(r"operator password for this run: \S{16,}", text)     # served on loopback
     assert "perfdeck demo: stopped" in text
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
