@@ -1,6 +1,9 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import threading
+import time
+
 import duckdb
 
 
@@ -28,3 +31,32 @@ def run_app(script: str):
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def wait_for(fn, timeout: float = 15.0, interval: float = 0.05):
+    """Poll `fn` until it returns something truthy; that value, or fn()'s last answer at the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    return fn()
+
+
+class NamespacedCache:
+    """A namespaced dict behind a lock, like an app's own cache; `clear` is what it registers with
+    sdk.register_cache, and `calls` records the namespaces it was asked to clear."""
+
+    def __init__(self, **sizes: int):
+        self.data = {(ns, i): i for ns, n in sizes.items() for i in range(n)}
+        self.lock = threading.Lock()
+        self.calls: list = []
+
+    def clear(self, namespace):
+        with self.lock:
+            self.calls.append(namespace)
+            doomed = [k for k in self.data if namespace is None or k[0] == namespace]
+            for k in doomed:
+                del self.data[k]
+            return len(doomed)

@@ -24,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -169,12 +168,3 @@ def pg_cluster():
 def pg_cluster_no_pgss():
     """A PostgreSQL cluster without shared_preload_libraries (pg_stat_statements created but unusable)."""
     yield from _cluster(preload=False)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from dashboard.actions import (
     run_action,
 )
 from dashboard.actions.app_cache import ClearAppCache, channels
-from tests.helpers import query
+from tests.helpers import NamespacedCache, query, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = os.uname().nodename
@@ -64,29 +63,6 @@ def _env(spool, monkeypatch):
         sdk_control._handlers.clear()
 
 
-def wait_for(fn, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    return fn()
-
-
-class Cache:
-    def __init__(self, **sizes: int):
-        self.data = {(ns, i): i for ns, n in sizes.items() for i in range(n)}
-        self.lock = threading.Lock()
-
-    def clear(self, namespace):
-        with self.lock:
-            doomed = [k for k in self.data if namespace is None or k[0] == namespace]
-            for k in doomed:
-                del self.data[k]
-            return len(doomed)
-
-
 def wait_listening(url: str, *pids: int) -> None:
     assert wait_for(lambda: {p["pid"] for p in control.listeners(url) if p["caches"]} >= set(pids))
 
@@ -101,7 +77,7 @@ def command_files(spool: Path) -> list[Path]:
 
 def test_clear_a_namespace_in_two_processes_end_to_end(spool, migrated_store, operator):
     url = f"spool:{spool}"
-    local = Cache(detail=5, list=3)
+    local = NamespacedCache(detail=5, list=3)
     sdk.register_cache("product", local.clear)
     sdk.configure(service="shop", transport=url, flush_interval=60)
     child = subprocess.Popen([sys.executable, "-c", CHILD, url], cwd=REPO)
@@ -141,7 +117,7 @@ def test_clear_a_namespace_in_two_processes_end_to_end(spool, migrated_store, op
 
 def test_a_viewer_is_refused_and_nothing_is_broadcast(spool, migrated_store):
     url = f"spool:{spool}"
-    local = Cache(detail=5)
+    local = NamespacedCache(detail=5)
     sdk.register_cache("product", local.clear)
     sdk.configure(service="shop", transport=url, flush_interval=60)
     wait_listening(url, os.getpid())
@@ -186,7 +162,7 @@ def test_names_that_are_not_plain_are_refused(spool, migrated_store, operator, t
 
 def test_no_process_has_the_cache(spool, migrated_store, operator):
     url = f"spool:{spool}"
-    sdk.register_cache("product", Cache(detail=1).clear)
+    sdk.register_cache("product", NamespacedCache(detail=1).clear)
     sdk.configure(service="shop", transport=url, flush_interval=60)
     wait_listening(url, os.getpid())
     action = ClearAppCache()
@@ -247,7 +223,7 @@ def test_nobody_answering_fails_with_one_line(spool, migrated_store, operator, m
 
 def test_redis_channel_end_to_end(redis_url, spool, migrated_store, operator, monkeypatch):
     monkeypatch.setenv("PERFDECK_TRANSPORT", redis_url)
-    local = Cache(detail=5, list=3)
+    local = NamespacedCache(detail=5, list=3)
     sdk.register_cache("product", local.clear)
     sdk.configure(service="shop", transport=redis_url, flush_interval=60)
     wait_listening(redis_url, os.getpid())
@@ -263,7 +239,7 @@ def test_redis_channel_end_to_end(redis_url, spool, migrated_store, operator, mo
 
 def test_handlers_that_cannot_count(spool, migrated_store, operator):
     url = f"spool:{spool}"
-    local = Cache(detail=4)
+    local = NamespacedCache(detail=4)
     sdk.register_cache("product", local.clear)
     sdk.register_cache("prices", lambda namespace: None)            # like functools.lru_cache's cache_clear
     sdk.configure(service="shop", transport=url, flush_interval=60)

@@ -19,6 +19,7 @@ import pytest
 from collectors import control, sdk
 from collectors.sdk import control as sdk_control
 from collectors.sdk.control import Listener, RedisChannel, SpoolChannel
+from tests.helpers import NamespacedCache, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 DOWN_REDIS = "redis://127.0.0.1:1/0"       # nothing listens on port 1: connection refused
@@ -32,33 +33,6 @@ def _no_registrations():
     yield
     with sdk_control._lock:
         sdk_control._handlers.clear()
-
-
-def wait_for(fn, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    return fn()
-
-
-class Cache:
-    """A namespaced dict behind a lock, like an app's own cache."""
-
-    def __init__(self, **sizes: int):
-        self.data = {(ns, i): i for ns, n in sizes.items() for i in range(n)}
-        self.lock = threading.Lock()
-        self.calls: list = []
-
-    def clear(self, namespace):
-        with self.lock:
-            self.calls.append(namespace)
-            doomed = [k for k in self.data if namespace is None or k[0] == namespace]
-            for k in doomed:
-                del self.data[k]
-            return len(doomed)
 
 
 def listening(url: str, pid: int, caches: list[str] | None = None):
@@ -81,7 +55,7 @@ def strip(ack: dict) -> dict:
 # -- spool channel, same process ---------------------------------------------------------------------
 def test_broadcast_clears_the_whole_cache_and_the_process_acks(spool):
     url = f"spool:{spool}"
-    cache = Cache(a=3, b=2)
+    cache = NamespacedCache(a=3, b=2)
     sdk.register_cache("things", cache.clear)
     sdk.configure(service="api", transport=url, flush_interval=60)
     presence = listening(url, os.getpid(), ["things"])
@@ -105,7 +79,7 @@ def test_broadcast_clears_the_whole_cache_and_the_process_acks(spool):
 
 def test_namespace_only_and_several_handlers_per_name(spool):
     url = f"spool:{spool}"
-    first, second = Cache(a=3, b=2), Cache(a=4, c=1)
+    first, second = NamespacedCache(a=3, b=2), NamespacedCache(a=4, c=1)
     sdk.register_cache("things", first.clear)
     sdk.register_cache("things", second.clear)
     sdk.configure(service="api", transport=url, flush_interval=60)
@@ -118,7 +92,7 @@ def test_namespace_only_and_several_handlers_per_name(spool):
 
 def test_a_handler_that_cannot_count_makes_the_total_unknown(spool):
     url = f"spool:{spool}"
-    counted = Cache(a=3)
+    counted = NamespacedCache(a=3)
     sdk.register_cache("things", counted.clear)
     sdk.register_cache("things", lambda namespace: None)       # e.g. lru_cache.cache_clear()
     sdk.configure(service="api", transport=url, flush_interval=60)
@@ -129,7 +103,7 @@ def test_a_handler_that_cannot_count_makes_the_total_unknown(spool):
 
 def test_no_handler_still_acks_with_nothing_cleared(spool):
     url = f"spool:{spool}"
-    sdk.register_cache("other", Cache(a=1).clear)
+    sdk.register_cache("other", NamespacedCache(a=1).clear)
     sdk.configure(service="api", transport=url, flush_interval=60)
     listening(url, os.getpid(), ["other"])
     [ack] = acked(url, control.broadcast_clear(url, "things"))
@@ -138,7 +112,7 @@ def test_no_handler_still_acks_with_nothing_cleared(spool):
 
 def test_a_raising_handler_is_reported_and_the_app_is_unaffected(spool, caplog):
     url = f"spool:{spool}"
-    good = Cache(a=2)
+    good = NamespacedCache(a=2)
 
     def broken(namespace):
         raise RuntimeError("cache backend gone")
@@ -168,7 +142,7 @@ def test_only_the_raising_handler_means_nothing_cleared(spool):
 
 def test_commands_issued_before_the_listener_started_are_ignored(spool):
     url = f"spool:{spool}"
-    cache = Cache(a=3, b=2)
+    cache = NamespacedCache(a=3, b=2)
     sdk.register_cache("things", cache.clear)
     before = control.broadcast_clear(url, "things")          # nobody listens yet
     sdk.configure(service="api", transport=url, flush_interval=60)
@@ -184,7 +158,7 @@ def test_unregister_and_presence_follow_registrations(spool):
     url = f"spool:{spool}"
     sdk.configure(service="api", transport=url, flush_interval=60)
     listening(url, os.getpid(), [])
-    undo = sdk.register_cache("late", Cache(a=1).clear)          # after configure: announced at the next tick
+    undo = sdk.register_cache("late", NamespacedCache(a=1).clear)          # after configure: announced at the next tick
     listening(url, os.getpid(), ["late"])
     undo()
     assert listening(url, os.getpid(), [])["caches"] == []
@@ -201,7 +175,7 @@ def test_bad_names_are_not_registered_and_do_not_raise(spool):
 
 def test_malformed_path_traversing_and_expired_commands_are_ignored(spool):
     url = f"spool:{spool}"
-    cache = Cache(a=3)
+    cache = NamespacedCache(a=3)
     sdk.register_cache("things", cache.clear)
     sdk.configure(service="api", transport=url, flush_interval=60)
     listening(url, os.getpid(), ["things"])
@@ -229,7 +203,7 @@ def ack_dir(spool: Path) -> str:
 
 
 def test_control_false_opts_out(spool):
-    sdk.register_cache("things", Cache(a=1).clear)
+    sdk.register_cache("things", NamespacedCache(a=1).clear)
     sdk.configure(service="api", transport=f"spool:{spool}", flush_interval=60, control=False)
     sdk.record_request("/x", 1.0)
     assert sdk.flush(5)
@@ -332,7 +306,7 @@ def test_a_child_process_clears_its_demo_lru_on_broadcast(channel, spool, reques
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_listens_with_its_own_pid(spool):
     url = f"spool:{spool}"
-    cache = Cache(a=5)
+    cache = NamespacedCache(a=5)
     sdk.register_cache("things", cache.clear)
     sdk.configure(service="api", transport=url, flush_interval=60)
     listening(url, os.getpid(), ["things"])
@@ -354,7 +328,7 @@ def test_a_forked_child_listens_with_its_own_pid(spool):
 # -- Redis channel --------------------------------------------------------------------------------------
 def test_redis_channel_same_process(redis_url):
     import redis
-    cache = Cache(a=3, b=2)
+    cache = NamespacedCache(a=3, b=2)
     sdk.register_cache("things", cache.clear)
     before = control.broadcast_clear(redis_url, "things")        # before start: ignored
     sdk.configure(service="api", transport=redis_url, flush_interval=60)
@@ -389,7 +363,7 @@ def test_redis_cleanup_drops_stale_and_junk_presence_and_old_commands(redis_url)
 
 
 def test_redis_down_costs_the_app_nothing(caplog):
-    sdk.register_cache("things", Cache(a=1).clear)
+    sdk.register_cache("things", NamespacedCache(a=1).clear)
     with caplog.at_level(logging.WARNING, logger="perfdeck.sdk"):
         sdk.configure(service="api", transport=DOWN_REDIS, flush_interval=60)
         sdk.record_request("/x", 1.0)

@@ -10,7 +10,7 @@ from collectors.daemon import Collector
 from collectors.samplers import utcnow
 from collectors.samplers.database import METRICS, DatabaseSampler, pg_stat_statements_hint
 from tests import pg
-from tests.pg import wait_for
+from tests.helpers import wait_for
 
 pg_cluster, pg_cluster_no_pgss = pg.pg_cluster, pg.pg_cluster_no_pgss   # the session fixtures
 
