@@ -141,7 +141,7 @@ def test_time_range_comes_from_the_url(server, page):
     page.goto(f"{server}/?range=Last+7+days&service=api")
     page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
-    caption = page.locator('[data-testid="stCaptionContainer"]').first.inner_text()
+    caption = page.locator('[data-testid="stMain"] [data-testid="stCaptionContainer"]').first.inner_text()
     since, until = (datetime.strptime(part.strip()[:16], "%Y-%m-%d %H:%M") for part in caption.split("→"))
     assert until - since == timedelta(days=7)
     assert page.locator('[data-testid="stException"]').count() == 0
