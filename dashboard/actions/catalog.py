@@ -14,6 +14,3 @@ AREAS: dict[str, list[type[Action]]] = {
     "perfdeck store": [PurgeRawData, CompactStore],
 }
 
-
-def by_name(name: str) -> type[Action] | None:
-    return next((a for actions in AREAS.values() for a in actions if a.name == name), None)
