@@ -21,6 +21,7 @@ log holds no secrets.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 from dashboard.actions import audit
 
 PREVIEW_MAX_AGE_S = 600
+log = logging.getLogger("perfdeck.actions")
 
 
 class ActionError(Exception):
@@ -204,8 +206,13 @@ def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, 
         figures = dict(result.figures) if result else {}
         if outcome != "done" and progress.done:
             figures.update(done=progress.done, total=progress.total)
-        audit.finish(db, audit_id, outcome=outcome, duration_ms=(time.perf_counter() - t0) * 1000.0,
-                     result=result.summary if result else None, figures=figures or None, error=error)
+        try:
+            audit.finish(db, audit_id, outcome=outcome, duration_ms=(time.perf_counter() - t0) * 1000.0,
+                         result=result.summary if result else None, figures=figures or None, error=error)
+        except Exception as exc:    # the work is done (or failed) either way: say so, don't hide it
+            log.error("audit row %s could not be completed (%s): %s", audit_id, outcome, exc)
+            if result is not None:
+                result.summary += f" (its audit row stays 'running': {exc})"
 
     try:
         result = action.execute(checked, preview, progress)
