@@ -136,3 +136,122 @@ def test_refuses_bad_input():
         columns_used("CREATE TABLE t (a int)", "postgres")
     with pytest.raises(ValueError):
         columns_used("SELECT * FROM t", "mysql")
+
+
+# -- hypopg validation on a real PostgreSQL ------------------------------------------------------
+
+from collectors.advisor.hypopg import check_select, create_index_statement, validate
+from tests.pg import pg_cluster  # noqa: F401  (the session fixture)
+
+
+@pytest.fixture(scope="module")
+def advisor_db(pg_cluster):  # noqa: F811
+    """`items` (200k rows, `sku` indexed, `owner` not), `tiny` (100 rows) and "Sales"."Orders" (200k rows)."""
+    pg_cluster.create_database("advisor")
+    with pg_cluster.connect("advisor") as con:
+        con.execute("CREATE EXTENSION hypopg")
+        con.execute("CREATE TABLE items AS SELECT g AS id, g % 5000 AS owner, g AS sku, md5(g::text) AS label "
+                    "FROM generate_series(1, 200000) g")
+        con.execute("CREATE INDEX items_sku ON items (sku)")
+        con.execute("CREATE TABLE tiny AS SELECT g AS id, g % 10 AS owner FROM generate_series(1, 100) g")
+        con.execute('CREATE SCHEMA "Sales"')
+        con.execute('CREATE TABLE "Sales"."Orders" AS SELECT g AS id, g % 20000 AS "CustomerId" '
+                    "FROM generate_series(1, 200000) g")
+        con.execute("ANALYZE")
+    return pg_cluster
+
+
+def _hypothetical_indexes(con) -> int:
+    return con.execute("SELECT count(*) FROM hypopg_list_indexes").fetchone()[0]
+
+
+def test_equality_query_gets_its_index(advisor_db):
+    sql = "SELECT id, label FROM items WHERE owner = 42"
+    with advisor_db.connect("advisor") as con:
+        advice = validate(con, sql, candidates(sql, "postgres", {"items": [["sku"]]}))
+        assert advice.best == C("items", "owner")
+        assert advice.reduction > 0.9
+        assert [t.candidate for t in advice.trials] == [C("items", "owner")]
+        assert _hypothetical_indexes(con) == 0
+
+
+def test_normalized_statement_is_explained_as_a_generic_plan(advisor_db):
+    sql = "SELECT id FROM items WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3"
+    with advisor_db.connect("advisor") as con:
+        advice = validate(con, sql, [C("items", "owner")])
+        assert advice.best == C("items", "owner")
+        assert advice.reduction > 0.9
+        assert con.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+
+
+def test_quoted_mixed_case_table(advisor_db):
+    sql = 'SELECT * FROM "Sales"."Orders" WHERE "CustomerId" = 7'
+    assert create_index_statement(C("Orders", "CustomerId", schema="Sales")).as_string(None) == \
+        'CREATE INDEX ON "Sales"."Orders" ("CustomerId")'
+    with advisor_db.connect("advisor") as con:
+        advice = validate(con, sql, candidates(sql, "postgres", {}))
+        assert advice.best == C("Orders", "CustomerId", schema="Sales")
+        assert advice.reduction > 0.9
+
+
+def test_tiny_table_gets_nothing(advisor_db):
+    sql = "SELECT * FROM tiny WHERE owner = 3"
+    with advisor_db.connect("advisor") as con:
+        advice = validate(con, sql, candidates(sql, "postgres", {}))
+        assert advice.best is None and advice.best_cost is None
+        assert advice.base_cost < 1000
+
+
+def test_already_indexed_column_gets_nothing(advisor_db):
+    sql = "SELECT * FROM items WHERE sku = 42"
+    assert candidates(sql, "postgres", {"items": [["sku"]]}) == []
+    with advisor_db.connect("advisor") as con:
+        # even proposed anyway, a hypothetical twin of the real index saves nothing
+        advice = validate(con, sql, [C("items", "sku")])
+        assert advice.best is None
+        assert advice.base_cost < 1000
+
+
+@pytest.mark.parametrize("sql", [
+    "DELETE FROM items WHERE id = 1",
+    "SELECT 1; DELETE FROM items",
+    "WITH gone AS (DELETE FROM items RETURNING id) SELECT * FROM gone",
+    "SELECT * INTO copy FROM items",
+    "SELECT * FROM items WHERE id = 1 FOR UPDATE",
+    "EXPLAIN ANALYZE SELECT * FROM items",
+    "SELECT * FROM items WHERE id = ?",
+])
+def test_refuses_anything_but_a_single_select(advisor_db, sql):
+    with pytest.raises(ValueError):
+        check_select(sql)
+    with advisor_db.connect("advisor") as con, pytest.raises(ValueError):
+        validate(con, sql, [])
+    assert advisor_db.execute("SELECT count(*) FROM items", dbname="advisor") == [(200000,)]
+
+
+def test_server_refuses_a_second_statement_that_slipped_past_the_parser(advisor_db):
+    import psycopg
+
+    from collectors.advisor.hypopg import _cost
+    with advisor_db.connect("advisor") as con, con.cursor() as cur:
+        with pytest.raises(psycopg.errors.SyntaxError):   # "cannot insert multiple commands into a prepared statement"
+            _cost(cur, "SELECT 1; DELETE FROM items", 0)
+    assert advisor_db.execute("SELECT count(*) FROM items", dbname="advisor") == [(200000,)]
+
+
+def test_a_candidate_hypopg_refuses_is_skipped(advisor_db):
+    sql = "SELECT * FROM items WHERE owner = $1"
+    with advisor_db.connect("advisor") as con:
+        advice = validate(con, sql, [C("items", "no_such_column"), C("items", "owner")])
+        assert advice.skipped == (C("items", "no_such_column"),)
+        assert advice.best == C("items", "owner")
+        assert _hypothetical_indexes(con) == 0
+
+
+def test_a_failing_explain_raises_and_leaves_the_session_clean(advisor_db):
+    import psycopg
+    with advisor_db.connect("advisor") as con:
+        with pytest.raises(psycopg.errors.IndeterminateDatatype):   # nothing tells the type of $1
+            validate(con, "SELECT * FROM items WHERE $1 IS NULL", [C("items", "owner")])
+        assert _hypothetical_indexes(con) == 0
+        assert con.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
