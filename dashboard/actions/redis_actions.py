@@ -34,6 +34,7 @@ from dashboard.actions.framework import (
     Progress,
     Result,
     TargetUnavailable,
+    megabytes,
 )
 
 SCAN_COUNT = 1000          # keys examined per SCAN call: few round trips, each one short for the server
@@ -73,9 +74,6 @@ def _db_of(client: redis.Redis) -> int:
 def _key_text(key: bytes) -> str:
     return key.decode("utf-8", "backslashreplace")
 
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
 
 
 def _target_field() -> Field:
@@ -166,7 +164,7 @@ class DeleteKeys(_RedisAction):
         sizes = [r["bytes"] for r in rows]
         estimate = round(sum(sizes) / len(sizes) * count) if sizes else 0
         summary = (f"Delete {count:,} keys matching {pattern!r} from {target} (db {db}), "
-                   f"about {_mb(estimate)} (estimated from {len(sizes)} sampled keys)"
+                   f"about {megabytes(estimate)} (estimated from {len(sizes)} sampled keys)"
                    if count else f"No keys match {pattern!r} in {target} (db {db}); nothing to delete")
         return Preview(
             summary=summary,
@@ -187,7 +185,7 @@ class DeleteKeys(_RedisAction):
                 *sizes, unlinked = pipe.execute()
                 removed += int(unlinked)
                 freed += sum(s for s in sizes if s)
-        return Result(f"Removed {removed:,} keys matching {pattern!r} from {target} (~{_mb(freed)} freed)",
+        return Result(f"Removed {removed:,} keys matching {pattern!r} from {target} (~{megabytes(freed)} freed)",
                       {"keys_removed": removed, "bytes_freed": freed})
 
     @staticmethod
@@ -223,7 +221,7 @@ class FlushDatabase(_RedisAction):
         warnings = ([f"this database holds perfdeck's own stream ({STREAM_KEY}); flushing it loses unsent batches"]
                     if holds_stream else [])
         return Preview(
-            summary=f"Remove all {keys:,} keys of database {db} of {target} (the server uses {_mb(used)} in all)",
+            summary=f"Remove all {keys:,} keys of database {db} of {target} (the server uses {megabytes(used)} in all)",
             statements=["FLUSHDB ASYNC"], rows=[{"db": db, "keys": keys, "used_memory": used}], count=keys,
             confirm=target, warnings=warnings, data={"db": db})
 
@@ -234,7 +232,7 @@ class FlushDatabase(_RedisAction):
             client.flushdb(asynchronous=True)
             after = client.info("memory")["used_memory"]
         return Result(f"Flushed database {db} of {target}: {keys:,} keys removed "
-                      f"(used memory {_mb(before)} -> {_mb(after)}; large values are freed in the background)",
+                      f"(used memory {megabytes(before)} -> {megabytes(after)}; large values are freed in the background)",
                       {"keys_removed": keys, "used_memory_before": before, "used_memory_after": after})
 
 

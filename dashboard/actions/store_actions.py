@@ -10,13 +10,10 @@ from datetime import datetime, timedelta
 from collectors.store import connection, read, utcnow, write
 from collectors.store.retention import count_expired, purge_table, retention_days
 from collectors.store.rollups import compact, mergeable
-from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result
+from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result, megabytes
 
 MAX_DAYS = 3650
 
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
 
 
 class _StoreAction(Action):
@@ -91,7 +88,7 @@ class CompactStore(_StoreAction):
         size = connection.db_path(self.db).stat().st_size
         return Preview(
             summary=f"Merge {total:,} duplicate rollup rows in {len(counts)} tables, then CHECKPOINT "
-                    f"the {_mb(size)} file.",
+                    f"the {megabytes(size)} file.",
             statements=["CHECKPOINT"],
             rows=[{"table": t, "rows to merge": n} for t, n in counts.items()],
             count=total, data={"size": size},
@@ -104,7 +101,7 @@ class CompactStore(_StoreAction):
         progress.step(1, 2, "checkpoint")
         connection.checkpoint(self.db)
         size = connection.db_path(self.db).stat().st_size
-        return Result(f"Merged {removed:,} rollup rows; the file is {_mb(size)} (was {_mb(preview.data['size'])}).",
+        return Result(f"Merged {removed:,} rollup rows; the file is {megabytes(size)} (was {megabytes(preview.data['size'])}).",
                       {"rows_merged": removed, "bytes_before": preview.data["size"], "bytes_after": size})
 
 

@@ -25,16 +25,10 @@ from dashboard.actions.framework import (
 def current_actor() -> Actor:
     """Who is using this session: an operator (password or OIDC), or a viewer."""
     try:
-        return access.current_actor(st.session_state, access.operator_config(), user=_oidc_user())
+        # With OIDC configured, access reads st.user itself.
+        return access.current_actor(st.session_state, access.operator_config())
     except Exception:      # a broken auth setup leaves everyone a viewer, never breaks the page
         return VIEWER
-
-
-def _oidc_user():
-    try:
-        return st.user if access.operator_config().oidc else None
-    except Exception:
-        return None
 
 
 def operator_sidebar() -> None:
@@ -175,9 +169,9 @@ def _confirm_and_run(action: Action, params: dict, preview, actor: Actor, key: s
                               disabled=not actor.is_operator)
     ready = actor.is_operator and (preview.confirm is None or (typed or "").strip() == preview.confirm)
     if not actor.is_operator:
+        config = access.operator_config()
         st.caption(":material/lock: Running actions needs the operator role. "
-                   + (access.operator_config().hint if not access.operator_config().enabled
-                      else "Log in as operator in the sidebar."))
+                   + (config.hint if not config.enabled else "Log in as operator in the sidebar."))
     if not st.button("Run", key=f"{key}:run", type="primary", disabled=not ready, icon=":material/play_arrow:"):
         return
     with st.status(f"{action.title}…", expanded=True):
