@@ -30,39 +30,16 @@ when the parser could not tell a column from an output alias) is skipped in a sa
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql as pgsql
 from sqlglot import exp
 
 from collectors.advisor.candidates import Candidate, parse
+from collectors.advisor.model import DEFAULT_MIN_SHARE, Advice, Trial, pick
 
-DEFAULT_MIN_SHARE = 0.5
 DEFAULT_MIN_BASE_COST = 1000.0
 _names = itertools.count()
-
-
-@dataclass(frozen=True)
-class Trial:
-    candidate: Candidate
-    cost: float
-
-
-@dataclass(frozen=True)
-class Advice:
-    base_cost: float
-    trials: tuple[Trial, ...]
-    best: Candidate | None           # None: no candidate is worth an index
-    best_cost: float | None
-    skipped: tuple[Candidate, ...] = ()   # candidates hypopg refused (e.g. a column the table lacks)
-
-    @property
-    def reduction(self) -> float | None:
-        """Share of the base cost the best candidate removes (0.93 = 93 % cheaper)."""
-        if self.best_cost is None or self.base_cost <= 0:
-            return None
-        return 1 - self.best_cost / self.base_cost
 
 
 def check_select(text: str) -> int:
@@ -131,7 +108,7 @@ def validate(conn, text: str, candidates: list[Candidate], *, min_share: float =
                 conn.execute("SELECT hypopg_reset()")
                 for (name,) in conn.execute("SELECT name FROM pg_prepared_statements WHERE name LIKE 'perfdeck_advisor_%'"):
                     conn.execute(f"DEALLOCATE {name}")
-    best = min(trials, key=lambda t: t.cost, default=None)   # min keeps the first of equals: fewer columns
-    if best is None or base < min_base_cost or best.cost > base * (1 - min_share):
+    best, worth = pick(base, trials, min_share=min_share, min_base_cost=min_base_cost)
+    if not worth:
         return Advice(base, tuple(trials), None, None, tuple(skipped))
     return Advice(base, tuple(trials), best.candidate, best.cost, tuple(skipped))

@@ -223,7 +223,42 @@ def m003_action_results(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results]
+def m004_index_advice(con: duckdb.DuckDBPyConnection) -> None:
+    # What each advisor run found for one database: indexes to create, unused and duplicate ones.
+    con.execute("""
+        CREATE TABLE advisor_runs (
+            ts TIMESTAMP NOT NULL,
+            target VARCHAR NOT NULL,
+            method VARCHAR,             -- hypopg | heuristic | sqlite-plan
+            statements INTEGER,         -- in the workload
+            analysed INTEGER,           -- worth a look (not cheap, parsable, a SELECT/UPDATE/DELETE)
+            seconds DOUBLE,
+            error VARCHAR,
+            notes VARCHAR
+        );
+        CREATE TABLE index_advice (
+            ts TIMESTAMP NOT NULL,      -- the run (advisor_runs.ts)
+            target VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,      -- create | unused | duplicate
+            table_schema VARCHAR,
+            table_name VARCHAR NOT NULL,
+            index_name VARCHAR,         -- the existing index (unused, duplicate)
+            columns VARCHAR[] NOT NULL,
+            statement VARCHAR NOT NULL, -- CREATE INDEX ... / DROP INDEX ...
+            method VARCHAR,
+            est_improvement_pct DOUBLE,
+            time_saved_ms_day DOUBLE,
+            calls_day DOUBLE,
+            mean_ms DOUBLE,
+            queries VARCHAR[],          -- keys of the statements it helps (query_stats.fingerprint, pg_statements.query)
+            size_bytes BIGINT,
+            detail VARCHAR
+        );
+    """)
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
+                                                                  m004_index_advice]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -28,6 +28,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "deploys": ("ts", "rollup"),
     "ingested_batches": ("ingested_at", "rollup"),
     "quarantine": ("ts", "rollup"),
+    "advisor_runs": ("ts", "rollup"),
+    "index_advice": ("ts", "rollup"),   # the estimate stays beside the measured effect of an index created long ago
 }
 
 
