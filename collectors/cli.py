@@ -63,12 +63,16 @@ def main(verbose: bool) -> None:
               help="What to watch: perfdeck.toml by default, or $PERFDECK_CONFIG.")
 def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
     """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
-    send and samples the host, Redis instances and databases named in perfdeck.toml."""
+    send, samples the host, Redis instances and databases named in perfdeck.toml, and runs the index
+    advisor on those databases hourly."""
     from collectors import config
     from collectors.daemon import Collector
 
-    samplers = config.build_samplers(config.load(config_path))
-    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval, samplers=samplers)
+    cfg = config.load(config_path)
+    advise_every = config.advisor_interval(cfg)
+    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval,
+                          samplers=config.build_samplers(cfg), advise_every=advise_every,
+                          advise=config.advisor_targets(cfg) if advise_every > 0 else [])
     if once:
         try:
             report = collector.run_once()
@@ -185,6 +189,89 @@ def dashboard(db, port, streamlit_args) -> None:
     # Become Streamlit rather than wrap it, so signals (Ctrl-C, SIGTERM) reach it directly.
     cmd = dashboard_command(db, port, streamlit_args)
     os.execve(cmd[0], cmd, env)
+
+
+def _advise_target(database: str) -> tuple[str, str | None]:
+    """(url, configured name): `database` is a URL, or the name of a [[database]] in perfdeck.toml."""
+    if "://" in database:
+        return database, None
+    from collectors import config
+
+    for entry in config.load().get("database", []):
+        if entry.get("name") == database:
+            return entry["url"], database
+    raise click.BadParameter(f"{database!r} is neither a URL nor a configured database name", param_hint="--db")
+
+
+def _queries_from_file(stream, dialect: str) -> list[str]:
+    import sqlglot
+
+    try:
+        return [s.sql(dialect=dialect) for s in sqlglot.parse(stream.read(), read=dialect) if s is not None]
+    except sqlglot.errors.ParseError as exc:
+        raise click.ClickException(f"{stream.name}: cannot parse: {str(exc).splitlines()[0]}") from None
+
+
+def _print_report(report) -> None:
+    from collectors.advisor.advise import METHOD_NAMES
+
+    click.echo(f"{report.target}: {report.statements} statements, {report.analysed} with index candidates, "
+               f"checked with {METHOD_NAMES[report.method]} in {report.seconds:.1f} s")
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    if not report.recommendations:
+        click.echo("No index is worth creating.")
+    for r in report.recommendations:
+        click.echo(f"\n{r.create_sql};\n  estimated {r.est_improvement_pct:.0f} % cheaper, saves "
+                   f"{r.time_saved_ms_per_day / 1000:,.1f} s/day over {r.calls_per_day:,.0f} calls/day, "
+                   f"for {len(r.queries)} statement{'s' if len(r.queries) != 1 else ''}:")
+        for q in r.queries:
+            click.echo(f"    {q[:160]}")
+    for f in report.findings:
+        size = f"{f.size_bytes / 1e6:,.1f} MB" if f.size_bytes is not None else "size unknown"
+        click.echo(f"\n{f.kind} index {f.index} on {f.table} ({', '.join(f.columns)}), {size}: {f.detail}\n  {f.drop_sql};")
+    for text, reason in report.failed:
+        click.echo(f"\nnot analysed ({reason}): {text[:160]}", err=True)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--db", "database", required=True,
+              help="The database to advise: a SQLAlchemy URL (postgresql://..., sqlite:///...) or a configured name.")
+@click.option("--query", "queries", multiple=True, help="Advise on this statement instead of the workload (repeatable).")
+@click.option("--queries-file", type=click.File(), default=None, help="Advise on the statements of this SQL file.")
+@click.option("--store", type=click.Path(dir_okay=False), default=None,
+              help="Also read what the SDK recorded in this store (default $PERFDECK_DB or data/perfdeck.duckdb).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list: recommendations, then unused and duplicate indexes.")
+def advise(database, queries, queries_file, store, as_json) -> None:
+    """Recommend indexes for a database's slow statements, validated with hypothetical indexes (hypopg),
+    column statistics or SQLite query plans; list unused and duplicate indexes. Read-only."""
+    import json
+
+    from collectors.advisor.advise import Settings, dialect_of, store_workload
+    from collectors.advisor.advise import advise as run_advisor
+    from collectors.advisor.model import Statement
+    from collectors.store import db_path
+
+    url, target = _advise_target(database)
+    try:
+        dialect = dialect_of(url)
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    texts = list(queries) + (_queries_from_file(queries_file, dialect) if queries_file else [])
+    statements = [Statement(t, 1, 0.0, "given", key=t) for t in texts] or None
+    recorded = []
+    if statements is None and db_path(store).exists():
+        with reading(store) as con:
+            recorded = store_workload(con, url, target)
+    try:
+        report = run_advisor(url, statements, store_workload=recorded, settings=settings, target=target)
+    except Exception as exc:   # unreachable database, missing file: one line, not a traceback
+        raise click.ClickException(f"cannot advise on {target or database}: {str(exc).splitlines()[0]}") from None
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=1))
+    else:
+        _print_report(report)
 
 
 @main.command("operator-hash", context_settings=CONTEXT)

@@ -16,8 +16,12 @@ to watch, with environment overrides. Every key is optional:
     name = "app"
     url = "postgresql://app@127.0.0.1/app"      # any SQLAlchemy URL; sqlite:///path.db too
     interval = 30
+    advise = true                  # run the index advisor on it (PostgreSQL and SQLite)
 
-Environment: PERFDECK_HOST_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
+    [advisor]
+    interval = 3600                # seconds between advisor runs; 0 turns it off
+
+Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
 URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database)."""
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ def load(path: str | os.PathLike | None = None) -> dict:
     config.setdefault("host", {})
     if "PERFDECK_HOST_INTERVAL" in os.environ:
         config["host"]["interval"] = float(os.environ["PERFDECK_HOST_INTERVAL"])
+    config.setdefault("advisor", {})
+    if "PERFDECK_ADVISOR_INTERVAL" in os.environ:
+        config["advisor"]["interval"] = float(os.environ["PERFDECK_ADVISOR_INTERVAL"])
     for key, env in (("redis", "PERFDECK_REDIS_URLS"), ("database", "PERFDECK_DATABASE_URLS")):
         config.setdefault(key, [])
         for item in filter(None, (u.strip() for u in os.environ.get(env, "").split(","))):
@@ -66,5 +73,21 @@ def build_samplers(config: dict) -> list:
         samplers.append(RedisSampler(**entry))
     for entry in config.get("database", []):
         from collectors.samplers.database import DatabaseSampler
-        samplers.append(DatabaseSampler(**entry))
+        samplers.append(DatabaseSampler(**{k: v for k, v in entry.items() if k != "advise"}))
     return samplers
+
+
+ADVISED_DIALECTS = ("postgresql", "sqlite")
+
+
+def advisor_targets(config: dict) -> list[tuple[str, str]]:
+    """(name, url) of the databases the index advisor runs on: PostgreSQL and SQLite ones, unless
+    `advise = false`."""
+    from sqlalchemy.engine import make_url
+
+    return [(e["name"], e["url"]) for e in config.get("database", [])
+            if e.get("advise", True) and make_url(e["url"]).get_backend_name() in ADVISED_DIALECTS]
+
+
+def advisor_interval(config: dict) -> float:
+    return float(config.get("advisor", {}).get("interval", 3600))

@@ -28,7 +28,8 @@ MAX_BATCHES_PER_TX = 500
 MAX_BYTES_PER_TX = 64 * 1024 * 1024
 # Tables samplers may write, and how a row is inserted (slowlog entries are stored once).
 SAMPLE_TABLES = {"system_metrics": "INSERT INTO", "redis_metrics": "INSERT INTO", "db_metrics": "INSERT INTO",
-                 "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO"}
+                 "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO",
+                 "advisor_runs": "INSERT INTO", "index_advice": "INSERT INTO"}
 _UPSERT_COMPONENT = """
     INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
@@ -55,7 +56,8 @@ class Collector:
     def __init__(self, db: str | Path | None = None, *, spool_dir: str | Path = "data/spool",
                  quarantine_dir: str | Path | None = None, redis_url: str | None = None,
                  interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0,
-                 max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = ()):
+                 max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = (),
+                 advise: list[tuple[str, str]] = (), advise_every: float = 3600.0, advise_at_start: bool = True):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
@@ -69,6 +71,9 @@ class Collector:
         self._errors: list[str] = []
         self.samples: queue.Queue = queue.Queue()
         self.sampler_threads = [SamplerThread(s, self.samples, self.stop_event) for s in samplers]
+        self.advise, self.advise_every = list(advise), advise_every
+        self._next_advice = time.monotonic() + (0 if advise_at_start else advise_every)
+        self._advisor_thread: threading.Thread | None = None
         with connection.write(self.db) as con:
             applied = migrate(con)
         if applied:
@@ -160,6 +165,41 @@ class Collector:
                                                 st.error])
         return sum(len(r) for r in by_table.values())
 
+    # -- index advisor ---------------------------------------------------------------------------
+    def start_advisor(self, *, wait: bool = False) -> None:
+        """Read each database's SDK workload from the store here (this thread owns the store), then
+        advise on a thread of its own: EXPLAINs on a big database take a while, ingest goes on."""
+        if not self.advise or (self._advisor_thread and self._advisor_thread.is_alive()):
+            return
+        from collectors.advisor.advise import store_workload
+        with connection.read(self.db) as con:
+            work = [(name, url, store_workload(con, url, name)) for name, url in self.advise]
+        self._advisor_thread = threading.Thread(target=self._advise_all, args=(work,), name="perfdeck-advisor",
+                                                daemon=True)
+        self._advisor_thread.start()
+        if wait:
+            self._advisor_thread.join()
+
+    def request_advice(self) -> None:
+        """Run the advisor at the next tick (safe from any thread), e.g. once a workload exists."""
+        self._next_advice = 0.0
+
+    def _advise_all(self, work) -> None:
+        from collectors.advisor.advise import advise, advisor_rows
+        for name, url, recorded in work:
+            if self.stop_event.is_set():
+                return
+            started = utcnow()
+            try:
+                report = advise(url, store_workload=recorded, target=name)
+            except Exception as exc:
+                log.warning("index advisor on %s failed: %s", name, exc)
+                self.samples.put(Rows("advisor_runs", [(started, name, None, None, None, None,
+                                                        f"{type(exc).__name__}: {exc}"[:500], None)]))
+                continue
+            for rows in advisor_rows(report, started):
+                self.samples.put(rows)
+
     # -- housekeeping ----------------------------------------------------------------------------
     def compact(self) -> int:
         """Merge the rollup rows of the minutes ingested since the last compaction."""
@@ -175,9 +215,9 @@ class Collector:
         with connection.write(self.db) as con:
             return purge(con, utcnow())
 
-    def _isolated(self, what: str, fn, *args, default=None):
+    def _isolated(self, what: str, fn, *args, default=None, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except Exception as exc:
             log.exception("%s failed", what)
             self._errors.append(f"{what}: {exc}")
@@ -190,6 +230,7 @@ class Collector:
         report = self.ingest_pending()
         for t in self.sampler_threads:
             t.run_once()
+        self._isolated("advisor", self.start_advisor, wait=True)
         self._isolated("samples", self.write_samples)
         self._isolated("compaction", self.compact)
         self._isolated("retention", self.retention)
@@ -216,6 +257,9 @@ class Collector:
             if now - self._last_retention >= self.retention_every:
                 self._isolated("retention", self.retention)
                 self._last_retention = now
+            if self.advise and now >= self._next_advice:
+                self._isolated("advisor", self.start_advisor)
+                self._next_advice = now + self.advise_every
             self._errors.clear()
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
         # Last drain so that what the apps flushed at their own shutdown is not left behind.

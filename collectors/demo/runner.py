@@ -105,7 +105,7 @@ def stop_process(proc: subprocess.Popen | None, name: str, timeout: float = 10.0
         proc.wait(5)
 
 
-def demo_samplers(data_dir: Path) -> list:
+def demo_config(data_dir: Path) -> dict:
     """The host (with the demo's own processes), the shop's SQLite database, and any Redis or
     database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS."""
     from collectors import config
@@ -113,11 +113,12 @@ def demo_samplers(data_dir: Path) -> list:
     cfg = config.load()
     cfg["host"].setdefault("processes", ["cmd:collectors\\.demo\\.live", "cmd:streamlit run"])
     cfg["database"].append({"name": "shop", "url": f"sqlite:///{data_dir / 'shop.sqlite'}"})
-    return config.build_samplers(cfg)
+    return cfg
 
 
 def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True) -> int:
     """Run the demo until SIGINT/SIGTERM; returns the exit code."""
+    from collectors import config
     from collectors.daemon import Collector
     from collectors.demo.backfill import DAY, backfill, shop_rate
     from collectors.demo.live import run_live
@@ -139,7 +140,11 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     code = 0
     try:
         last = last_event_ts(db)
-        collector = Collector(db, spool_dir=spool, interval=1.0, samplers=demo_samplers(data_dir))
+        cfg = demo_config(data_dir)
+        # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
+        collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
+                              advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
+                              advise_at_start=False)
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:
@@ -180,6 +185,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
                 f"{report.requests:,} requests, {report.events:,} events ({real:,} requests run for real, "
                 f"the rest replayed from them; {report.dropped} dropped)"
                 + (" — interrupted" if report.interrupted else ""))
+        collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
 
         if not stop.is_set():
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
