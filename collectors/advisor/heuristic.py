@@ -16,12 +16,13 @@ which position each column is used. Costs are estimated rows read:
 4. Selectivity of a range or order column: 1/3, PostgreSQL's own default for `col > $1`.
 5. A candidate reads its table's rows times the product of its columns' selectivities (the columns
    are assumed independent; candidates lead with an equality column, so each column narrows the
-   scan); its cost is the base with its table's rows replaced by that estimate.
+   scan). A row read through an index costs RANDOM_READ rows of a sequential scan (PostgreSQL's
+   random_page_cost / seq_page_cost): the candidate's cost is the base with its table's rows replaced
+   by RANDOM_READ x its estimate. So an index that reads a third or half of a table is never worth it.
 6. `model.pick()`: the fewest rows wins (ties to fewer columns, as single columns come first) when it
    cuts the base by at least `min_share`. For a single table, reduction = 1 - rows read / reltuples.
 
-Rows are counted, not pages: an index reading a third or half of a table costs the planner more
-than this says (a random read per row), so near `min_share` the heuristic is more generous than hypopg.
+Rows are counted, not pages: the RANDOM_READ weight stands in for the planner's page costs.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, 
 from collectors.advisor.pg_catalog import ColumnStats, column_stats, table_rows
 
 RANGE_SELECTIVITY = 1 / 3      # DEFAULT_INEQ_SEL in PostgreSQL's selfuncs.h
+RANDOM_READ = 4.0              # random_page_cost / seq_page_cost, PostgreSQL's defaults
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def choose(conn, sql: str, candidates: list[Candidate], *, min_share: float = DE
         if rows is None:
             skipped.append(cand)
         else:
-            trials.append(Trial(cand, base - table.rows + rows))
+            trials.append(Trial(cand, base - table.rows + RANDOM_READ * rows))
     best, worth = pick(base, trials, min_share=min_share)
     if not worth:
         return Advice(base, tuple(trials), None, None, tuple(skipped), method="heuristic")
