@@ -80,6 +80,7 @@ def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS) -> list[Statem
             FROM pg_stat_statements
             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
               AND query ~* '^\\s*\\(*\\s*(select|with|update|delete)\\M'
+              AND query !~* '\\m(pg_[a-z_]+|information_schema|hypopg[a-z_]*)\\M'   -- catalogues: no index to add
             GROUP BY query ORDER BY 3 DESC LIMIT %s
         """, (limit,))
         return [Statement(q, int(calls), float(ms), "pg_stat_statements", days, q) for q, calls, ms in cur]
