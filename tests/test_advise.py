@@ -50,8 +50,9 @@ def test_merge_counts_a_statement_once_and_drops_the_cheap_ones():
            Statement("SELECT * FROM u WHERE b = ?", 10, 500.0, "sdk", 1.0),            # 0.5 s a day: cheap
            Statement("SELECT * FROM v WHERE c = ?", 10, 9_000.0, "sdk", 3.0)]          # 3 s a day
     merged = merge(server, sdk)
-    assert [(s.source, s.text) for s in merged] == [("pg_stat_statements", "SELECT * FROM t WHERE a = $1"),
-                                                    ("sdk", "SELECT * FROM v WHERE c = ?")]
+    # the server's figures, the app's text (its inline literals are real values)
+    assert [(s.source, s.text, s.calls) for s in merged] == [
+        ("pg_stat_statements", "SELECT * FROM t WHERE a = %(a)s", 100), ("sdk", "SELECT * FROM v WHERE c = ?", 10)]
 
 
 def test_fold_serves_a_prefix_with_the_longer_index():

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -94,7 +95,7 @@ def connect(url: str) -> Iterator:
         path = parsed.database
         if not path or path == ":memory:" or not os.path.exists(path):
             raise FileNotFoundError(f"no SQLite database file at {path!r}")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT_S)
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT_S)
     else:
         import psycopg
         conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)

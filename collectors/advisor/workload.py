@@ -15,6 +15,7 @@ DELETE lifted into `SELECT 1 FROM table WHERE ...`, so that only a SELECT is eve
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlglot import exp
@@ -106,10 +107,14 @@ def from_store(con, *, databases: list[str], since: datetime, until: datetime,
 
 def merge(*sources: list[Statement], min_ms_per_day: float = MIN_MS_PER_DAY,
           limit: int = MAX_STATEMENTS) -> list[Statement]:
-    """One entry per fingerprint (the first source wins), the cheap ones dropped, most expensive first."""
+    """One entry per fingerprint, the cheap ones dropped, most expensive first. The first source's
+    figures win; a later source's text replaces a normalized one ($1), since the literals an app
+    writes inline ('pending') tell the planner more than a generic parameter."""
     seen: dict[str, Statement] = {}
     for source in sources:
         for s in source:
-            seen.setdefault(fingerprint(s.text), s)
+            first = seen.setdefault(fingerprint(s.text), s)
+            if first is not s and first.source == "pg_stat_statements" and s.source == "sdk":
+                seen[fingerprint(s.text)] = replace(first, text=s.text)
     worth = [s for s in seen.values() if s.total_ms / s.days >= min_ms_per_day]
     return sorted(worth, key=lambda s: s.total_ms / s.days, reverse=True)[:limit]
