@@ -36,7 +36,8 @@ def table(at: AppTest, column: str):
 def test_database_page(seeded):
     at = run()
     assert at.title[0].value == "Database"
-    assert [h.value for h in at.subheader] == ["Top queries", "Databases", "Tables with many sequential scans"]
+    assert [h.value for h in at.subheader] == ["Top queries", "Index advisor", "Databases",
+                                               "Tables with many sequential scans"]
     queries = table(at, "fingerprint")
     assert queries["fingerprint"].iloc[0] == "SELECT * FROM orders WHERE customer_id = ?"
     assert queries["total_ms"].is_monotonic_decreasing and queries["p95_ms"].notna().all()

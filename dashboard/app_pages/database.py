@@ -1,11 +1,15 @@
 """Database: which statements cost the most time, and how healthy are the sampled databases?"""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
 from collectors.samplers.database import pg_stat_statements_hint
+from collectors.store import utcnow
 from dashboard import charts, widgets
+from dashboard.actions.database_actions import CreateIndex, DropIndex
+from dashboard.actions.ui import action_panel
 
 st.title("Database")
 filters = widgets.sidebar_filters()
@@ -43,6 +47,37 @@ SEQ_COLUMNS = {
 }
 QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms",
                "rows", "cache_hit_ratio", "database", "sample_sql", "queryid"]
+WHEN = st.column_config.DatetimeColumn
+PCT = "%.0f%%"      # the advisor's percentages are 0-100, not fractions
+ADVICE_COLUMNS = {
+    "statement": TEXT("Index to create", width="medium"), "table": TEXT("Table"),
+    "columns": st.column_config.ListColumn("Columns"),
+    "est_improvement_pct": NUM("Estimated gain", format=PCT, help=(
+        "How much cheaper the statements it helps get, weighted by the time each takes today")),
+    "time_saved": TEXT("Time saved / day", help="Estimated from the calls per day and their mean latency"),
+    "calls_day": NUM("Calls / day", format="localized"),
+    "mean_ms": NUM("Mean now (ms)", format="%.2f", help="Calls-weighted mean latency of the statements it helps"),
+    "queries": st.column_config.ListColumn("Statements it helps", width="large"),
+    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not created from perfdeck yet"),
+}
+FINDING_COLUMNS = {
+    "kind": TEXT("Finding"), "index_name": TEXT("Index"), "table": TEXT("Table"),
+    "columns": st.column_config.ListColumn("Columns"), "size_bytes": NUM("Size", format="bytes"),
+    "detail": TEXT("Why", width="medium"), "statement": TEXT("To drop it", width="medium"),
+    "dropped_at": WHEN("Dropped (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not dropped from perfdeck yet"),
+}
+VERIFY_COLUMNS = {
+    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm"), "index_name": TEXT("Index"),
+    "table": TEXT("Table"), "columns": st.column_config.ListColumn("Columns"),
+    "est_improvement_pct": NUM("Estimated gain", format=PCT, help="What the advisor promised before it was created"),
+    "measured_improvement_pct": NUM("Measured gain", format=PCT, help="1 - mean after / mean before"),
+    "mean_ms_before": NUM("Mean before (ms)", format="%.2f", help="The 24 hours before it was created"),
+    "mean_ms_after": NUM("Mean since (ms)", format="%.2f", help="Since it was built"),
+    "calls_before": NUM("Calls before", format="localized"), "calls_after": NUM("Calls since", format="localized"),
+    "queries": st.column_config.ListColumn("Statements measured", width="large"),
+}
+NO_RUN_YET = ("No index advice yet: the collector runs the advisor hourly on every configured database, "
+              "and `perfdeck advise --db URL` runs it on demand.")
 HOW_TO = ("Statements come from the SDK's SQLAlchemy integration; databases are sampled when listed "
           "under `[[database]]` in perfdeck.toml or in `PERFDECK_DATABASE_URLS`.")
 
@@ -69,6 +104,116 @@ def top_queries(since, until, targets) -> None:
         return
     widgets.table(data["queries"], f"top-queries-{source}", column_config=QUERY_COLUMNS,
                   column_order=[c for c in QUERY_COLUMN_ORDER if c in data["queries"]])
+
+
+def per_day(ms: float) -> str:
+    """Time saved per day in the unit that reads best: 850 ms, 12.5 s, 4.2 min, 1.5 h."""
+    if pd.isna(ms):
+        return "–"
+    for unit, size in (("h", 3_600_000), ("min", 60_000), ("s", 1_000)):
+        if ms >= size:
+            return f"{ms / size:,.1f} {unit}"
+    return f"{ms:,.0f} ms"
+
+
+def qualified(df: pd.DataFrame) -> pd.Series:
+    """schema.table where the advisor named a schema (PostgreSQL), else the table."""
+    return df["table_schema"].map(lambda schema: f"{schema}." if isinstance(schema, str) else "") + df["table_name"]
+
+
+def run_summary(run) -> None:
+    """One caption line for a target's latest advisor run; a warning when it failed."""
+    minutes = max(0, int((utcnow() - run.ts).total_seconds() // 60))
+    ago = f"{minutes} min ago" if minutes < 120 else f"{minutes // 60} h ago"
+    parts = [f"Last run {run.ts:%Y-%m-%d %H:%M} UTC ({ago})", q.advisor.METHODS.get(run.method, run.method)]
+    if pd.notna(run.statements) and pd.notna(run.analysed):
+        parts.append(f"{int(run.analysed):,} of {int(run.statements):,} statements analysed")
+    if pd.notna(run.seconds):
+        parts.append(f"took {run.seconds:,.1f} s")
+    notes = f" {run.notes}" if isinstance(run.notes, str) and run.notes else ""
+    st.caption(" · ".join(p for p in parts if isinstance(p, str)) + notes)
+    if isinstance(run.error, str) and run.error:
+        shown = (f" Showing the findings of the run at {run.findings_ts:%Y-%m-%d %H:%M} UTC."
+                 if pd.notna(run.findings_ts) else "")
+        st.warning(f"**The last advisor run failed:** {run.error}.{shown}", icon=":material/warning:")
+
+
+def shown_columns(df: pd.DataFrame, columns: dict, when: str) -> list[str]:
+    """The columns to show, without the `when` column (created / dropped) while it is empty throughout."""
+    return [c for c in columns if c != when or df[when].notna().any()]
+
+
+def key_of(row, *parts: str) -> str:
+    """A widget key that names one recommendation or finding, stable across runs of the advisor."""
+    return "advisor:" + ":".join(str(getattr(row, p)) for p in parts)
+
+
+def recommendations(advice: pd.DataFrame) -> None:
+    if advice.empty:
+        st.success("No index is worth creating: the statements the advisor analysed are served well by the "
+                   "indexes there are.", icon=":material/check_circle:")
+        return
+    shown = advice.assign(table=qualified(advice), time_saved=advice["time_saved_ms_day"].map(per_day))
+    widgets.table(shown, "index-recommendations", column_config=ADVICE_COLUMNS,
+                  column_order=shown_columns(shown, ADVICE_COLUMNS, "created_at"))
+    for row in advice[advice["created_at"].isna()].itertuples(index=False):
+        key = key_of(row, "target", "table_schema", "table_name") + ":" + ",".join(row.columns)
+        box = st.expander(f"Create index on {row.table_name} ({', '.join(row.columns)})", icon=":material/add:",
+                          key=f"{key}:open", on_change="rerun")
+        if box.open:        # the panel reads the live catalogue: only for the one being looked at
+            with box:
+                action_panel(CreateIndex(), key=key, title=False, preset={
+                    "target": row.target, "schema": row.table_schema, "table": row.table_name,
+                    "columns": list(row.columns), "unique": False})
+
+
+def findings(found: pd.DataFrame) -> None:
+    st.markdown("**Unused and duplicate indexes**")
+    if found.empty:
+        st.caption("None: every index the advisor looked at is used and covered by no other.")
+        return
+    widgets.table(found.assign(table=qualified(found)), "index-findings", column_config=FINDING_COLUMNS,
+                  column_order=shown_columns(found, FINDING_COLUMNS, "dropped_at"))
+    for row in found[found["dropped_at"].isna()].itertuples(index=False):
+        key = key_of(row, "target", "table_schema", "index_name")
+        box = st.expander(f"Drop index {row.index_name} on {row.table_name} ({row.kind})", icon=":material/delete:",
+                          key=f"{key}:open", on_change="rerun")
+        if box.open:
+            with box:
+                action_panel(DropIndex(), key=key, title=False, preset={
+                    "target": row.target, "schema": row.table_schema, "index": row.index_name})
+
+
+def verification(created: pd.DataFrame) -> None:
+    st.markdown("**Created indexes: estimate vs measured**")
+    if created.empty:
+        st.caption("No index advised here has been created from perfdeck yet. Once one is, its statements' "
+                   "latency before and after shows here.")
+        return
+    widgets.table(created.assign(table=qualified(created)), "index-verification", column_config=VERIFY_COLUMNS,
+                  column_order=list(VERIFY_COLUMNS))
+
+
+def index_advisor(data: dict) -> None:
+    st.subheader("Index advisor")
+    runs = data["runs"]
+    if runs.empty:
+        st.caption(NO_RUN_YET)
+        return
+    names = runs["target"].tolist()
+    target = names[0]
+    if len(names) > 1:       # start on a database with something to act on, not on one whose run failed
+        open_advice = set(data["advice"].loc[data["advice"]["created_at"].isna(), "target"])
+        first = next((i for i, name in enumerate(names) if name in open_advice), 0)
+        target = st.columns([1, 2])[0].selectbox("Database", names, index=first, key="advisor_target")
+    run = next(runs[runs["target"] == target].itertuples(index=False))
+    run_summary(run)
+    if pd.isna(run.findings_ts):
+        return                  # every run failed: nothing to show but the error
+    mine = {name: df[df["target"] == target] for name, df in data.items()}
+    recommendations(mine["advice"])
+    findings(mine["findings"])
+    verification(mine["verification"])
 
 
 def buffer_and_connections(data: dict, x_range) -> None:
@@ -111,14 +256,17 @@ def body() -> None:
                          "connections": q.db_connections, "seq_scans": q.seq_scan_tables}, since=since, until=until)
     status = widgets.load({"components": q.component_status}, kind="database")
     sdk = widgets.load({"queries": q.sdk_top_queries}, since=since, until=until, service=filters.service)
-    if data is None or status is None or sdk is None:
+    advisor = widgets.load({"runs": q.advisor_runs, "advice": q.index_recommendations, "findings": q.index_findings,
+                            "verification": q.index_verification})
+    if data is None or status is None or sdk is None or advisor is None:
         return
     widgets.range_caption(since, until)
     widgets.down_components(status["components"], "Database")
-    if data["targets"].empty and sdk["queries"].empty and status["components"].empty:
+    if data["targets"].empty and sdk["queries"].empty and status["components"].empty and advisor["runs"].empty:
         widgets.no_data_yet(f"No statements or database samples in this time range. {HOW_TO}")
         return
     top_queries(since, until, data["targets"])
+    index_advisor(advisor)
     if data["targets"].empty:
         st.info(f"No database has been sampled in this time range. {HOW_TO}", icon=":material/info:")
         return

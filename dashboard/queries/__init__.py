@@ -8,6 +8,7 @@ the CLI and tests call the same functions.
         df = endpoint_percentiles(con, since=since, until=until)
 """
 from dashboard.queries._run import bucket_seconds, run_query
+from dashboard.queries.advisor import advisor_runs, index_findings, index_recommendations, index_verification
 from dashboard.queries.audit import audit_facets, audit_log, cache_actions
 from dashboard.queries.caches import (
     HIT_RATE_THRESHOLDS,
@@ -35,6 +36,7 @@ from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_tim
 
 __all__ = [
     "HIT_RATE_THRESHOLDS",
+    "advisor_runs",
     "app_cache_namespaces",
     "app_cache_over_time",
     "app_cache_summary",
@@ -52,6 +54,9 @@ __all__ = [
     "host_disks",
     "host_over_time",
     "hosts",
+    "index_findings",
+    "index_recommendations",
+    "index_verification",
     "latency_over_time",
     "pg_top_statements",
     "processes_latest",
