@@ -140,6 +140,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     code = 0
     try:
         last = last_event_ts(db)
+        engine = open_database(data_dir / "shop.sqlite")   # before the collector samples it
         cfg = demo_config(data_dir)
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
@@ -166,7 +167,6 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             threading.Thread(target=watch, name="perfdeck-demo-watch", daemon=True).start()
         say(f"perfdeck demo: data in {data_dir} (store {db.name}, spool {spool.name}/, shop.sqlite)")
 
-        engine = open_database(data_dir / "shop.sqlite")
         now = time.time()
         if last is None:
             say(f"perfdeck demo: backfilling {backfill_days:g} days of history in fast-forward")

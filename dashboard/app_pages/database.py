@@ -50,15 +50,14 @@ QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "tot
 WHEN = st.column_config.DatetimeColumn
 PCT = "%.0f%%"      # the advisor's percentages are 0-100, not fractions
 ADVICE_COLUMNS = {
-    "statement": TEXT("Index to create", width="medium"), "table": TEXT("Table"),
-    "columns": st.column_config.ListColumn("Columns"),
+    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not created from perfdeck yet"),
+    "statement": TEXT("Index to create", width="large"),
     "est_improvement_pct": NUM("Estimated gain", format=PCT, help=(
         "How much cheaper the statements it helps get, weighted by the time each takes today")),
     "time_saved": TEXT("Time saved / day", help="Estimated from the calls per day and their mean latency"),
     "calls_day": NUM("Calls / day", format="localized"),
     "mean_ms": NUM("Mean now (ms)", format="%.2f", help="Calls-weighted mean latency of the statements it helps"),
-    "queries": st.column_config.ListColumn("Statements it helps", width="large"),
-    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not created from perfdeck yet"),
+    "queries": st.column_config.ListColumn("Statements it helps", width="medium"),
 }
 FINDING_COLUMNS = {
     "kind": TEXT("Finding"), "index_name": TEXT("Index"), "table": TEXT("Table"),
