@@ -164,6 +164,8 @@ def test_the_advisor_recommends_the_demo_indexes_and_one_is_created_from_the_dat
     assert sorted(t.split("\n")[-1] for t in boxes.all_inner_texts()) == ["Create index on orders (customer_id)",
                                                "Create index on orders (product_id)"]
     page.locator('[data-testid="stExpander"] summary', has_text="Create index on orders (customer_id)").click()
+    page.get_by_text("Touches one new index").wait_for(timeout=30_000)   # the panel draws on the rerun it asks for
+    _settle(page)
     page.get_by_role("button", name="Preview").click()
     page.get_by_test_id("stCode").get_by_text('CREATE INDEX "ix_orders_customer_id" ON "orders" ("customer_id")').wait_for(
         timeout=30_000)

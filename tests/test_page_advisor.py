@@ -79,7 +79,9 @@ def expanders(at: AppTest) -> list[str]:
 
 def test_no_run_yet_says_how_the_advisor_runs(env):
     store, _ = env
-    seed_advisor(store, query_stats=[(utcnow().replace(second=0, microsecond=0), "api", FP, 10, 300.0)])
+    # a few minutes back: the current minute may lie past the page's range end
+    seed_advisor(store, query_stats=[(utcnow().replace(second=0, microsecond=0) - timedelta(minutes=5), "api", FP,
+                                      10, 300.0)])
     at = run_app(PAGE)
     assert [h.value for h in at.subheader] == ["Top queries", "Index advisor"]
     assert any("runs the advisor hourly on every configured database" in c and "perfdeck advise --db URL" in c
