@@ -50,7 +50,7 @@ QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "tot
 WHEN = st.column_config.DatetimeColumn
 PCT = "%.0f%%"      # the advisor's percentages are 0-100, not fractions
 ADVICE_COLUMNS = {
-    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not created from perfdeck yet"),
+    "status": TEXT("Status", help="open, or when it was created from perfdeck (UTC)"),
     "statement": TEXT("Index to create", width="large"),
     "est_improvement_pct": NUM("Estimated gain", format=PCT, help=(
         "How much cheaper the statements it helps get, weighted by the time each takes today")),
@@ -152,9 +152,9 @@ def recommendations(advice: pd.DataFrame) -> None:
         st.success("No index is worth creating: the statements the advisor analysed are served well by the "
                    "indexes there are.", icon=":material/check_circle:")
         return
-    shown = advice.assign(table=qualified(advice), time_saved=advice["time_saved_ms_day"].map(per_day))
-    widgets.table(shown, "index-recommendations", column_config=ADVICE_COLUMNS,
-                  column_order=shown_columns(shown, ADVICE_COLUMNS, "created_at"))
+    shown = advice.assign(table=qualified(advice), time_saved=advice["time_saved_ms_day"].map(per_day),
+                          status=advice["created_at"].map(lambda t: f"created {t:%Y-%m-%d %H:%M}" if pd.notna(t) else "open"))
+    widgets.table(shown, "index-recommendations", column_config=ADVICE_COLUMNS, column_order=list(ADVICE_COLUMNS))
     for row in advice[advice["created_at"].isna()].itertuples(index=False):
         key = key_of(row, "target", "table_schema", "table_name") + ":" + ",".join(row.columns)
         box = st.expander(f"Create index on {row.table_name} ({', '.join(row.columns)})", icon=":material/add:",
