@@ -19,12 +19,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from collectors.advisor import workload
-from collectors.advisor.candidates import Candidate, candidates
+from collectors.advisor.candidates import Candidate, candidates, quote
 from collectors.advisor.model import (
     DEFAULT_MIN_SHARE,
     MIN_TABLE_ROWS,
@@ -160,10 +161,6 @@ def _fold(advice: list[tuple[Statement, Advice]]) -> list[tuple[Candidate, str, 
     return [(c, methods[c], helped) for c, helped in groups.items()]
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def index_name(table: str, columns: tuple[str, ...]) -> str:
     return f"ix_{table}_{'_'.join(columns)}".lower().replace(" ", "_")[:63]
 
@@ -172,41 +169,39 @@ class _Method:
     """The database-specific half: catalogue, validation, findings."""
 
     def __init__(self, conn, dialect: str, settings: Settings):
-        self.conn, self.dialect, self.settings = conn, dialect, settings
+        self.conn, self.dialect = conn, dialect
+        s = settings
         if dialect == "sqlite":
             from collectors.advisor import sqlite_plan
             self.catalog, self.name, self.hypothetical = sqlite_plan, "sqlite-plan", False
+            self._validate = partial(sqlite_plan.validate, min_share=s.min_share, min_rows=s.min_rows)
         else:
-            from collectors.advisor import pg_catalog
+            from collectors.advisor import heuristic, hypopg, pg_catalog
             self.catalog = pg_catalog
             self.hypothetical = pg_catalog.hypopg_installed(conn)
             self.name = "hypopg" if self.hypothetical else "heuristic"
+            self._validate = (partial(hypopg.validate, min_share=s.min_share, min_base_cost=s.min_base_cost)
+                              if self.hypothetical else
+                              partial(heuristic.choose, min_share=s.min_share, min_rows=s.min_rows))
         self.existing = self.catalog.existing_indexes(conn)
 
     def validate(self, text: str, found: list[Candidate]) -> Advice:
-        s = self.settings
-        if self.name == "sqlite-plan":
-            return self.catalog.validate(self.conn, text, found, min_share=s.min_share, min_rows=s.min_rows)
-        if self.name == "heuristic":
-            from collectors.advisor import heuristic
-            return heuristic.choose(self.conn, text, found, min_share=s.min_share, min_rows=s.min_rows)
-        from collectors.advisor import hypopg
-        return hypopg.validate(self.conn, text, found, min_share=s.min_share, min_base_cost=s.min_base_cost)
+        return self._validate(self.conn, text, found)
 
     def schema_of(self, c: Candidate) -> str | None:
         """The schema an unqualified table resolves to on the search path (PostgreSQL)."""
         if c.schema or self.dialect == "sqlite":
             return c.schema
         row = self.conn.execute("SELECT n.nspname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
-                                "WHERE t.oid = to_regclass(%s)", (_quote(c.table),)).fetchone()
+                                "WHERE t.oid = to_regclass(%s)", (quote(c.table),)).fetchone()
         return row[0] if row else None
 
     def recommendation(self, c: Candidate, method: str, helped: list[tuple[Statement, float]]) -> Recommendation:
         schema = self.schema_of(c)
-        table = f"{_quote(schema)}.{_quote(c.table)}" if schema else _quote(c.table)
+        table = f"{quote(schema)}.{quote(c.table)}" if schema else quote(c.table)
         concurrently = "CONCURRENTLY " if self.dialect == "postgres" else ""
-        create = (f"CREATE INDEX {concurrently}{_quote(index_name(c.table, c.columns))} ON {table} "
-                  f"({', '.join(map(_quote, c.columns))})")
+        create = (f"CREATE INDEX {concurrently}{quote(index_name(c.table, c.columns))} ON {table} "
+                  f"({', '.join(map(quote, c.columns))})")
         total_per_day = sum(s.total_ms / s.days for s, _ in helped)
         saved = sum(s.total_ms / s.days * cut for s, cut in helped)
         calls = sum(s.calls_per_day for s, _ in helped)

@@ -66,6 +66,11 @@ def _name(ident) -> str | None:
     return str(ident).lower()
 
 
+def quote(name: str) -> str:
+    """A double-quoted identifier, as both PostgreSQL and SQLite read it."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def parse(sql: str, dialect: str) -> exp.Expression:
     """The single statement of `sql`; ValueError when it is not exactly one parsable statement."""
     if dialect not in DIALECTS:

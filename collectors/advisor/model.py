@@ -86,6 +86,15 @@ class Recommendation:
                 "queries": self.queries, "method": self.method}
 
 
+def redundant(indexes: list, makes_redundant, prefer=lambda ix: 0) -> list[tuple]:
+    """(index, the index that covers it) for every index another one makes redundant, in the order of
+    `indexes`; the coverer is the first by `prefer` that is not itself redundant, so two twins are
+    never reported for each other."""
+    covering = {id(a): sorted((b for b in indexes if makes_redundant(b, a)), key=prefer) for a in indexes}
+    return [(a, next((b for b in covering[id(a)] if not covering[id(b)]), covering[id(a)][0]))
+            for a in indexes if covering[id(a)]]
+
+
 @dataclass(frozen=True)
 class IndexFinding:
     """An existing index that costs without paying: never used, or a prefix of another one."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from psycopg import sql as pgsql
 
-from collectors.advisor.model import IndexFinding
+from collectors.advisor.model import IndexFinding, redundant
 
 _USER_SCHEMA = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
 
@@ -171,14 +171,6 @@ def duplicate_indexes(conn) -> list[IndexFinding]:
     """Indexes whose key is a leading prefix of another index of the same table and access method
     (or equal to it), neither partial nor on expressions. Each is reported once, covered by the
     shortest such index that is not itself reported."""
-    indexes = _indexes(conn)
-    covering = {a.oid: sorted((b for b in indexes if _makes_redundant(b, a)), key=lambda b: len(b.keys))
-                for a in indexes}
-    findings = []
-    for a in indexes:
-        if not covering[a.oid]:
-            continue
-        b = next((b for b in covering[a.oid] if not covering[b.oid]), covering[a.oid][0])
-        findings.append(IndexFinding("duplicate", a.schema, a.table, a.name, a.shown, a.size_bytes,
-                                     f"covered by {b.name} ({', '.join(b.shown)})", a.drop_sql))
-    return findings
+    return [IndexFinding("duplicate", a.schema, a.table, a.name, a.shown, a.size_bytes,
+                         f"covered by {b.name} ({', '.join(b.shown)})", a.drop_sql)
+            for a, b in redundant(_indexes(conn), _makes_redundant, prefer=lambda ix: len(ix.keys))]

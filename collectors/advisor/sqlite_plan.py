@@ -49,8 +49,8 @@ from sqlglot import exp
 from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
-from collectors.advisor.candidates import Candidate, columns_used, parse
-from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, IndexFinding, Trial, pick
+from collectors.advisor.candidates import Candidate, columns_used, parse, quote
+from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, IndexFinding, Trial, pick, redundant
 
 METHOD = "sqlite-plan"
 ROW_COUNT_CAP = 10_000_000     # a table without statistics is counted up to this many rows
@@ -64,10 +64,6 @@ _USER_TABLES = ("SELECT name FROM sqlite_master WHERE type = 'table' AND name NO
 _LOOP = re.compile(r"(?:SCAN|SEARCH) (?P<name>.+?)"
                    r"(?: USING (?P<how>(?:AUTOMATIC (?:PARTIAL )?)?COVERING INDEX|INDEX|INTEGER PRIMARY KEY|PRIMARY KEY)"
                    r"(?: (?P<index>[^(]+?))?)?(?: \((?P<terms>.*)\))?")
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class _NullForEveryName(dict):
@@ -209,18 +205,9 @@ def _size(conn, index: str) -> int | None:
 def duplicate_indexes(conn) -> list[IndexFinding]:
     """Indexes created by CREATE INDEX whose columns lead another index of the same table (or equal
     them), neither partial nor on expressions; each covered by an index that is not itself reported."""
-    findings = []
-    for table in _tables(conn):
-        indexes = _indexes(conn, table)
-        covering = {a.name: [b for b in indexes if _makes_redundant(b, a)] for a in indexes}
-        for a in indexes:
-            if not covering[a.name]:
-                continue
-            b = next((b for b in covering[a.name] if not covering[b.name]), covering[a.name][0])
-            findings.append(IndexFinding("duplicate", "main", table, a.name, tuple(a.columns), _size(conn, a.name),
-                                         f"covered by {b.name} ({', '.join(b.columns)})",
-                                         f"DROP INDEX {_quote('main')}.{_quote(a.name)}"))
-    return findings
+    return [IndexFinding("duplicate", "main", table, a.name, tuple(a.columns), _size(conn, a.name),
+                         f"covered by {b.name} ({', '.join(b.columns)})", f"DROP INDEX {quote('main')}.{quote(a.name)}")
+            for table in _tables(conn) for a, b in redundant(_indexes(conn, table), _makes_redundant)]
 
 
 # -- 2. the copy and its statistics --------------------------------------------------------------
@@ -287,7 +274,7 @@ class _Copy:
         self.db.execute("ANALYZE sqlite_schema")
 
     def _count(self, table: str) -> int:
-        return self.real.execute(f"SELECT count(*) FROM (SELECT 1 FROM {_quote(table)} LIMIT ?)",
+        return self.real.execute(f"SELECT count(*) FROM (SELECT 1 FROM {quote(table)} LIMIT ?)",
                                  (ROW_COUNT_CAP,)).fetchone()[0]
 
     def _index_columns(self, index: str) -> list[str]:
@@ -311,8 +298,8 @@ class _Copy:
     def rows_per_key(self, table: str, prefix: tuple[str, ...]) -> int:
         """Rows one value of the `prefix` columns matches, estimated from the first `sample_rows` rows."""
         if (table, prefix) not in self.per_key:
-            sample = f"SELECT {', '.join(map(_quote, prefix))} FROM {_quote(table)} LIMIT ?"
-            groups = f"SELECT count(*) AS n FROM ({sample}) GROUP BY {', '.join(map(_quote, prefix))}"
+            sample = f"SELECT {', '.join(map(quote, prefix))} FROM {quote(table)} LIMIT ?"
+            groups = f"SELECT count(*) AS n FROM ({sample}) GROUP BY {', '.join(map(quote, prefix))}"
             sampled, distinct, once = self.real.execute(f"SELECT sum(n), count(*), sum(n = 1) FROM ({groups})",
                                                         (self.sample_rows,)).fetchone()
             rows = self.rows[table.lower()]
@@ -339,13 +326,13 @@ class _Copy:
 
     def cost_with(self, table: str, columns: tuple[str, ...], sql: str, params, query: _Query) -> float:
         stat = self.stat_line(table, columns)
-        self.db.execute(f"CREATE INDEX {_quote(_CANDIDATE)} ON {_quote(table)} ({', '.join(map(_quote, columns))})")
+        self.db.execute(f"CREATE INDEX {quote(_CANDIDATE)} ON {quote(table)} ({', '.join(map(quote, columns))})")
         try:
             self.db.execute("INSERT INTO sqlite_stat1 VALUES (?, ?, ?)", (table, _CANDIDATE, stat))
             self.db.execute("ANALYZE sqlite_schema")
             return self.cost(sql, params, query)
         finally:
-            self.db.execute(f"DROP INDEX {_quote(_CANDIDATE)}")   # its sqlite_stat1 line goes with it
+            self.db.execute(f"DROP INDEX {quote(_CANDIDATE)}")   # its sqlite_stat1 line goes with it
 
 
 def _terms(terms: str | None) -> tuple[int, list[str], list[str]]:
