@@ -21,12 +21,22 @@ to watch, with environment overrides. Every key is optional:
     [advisor]
     interval = 3600                # seconds between advisor runs; 0 turns it off
 
+    [cost]
+    prices_file = "prices.toml"    # price overrides per model (collectors.pricing), beside this file
+    daily_budget = 40.0            # USD; budgets and the target are drawn on the Cost page
+    monthly_budget = 1000.0
+    target_per_query = 0.10        # USD per request (seed 003's production target)
+    compute_usd_per_core_hour = 0.04   # adds CPU of the watched processes to the cost of a query
+
 Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
-URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database)."""
+URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database);
+PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET, PERFDECK_TARGET_PER_QUERY and
+PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys."""
 from __future__ import annotations
 
 import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,6 +53,7 @@ def load(path: str | os.PathLike | None = None) -> dict:
     config.setdefault("host", {})
     if "PERFDECK_HOST_INTERVAL" in os.environ:
         config["host"]["interval"] = float(os.environ["PERFDECK_HOST_INTERVAL"])
+    config["_path"] = str(path)
     config.setdefault("advisor", {})
     if "PERFDECK_ADVISOR_INTERVAL" in os.environ:
         config["advisor"]["interval"] = float(os.environ["PERFDECK_ADVISOR_INTERVAL"])
@@ -91,3 +102,47 @@ def advisor_targets(config: dict) -> list[tuple[str, str]]:
 
 def advisor_interval(config: dict) -> float:
     return float(config.get("advisor", {}).get("interval", 3600))
+
+
+TARGET_PER_QUERY_USD = 0.10     # seed 003: "< $0.10 per query" in production
+_COST_ENV = {"prices_file": "PERFDECK_PRICES_FILE", "daily_budget": "PERFDECK_DAILY_BUDGET",
+             "monthly_budget": "PERFDECK_MONTHLY_BUDGET", "target_per_query": "PERFDECK_TARGET_PER_QUERY",
+             "compute_usd_per_core_hour": "PERFDECK_COMPUTE_USD_PER_CORE_HOUR"}
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    prices_file: Path                        # price overrides (may not exist: then genai-prices alone)
+    daily_budget: float | None = None        # USD; None: no budget
+    monthly_budget: float | None = None
+    target_per_query: float = TARGET_PER_QUERY_USD
+    compute_usd_per_core_hour: float | None = None   # None: cost per query is LLM spend alone
+
+
+def cost_settings(config: dict) -> CostSettings:
+    """The [cost] table, environment first. A relative prices_file is beside the config file."""
+    cost = dict(config.get("cost", {}))
+    for key, env in _COST_ENV.items():
+        if os.environ.get(env, "").strip():
+            cost[key] = os.environ[env].strip()
+    unknown = set(cost) - set(_COST_ENV)
+    if unknown:
+        raise ValueError(f"[cost]: unknown keys {sorted(unknown)}; known: {sorted(_COST_ENV)}")
+
+    def money(key: str) -> float | None:
+        if cost.get(key) in (None, ""):
+            return None
+        try:
+            value = float(cost[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"[cost] {key} must be a number of dollars, got {cost[key]!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"[cost] {key} must be a finite number >= 0, got {cost[key]!r}")
+        return value
+
+    prices = Path(cost.get("prices_file") or "prices.toml")
+    if not prices.is_absolute():
+        prices = Path(config.get("_path") or DEFAULT_PATH).parent / prices
+    target = money("target_per_query")
+    return CostSettings(prices, money("daily_budget"), money("monthly_budget"),
+                        TARGET_PER_QUERY_USD if target is None else target, money("compute_usd_per_core_hour"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from collectors.pricing import PriceBook
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
 from collectors.store import connection, migrate, utcnow
@@ -57,7 +58,8 @@ class Collector:
                  quarantine_dir: str | Path | None = None, redis_url: str | None = None,
                  interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0,
                  max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = (),
-                 advise: list[tuple[str, str]] = (), advise_every: float = 3600.0, advise_at_start: bool = True):
+                 advise: list[tuple[str, str]] = (), advise_every: float = 3600.0, advise_at_start: bool = True,
+                 prices: PriceBook | None = None):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
@@ -72,6 +74,7 @@ class Collector:
         self.samples: queue.Queue = queue.Queue()
         self.sampler_threads = [SamplerThread(s, self.samples, self.stop_event) for s in samplers]
         self.advise, self.advise_every = list(advise), advise_every
+        self.prices = prices or PriceBook()
         self._next_advice = time.monotonic() + (0 if advise_at_start else advise_every)
         self._advisor_thread: threading.Thread | None = None
         with connection.write(self.db) as con:
@@ -92,6 +95,8 @@ class Collector:
                 good.append((item, decode(item.payload)))
             except MalformedBatch as exc:
                 bad.append((item, str(exc)))
+        for _, batch in good:
+            self.prices.price_frame(batch.llm)
         with connection.write(self.db) as con:
             report.events = write_batches(con, [b for _, b in good], source.name)
             if bad:

@@ -110,13 +110,13 @@ def brief(row) -> tuple:
 # --- usage mapping --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("response, expected", [
-    (chat_completion(), (1200, 80, 1024)),
-    (chat_completion(cached=None), (1200, 80, 0)),                  # prompt_tokens_details missing
+    (chat_completion(), (1200, 80, 1024, 0)),
+    (chat_completion(cached=None), (1200, 80, 0, 0)),                  # prompt_tokens_details missing
     ({"model": "gpt-4o", "usage": {"prompt_tokens": 10, "completion_tokens": 2,
-                                   "prompt_tokens_details": {"cached_tokens": 0}}}, (10, 2, 0)),
-    (responses_response(), (900, 150, 256)),
+                                   "prompt_tokens_details": {"cached_tokens": 0}}}, (10, 2, 0, 0)),
+    (responses_response(), (900, 150, 256, 0)),
     ({"model": "o3", "usage": {"input_tokens": 5, "output_tokens": 7,
-                               "input_tokens_details": {"cached_tokens": 3}}}, (5, 7, 3)),
+                               "input_tokens_details": {"cached_tokens": 3}}}, (5, 7, 3, 0)),
     (Obj(model="gpt-4o", usage=None), None),
     ({"model": "gpt-4o"}, None),
 ])
@@ -125,10 +125,10 @@ def test_openai_usage(response, expected):
 
 
 @pytest.mark.parametrize("response, expected", [
-    (anthropic_message(), (5050, 300, 4000)),                      # 50 + 4000 read + 1000 written
-    (anthropic_message(read=None, created=None), (50, 300, 0)),
+    (anthropic_message(), (5050, 300, 4000, 1000)),                      # 50 + 4000 read + 1000 written
+    (anthropic_message(read=None, created=None), (50, 300, 0, 0)),
     ({"model": "claude-haiku-4-5", "usage": {"input_tokens": 12, "output_tokens": 3,
-                                             "cache_read_input_tokens": 100}}, (112, 3, 100)),
+                                             "cache_read_input_tokens": 100}}, (112, 3, 100, 0)),
     (Obj(model="claude", usage=None), None),
 ])
 def test_anthropic_usage(response, expected):

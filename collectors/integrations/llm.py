@@ -14,9 +14,10 @@ Usage mapping (what the dashboard calls input / cached input / output tokens):
   OpenAI Responses API     usage.input_tokens / usage.input_tokens_details.cached_tokens / usage.output_tokens
   Anthropic messages       usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
                            / usage.cache_read_input_tokens / usage.output_tokens
+                           (cache writes: usage.cache_creation_input_tokens)
       Anthropic's `input_tokens` counts only the input AFTER the last cache breakpoint: it excludes the
       tokens read from the cache and those written to it. The total input is therefore the sum of the
-      three, of which the cache reads are the cached (cheaper) part. Cache writes count as ordinary input.
+      three, of which the cache reads (cheaper) and the cache writes (dearer) are priced at their own rates.
   model is `response.model`; provider "openai" / "anthropic". A response without usage (a stream, an
   error object) is not recorded, and the record_* functions return False.
 
@@ -58,30 +59,31 @@ def _int(x) -> int:
         return 0
 
 
-def openai_usage(response) -> tuple[int, int, int] | None:
-    """(input_tokens, output_tokens, cached_input_tokens) of an OpenAI chat completion or Responses
-    API response, or None when it carries no usage."""
+def openai_usage(response) -> tuple[int, int, int, int] | None:
+    """(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens) of an OpenAI chat
+    completion or Responses API response, or None when it carries no usage. OpenAI bills no cache writes."""
     usage = _get(response, "usage")
     if usage is None:
         return None
     if _get(usage, "prompt_tokens") is not None:           # chat completions (and legacy completions)
         return (_int(_get(usage, "prompt_tokens")), _int(_get(usage, "completion_tokens")),
-                _int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")))
+                _int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")), 0)
     if _get(usage, "input_tokens") is not None:            # Responses API
         return (_int(_get(usage, "input_tokens")), _int(_get(usage, "output_tokens")),
-                _int(_get(_get(usage, "input_tokens_details"), "cached_tokens")))
+                _int(_get(_get(usage, "input_tokens_details"), "cached_tokens")), 0)
     return None
 
 
-def anthropic_usage(response) -> tuple[int, int, int] | None:
-    """(total input_tokens, output_tokens, cached_input_tokens) of an Anthropic message; the total adds
-    the cache reads and writes to `input_tokens`, which excludes them (see the module docstring)."""
+def anthropic_usage(response) -> tuple[int, int, int, int] | None:
+    """(total input_tokens, output_tokens, cached_input_tokens, cache_write_tokens) of an Anthropic
+    message; the total adds the cache reads and writes to `input_tokens`, which excludes them (see the
+    module docstring)."""
     usage = _get(response, "usage")
     if usage is None or _get(usage, "input_tokens") is None:
         return None
     read = _int(_get(usage, "cache_read_input_tokens"))
     created = _int(_get(usage, "cache_creation_input_tokens"))
-    return _int(_get(usage, "input_tokens")) + read + created, _int(_get(usage, "output_tokens")), read
+    return _int(_get(usage, "input_tokens")) + read + created, _int(_get(usage, "output_tokens")), read, created
 
 
 def _record(provider, usage_of, response, latency_ms, request_id, endpoint, user, cache_hit) -> bool:
@@ -90,9 +92,9 @@ def _record(provider, usage_of, response, latency_ms, request_id, endpoint, user
         if usage is None:
             return False
         model = _get(response, "model")
-        inp, out, cached = usage
+        inp, out, cached, written = usage
         sdk.record_llm_call(str(model) if model else "unknown", inp, out, provider=provider,
-                            cached_input_tokens=cached,
+                            cached_input_tokens=cached, cache_write_tokens=written,
                             request_id=request_id if request_id is not None else current_request_id(),
                             endpoint=endpoint if endpoint is not None else current_endpoint(),
                             user=user, cache_hit=cache_hit, latency_ms=latency_ms)

@@ -60,12 +60,15 @@ def record_cache(cache: str, hit: bool, lookup_ms: float | None = None, namespac
 
 def record_llm_call(model: str, input_tokens: int, output_tokens: int, provider: str | None = None,
                     cached_input_tokens: int = 0, request_id: str | None = None, endpoint: str | None = None,
-                    user: str | None = None, cache_hit: bool = False, latency_ms: float | None = None) -> None:
-    """Record one LLM call (or one answered from a cache, with cache_hit=True)."""
+                    user: str | None = None, cache_hit: bool = False, latency_ms: float | None = None,
+                    cache_write_tokens: int = 0) -> None:
+    """Record one LLM call (or one answered from a cache, with cache_hit=True). `input_tokens` is the
+    whole prompt; `cached_input_tokens` (read from the provider's prompt cache) and `cache_write_tokens`
+    are parts of it, priced at their own rates."""
     try:
         if len(llm_calls) < max_buffer:
             llm_calls.append((clock(), provider, model, input_tokens, output_tokens, cached_input_tokens,
-                              request_id, endpoint, user, cache_hit, latency_ms))
+                              request_id, endpoint, user, cache_hit, latency_ms, cache_write_tokens))
         else:
             _drop()
     except Exception:

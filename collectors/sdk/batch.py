@@ -13,7 +13,7 @@ A batch is one UTF-8 JSON object:
      "queries": [{"minute", "database", "fingerprint", "sample_sql", "calls", "total_ms", "min_ms", "max_ms",
                   "buckets": {"<log bucket>": count}}],
      "llm":     [{"ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
-                  "request_id", "endpoint", "user", "cache_hit", "latency_ms"}],
+                  "request_id", "endpoint", "user", "cache_hit", "latency_ms", "cache_write_tokens"}],
      "deploys": [{"ts", "version"}],
      "sdk": {"dropped": int, "send_errors": int}}
 
@@ -162,7 +162,7 @@ def aggregate_queries(events: list) -> list[dict]:
 
 
 _LLM_FIELDS = ("ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
-               "request_id", "endpoint", "user", "cache_hit", "latency_ms")
+               "request_id", "endpoint", "user", "cache_hit", "latency_ms", "cache_write_tokens")
 
 
 def encode(*, service: str, host: str, pid: int, sent_at: float, requests=(), cache=(), llm=(),

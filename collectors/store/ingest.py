@@ -20,6 +20,8 @@ import pyarrow as pa
 
 from collectors.store.histogram import BUCKET_SQL
 
+COST_COLUMNS = ("input_cost_usd", "output_cost_usd", "cost_usd", "saved_usd", "price_version")
+
 MAX_LABEL = 512               # longest endpoint / method / model / cache name kept
 MAX_ENDPOINTS_PER_BATCH = 1000  # beyond this, the rarest endpoints fold into OTHER_ENDPOINT
 OTHER_ENDPOINT = "(other)"
@@ -223,16 +225,23 @@ def decode(payload: bytes) -> Batch:
         batch.queries = df.drop(columns="buckets")
 
     llm = _rows(doc, "llm", {"ts": _NUM, "model": (str,), "input_tokens": (int,), "output_tokens": (int,)}, batch)
+    negative = [r for r in llm if r["input_tokens"] < 0 or r["output_tokens"] < 0]
+    if negative:
+        batch.rejects["llm", "negative_tokens"] += len(negative)
+        llm = [r for r in llm if r["input_tokens"] >= 0 and r["output_tokens"] >= 0]
     if llm:
         df = pd.DataFrame(llm, columns=["ts", "provider", "model", "input_tokens", "output_tokens",
                                         "cached_input_tokens", "request_id", "endpoint", "user", "cache_hit",
-                                        "latency_ms"])
+                                        "latency_ms", "cache_write_tokens"])
         df["ts"] = pd.to_datetime(df["ts"], unit="s")
-        df["cached_input_tokens"] = df["cached_input_tokens"].fillna(0).astype("int64")
+        for col in ("cached_input_tokens", "cache_write_tokens"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).clip(lower=0).astype("int64")
         df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
         for col in ("provider", "request_id", "endpoint", "user"):
             # From the raw rows: pandas would turn a missing string into NaN (stored as 'nan').
             df[col] = pd.Series([None if r.get(col) is None else str(r[col])[:MAX_LABEL] for r in llm], dtype=object)
+        for col in COST_COLUMNS:     # unpriced until the collector prices the batch (collectors.pricing)
+            df[col] = pd.Series([None] * len(df), dtype=object)
         batch.llm = df
 
     deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch)
@@ -342,9 +351,13 @@ def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
                 b.query_buckets, [b.service])
     if b.llm is not None:
         _insert(con, """
-            INSERT INTO llm_calls
-            SELECT ts, ?, ?, provider, model, input_tokens, output_tokens, cached_input_tokens, request_id,
-                   endpoint, "user", cache_hit, latency_ms
+            INSERT INTO llm_calls BY NAME
+            SELECT ts, ? AS service, ? AS host, provider, model, input_tokens, output_tokens, cached_input_tokens,
+                   request_id, endpoint, "user" AS user_id, cache_hit, latency_ms, cache_write_tokens,
+                   input_cost_usd::DECIMAL(18, 12) AS input_cost_usd,
+                   output_cost_usd::DECIMAL(18, 12) AS output_cost_usd, cost_usd::DECIMAL(18, 12) AS cost_usd,
+                   saved_usd::DECIMAL(18, 12) AS saved_usd, price_version::VARCHAR AS price_version,
+                   CASE WHEN price_version IS NOT NULL THEN now()::TIMESTAMP END AS priced_at
             FROM _incoming
         """, b.llm, svc)
     if b.deploys is not None:

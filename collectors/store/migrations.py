@@ -257,8 +257,23 @@ def m004_index_advice(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m005_llm_costs(con: duckdb.DuckDBPyConnection) -> None:
+    # Each LLM call is priced once, on ingest, and keeps the price version it was priced with, so
+    # old costs never change when prices update (`perfdeck reprice` recomputes a range on purpose).
+    # Money is DECIMAL: sums of millions of sub-cent costs stay exact.
+    con.execute("""
+        ALTER TABLE llm_calls ADD COLUMN cache_write_tokens BIGINT DEFAULT 0; -- part of input_tokens, like cached ones
+        ALTER TABLE llm_calls ADD COLUMN input_cost_usd DECIMAL(18, 12);   -- what was paid; 0 for a cache hit
+        ALTER TABLE llm_calls ADD COLUMN output_cost_usd DECIMAL(18, 12);
+        ALTER TABLE llm_calls ADD COLUMN cost_usd DECIMAL(18, 12);         -- NULL: unpriced (unknown model)
+        ALTER TABLE llm_calls ADD COLUMN saved_usd DECIMAL(18, 12);        -- what caching saved on this call
+        ALTER TABLE llm_calls ADD COLUMN price_version VARCHAR;            -- "genai-prices 0.2.3", "override ..."
+        ALTER TABLE llm_calls ADD COLUMN priced_at TIMESTAMP;
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
-                                                                  m004_index_advice]
+                                                                  m004_index_advice, m005_llm_costs]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:
