@@ -67,12 +67,17 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
     advisor on those databases hourly."""
     from collectors import config
     from collectors.daemon import Collector
+    from collectors.pricing import PriceBook, PriceFileError
 
     cfg = config.load(config_path)
     advise_every = config.advisor_interval(cfg)
+    try:
+        prices = PriceBook.load(config.cost_settings(cfg).prices_file)
+    except (ValueError, PriceFileError) as exc:
+        raise click.ClickException(str(exc)) from None
     collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval,
                           samplers=config.build_samplers(cfg), advise_every=advise_every,
-                          advise=config.advisor_targets(cfg) if advise_every > 0 else [])
+                          advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices)
     if once:
         try:
             report = collector.run_once()
@@ -153,6 +158,65 @@ def _table_command(table: str) -> click.Command:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # holds dashboard/ and .streamlit/config.toml
+
+
+@main.command(context_settings=CONTEXT)
+@db_option
+@since_option
+@click.option("--until", "until_ago", default="0s", show_default=True, callback=lambda _c, _p, v: parse_span(v),
+              help="Up to this long ago.")
+@click.option("--model", default=None, help="Only the calls of this model.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="perfdeck.toml whose [cost] names the price overrides file (default $PERFDECK_CONFIG).")
+@click.option("--yes", is_flag=True, help="Apply without asking (the preview is still printed).")
+def reprice(db, since, until_ago, model, config_path, yes) -> None:
+    """Price the LLM calls of a range again with today's prices and overrides. Costs keep the price
+    version they were computed with, so they never change on their own: run this after adding a model
+    to the overrides file, or to move old calls to new prices. Prints a preview, asks, then writes the
+    new costs and an audit row in one transaction."""
+    import getpass
+    import json
+    import time
+
+    from collectors import config
+    from collectors.pricing import PriceBook, PriceFileError, apply_reprice, plan_reprice
+    from collectors.store import StoreLocked, utcnow, write
+
+    try:
+        settings = config.cost_settings(config.load(config_path))
+        book = PriceBook.load(settings.prices_file)
+    except (ValueError, PriceFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    now = utcnow()
+    start, end = now - since, now - until_ago
+    with reading(db) as con:
+        preview = plan_reprice(con, book, since=start, until=end, model=model)
+    click.echo(f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+               f"{f' ({model})' if model else ''}: {preview.summary()}")
+    if not preview.changed:
+        click.echo("nothing to change")
+        return
+    if not yes and not click.confirm("apply?", default=False):
+        raise click.Abort()
+    t0 = time.perf_counter()
+    try:
+        with write(db) as con:            # planned again inside the transaction: exactly what is written
+            plan = plan_reprice(con, book, since=start, until=end, model=model)
+            apply_reprice(con, plan)
+            con.execute("""
+                INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome, duration_ms, result,
+                                          figures)
+                VALUES (?, ?, 'reprice', 'store', ?, ?, 'ok', ?, ?, ?)
+            """, [utcnow(), f"cli:{getpass.getuser()}",
+                  json.dumps({"since": str(start), "until": str(end), "model": model,
+                              "prices_file": str(settings.prices_file)}),
+                  preview.summary(), (time.perf_counter() - t0) * 1000, plan.summary(),
+                  json.dumps({"calls": plan.calls, "changed": plan.changed,
+                              "spend_before": str(plan.spend_before), "spend_after": str(plan.spend_after),
+                              "unpriced_before": plan.unpriced_before, "unpriced_after": plan.unpriced_after})])
+    except StoreLocked as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"repriced: {plan.summary()}")
 
 
 def dashboard_command(db: str | None, port: int | None, extra: tuple = ()) -> list[str]:

@@ -213,6 +213,7 @@ class PriceBook:
         output_tokens, cached_input_tokens, cache_write_tokens, cache_hit); None for unpriced rows."""
         out = []
         for ts, provider, model, inp, outp, cached, written, hit in rows:
+            provider = provider if isinstance(provider, str) else None     # a frame's missing value is NaN
             try:
                 p = self.price(model=model, provider=provider, ts=ts, input_tokens=int(inp), output_tokens=int(outp),
                                cached_input_tokens=int(cached or 0), cache_write_tokens=int(written or 0),
@@ -227,3 +228,72 @@ class PriceBook:
 
 def _q(x: Decimal) -> Decimal:
     return Decimal(x).quantize(SCALE, rounding=ROUND_HALF_EVEN)
+
+
+# -- repricing a range on purpose ------------------------------------------------------------------
+_RANGE_SQL = """
+    SELECT rowid AS row_id, ts, provider, model, input_tokens, output_tokens, cached_input_tokens,
+           cache_write_tokens, cache_hit, cost_usd::VARCHAR AS old_cost, price_version AS old_version
+    FROM llm_calls
+    WHERE ts >= ? AND ts < ? AND (? IS NULL OR lower(model) = lower(?))
+    ORDER BY ts
+"""
+
+
+@dataclass
+class Repricing:
+    """What `perfdeck reprice` would change (or changed) in a range."""
+    rows: object                    # DataFrame: row_id + the new COST_COLUMNS of the calls that change
+    calls: int
+    changed: int                    # calls whose cost or price version differs
+    spend_before: Decimal
+    spend_after: Decimal
+    unpriced_before: int
+    unpriced_after: int
+    versions_after: dict[str, int]  # price version -> calls ("unpriced" for None)
+
+    def summary(self) -> str:
+        return (f"{self.calls:,} calls, {self.changed:,} change: spend ${self.spend_before:,.6f} -> "
+                f"${self.spend_after:,.6f}; unpriced {self.unpriced_before:,} -> {self.unpriced_after:,}; "
+                f"prices now: " + ", ".join(f"{v} ({n:,})" for v, n in sorted(self.versions_after.items())))
+
+
+def plan_reprice(con, book: PriceBook, *, since: datetime, until: datetime, model: str | None = None) -> Repricing:
+    """Price every call in [since, until) again with `book`, without writing anything."""
+    df = con.execute(_RANGE_SQL, [since, until, model, model]).df()
+    new = book.price_rows(df[["ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
+                              "cache_write_tokens", "cache_hit"]].itertuples(index=False, name=None))
+    for i, col in enumerate(COST_COLUMNS):
+        df[col] = [row[i] for row in new]
+    def cost(text):
+        return Decimal(text) if isinstance(text, str) else None
+
+    changed = [cost(o) != cost(n[2]) or (ov if isinstance(ov, str) else None) != n[4]
+               for o, ov, n in zip(df["old_cost"], df["old_version"], new)]
+    versions: dict[str, int] = {}
+    for n in new:
+        versions[n[4] or "unpriced"] = versions.get(n[4] or "unpriced", 0) + 1
+    return Repricing(df.loc[changed, ["row_id", *COST_COLUMNS]], len(df), sum(changed),
+                     sum((cost(o) for o in df["old_cost"] if cost(o) is not None), Decimal(0)),
+                     sum((cost(n[2]) for n in new if n[2] is not None), Decimal(0)),
+                     sum(1 for o in df["old_cost"] if cost(o) is None), sum(1 for n in new if n[2] is None), versions)
+
+
+def apply_reprice(con, plan: Repricing) -> int:
+    """Write a plan's costs within the caller's transaction; returns the rows updated."""
+    if not plan.changed:
+        return 0
+    con.register("_repriced", plan.rows)
+    try:
+        con.execute("""
+            UPDATE llm_calls SET input_cost_usd = r.input_cost_usd::DECIMAL(18, 12),
+                                 output_cost_usd = r.output_cost_usd::DECIMAL(18, 12),
+                                 cost_usd = r.cost_usd::DECIMAL(18, 12), saved_usd = r.saved_usd::DECIMAL(18, 12),
+                                 price_version = r.price_version::VARCHAR,
+                                 priced_at = CASE WHEN r.price_version IS NOT NULL THEN now()::TIMESTAMP END
+            FROM _repriced r
+            WHERE llm_calls.rowid = r.row_id
+        """)
+    finally:
+        con.unregister("_repriced")
+    return plan.changed
