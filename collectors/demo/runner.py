@@ -76,11 +76,17 @@ def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
     """The demo dashboard's environment, so its actions reach the demo's spool (its app caches) and
     the shop database next to whatever is configured; and on a loopback address, with no operator
     configured, a generated operator password (returned to be printed, never written anywhere)."""
+    from collectors import config
     from dashboard.actions.access import generate_demo_password, operator_config
 
     shop = f"shop=sqlite:///{data_dir / 'shop.sqlite'}"
     env = {"PERFDECK_SPOOL": str(data_dir / "spool"),
            "PERFDECK_DATABASE_URLS": ",".join(filter(None, [os.environ.get("PERFDECK_DATABASE_URLS"), shop]))}
+    cost = config.cost_settings(demo_config(data_dir))       # the Cost page's budgets, as the collector has them
+    env.update({name: str(value) for name, value in (
+        ("PERFDECK_DAILY_BUDGET", cost.daily_budget), ("PERFDECK_MONTHLY_BUDGET", cost.monthly_budget),
+        ("PERFDECK_COMPUTE_USD_PER_CORE_HOUR", cost.compute_usd_per_core_hour),
+        ("PERFDECK_TARGET_PER_QUERY", cost.target_per_query)) if value is not None})
     password = None
     if not operator_config().enabled and dashboard_address() in LOOPBACK:
         password, env["PERFDECK_OPERATOR_PASSWORD_HASH"] = generate_demo_password()
@@ -105,6 +111,10 @@ def stop_process(proc: subprocess.Popen | None, name: str, timeout: float = 10.0
         proc.wait(5)
 
 
+# Budgets the demo's LLM traffic (about $4 a day) makes worth a look, and a price for its own CPU.
+DEMO_COST = {"daily_budget": 5.0, "monthly_budget": 100.0, "compute_usd_per_core_hour": 0.05}
+
+
 def demo_config(data_dir: Path) -> dict:
     """The host (with the demo's own processes), the shop's SQLite database, and any Redis or
     database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS."""
@@ -112,6 +122,8 @@ def demo_config(data_dir: Path) -> dict:
 
     cfg = config.load()
     cfg["host"].setdefault("processes", ["cmd:collectors\\.demo\\.live", "cmd:streamlit run"])
+    for key, value in DEMO_COST.items():
+        cfg.setdefault("cost", {}).setdefault(key, value)
     cfg["database"].append({"name": "shop", "url": f"sqlite:///{data_dir / 'shop.sqlite'}"})
     return cfg
 
@@ -123,6 +135,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     from collectors.demo.backfill import DAY, backfill, shop_rate
     from collectors.demo.live import run_live
     from collectors.demo.workload import VERSION_AFTER, Shop, open_database
+    from collectors.pricing import PriceBook
 
     t0 = time.monotonic()
     data_dir = Path(data_dir).resolve()
@@ -145,7 +158,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
                               advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
-                              advise_at_start=False)
+                              advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file))
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:

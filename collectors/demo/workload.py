@@ -181,6 +181,13 @@ class FakeLLMClient:
         self.rng = rng
         self.cache = LRUCache("llm_responses", cache_capacity)
 
+    def warm(self, models: list[str], prompts: Callable[[], int], n: int) -> None:
+        """Answer `n` prompts into the response cache without recording them: the cache of a service
+        that has been up a while (the backfill runs few real LLM requests, all on a cold cache else)."""
+        for _ in range(n):
+            self.cache.put(self.rng.choice(models), prompts(), (int(self.rng.lognormvariate(math.log(900), 0.55)),
+                                                                int(self.rng.lognormvariate(math.log(180), 0.6))))
+
     def complete(self, model: str, prompt_key, trace: Trace, *, endpoint: str) -> float:
         """One completion; records it and returns the (simulated) latency in ms."""
         rng = self.rng
@@ -329,6 +336,7 @@ class Shop(App):
         self.product_cache = LRUCache("product_lru", 400)
         self.customer_cache = LRUCache("customer_lru", 250)
         self.llm = FakeLLMClient(self.rng)
+        self.llm.warm(["gpt-4o-mini"] * 4 + ["claude-3-5-haiku"] * 2 + ["gpt-4o", "claude-sonnet-4"], self.prompts, 600)
 
     def _product(self, conn, pid: int, trace: Trace):
         row, hit = self.product_cache.get("product", pid, trace)
@@ -387,11 +395,14 @@ class Shop(App):
             orders = self._customer_orders(conn, cid, trace)
             for _, pid, *_ in orders[:3]:
                 self._product(conn, pid, trace)
+        # About a third of the requests first ask a small model what the shopper is after.
+        intent_ms = (self.llm.complete("gpt-4o-mini", ("intent", self.prompts()), trace, endpoint="/recommendations")
+                     if self.rng.random() < 0.35 else 0.0)
         r = self.rng.random()
         model = ("gpt-4o-mini" if r < 0.50 else "claude-3-5-haiku" if r < 0.72 else "gpt-4o" if r < 0.85
                  else "claude-sonnet-4" if r < 0.97 else "acme-local-7b")
         # LLM latency is the simulated part of this request.
-        return self.llm.complete(model, self.prompts(), trace, endpoint="/recommendations")
+        return intent_ms + self.llm.complete(model, self.prompts(), trace, endpoint="/recommendations")
 
     def do_checkout(self, trace: Trace, user: str) -> float:
         cid = int(user[2:]) * 37 % N_CUSTOMERS + 1
@@ -427,6 +438,7 @@ class Worker(App):
         super().__init__(engine, seed=seed, version=version)
         self.llm = FakeLLMClient(self.rng, cache_capacity=150)
         self.prompts = ZipfKeys(2000, 0.9, self.np_rng)
+        self.llm.warm(["claude-3-5-haiku"] * 4 + ["acme-local-7b"], self.prompts, 200)
 
     def do_send_receipt(self, trace: Trace, user: str) -> float:
         with self.engine.connect() as conn:
