@@ -110,7 +110,7 @@ class _ExportGroup(click.Group):
 
 @main.group(cls=_ExportGroup, context_settings=CONTEXT)
 def export() -> None:
-    """Print store data as CSV or JSON: `latency`, or any raw table by name."""
+    """Print store data as CSV or JSON: `latency`, `cost`, or any raw table by name."""
 
 
 def _emit(df, fmt: str) -> None:
@@ -136,6 +136,25 @@ def export_latency(db, since, service, fmt) -> None:
     _emit(df, fmt)
 
 
+
+
+@export.command("cost", context_settings=CONTEXT)
+@db_option
+@click.option("--since", default="30d", show_default=True, callback=lambda _c, _p, v: parse_span(v),
+              help="How far back: 24h, 7d, 30d, ...")
+@click.option("--by", type=click.Choice(["endpoint", "model", "user", "day"]), default="endpoint",
+              show_default=True, help="One row per endpoint, model, user or UTC day.")
+@format_option
+def export_cost(db, since, by, fmt) -> None:
+    """LLM calls, tokens, spend and savings (USD) over a range, by endpoint, model, user or day.
+    Unpriced calls are counted, never priced at zero."""
+    from collectors.store import utcnow
+    from dashboard.queries.cost import cost_export
+
+    until = utcnow()
+    with reading(db) as con:
+        df = cost_export(con, since=until - since, until=until, by=by)
+    _emit(df, fmt)
 
 
 def _table_command(table: str) -> click.Command:

@@ -24,6 +24,7 @@ NAVIGATION = {
         st.Page(PAGES / "caches.py", title="Caches", icon=":material/cached:"),
         st.Page(PAGES / "database.py", title="Database", icon=":material/database:"),
         st.Page(PAGES / "host.py", title="Host", icon=":material/memory:"),
+        st.Page(PAGES / "cost.py", title="Cost", icon=":material/payments:"),
     ],
     "Operate": [
         st.Page(PAGES / "actions.py", title="Actions", icon=":material/build:"),

@@ -172,6 +172,7 @@ Y_FORMATS = {
     # Rates are often below 1 per second: SI ticks would read "600m/s", so plain rounded decimals.
     "per_s": (",.3~r", "/s", "%{y:,.3g}/s"),
     "number": (",.3~r", "", "%{y:,.3g}"),
+    "usd": ("$,.4~r", "", "$%{y:,.4~r}"),
 }
 
 
@@ -266,9 +267,10 @@ def stacked_area(
 
 def bars(
     df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, x_format: str = "number",
-    colour_by: str | None = None, height: int | None = None,
+    colour_by: str | None = None, height: int | None = None, vlines: tuple[tuple[str, float], ...] = (),
 ) -> go.Figure:
-    """Horizontal bars of `df[x]` per `df[y]`, largest at the top (e.g. Redis memory by namespace)."""
+    """Horizontal bars of `df[x]` per `df[y]`, largest at the top (e.g. Redis memory by namespace);
+    `vlines` are labelled vertical lines (name, x), such as a target."""
     tickformat, suffix, _ = Y_FORMATS[x_format]
     hover = Y_FORMATS[x_format][2].replace("%{y", "%{x")
     fig = go.Figure()
@@ -281,4 +283,35 @@ def bars(
     fig.update_yaxes(automargin=True)
     _layout(fig, title, height or max(220, 60 + 28 * len(df)))
     fig.update_layout(hovermode="closest", barmode="relative")
+    for name, value in vlines:
+        fig.add_vline(x=value, line={"color": THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR), "width": 1.5, "dash": "dot"},
+                      annotation={"text": name, "font": {"size": 10}, "yanchor": "bottom"})
+    return _no_data(fig) if df.empty else fig
+
+
+def stacked_bars(
+    df: pd.DataFrame, *, y: str, stack: str, title: str, y_title: str, y_format: str = "number",
+    x_range: tuple[datetime, datetime] | None = None, hlines: tuple[tuple[str, float], ...] = (),
+    top: int = 8, height: int = 340,
+) -> go.Figure:
+    """`df[y]` over `df["time"]` as bars stacked by `stack`, the `top` largest stacks by total and the
+    rest summed as "other" (e.g. spend per hour by model); `hlines` are labelled horizontal lines."""
+    tickformat, suffix, hover = Y_FORMATS[y_format]
+    fig = go.Figure()
+    if not df.empty:
+        totals = df.groupby(stack)[y].sum().sort_values(ascending=False)
+        keep = set(totals.index[:top])
+        df = df.assign(**{stack: df[stack].where(df[stack].isin(keep), "other")})
+        order = [k for k in totals.index if k in keep] + (["other"] if len(totals) > top else [])
+        for i, name in enumerate(order):
+            part = df[df[stack] == name].groupby("time", as_index=False)[y].sum()
+            fig.add_trace(go.Bar(x=part["time"], y=part[y], name=str(name), marker_color=_colour(i),
+                                 hovertemplate=f"{name}: {hover}<extra></extra>"))
+    for name, value in hlines:
+        fig.add_hline(y=value, line={"color": THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR), "width": 1.5, "dash": "dot"},
+                      annotation={"text": name, "font": {"size": 10}, "xanchor": "left", "x": 0})
+    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix, rangemode="tozero")
+    _layout(fig, title, height)
+    fig.update_layout(barmode="stack", hovermode="x unified")
     return _no_data(fig) if df.empty else fig

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from seed_cost import call, event, seed_cost
 from seed_samples import seed_samples
 from seed_store import seed_store
 
@@ -27,6 +28,18 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 if not Path(CHROMIUM).exists():
     pytest.skip("needs Debian's chromium at /usr/bin/chromium", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def seed_llm_calls(store) -> None:
+    """Two days of POST /chat requests calling gpt-4o (every fourth answered from cache) and a few
+    calls of a model no price list knows."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    calls = [call(now - timedelta(minutes=20 * i), "gpt-4o", cost="0" if i % 4 == 0 else f"0.00{3 + i % 5}",
+                  saved="0.004" if i % 4 == 0 else "0", cache_hit=i % 4 == 0, request_id=f"chat-{i}",
+                  endpoint="POST /chat", user_id=f"user-{i % 7}") for i in range(144)]
+    calls += [call(now - timedelta(hours=i), "acme-local-7b", cost=None, provider=None, endpoint="task build_report",
+                   request_id=f"report-{i}") for i in range(3)]
+    seed_cost(store, calls=calls, events=[event(c["ts"], c["endpoint"], c["request_id"]) for c in calls])
 
 
 def _free_port() -> int:
@@ -49,8 +62,10 @@ def server(tmp_path_factory):
     store = tmp / "perfdeck.duckdb"
     seed_store(store)
     seed_samples(store)  # caches, Redis (one down), databases and hosts for the other pages
+    seed_llm_calls(store)
     port = _free_port()
-    env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+           "PERFDECK_DAILY_BUDGET": "2", "PERFDECK_MONTHLY_BUDGET": "40"}
     log = (tmp / "server.log").open("w")  # closed once the server is stopped
     # Own process group: `perfdeck dashboard` starts streamlit as a child, and both must go at the end.
     proc = subprocess.Popen(_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -167,7 +182,7 @@ def test_every_nav_page_renders_without_errors(server, page):
     _settle(page)
     links = page.locator('[data-testid="stSidebarNavLink"]')
     titles = [links.nth(i).inner_text().split("\n")[-1] for i in range(links.count())]
-    assert titles[:4] == ["Overview", "Caches", "Database", "Host"]
+    assert titles[:5] == ["Overview", "Caches", "Database", "Host", "Cost"]
     for title in titles:
         page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
         page.wait_for_function(
@@ -190,3 +205,22 @@ def test_down_redis_callout_on_caches_page(server, page):
     assert box.count() == 1
     text = box.inner_text()
     assert "queue" in text and "Connection refused" in text and "***" in text
+
+
+def test_cost_page_in_browser(server, page, tmp_path):
+    page.goto(f"{server}/cost?range=Last+7+days")
+    _settle(page)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    warning = page.locator('[data-testid="stAlertContentWarning"]').inner_text()
+    assert "3 calls" in warning and "acme-local-7b" in warning and "perfdeck reprice" in warning
+    assert page.locator(".js-plotly-plot .barlayer .point").count() >= 3      # bars were drawn
+    labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
+    assert "Month forecast" in "\n".join(labels)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator('[data-testid="stDownloadButton"] button').nth(1).click()   # under the models table
+    target = tmp_path / info.value.suggested_filename
+    info.value.save_as(target)
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert info.value.suggested_filename == "perfdeck-cost-models.csv"
+    assert {r["model"] for r in rows} == {"gpt-4o", "acme-local-7b"}

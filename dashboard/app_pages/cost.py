@@ -1,0 +1,220 @@
+"""Cost: what LLM calls cost, which endpoint and model drive it, what one request costs, what caching
+saved, and whether the budgets hold."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import dashboard.queries as q
+from collectors import config
+from collectors.store import utcnow
+from dashboard import charts, widgets
+
+st.title("Cost")
+filters = widgets.sidebar_filters()
+
+NUM, TEXT, USD = st.column_config.NumberColumn, st.column_config.TextColumn, "$%.4f"
+WHEN = st.column_config.DatetimeColumn
+COLUMNS = {
+    "service": TEXT("Service"), "endpoint": TEXT("Endpoint"), "provider": TEXT("Provider"), "model": TEXT("Model"),
+    "requests": NUM("Requests", format="localized"),
+    "llm_requests": NUM("With LLM calls", format="localized", help="Requests that made at least one LLM call"),
+    "calls": NUM("Calls", format="localized"), "cache_hit_calls": NUM("From cache", format="localized",
+                                                                     help="Calls answered by the app's own cache"),
+    "calls_per_request": NUM("Calls / request", format="%.2f"),
+    "mean_usd": NUM("Mean", format=USD), "p50_usd": NUM("p50", format=USD), "p95_usd": NUM("p95", format=USD),
+    "max_usd": NUM("Max", format=USD), "total_usd": NUM("Total", format="$%.2f"),
+    "compute_usd": NUM("Compute", format="$%.4f", help="CPU of the watched processes × the configured $/core-hour"),
+    "spend_usd": NUM("Spend", format="$%.4f"), "saved_usd": NUM("Saved", format="$%.4f"),
+    "cost_usd": NUM("Cost", format="$%.6f"), "cost_per_call_usd": NUM("Per call", format="$%.6f"),
+    "input_tokens": NUM("Input tokens", format="localized"), "output_tokens": NUM("Output tokens", format="localized"),
+    "cached_input_tokens": NUM("Cached input", format="localized", help="Input read from the provider's prompt cache"),
+    "cache_write_tokens": NUM("Cache writes", format="localized"), "tokens": NUM("Tokens", format="localized"),
+    "avg_latency_ms": NUM("Mean latency (ms)", format="%.0f"),
+    "output_tokens_per_s": NUM("Output tokens / s", format="%.0f"),
+    "price_version": TEXT("Priced with"), "unpriced_calls": NUM("Unpriced", format="localized"),
+    "user_id": TEXT("User"), "last_call": WHEN("Last call (UTC)", format="YYYY-MM-DD HH:mm"),
+    "ts": WHEN("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"), "request_id": TEXT("Request"),
+    "duration_ms": NUM("Duration (ms)", format="%.0f"), "models": TEXT("Models"),
+    "latency_ms": NUM("Latency (ms)", format="%.0f"), "cache_hit": st.column_config.CheckboxColumn("From cache"),
+    "hit_rate": NUM("Hit rate", format="percent"),
+    "saved_result_cache_usd": NUM("Saved: answered from cache", format="$%.4f"),
+    "saved_cache_read_usd": NUM("Saved: prompt-cache reads", format="$%.4f"),
+    "first_seen": WHEN("First seen (UTC)", format="YYYY-MM-DD HH:mm"),
+    "last_seen": WHEN("Last seen (UTC)", format="YYYY-MM-DD HH:mm"),
+}
+HOW_TO = ("LLM calls are recorded by `sdk.record_llm_call(...)` or the OpenAI / Anthropic integrations "
+          "(`collectors.integrations.llm`), and priced as the collector ingests them.")
+GROUPINGS = {"Model": "model", "Endpoint": "endpoint", "Service": "service"}
+
+
+def money(x: float | None, digits: int = 2) -> str:
+    if x is None or pd.isna(x):
+        return "–"
+    return f"${x:,.{digits}f}" if abs(x) >= 0.01 or x == 0 else f"${x:,.6f}"
+
+
+def shown(df: pd.DataFrame) -> dict:
+    return {c: COLUMNS[c] for c in df.columns if c in COLUMNS}
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def settings() -> config.CostSettings:
+    return config.cost_settings(config.load())
+
+
+def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> None:
+    if not totals.unpriced_calls:
+        return
+    first = unpriced.iloc[0]
+    tokens = int(unpriced["input_tokens"].sum() + unpriced["output_tokens"].sum())
+    models = ", ".join(f"`{m}` ({n:,})" for m, n in unpriced[["model", "calls"]].itertuples(index=False))
+    st.warning(
+        f"**{totals.unpriced_calls:,} calls ({tokens:,} tokens) have no price** and are not in the spend "
+        f"below: {models}. No price list knows these models. Give them a price in `{prices_file.name}` "
+        f"($ per million tokens), then price the calls already recorded:\n\n"
+        f"```toml\n[models.\"{first.model}\"]\ninput = 0.20\noutput = 0.40\n```\n"
+        f"```\nperfdeck reprice --since 30d\n```", icon=":material/price_change:")
+
+
+def headline(t: pd.Series, budget: pd.DataFrame, target: float) -> None:
+    month = budget[budget["period"] == "this month"]
+    cards = [
+        ("LLM spend", money(t.spend_usd), f"{t.calls:,} calls, {t.unpriced_calls:,} unpriced", None),
+        ("Per request (mean)", money(t.spend_per_request_usd, 4),
+         f"LLM spend over {t.llm_requests:,} requests that called an LLM; target {money(target)}",
+         "over target" if t.spend_per_request_usd > target else "within target"),
+        ("Saved by caching", money(t.saved_result_cache_usd + t.saved_cache_read_usd),
+         f"{t.cache_hit_calls:,} calls answered from cache ({money(t.saved_result_cache_usd)}) and prompt-cache "
+         f"reads ({money(t.saved_cache_read_usd)})", None),
+        ("Tokens", f"{t.input_tokens + t.output_tokens:,.0f}",
+         f"{t.input_tokens:,} in ({t.cached_input_tokens:,} cached), {t.output_tokens:,} out; "
+         f"{t.calls_per_request:.2f} calls per request", None),
+    ]
+    if not month.empty:
+        m = month.iloc[0]
+        cards.append(("Month forecast", money(m.forecast_usd), f"{money(m.spent_usd)} spent of a "
+                      f"{money(m.budget_usd)} budget; burning {money(m.burn_rate_per_day)} a day",
+                      "within budget" if m.on_track else "over budget"))
+    for col, (label, value, help_, verdict) in zip(st.columns(len(cards)), cards):
+        good = verdict in ("within target", "within budget")
+        col.metric(label, value, verdict, help=help_, border=True, delta_arrow="off",
+                   delta_color="normal" if good else "inverse")
+
+
+def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None) -> None:
+    st.subheader("Budgets")
+    if budget.empty:
+        st.info("No budget is set. Add `daily_budget` and `monthly_budget` (USD) under `[cost]` in "
+                "perfdeck.toml, or set `PERFDECK_DAILY_BUDGET` / `PERFDECK_MONTHLY_BUDGET`.", icon=":material/info:")
+    for col, b in zip(st.columns(max(len(budget), 1)), budget.itertuples(index=False)):
+        verdict = "on track" if b.on_track else "forecast over budget"
+        col.markdown(f"**{b.period.capitalize()}**: {money(b.spent_usd)} of {money(b.budget_usd)} "
+                     f"({b.share_used:.0%}) · {verdict}")
+        col.progress(min(float(b.share_used), 1.0))
+        col.caption(f"Burn rate {money(b.burn_rate_per_day)} / day · forecast {money(b.forecast_usd)} "
+                    f"({b.forecast_share:.0%} of budget) by {b.period_end:%Y-%m-%d %H:%M} UTC")
+    now = utcnow()
+    month = widgets.load({"daily": q.daily_spend}, since=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+                         until=now.replace(second=0, microsecond=0), service=service)
+    if month is None:
+        return
+    daily = month["daily"]
+    lines = (("daily budget", cost.daily_budget),) if cost.daily_budget else ()
+    widgets.chart(charts.stacked_bars(daily.assign(time=daily["day"], stack="spend"), y="spend_usd", stack="stack",
+                                      title="Spend per day this month (UTC)", y_title="spend", y_format="usd", hlines=lines,
+                                      height=280), daily, "cost-per-day")
+    if not budget.empty:
+        widgets.csv_download(budget, "budgets", label="Download budgets (CSV)")
+
+
+def spend(scope: dict, models: pd.DataFrame, x_range) -> None:
+    st.subheader("Where the money goes")
+    label = st.segmented_control("Split by", list(GROUPINGS), default="Model", key="cost_split") or "Model"
+    over = widgets.load({"over": q.cost_over_time}, **scope, by=GROUPINGS[label])
+    if over is None:
+        return
+    widgets.chart(charts.stacked_bars(over["over"], y="cost_usd", stack="key", title=f"LLM spend by {label.lower()}",
+                                      y_title="spend per bucket", y_format="usd", x_range=x_range),
+                  over["over"], f"cost-by-{GROUPINGS[label]}")
+    st.markdown("**Models**: calls, tokens and spend")
+    widgets.table(models, "cost-models", column_config=shown(models))
+
+
+def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, compute: bool) -> None:
+    st.subheader("Cost per request")
+    st.caption("Each request's LLM calls joined to its request event by request id"
+               + (", plus its share of the service's CPU" if compute else "")
+               + ". Requests that called no LLM count as $0.")
+    if requests.empty:
+        st.info("No request with a request id called an LLM in this range.", icon=":material/info:")
+        return
+    widgets.table(requests, "cost-per-request", column_config=shown(requests))
+    widgets.chart(charts.bars(requests.assign(label=requests["endpoint"] + " · " + requests["service"]),
+                              x="p95_usd", y="label", title="p95 cost per request", x_title="USD per request",
+                              x_format="usd", vlines=(("target", target),)), None, "cost-p95")
+    st.markdown("**Most expensive requests**")
+    widgets.table(expensive, "cost-expensive-requests", column_config=shown(expensive))
+    ids = expensive["request_id"].tolist()
+    pick = st.selectbox("Calls of request", ids, index=None, placeholder="Pick a request to see its LLM calls",
+                        key="cost_request")
+    if pick:
+        calls = widgets.load({"calls": q.request_calls}, request_id=pick)
+        if calls is not None:
+            widgets.table(calls["calls"], "cost-request-calls", column_config=shown(calls["calls"]))
+
+
+def users(scope: dict) -> None:
+    st.subheader("Users")
+    search = st.text_input("Find a user", key="cost_user_search", placeholder="part of a user id")
+    data = widgets.load({"users": q.user_costs}, **scope, search=search.strip() or None)
+    if data is not None:
+        widgets.table(data["users"], "cost-users", column_config=shown(data["users"]))
+
+
+def savings(t: pd.Series, saved: pd.DataFrame) -> None:
+    st.subheader("What caching saved")
+    a, b, c = st.columns(3)
+    a.metric("Calls answered from cache", f"{t.cache_hit_calls:,}", border=True,
+             help="LLM calls the app answered from its own result cache: not paid for")
+    b.metric("Their price, not paid", money(t.saved_result_cache_usd), border=True)
+    c.metric("Prompt-cache reads", money(t.saved_cache_read_usd), border=True,
+             help=f"{t.cached_input_tokens:,} input tokens billed at the cache-read rate instead of the input rate")
+    widgets.table(saved, "cost-savings", column_config=shown(saved))
+
+
+def body() -> None:
+    since, until = filters.range.bounds()
+    scope = {"since": since, "until": until, "service": filters.service}
+    try:
+        cost = settings()
+    except ValueError as exc:
+        st.error(f"The `[cost]` settings cannot be used: {exc}", icon=":material/error:")
+        return
+    bucket_s = q.bucket_seconds(since, until)
+    data = widgets.load({"totals": q.cost_totals, "models": q.model_usage, "unpriced": q.unpriced_models,
+                         "saved": q.cache_savings}, **scope)
+    if data is None:
+        return
+    per_req = widgets.load({"requests": q.request_costs}, **scope, usd_per_core_hour=cost.compute_usd_per_core_hour)
+    expensive = widgets.load({"expensive": q.expensive_requests}, **scope)
+    budget = widgets.load({"budget": q.budget_status}, now=utcnow().replace(second=0, microsecond=0),
+                          daily_budget=cost.daily_budget, monthly_budget=cost.monthly_budget, service=filters.service)
+    if per_req is None or expensive is None or budget is None:
+        return
+    widgets.range_caption(since, until)
+    t = data["totals"].iloc[0]
+    if not t.calls:
+        widgets.no_data_yet(f"No LLM calls in this time range. {HOW_TO}")
+        return
+    unpriced_note(t, data["unpriced"], cost.prices_file)
+    headline(t, budget["budget"], cost.target_per_query)
+    spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until))
+    per_request(per_req["requests"], expensive["expensive"], cost.target_per_query,
+                cost.compute_usd_per_core_hour is not None)
+    savings(t, data["saved"])
+    budgets(budget["budget"], cost, filters.service)
+    users(scope)
+
+
+widgets.live(body, filters)
