@@ -90,6 +90,9 @@ def test_cost_page_answers_the_four_questions(seeded):
     assert per_request["endpoint"].tolist()[0] == "/chat"
     assert "/search" not in per_request["endpoint"].tolist()
     assert per_request.set_index("endpoint").loc["/chat", "requests"] == 30
+    p95 = metric(at, "p95 per request")
+    assert float(p95.value[1:]) == pytest.approx(per_request.set_index("endpoint").loc["/chat", "p95_usd"], rel=1e-3)
+    assert p95.delta == "within target"
     # what caching saved
     assert metric(at, "Calls answered from cache").value == "10"
     # whether the month stays in budget

@@ -2,6 +2,7 @@
 through the real SDK → spool → collector → DuckDB path where the store is involved."""
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -245,3 +246,22 @@ def test_reprice_with_a_broken_prices_file_is_a_clear_error(store, tmp_path, mon
     monkeypatch.setenv("PERFDECK_PRICES_FILE", str(write_prices(tmp_path / "prices.toml", "[models.x]\noutput = 1\n")))
     r = CliRunner().invoke(main, ["reprice", "--db", str(store), "--yes"])
     assert r.exit_code == 1 and "prices.toml" in r.output and "`input`" in r.output
+
+
+def test_export_cost_by_model_and_day(store, spool):
+    sdk.configure(service="api", transport=f"spool:{spool}", flush_interval=60)
+    record(MIXES * 2 + [(None, "acme-local-7b", 800, 0, 0, 120)], request_id="r-1")
+    ingest(store, spool)
+    runner = CliRunner()
+    r = runner.invoke(main, ["export", "cost", "--db", str(store), "--by", "model", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["model"]: row for row in json.loads(r.output)}
+    now = datetime.now(UTC)
+    assert rows["gpt-4o"]["calls"] == 4
+    assert rows["gpt-4o"]["spend_usd"] == pytest.approx(float(2 * sum(genai_total(*m, when=now)
+                                                                     for m in MIXES if m[1] == "gpt-4o")))
+    assert (rows["acme-local-7b"]["unpriced_calls"], rows["acme-local-7b"]["spend_usd"]) == (1, 0)
+    r = runner.invoke(main, ["export", "cost", "--db", str(store), "--by", "day", "--since", "7d"])
+    assert r.exit_code == 0 and r.output.splitlines()[0].startswith("day,calls,")
+    assert len(r.output.splitlines()) == 2
+    assert runner.invoke(main, ["export", "cost", "--db", str(store), "--by", "team"]).exit_code == 2

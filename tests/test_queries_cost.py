@@ -33,6 +33,7 @@ from dashboard.queries import (
     forecast_period,
     model_usage,
     request_calls,
+    request_cost_overall,
     request_costs,
     unpriced_models,
     user_costs,
@@ -343,6 +344,19 @@ def test_request_costs(con):
     summarize = row_of(df, endpoint="/summarize")  # r4 has no event: placed at its call, $0 (unpriced)
     assert (summarize["requests"], summarize["llm_requests"]) == (3, 3)
     assert summarize["total_usd"] == pytest.approx(0.0003, rel=1e-12)
+
+
+def test_request_cost_overall_is_every_llm_endpoint_together(con):
+    [row] = request_cost_overall(con, since=SINCE, until=UNTIL).to_dict("records")
+    assert list(row) == REQUEST_COLUMNS[2:]
+    reference = per_request(CALLS, EVENTS, SINCE, UNTIL)
+    llm_endpoints = {(r["service"], r["endpoint"]) for r in reference.values() if r["calls"]}
+    costs = np.array([r["cost"] for r in reference.values() if (r["service"], r["endpoint"]) in llm_endpoints])
+    assert row["requests"] == len(costs) == 10          # /chat's 7 and /summarize's 3; /health is left out
+    assert row["p95_usd"] == pytest.approx(np.percentile(costs, 95), rel=1e-9, abs=1e-15)
+    assert row["mean_usd"] == pytest.approx(costs.mean(), rel=1e-9, abs=1e-15)
+    [empty] = request_cost_overall(con, since=at("16:00"), until=at("17:00")).to_dict("records")
+    assert empty["requests"] == 0 and pd.isna(empty["p95_usd"])
 
 
 def test_request_costs_compute_allocation(con):

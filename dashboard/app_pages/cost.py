@@ -77,13 +77,16 @@ def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> Non
         f"```\nperfdeck reprice --since 30d\n```", icon=":material/price_change:")
 
 
-def headline(t: pd.Series, budget: pd.DataFrame, target: float) -> None:
+def headline(t: pd.Series, overall: pd.Series, budget: pd.DataFrame, target: float) -> None:
     month = budget[budget["period"] == "this month"]
+    p95 = overall.p95_usd if overall.requests else None
     cards = [
         ("LLM spend", money(t.spend_usd), f"{t.calls:,} calls, {t.unpriced_calls:,} unpriced", None),
-        ("Per request (mean)", money(t.spend_per_request_usd, 4),
-         f"LLM spend over {t.llm_requests:,} requests that called an LLM; target {money(target)}",
-         "over target" if t.spend_per_request_usd > target else "within target"),
+        ("p95 per request", money(p95, 4),
+         f"Over the {overall.requests:,} requests of the endpoints that call an LLM: mean "
+         f"{money(overall.mean_usd, 4)}, p50 {money(overall.p50_usd, 4)}, max {money(overall.max_usd, 4)}; "
+         f"target {money(target)}",
+         None if p95 is None else "over target" if p95 > target else "within target"),
         ("Saved by caching", money(t.saved_result_cache_usd + t.saved_cache_read_usd),
          f"{t.cache_hit_calls:,} calls answered from cache ({money(t.saved_result_cache_usd)}) and prompt-cache "
          f"reads ({money(t.saved_cache_read_usd)})", None),
@@ -97,9 +100,8 @@ def headline(t: pd.Series, budget: pd.DataFrame, target: float) -> None:
                       f"{money(m.budget_usd)} budget; burning {money(m.burn_rate_per_day)} a day",
                       "within budget" if m.on_track else "over budget"))
     for col, (label, value, help_, verdict) in zip(st.columns(len(cards)), cards):
-        good = verdict in ("within target", "within budget")
-        col.metric(label, value, verdict, help=help_, border=True, delta_arrow="off",
-                   delta_color="normal" if good else "inverse")
+        colour = "normal" if verdict in ("within target", "within budget") else "inverse" if verdict else "off"
+        col.metric(label, value, verdict, help=help_, border=True, delta_arrow="off", delta_color=colour)
 
 
 def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None) -> None:
@@ -196,7 +198,8 @@ def body() -> None:
                          "saved": q.cache_savings}, **scope)
     if data is None:
         return
-    per_req = widgets.load({"requests": q.request_costs}, **scope, usd_per_core_hour=cost.compute_usd_per_core_hour)
+    per_req = widgets.load({"requests": q.request_costs, "overall": q.request_cost_overall}, **scope,
+                           usd_per_core_hour=cost.compute_usd_per_core_hour)
     expensive = widgets.load({"expensive": q.expensive_requests}, **scope)
     budget = widgets.load({"budget": q.budget_status}, now=utcnow().replace(second=0, microsecond=0),
                           daily_budget=cost.daily_budget, monthly_budget=cost.monthly_budget, service=filters.service)
@@ -208,7 +211,7 @@ def body() -> None:
         widgets.no_data_yet(f"No LLM calls in this time range. {HOW_TO}")
         return
     unpriced_note(t, data["unpriced"], cost.prices_file)
-    headline(t, budget["budget"], cost.target_per_query)
+    headline(t, per_req["overall"].iloc[0], budget["budget"], cost.target_per_query)
     spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until))
     per_request(per_req["requests"], expensive["expensive"], cost.target_per_query,
                 cost.compute_usd_per_core_hour is not None)

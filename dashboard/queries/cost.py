@@ -282,9 +282,15 @@ priced AS (
 per_request AS (
     SELECT *, CAST(llm_usd AS DOUBLE) + compute_usd AS cost_usd
     FROM priced
+),
+-- Endpoints that never call an LLM are noise on a cost page.
+llm_endpoints AS (
+    SELECT service, endpoint
+    FROM per_request
+    GROUP BY service, endpoint
+    HAVING sum(calls) > 0
 )
-SELECT service,
-       endpoint,
+SELECT {{keys}}
        count(*) AS requests,
        count(*) FILTER (WHERE calls > 0) AS llm_requests,
        sum(calls) / count(*) AS calls_per_request,
@@ -295,10 +301,8 @@ SELECT service,
        CAST(sum(llm_usd) AS DOUBLE) + sum(compute_usd) AS total_usd,
        sum(compute_usd) AS compute_usd
 FROM per_request
-GROUP BY service, endpoint
--- Endpoints that never call an LLM are noise on a cost page.
-HAVING sum(calls) > 0
-ORDER BY total_usd DESC, requests DESC, service, endpoint
+SEMI JOIN llm_endpoints USING (service, endpoint)
+{{group}}
 """
 
 
@@ -321,10 +325,30 @@ def request_costs(
     CPU its host's watched processes burnt in the minute of its event (split evenly over the
     requests served there in that minute). Requests with no LLM call count as $0 (plus compute);
     percentiles are exact (linear interpolation) over the requests of the endpoint."""
-    params = {**_request_params(since, until, service), "usd_per_core_hour": usd_per_core_hour,
-              "cpu_since": since - JOIN_MARGIN, "cpu_until": until + JOIN_MARGIN}
-    df, _ = run_query(REQUEST_COSTS_SQL, params, con=con)
+    sql = REQUEST_COSTS_SQL.format(keys="service, endpoint,", group="GROUP BY service, endpoint\n"
+                                   "ORDER BY total_usd DESC, requests DESC, service, endpoint")
+    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
     return df
+
+
+def request_cost_overall(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    service: str | None = None,
+    usd_per_core_hour: float | None = None,
+) -> pd.DataFrame:
+    """request_costs' figures over the requests of every endpoint that calls an LLM, as one row
+    (requests is 0 and the figures NaN when there are none)."""
+    sql = REQUEST_COSTS_SQL.format(keys="", group="")
+    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+    return df
+
+
+def _compute_params(since: datetime, until: datetime, service: str | None, usd_per_core_hour: float | None) -> dict:
+    return {**_request_params(since, until, service), "usd_per_core_hour": usd_per_core_hour,
+            "cpu_since": since - JOIN_MARGIN, "cpu_until": until + JOIN_MARGIN}
 
 
 EXPENSIVE_REQUESTS_SQL = f"""
