@@ -24,7 +24,7 @@ COLUMNS = {
     "calls_per_request": NUM("Calls / request", format="%.2f"),
     "mean_usd": NUM("Mean", format=USD), "p50_usd": NUM("p50", format=USD), "p95_usd": NUM("p95", format=USD),
     "max_usd": NUM("Max", format=USD), "total_usd": NUM("Total", format="$%.2f"),
-    "compute_usd": NUM("Compute", format="$%.4f", help="CPU of the watched processes × the configured $/core-hour"),
+    "compute_usd": NUM("Compute", format="$%.6f", help="CPU of the watched processes × the configured $/core-hour"),
     "spend_usd": NUM("Spend", format="$%.4f"), "saved_usd": NUM("Saved", format="$%.4f"),
     "cost_usd": NUM("Cost", format="$%.6f"), "cost_per_call_usd": NUM("Per call", format="$%.6f"),
     "input_tokens": NUM("Input tokens", format="localized"), "output_tokens": NUM("Output tokens", format="localized"),
@@ -122,7 +122,7 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
     if month is None:
         return
     daily = month["daily"]
-    lines = (("daily budget", cost.daily_budget),) if cost.daily_budget else ()
+    lines = ((f"daily budget {money(cost.daily_budget)}", cost.daily_budget),) if cost.daily_budget else ()
     widgets.chart(charts.stacked_bars(daily.assign(time=daily["day"], stack="spend"), y="spend_usd", stack="stack",
                                       title="Spend per day this month (UTC)", y_title="spend", y_format="usd", hlines=lines,
                                       height=280), daily, "cost-per-day")
