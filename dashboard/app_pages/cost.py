@@ -7,7 +7,8 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
-from collectors.store import utcnow
+from collectors.store import db_path, utcnow
+from collectors.store.connection import DEFAULT_DB
 from dashboard import charts, widgets
 
 st.title("Cost")
@@ -68,13 +69,15 @@ def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> Non
         return
     first = unpriced.iloc[0]
     tokens = int(unpriced["input_tokens"].sum() + unpriced["output_tokens"].sum())
+    store = "" if db_path() == DEFAULT_DB else f" --db {db_path()}"
     models = ", ".join(f"`{m}` ({n:,})" for m, n in unpriced[["model", "calls"]].itertuples(index=False))
     st.warning(
         f"**{totals.unpriced_calls:,} calls ({tokens:,} tokens) have no price** and are not in the spend "
-        f"below: {models}. No price list knows these models. Give them a price in `{prices_file.name}` "
-        f"($ per million tokens), then price the calls already recorded:\n\n"
+        f"below: {models}. No price list knows these models. Give them a price in `{prices_file}` "
+        f"($ per million tokens; the collector picks it up as it is saved), then price the calls "
+        f"already recorded:\n\n"
         f"```toml\n[models.\"{first.model}\"]\ninput = 0.20\noutput = 0.40\n```\n"
-        f"```\nperfdeck reprice --since 30d\n```", icon=":material/price_change:")
+        f"```\nperfdeck reprice --since 30d{store}\n```", icon=":material/price_change:")
 
 
 def headline(t: pd.Series, overall: pd.Series, budget: pd.DataFrame, target: float) -> None:
