@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -40,6 +41,9 @@ log = logging.getLogger("perfdeck.pricing")
 GENAI_PRICES = f"genai-prices {genai_prices.__version__}"
 SCALE = Decimal("1e-12")            # the store's DECIMAL(18, 12)
 MTOK = Decimal(1_000_000)
+# What a call's price depends on: the llm_calls columns price_rows() takes, in this order.
+PRICE_INPUTS = ("ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
+                "cache_write_tokens", "cache_hit")
 
 
 @dataclass(frozen=True)
@@ -199,18 +203,15 @@ class PriceBook:
 
     def price_frame(self, df) -> None:
         """Fill the COST_COLUMNS of a decoded batch's `llm` frame in place."""
-        if df is None or not len(df):
+        if df is None:
             return
         self.refresh()
-        priced = self.price_rows(df[["ts", "provider", "model", "input_tokens", "output_tokens",
-                                     "cached_input_tokens", "cache_write_tokens", "cache_hit"]]
-                                 .itertuples(index=False, name=None))
+        priced = self.price_rows(df[list(PRICE_INPUTS)].itertuples(index=False, name=None))
         for i, col in enumerate(COST_COLUMNS):
             df[col] = [row[i] for row in priced]
 
     def price_rows(self, rows) -> list[tuple]:
-        """COST_COLUMNS values (costs as strings, exact) for each row of (ts, provider, model, input_tokens,
-        output_tokens, cached_input_tokens, cache_write_tokens, cache_hit); None for unpriced rows."""
+        """COST_COLUMNS values (costs as strings, exact) for each row of PRICE_INPUTS; None for unpriced rows."""
         out = []
         for ts, provider, model, inp, outp, cached, written, hit in rows:
             provider = provider if isinstance(provider, str) else None     # a frame's missing value is NaN
@@ -261,18 +262,15 @@ class Repricing:
 def plan_reprice(con, book: PriceBook, *, since: datetime, until: datetime, model: str | None = None) -> Repricing:
     """Price every call in [since, until) again with `book`, without writing anything."""
     df = con.execute(_RANGE_SQL, [since, until, model, model]).df()
-    new = book.price_rows(df[["ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
-                              "cache_write_tokens", "cache_hit"]].itertuples(index=False, name=None))
-    for i, col in enumerate(COST_COLUMNS):
-        df[col] = [row[i] for row in new]
+    book.price_frame(df)
+    new = list(df[list(COST_COLUMNS)].itertuples(index=False, name=None))
+
     def cost(text):
         return Decimal(text) if isinstance(text, str) else None
 
     changed = [cost(o) != cost(n[2]) or (ov if isinstance(ov, str) else None) != n[4]
                for o, ov, n in zip(df["old_cost"], df["old_version"], new)]
-    versions: dict[str, int] = {}
-    for n in new:
-        versions[n[4] or "unpriced"] = versions.get(n[4] or "unpriced", 0) + 1
+    versions = dict(Counter(n[4] or "unpriced" for n in new))
     return Repricing(df.loc[changed, ["row_id", *COST_COLUMNS]], len(df), sum(changed),
                      sum((cost(o) for o in df["old_cost"] if cost(o) is not None), Decimal(0)),
                      sum((cost(n[2]) for n in new if n[2] is not None), Decimal(0)),
