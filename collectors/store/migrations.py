@@ -272,8 +272,53 @@ def m005_llm_costs(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m006_alerting(con: duckdb.DuckDBPyConnection) -> None:
+    # An alert is one row from firing to resolved, whatever its severity did in between: `severity`
+    # is the highest it reached. Notifications and silences keep the history Alertmanager does not.
+    con.execute("""
+        ALTER TABLE alerts ADD COLUMN service VARCHAR;           -- the target's service, when it has one
+        ALTER TABLE alerts ADD COLUMN subject VARCHAR;           -- endpoint, cache, host, budget...
+        ALTER TABLE alerts ADD COLUMN threshold DOUBLE;          -- the level crossed when it fired
+        ALTER TABLE alerts ADD COLUMN peak_value DOUBLE;         -- worst value seen while firing
+        ALTER TABLE alerts ADD COLUMN updated_at TIMESTAMP;      -- last evaluation that saw it
+        ALTER TABLE alerts ADD COLUMN silenced BOOLEAN DEFAULT false;
+        ALTER TABLE alerts ADD COLUMN notifications INTEGER DEFAULT 0;
+        CREATE SEQUENCE silences_id;
+        CREATE TABLE silences (
+            id BIGINT PRIMARY KEY DEFAULT nextval('silences_id'),
+            rule VARCHAR NOT NULL,          -- a check name, or '*' for every rule
+            target VARCHAR,                 -- NULL: every target of the rule
+            starts_at TIMESTAMP NOT NULL,
+            ends_at TIMESTAMP NOT NULL,
+            reason VARCHAR,
+            created_by VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            cancelled_at TIMESTAMP
+        );
+        -- One row per notification sent (or given up on): a dead letter is outcome 'dead_letter'.
+        CREATE TABLE alert_notifications (
+            ts TIMESTAMP NOT NULL,
+            channel VARCHAR NOT NULL,       -- webhook | log
+            kind VARCHAR NOT NULL,          -- firing | escalated | resolved
+            alerts INTEGER NOT NULL,        -- how many alerts the (grouped) message carried
+            alert_ids BIGINT[],
+            outcome VARCHAR NOT NULL,       -- delivered | dead_letter | logged
+            attempts INTEGER NOT NULL,
+            error VARCHAR
+        );
+        -- Entries held by an app's in-process caches (sdk.register_cache(..., size=len)), per minute.
+        CREATE TABLE cache_sizes (
+            minute TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            host VARCHAR,
+            cache VARCHAR NOT NULL,
+            entries BIGINT NOT NULL
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
-                                                                  m004_index_advice, m005_llm_costs]
+                                                                  m004_index_advice, m005_llm_costs, m006_alerting]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -29,7 +29,11 @@ TABLES: dict[str, tuple[str, str]] = {
     "ingested_batches": ("ingested_at", "rollup"),
     "quarantine": ("ts", "rollup"),
     "advisor_runs": ("ts", "rollup"),
-    "index_advice": ("ts", "rollup"),   # the estimate stays beside the measured effect of an index created long ago
+    "index_advice": ("ts", "rollup"),
+    "cache_sizes": ("minute", "rollup"),
+    "alerts": ("started_at", "rollup"),
+    "alert_notifications": ("ts", "rollup"),
+    "silences": ("ends_at", "rollup"),   # the estimate stays beside the measured effect of an index created long ago
 }
 
 
