@@ -21,6 +21,7 @@ from dashboard.queries.caches import (
     redis_summary,
 )
 from dashboard.queries.catalog import deploys, services
+from dashboard.queries.compare import compare_windows, deploy_windows, regression_checks
 from dashboard.queries.cost import (
     budget_status,
     cache_savings,
@@ -64,6 +65,7 @@ __all__ = [
     "cache_actions",
     "cache_savings",
     "component_status",
+    "compare_windows",
     "compute_costs",
     "cost_export",
     "cost_over_time",
@@ -72,6 +74,7 @@ __all__ = [
     "db_cache_hit_ratio",
     "db_connections",
     "db_targets",
+    "deploy_windows",
     "deploys",
     "endpoint_percentiles",
     "endpoint_traffic",
@@ -92,6 +95,7 @@ __all__ = [
     "redis_over_time",
     "redis_slowlog",
     "redis_summary",
+    "regression_checks",
     "request_calls",
     "request_cost_overall",
     "request_costs",

@@ -1,0 +1,300 @@
+"""Regressions: compare the latency of two windows per endpoint, or before/after a deploy.
+
+`compare_windows` takes each endpoint's durations from the raw request events when they are complete
+for both windows (raw events are kept RAW_DAYS; complete = at least as many events as the histograms
+count in the window's whole minutes), else from the per-minute log-bucket histograms (kept 400 days,
+values to about 1 %). Either way it reports p50/p95/p99 of each window, the p95 ratio with a
+bootstrap confidence interval and a Mann–Whitney test (collectors.health.stats): on raw durations,
+or on the histogram's bucket values, where equal buckets count as ties (differences under ~2 % are
+not seen, which only makes the test more cautious). The `method` column says which.
+
+A regression is significant when all three hold: p < alpha (after slower), the CI's low end > 1 and
+the p95 ratio >= min_ratio. An improvement is the mirror image. Rows come regressions first,
+largest p95 ratio first, then the rest by p95 ratio."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+
+from collectors.health import ASSESSED_COLUMNS, stats
+from collectors.store import utcnow
+from collectors.store.histogram import GAMMA
+from collectors.store.retention import retention_days
+from dashboard.queries._run import run_query
+
+QUANTILES = ((0.50, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms"))
+COLUMNS = ["service", "endpoint", "before_n", "after_n",
+           "before_p50_ms", "before_p95_ms", "before_p99_ms", "after_p50_ms", "after_p95_ms", "after_p99_ms",
+           "p95_ratio", "ci_low", "ci_high", "p50_ratio", "p_value", "method", "verdict"]
+VERDICTS = ("regression", "improvement", "no change", "too few requests")
+
+RAW_SUMMARY_SQL = """
+WITH raw AS (
+    SELECT service, endpoint, count(*) AS n,
+           quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS p
+    FROM request_events
+    WHERE ts >= $since
+      AND ts < $until
+      AND ($service IS NULL OR service = $service)
+    GROUP BY service, endpoint
+),
+hist AS (
+    SELECT service, endpoint, sum(count) AS n
+    FROM latency_hist
+    WHERE minute >= $whole_since
+      AND minute < $whole_until
+      AND ($service IS NULL OR service = $service)
+    GROUP BY service, endpoint
+)
+SELECT service,
+       endpoint,
+       CAST(coalesce(raw.n, 0) AS BIGINT) AS raw_n,
+       CAST(coalesce(hist.n, 0) AS BIGINT) AS whole_minutes_n,
+       raw.p[1] AS p50_ms,
+       raw.p[2] AS p95_ms,
+       raw.p[3] AS p99_ms
+FROM raw
+FULL OUTER JOIN hist USING (service, endpoint)
+"""
+
+# At most $cap durations per endpoint, picked by a seeded hash: the same sample on every run.
+RAW_SAMPLE_SQL = """
+SELECT service, endpoint, duration_ms
+FROM request_events
+WHERE ts >= $since
+  AND ts < $until
+  AND ($service IS NULL OR service = $service)
+QUALIFY row_number() OVER (PARTITION BY service, endpoint ORDER BY hash(ts, duration_ms, $seed)) <= $cap
+"""
+
+HIST_SQL = """
+SELECT service, endpoint, bucket, CAST(sum(count) AS BIGINT) AS n
+FROM latency_hist
+WHERE minute >= $since
+  AND minute < $until
+  AND ($service IS NULL OR service = $service)
+GROUP BY service, endpoint, bucket
+"""
+
+
+def _window(window, name: str) -> tuple[datetime, datetime]:
+    since, until = window
+    if not since < until:
+        raise ValueError(f"the {name} window must end after it starts, got {since} .. {until}")
+    return since, until
+
+
+def _whole_minutes(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The minutes that lie wholly inside [since, until)."""
+    start = since.replace(second=0, microsecond=0)
+    return (start if start == since else start + timedelta(minutes=1)), until.replace(second=0, microsecond=0)
+
+
+def _by_endpoint(df: pd.DataFrame) -> dict:
+    return {key: part for key, part in df.groupby(["service", "endpoint"], sort=False)}
+
+
+def _side(con, since, until, service, *, raw_allowed: bool, seed: int, cap: int) -> dict:
+    """One window: raw summary rows, histograms and (lazily) raw samples, keyed by (service, endpoint)."""
+    hist, _ = run_query(HIST_SQL, {"since": since, "until": until, "service": service}, max_rows=10_000_000, con=con)
+    hists = {key: stats.Grouped.from_counts(2 * GAMMA ** part["bucket"].to_numpy(float) / (GAMMA + 1), part["n"])
+             for key, part in _by_endpoint(hist).items()}
+    raw = {}
+    if raw_allowed:
+        whole_since, whole_until = _whole_minutes(since, until)
+        summary, _ = run_query(RAW_SUMMARY_SQL, {"since": since, "until": until, "service": service,
+                                                 "whole_since": whole_since, "whole_until": whole_until},
+                               max_rows=1_000_000, con=con)
+        raw = {(r.service, r.endpoint): r for r in summary.itertuples(index=False)
+               if r.raw_n > 0 and r.raw_n >= r.whole_minutes_n}
+
+    def samples() -> dict:
+        df, _ = run_query(RAW_SAMPLE_SQL, {"since": since, "until": until, "service": service, "seed": seed,
+                                           "cap": cap}, max_rows=100_000_000, con=con)
+        return {key: part["duration_ms"].to_numpy(float) for key, part in _by_endpoint(df).items()}
+
+    return {"hist": hists, "raw": raw, "samples": samples}
+
+
+def _row(before: stats.Grouped, after: stats.Grouped, pct_before: dict, pct_after: dict, *,
+         interpolate: bool, min_requests: int, alpha: float, min_ratio: float, seed: int) -> dict:
+    row = {f"before_{c}": pct_before[c] for _, c in QUANTILES} | {f"after_{c}": pct_after[c] for _, c in QUANTILES}
+    row["p95_ratio"] = pct_after["p95_ms"] / pct_before["p95_ms"] if pct_before["p95_ms"] > 0 else math.nan
+    row["p50_ratio"] = pct_after["p50_ms"] / pct_before["p50_ms"] if pct_before["p50_ms"] > 0 else math.nan
+    if min(before.n, after.n) < min_requests:
+        return row | {"ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "verdict": "too few requests"}
+    ci = stats.bootstrap_ratio(before, after, 0.95, seed=seed, interpolate=interpolate)
+    slower = stats.mann_whitney(before, after, alternative="greater").p_value
+    faster = stats.mann_whitney(before, after, alternative="less").p_value
+    ratio = row["p95_ratio"]
+    if slower < alpha and ci.low > 1 and ratio >= min_ratio:
+        verdict = "regression"
+    elif faster < alpha and ci.high < 1 and ratio <= 1 / min_ratio:
+        verdict = "improvement"
+    else:
+        verdict = "no change"
+    return row | {"ci_low": ci.low, "ci_high": ci.high, "p_value": slower, "verdict": verdict}
+
+
+def compare_windows(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    before: tuple[datetime, datetime],
+    after: tuple[datetime, datetime],
+    service: str | None = None,
+    min_requests: int = 20,
+    alpha: float = 0.01,
+    min_ratio: float = 1.10,
+    seed: int = 0,
+    max_sample: int = stats.MAX_SAMPLE,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """One row per (service, endpoint) with requests in both windows [start, end) (naive UTC):
+    COLUMNS (see the module doc). Raises ValueError for a window that does not end after it starts."""
+    before, after = _window(before, "before"), _window(after, "after")
+    raw_from = (now or utcnow()) - timedelta(days=retention_days()["raw"])
+    raw_allowed = min(before[0], after[0]) >= raw_from
+    sides = [_side(con, *w, service, raw_allowed=raw_allowed, seed=seed, cap=max_sample) for w in (before, after)]
+    settings = {"min_requests": min_requests, "alpha": alpha, "min_ratio": min_ratio, "seed": seed}
+    rows, samples = [], None
+    for key in sorted(set(sides[0]["hist"]) | set(sides[0]["raw"])):
+        if key in sides[0]["raw"] and key in sides[1]["raw"]:
+            samples = samples or [side["samples"]() for side in sides]
+            groups = [stats.Grouped.of(s[key]) for s in samples]
+            pcts = [{c: getattr(side["raw"][key], c) for _, c in QUANTILES} for side in sides]
+            row = _row(*groups, *pcts, interpolate=True, **settings)
+            row |= {"before_n": sides[0]["raw"][key].raw_n, "after_n": sides[1]["raw"][key].raw_n, "method": "raw"}
+        elif key in sides[0]["hist"] and key in sides[1]["hist"]:
+            groups = [side["hist"][key] for side in sides]
+            pcts = [{c: stats.quantile(g, q, interpolate=False) for q, c in QUANTILES} for g in groups]
+            row = _row(*groups, *pcts, interpolate=False, **settings)
+            row |= {"before_n": groups[0].n, "after_n": groups[1].n, "method": "histogram"}
+        else:
+            continue
+        rows.append({"service": key[0], "endpoint": key[1]} | row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if df.empty:
+        return df
+    df = df.astype({"before_n": "int64", "after_n": "int64"})
+    df["_first"] = df["verdict"] != "regression"
+    return (df.sort_values(["_first", "p95_ratio", "service", "endpoint"], ascending=[True, False, True, True],
+                           na_position="last", ignore_index=True).drop(columns="_first"))
+
+
+# Consecutive marks of the same version of a service are one deploy (a rollout over several hosts,
+# or a restart): its time is the first mark, and the previous/next deploy is a different version.
+DEPLOY_WINDOWS_SQL = """
+WITH marked AS (
+    SELECT ts, service, version, host,
+           version IS DISTINCT FROM lag(version) OVER (PARTITION BY service ORDER BY ts) AS is_new
+    FROM deploys
+    WHERE ($service IS NULL OR service = $service)
+),
+starts AS (
+    SELECT ts, service, version, host,
+           lag(ts) OVER (PARTITION BY service ORDER BY ts) AS previous_ts,
+           lead(ts) OVER (PARTITION BY service ORDER BY ts) AS next_ts
+    FROM marked
+    WHERE is_new
+)
+SELECT ts, service, version, host, previous_ts, next_ts
+FROM starts
+WHERE ($version IS NULL OR version = $version)
+  AND ($since IS NULL OR ts >= $since)
+  AND ts <= $now
+ORDER BY ts DESC, service
+LIMIT $limit
+"""
+
+
+def deploy_windows(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    version: str | None = None,
+    service: str | None = None,
+    span: timedelta = timedelta(hours=1),
+    since: datetime | None = None,
+    now: datetime | None = None,
+    limit: int = 100,
+) -> pd.DataFrame:
+    """Deploys, newest first, with the windows to compare around each: [ts, service, version, host,
+    before_start, before_end, after_start, after_end, complete]. before = [ts - span, ts), cut at the
+    service's previous deploy; after = [ts, ts + span), cut at its next deploy and at now; complete
+    says the after window has fully elapsed."""
+    now = now or utcnow()
+    params = {"version": version, "service": service, "since": since, "now": now, "limit": limit}
+    df, _ = run_query(DEPLOY_WINDOWS_SQL, params, max_rows=limit, con=con)
+    span = pd.Timedelta(span)
+    df["before_start"] = (df["ts"] - span).where(df["previous_ts"].isna() | (df["previous_ts"] < df["ts"] - span),
+                                                 df["previous_ts"])
+    df["before_end"] = df["after_start"] = df["ts"]
+    planned_end = (df["ts"] + span).where(df["next_ts"].isna() | (df["next_ts"] > df["ts"] + span), df["next_ts"])
+    df["after_end"] = planned_end.where(planned_end < pd.Timestamp(now), pd.Timestamp(now))
+    df["complete"] = planned_end <= pd.Timestamp(now)
+    return df.drop(columns=["previous_ts", "next_ts"])
+
+
+def regression_checks(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime,
+    span: timedelta | float = timedelta(hours=1),
+    alpha: float = 0.01,
+    min_ratio: float = 1.10,
+    min_requests: int = 20,
+) -> pd.DataFrame:
+    """Health rows (ASSESSED_COLUMNS, component "Regressions", check "deploy_regression") for the
+    endpoints of each service whose latest deploy's after window ended within the last `span`:
+    "warning" for a significant regression, "healthy" otherwise. So a deploy is judged once its
+    after window is complete, and its rows stay for `span` (long enough for an alert's `for`)."""
+    span = span if isinstance(span, timedelta) else timedelta(seconds=float(span))
+    deploys = deploy_windows(con, span=span, since=now - 2 * span, now=now)
+    due = deploys[deploys["complete"] & (deploys["after_end"] > pd.Timestamp(now - span))]
+    rows = []
+    for d in due.drop_duplicates("service").itertuples(index=False):    # newest deploy of each service
+        df = compare_windows(con, before=(d.before_start, d.before_end), after=(d.after_start, d.after_end),
+                             service=d.service, min_requests=min_requests, alpha=alpha, min_ratio=min_ratio, now=now)
+        for r in df[df["verdict"] != "too few requests"].itertuples(index=False):
+            bad = r.verdict == "regression"
+            rows.append({"component": "Regressions", "check": "deploy_regression", "service": r.service,
+                         "subject": r.endpoint, "value": float(r.p95_ratio), "unit": "ratio",
+                         "severity": "warning" if bad else "healthy", "level": min_ratio,
+                         "message": f"{describe(r._asdict())} after {d.service} {d.version} "
+                                    f"({d.ts:%Y-%m-%d %H:%M} UTC): {r.verdict}"})
+    return pd.DataFrame(rows, columns=ASSESSED_COLUMNS)
+
+
+# --- Words for a row, shared by the Compare page, the CLI and the health messages -------------------
+def fmt_ms(ms: float) -> str:
+    if ms is None or pd.isna(ms):
+        return "–"
+    if ms >= 1000:
+        return f"{ms / 1000:,.2f} s"
+    return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
+
+
+def fmt_ratio(x: float) -> str:
+    if x is None or pd.isna(x):
+        return "–"
+    return f"×{x:,.1f}" if x >= 10 else f"×{x:.2f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or pd.isna(p):
+        return "p –"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def describe(row) -> str:
+    """'/search p95 100 ms → 1.24 s (×12.4, 95 % CI ×10.9–×14.0, p < 0.001)' for a compare row."""
+    ci = (f", 95 % CI {fmt_ratio(row['ci_low'])}–{fmt_ratio(row['ci_high'])}, {fmt_p(row['p_value'])}"
+          if not pd.isna(row["ci_low"]) else "")
+    return (f"{row['endpoint']} p95 {fmt_ms(row['before_p95_ms'])} → {fmt_ms(row['after_p95_ms'])} "
+            f"({fmt_ratio(row['p95_ratio'])}{ci})")
+
+
+SAMPLE_NOTE = (f"On raw events the test and the interval use at most {stats.MAX_SAMPLE:,} durations per endpoint "
+               f"and window (a fixed pseudo-random sample); counts and percentiles use every request.")
