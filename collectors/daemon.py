@@ -2,8 +2,9 @@
 
 Each tick it takes pending batches from its sources, writes them with their rollups in one short
 transaction, closes the file, and only then removes them from the source. On a slower schedule it
-compacts the rollups it touched and applies retention. Every job is isolated: a failure is logged
-and the loop goes on (in --once mode the first error is re-raised at the end)."""
+compacts the rollups it touched and applies retention, and every [alerts] interval it assesses health
+and advances the alerts (notifications go out on the notifier's own thread). Every job is isolated: a
+failure is logged and the loop goes on (in --once mode the first error is re-raised at the end)."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +12,11 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collectors.pricing import PriceBook
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
@@ -23,6 +26,11 @@ from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from collectors.health.alerts import AlertEngine
+
 log = logging.getLogger("perfdeck.daemon")
 
 MAX_BATCHES_PER_TX = 500
@@ -30,7 +38,8 @@ MAX_BYTES_PER_TX = 64 * 1024 * 1024
 # Tables samplers may write, and how a row is inserted (slowlog entries are stored once).
 SAMPLE_TABLES = {"system_metrics": "INSERT INTO", "redis_metrics": "INSERT INTO", "db_metrics": "INSERT INTO",
                  "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO",
-                 "advisor_runs": "INSERT INTO", "index_advice": "INSERT INTO"}
+                 "advisor_runs": "INSERT INTO", "index_advice": "INSERT INTO", "alert_notifications": "INSERT INTO"}
+NOTIFIER_DRAIN_S = 5.0     # at stop, how long queued alert messages may take
 _UPSERT_COMPONENT = """
     INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
@@ -59,7 +68,8 @@ class Collector:
                  interval: float = 1.0, compact_every: float = 60.0, retention_every: float = 3600.0,
                  max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = (),
                  advise: list[tuple[str, str]] = (), advise_every: float = 3600.0, advise_at_start: bool = True,
-                 prices: PriceBook | None = None):
+                 prices: PriceBook | None = None, alerts: AlertEngine | None = None,
+                 health: Callable[[object, datetime], pd.DataFrame] | None = None):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
@@ -77,6 +87,13 @@ class Collector:
         self.prices = prices or PriceBook()
         self._next_advice = time.monotonic() + (0 if advise_at_start else advise_every)
         self._advisor_thread: threading.Thread | None = None
+        if (alerts is None) != (health is None):
+            raise ValueError("alerts and health go together: the engine evaluates what health(con, now) assesses")
+        self.alerts, self.health = alerts, health
+        self._next_alerts = 0.0
+        if alerts is not None and alerts.notifier is None:
+            from collectors.health.notify import Notifier
+            alerts.notifier = Notifier(alerts.settings, on_result=self._notification_outcome)
         with connection.write(self.db) as con:
             applied = migrate(con)
         if applied:
@@ -205,6 +222,24 @@ class Collector:
             for rows in advisor_rows(report, started):
                 self.samples.put(rows)
 
+    # -- alerts ----------------------------------------------------------------------------------
+    def evaluate_alerts(self, now: datetime | None = None) -> list:
+        """Assess health on a short read connection, then advance the alerts (one short write); the
+        notifier sends the messages on its own thread."""
+        now = now or utcnow()
+        with connection.read(self.db) as con:
+            assessed = self.health(con, now)
+        return self.alerts.tick(assessed, now)
+
+    def _notification_outcome(self, row: tuple) -> None:
+        # Called on the notifier's thread: the row waits for this thread's next write, like samples.
+        self.samples.put(Rows("alert_notifications", [row]))
+
+    def _drain_notifier(self) -> None:
+        """Give queued alert messages a short while to go out, then store their outcomes."""
+        if self.alerts is not None and hasattr(self.alerts.notifier, "stop"):
+            self.alerts.notifier.stop(NOTIFIER_DRAIN_S)
+
     # -- housekeeping ----------------------------------------------------------------------------
     def compact(self) -> int:
         """Merge the rollup rows of the minutes ingested since the last compaction."""
@@ -239,6 +274,10 @@ class Collector:
         self._isolated("samples", self.write_samples)
         self._isolated("compaction", self.compact)
         self._isolated("retention", self.retention)
+        if self.alerts is not None:
+            self._isolated("alerts", self.evaluate_alerts)
+            self._drain_notifier()
+            self._isolated("samples", self.write_samples)
         if self._errors:
             raise RuntimeError("; ".join(self._errors))
         return report
@@ -249,6 +288,8 @@ class Collector:
         log.info("collecting into %s from %s", self.db, ", ".join(s.name for s in self.sources))
         for t in self.sampler_threads:
             t.start()
+        if self.alerts is not None and hasattr(self.alerts.notifier, "start"):
+            self.alerts.notifier.start()
         while not self.stop_event.is_set():
             started = time.monotonic()
             report = self.ingest_pending()
@@ -265,12 +306,16 @@ class Collector:
             if self.advise and now >= self._next_advice:
                 self._isolated("advisor", self.start_advisor)
                 self._next_advice = now + self.advise_every
+            if self.alerts is not None and now >= self._next_alerts:
+                self._isolated("alerts", self.evaluate_alerts)
+                self._next_alerts = now + self.alerts.settings.interval_s
             self._errors.clear()
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
         # Last drain so that what the apps flushed at their own shutdown is not left behind.
         self.ingest_pending()
         for t in self.sampler_threads:
             t.thread.join(timeout=10)
+        self._drain_notifier()
         self._isolated("samples", self.write_samples)
         self._isolated("compaction", self.compact)
         for source in self.sources:
