@@ -1,6 +1,7 @@
 """Every action the dashboard offers, grouped as the Actions page shows them."""
 from __future__ import annotations
 
+from dashboard.actions.alert_actions import EndSilence, SilenceAlerts
 from dashboard.actions.app_cache import ClearAppCache
 from dashboard.actions.database_actions import Analyze, CreateIndex, DropIndex, ResetStatements, Vacuum
 from dashboard.actions.framework import Action
@@ -12,5 +13,6 @@ AREAS: dict[str, list[type[Action]]] = {
     "Redis": [DeleteKeys, BumpCacheVersion, FlushDatabase],
     "Database": [Analyze, Vacuum, CreateIndex, DropIndex, ResetStatements],
     "perfdeck store": [PurgeRawData, CompactStore],
+    "Alerts": [SilenceAlerts, EndSilence],
 }
 

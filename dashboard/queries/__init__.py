@@ -9,6 +9,14 @@ the CLI and tests call the same functions.
 """
 from dashboard.queries._run import bucket_seconds, run_query
 from dashboard.queries.advisor import advisor_runs, index_findings, index_recommendations, index_verification
+from dashboard.queries.alerts import (
+    active_alerts,
+    active_silences,
+    alert_facets,
+    alert_history,
+    notification_log,
+    notification_stats,
+)
 from dashboard.queries.audit import audit_facets, audit_log, cache_actions
 from dashboard.queries.caches import (
     HIT_RATE_THRESHOLDS,
@@ -54,7 +62,11 @@ from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_tim
 
 __all__ = [
     "HIT_RATE_THRESHOLDS",
+    "active_alerts",
+    "active_silences",
     "advisor_runs",
+    "alert_facets",
+    "alert_history",
     "app_cache_namespaces",
     "app_cache_over_time",
     "app_cache_summary",
@@ -88,6 +100,8 @@ __all__ = [
     "index_verification",
     "latency_over_time",
     "model_usage",
+    "notification_log",
+    "notification_stats",
     "pg_top_statements",
     "processes_latest",
     "processes_over_time",

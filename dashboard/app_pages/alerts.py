@@ -1,0 +1,154 @@
+"""Alerts: what fires now, the silences, the history with filters and CSV, and where the notifications
+went; silencing is an operator action like the others (previewed, confirmed, audited)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+import dashboard.queries as q
+from collectors import config
+from collectors.health.notify import host_of
+from collectors.health.settings import AlertSettings, alert_settings
+from collectors.store import utcnow
+from dashboard import widgets
+from dashboard.actions.alert_actions import EVERY_TARGET, EndSilence, SilenceAlerts
+from dashboard.actions.ui import action_panel
+
+st.title("Alerts")
+
+SEVERITY = {"critical": "🔴 critical", "warning": "🟠 warning", "degraded": "🟡 degraded", "healthy": "🟢 healthy"}
+NUM, TEXT, WHEN = st.column_config.NumberColumn, st.column_config.TextColumn, st.column_config.DatetimeColumn
+COLUMNS = {
+    "severity": TEXT("Severity"), "state": TEXT("State"), "rule": TEXT("Rule"), "target": TEXT("Target"),
+    "started_at": WHEN("Fired (UTC)", format="YYYY-MM-DD HH:mm"),
+    "resolved_at": WHEN("Resolved (UTC)", format="YYYY-MM-DD HH:mm"), "firing": TEXT("Firing for"),
+    "duration": TEXT("Lasted"), "value": NUM("Value", format="%.4g"),
+    "peak_value": NUM("Worst", format="%.4g", help="The worst value seen while it fired"),
+    "threshold": NUM("Threshold", format="%.4g", help="The level crossed (the critical one once escalated)"),
+    "message": TEXT("Message", width="large"),
+    "silenced": st.column_config.CheckboxColumn("Silenced"),
+    "notifications": NUM("Messages", help="Notifications that carried this alert"),
+}
+SILENCE_COLUMNS = {
+    "id": NUM("#"), "rule": TEXT("Rule"), "target": TEXT("Target"),
+    "starts_at": WHEN("From (UTC)", format="YYYY-MM-DD HH:mm"),
+    "ends_at": WHEN("Until (UTC)", format="YYYY-MM-DD HH:mm"),
+    "reason": TEXT("Reason"), "created_by": TEXT("By"), "firing": NUM("Firing alerts it mutes"),
+}
+NOTIFICATION_COLUMNS = {
+    "ts": WHEN("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"), "kind": TEXT("Kind"), "channel": TEXT("Channel"),
+    "outcome": TEXT("Outcome"), "alerts": NUM("Alerts"), "attempts": NUM("Attempts"), "error": TEXT("Error"),
+}
+SPANS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
+         "Last 400 days": timedelta(days=400)}
+ALL = "All"
+
+
+def span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def lasted(seconds) -> str:
+    if pd.isna(seconds):
+        return "–"
+    return span(round(seconds / 60) * 60) if seconds >= 60 else f"{max(0, seconds):.0f} s"
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def settings() -> AlertSettings:
+    return alert_settings(config.load())
+
+
+def how_it_works(s: AlertSettings) -> None:
+    where = (f"a webhook to {host_of(s.webhook_url)}" if s.webhook_url
+             else "log lines of the collector (set `PERFDECK_ALERT_WEBHOOK` for a Slack-compatible webhook)")
+    st.caption(f"Every {span(s.interval_s)} the collector assesses the last {span(s.window_s)}. A check at "
+               f"{s.min_severity} or worse must stay there for {span(s.for_s)} before it fires (a single spike never "
+               f"does), and resolves at the first evaluation below {s.min_severity}. The same rule and target notify "
+               f"at most once per {span(s.throttle_s)}; notifications go to {where}.")
+
+
+def current(now) -> None:
+    data = widgets.load({"active": q.active_alerts, "silences": q.active_silences}, now=now)
+    if data is None:
+        st.stop()
+    active, silences = data["active"], data["silences"]
+    st.subheader("Firing now")
+    if active.empty:
+        st.success("No alerts firing.", icon=":material/check_circle:")
+    else:
+        shown = active.assign(severity=active["severity"].map(SEVERITY), firing=active["firing_s"].map(lasted))
+        widgets.table(shown[["severity", "rule", "target", "started_at", "firing", "value", "peak_value", "threshold",
+                             "message", "silenced", "notifications"]], "alerts-firing", column_config=COLUMNS)
+    st.subheader("Silences")
+    if silences.empty:
+        st.caption("No silence is active.")
+    else:
+        widgets.table(silences.assign(target=silences["target"].fillna(EVERY_TARGET))[list(SILENCE_COLUMNS)],
+                      "alert-silences", column_config=SILENCE_COLUMNS)
+    with st.expander("Silence alerts", icon=":material/notifications_off:"):
+        action_panel(SilenceAlerts(), key="alerts-silence", title=False)
+    with st.expander("End a silence", icon=":material/notifications_active:"):
+        action_panel(EndSilence(), key="alerts-unsilence", title=False)
+
+
+def history(now) -> tuple:
+    st.subheader("History")
+    facets = widgets.load({"facets": q.alert_facets})
+    if facets is None:
+        return None
+    values = facets["facets"].groupby("facet")["value"].apply(list).to_dict()
+    cols = st.columns(5)
+    label = cols[0].selectbox("When", list(SPANS), index=1, key="alerts-span")
+    picked = {facet: cols[i + 1].selectbox(facet.title(), [ALL, *values.get(facet, [])], key=f"alerts-{facet}")
+              for i, facet in enumerate(("rule", "severity", "state", "target"))}
+    since, until = now - SPANS[label], now + timedelta(minutes=1)
+    data = widgets.load({"history": q.alert_history}, since=since, until=until,
+                        **{f: None if v == ALL else v for f, v in picked.items()})
+    if data is not None:
+        df = data["history"]
+        if df.empty:
+            st.caption("No alerts in this range.")
+        else:
+            shown = df.assign(severity=df["severity"].map(SEVERITY), duration=df["duration_s"].map(lasted))
+            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "severity", "rule", "target",
+                                 "value", "peak_value", "threshold", "message", "silenced", "notifications"]],
+                          "alert-history", column_config=COLUMNS)
+    return since, until, label
+
+
+def notifications(since, until, label: str, s: AlertSettings) -> None:
+    st.subheader("Notifications")
+    data = widgets.load({"stats": q.notification_stats, "log": q.notification_log}, since=since, until=until)
+    if data is None:
+        return
+    by_outcome = data["stats"].groupby("outcome")["messages"].sum()
+    cards = (("Delivered", "delivered", "Webhook messages answered with a 2xx"),
+             ("Dead letters", "dead_letter", f"Webhook messages given up on after {s.webhook_retries} retries"),
+             ("Logged", "logged", "Messages written as log lines (no webhook configured)"))
+    for col, (title, outcome, help_) in zip(st.columns(3), cards):
+        col.metric(title, f"{int(by_outcome.get(outcome, 0)):,}", help=f"{help_}, {label.lower()}", border=True)
+    if data["log"].empty:
+        st.caption("No notification in this range.")
+    else:
+        widgets.table(data["log"][list(NOTIFICATION_COLUMNS)], "alert-notifications",
+                      column_config=NOTIFICATION_COLUMNS)
+
+
+try:
+    alert_config = settings()
+except ValueError as exc:
+    st.error(f"The `[alerts]` settings cannot be used: {exc}", icon=":material/error:")
+    alert_config = AlertSettings()
+how_it_works(alert_config)
+now = utcnow()
+current(now)        # never from the cache: a silence made here shows at once
+rounded = now.replace(microsecond=0) - timedelta(seconds=now.second % widgets.NOW_GRANULARITY_S)
+found = history(rounded)       # reruns within the same 10 s share these queries
+if found is not None:
+    notifications(*found, alert_config)
