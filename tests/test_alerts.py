@@ -311,3 +311,32 @@ def test_a_failing_health_check_is_isolated(store, spool):
 def test_alerts_and_health_go_together(store, spool):
     with pytest.raises(ValueError, match="go together"):
         Collector(store, spool_dir=spool, alerts=AlertEngine(store, SETTINGS))
+
+
+def test_from_config_wires_the_assessment_and_each_rules_own_for(store, spool, tmp_path, monkeypatch):
+    pytest.importorskip("collectors.health.assess")
+    from collectors.health.alerts import from_config
+    for var in ("PERFDECK_THRESHOLDS", "PERFDECK_ALERT_FOR", "PERFDECK_REQUEST_P95_MS_FOR"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "thresholds.toml").write_text('[request_p95_ms]\nfor = "2m"\n')
+    eng, health = from_config(store, {"alerts": {"for": "10m"}, "_path": str(tmp_path / "perfdeck.toml")})
+    assert (eng.for_s("request_p95_ms"), eng.for_s("cache_hit_rate")) == (120.0, 600.0)
+    collector = Collector(store, spool_dir=spool, alerts=eng, health=health)
+    assert collector.evaluate_alerts(T0) == []           # an empty store: nothing assessed breaches
+
+
+def test_the_demo_slow_build_gives_one_alert_that_escalates_then_resolves(migrated_store):
+    """The demo's timing (evaluated every 30 s, for 1 min): /search's p95 ramps up past warning and critical,
+    holds, then falls after the switch is turned off. One alert row, one firing and one resolved message."""
+    ramp = [150, 320, 540, 610, 820, 1050, 1300, 1600] + [1650] * 20 + [1400, 900, 480, 260, 180] + [150] * 10
+
+    def severity(ms):
+        return "critical" if ms >= 1000 else "warning" if ms >= 500 else "degraded" if ms > 200 else "healthy"
+    sent = []
+    eng = AlertEngine(migrated_store, AlertSettings(interval_s=30, window_s=180, for_s=60))
+    eng.notifier = type("Sink", (), {"send": lambda self, kind, alerts: sent.append((kind, len(alerts)))})()
+    for i, ms in enumerate(ramp):
+        eng.tick(frame(p95(ms, severity(ms))), T0 + i * timedelta(seconds=30))
+    assert sent == [("firing", 1), ("resolved", 1)]
+    assert query(migrated_store, "SELECT severity, peak_value, started_at, resolved_at FROM alerts") == [
+        ("critical", 1650.0, T0 + timedelta(seconds=120), T0 + timedelta(seconds=30 * 30))]
