@@ -252,7 +252,7 @@ def _colour(i: int) -> str:
 
 def stacked_area(
     df: pd.DataFrame, *, y: str, stack: str, title: str, y_title: str,
-    x_range: tuple[datetime, datetime] | None = None, height: int = 320,
+    x_range: tuple[datetime, datetime] | None = None, height: int = 320, deploys: pd.DataFrame | None = None,
 ) -> go.Figure:
     """`df[y]` over `df["time"]`, one stacked area per value of `stack` (e.g. connections by state)."""
     fig = go.Figure()
@@ -262,7 +262,7 @@ def stacked_area(
     fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
     fig.update_yaxes(title_text=y_title, rangemode="tozero")
     _layout(fig, title, height)
-    return _no_data(fig) if df.empty else fig
+    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, x_range)
 
 
 def bars(
@@ -292,7 +292,7 @@ def bars(
 def stacked_bars(
     df: pd.DataFrame, *, y: str, stack: str, title: str, y_title: str, y_format: str = "number",
     x_range: tuple[datetime, datetime] | None = None, hlines: tuple[tuple[str, float], ...] = (),
-    top: int = 8, height: int = 340,
+    top: int = 8, height: int = 340, deploys: pd.DataFrame | None = None,
 ) -> go.Figure:
     """`df[y]` over `df["time"]` as bars stacked by `stack`, the `top` largest stacks by total and the
     rest summed as "other" (e.g. spend per hour by model); `hlines` are labelled horizontal lines."""
@@ -314,4 +314,51 @@ def stacked_bars(
     fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix, rangemode="tozero")
     _layout(fig, title, height)
     fig.update_layout(barmode="stack", hovermode="x unified")
-    return _no_data(fig) if df.empty else fig
+    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, x_range)
+
+
+# --- Compare -----------------------------------------------------------------------------------------
+VERDICT_COLOURS = {"regression": "#C73E1D", "improvement": "#2A9D8F", "no change": "#6C757D",
+                   "too few requests": "#ADB5BD"}
+RATIO_TICKS = (0.1, 0.2, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100)
+WINDOW_COLOURS = {"before": "rgba(46,134,171,0.10)", "after": "rgba(241,143,1,0.12)"}
+
+
+def shade_windows(fig: go.Figure, windows: dict[str, tuple[datetime, datetime]]) -> go.Figure:
+    """A lightly shaded, labelled band per named window (e.g. {"before": (a, b), "after": (c, d)})."""
+    for name, (start, end) in windows.items():
+        fig.add_vrect(x0=start, x1=end, fillcolor=WINDOW_COLOURS.get(name, "rgba(108,117,125,0.10)"),
+                      line_width=0, layer="below", annotation={"text": name, "font": {"size": 11}},
+                      annotation_position="bottom left")
+    return fig
+
+
+def ratio_chart(df: pd.DataFrame, *, title: str = "p95 after / before, with its 95 % confidence interval") -> go.Figure:
+    """A forest plot from `queries.compare_windows`: per endpoint the p95 ratio as a dot coloured by
+    verdict and its bootstrap CI as a bar, the worst at the top; a dotted line at ×1 (no change)."""
+    fig = go.Figure()
+    shown = df.dropna(subset=["p95_ratio"]).iloc[::-1]
+    labels = shown["endpoint"] if shown["service"].nunique() <= 1 else shown["service"] + " " + shown["endpoint"]
+    for verdict, colour in VERDICT_COLOURS.items():
+        mine = shown["verdict"] == verdict
+        if not mine.any():
+            continue
+        part = shown[mine]
+        fig.add_trace(go.Scatter(
+            x=part["p95_ratio"], y=labels[mine], mode="markers", name=verdict,
+            marker={"color": colour, "size": 11, "symbol": "diamond"},
+            error_x={"type": "data", "symmetric": False, "array": (part["ci_high"] - part["p95_ratio"]).fillna(0),
+                     "arrayminus": (part["p95_ratio"] - part["ci_low"]).fillna(0), "color": colour, "thickness": 2},
+            customdata=part[["ci_low", "ci_high"]],
+            hovertemplate="×%{x:.2f} (95 % CI ×%{customdata[0]:.2f}–×%{customdata[1]:.2f})<extra></extra>",
+        ))
+    fig.add_vline(x=1, line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dot"})
+    ends = pd.concat([shown["p95_ratio"], shown["ci_low"], shown["ci_high"], pd.Series([1.0])]).dropna()
+    lo, hi = ends[ends > 0].min(), ends.max()
+    ticks = [t for t in RATIO_TICKS if lo / 1.3 <= t <= hi * 1.3]
+    fig.update_xaxes(title_text="p95 after / before (log scale)", type="log",
+                     tickvals=ticks, ticktext=[f"×{t:g}" for t in ticks])
+    fig.update_yaxes(automargin=True, categoryorder="array", categoryarray=list(labels))
+    _layout(fig, title, max(220, 90 + 32 * len(shown)))
+    fig.update_layout(hovermode="closest")
+    return _no_data(fig, "Nothing to compare") if shown.empty else fig

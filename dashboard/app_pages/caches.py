@@ -73,14 +73,14 @@ def app_caches(data: dict, x_range, deploys) -> None:
         widgets.table(data["namespaces"], "app-cache-namespaces", column_config=APP_COLUMNS)
 
 
-def redis(data: dict, x_range, actions) -> None:
+def redis(data: dict, x_range, actions, deploys) -> None:
     st.subheader("Redis")
     if data["summary"].empty:
         st.info(f"No Redis samples in this time range. {HOW_TO}", icon=":material/info:")
         return
     widgets.table(data["summary"][list(REDIS_COLUMNS)], "redis-instances", column_config=REDIS_COLUMNS)
     over_time = data["over_time"]
-    lines = {"by": "instance", "x_range": x_range}
+    lines = {"by": "instance", "x_range": x_range, "deploys": deploys}
     widgets.chart(charts.add_action_markers(charts.time_lines(
         over_time, {"hit_rate": "hit rate"}, title="Keyspace hit rate", y_title="hits / lookups",
         y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, **lines,
@@ -130,7 +130,7 @@ def body() -> None:
         widgets.no_data_yet(f"No cache lookups or Redis samples in this time range. {HOW_TO}")
         return
     app_caches(app, (since, until), app["deploys"])
-    redis(rds, (since, until), app["actions"])
+    redis(rds, (since, until), app["actions"], app["deploys"])
 
 
 widgets.live(body, filters)

@@ -120,7 +120,8 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
         col.caption(f"Burn rate {money(b.burn_rate_per_day)} / day · forecast {money(b.forecast_usd)} "
                     f"({b.forecast_share:.0%} of budget) by {b.period_end:%Y-%m-%d %H:%M} UTC")
     now = utcnow()
-    month = widgets.load({"daily": q.daily_spend}, since=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+    month = widgets.load({"daily": q.daily_spend, "deploys": q.deploys},
+                         since=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
                          until=now.replace(second=0, microsecond=0), service=service)
     if month is None:
         return
@@ -128,19 +129,19 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
     lines = ((f"daily budget {money(cost.daily_budget)}", cost.daily_budget),) if cost.daily_budget else ()
     widgets.chart(charts.stacked_bars(daily.assign(time=daily["day"], stack="spend"), y="spend_usd", stack="stack",
                                       title="Spend per day this month (UTC)", y_title="spend", y_format="usd", hlines=lines,
-                                      height=280), daily, "cost-per-day")
+                                      height=280, deploys=month["deploys"]), daily, "cost-per-day")
     if not budget.empty:
         widgets.csv_download(budget, "budgets", label="Download budgets (CSV)")
 
 
-def spend(scope: dict, models: pd.DataFrame, x_range) -> None:
+def spend(scope: dict, models: pd.DataFrame, x_range, deploys: pd.DataFrame) -> None:
     st.subheader("Where the money goes")
     label = st.segmented_control("Split by", list(GROUPINGS), default="Model", key="cost_split") or "Model"
     over = widgets.load({"over": q.cost_over_time}, **scope, by=GROUPINGS[label])
     if over is None:
         return
     widgets.chart(charts.stacked_bars(over["over"], y="cost_usd", stack="key", title=f"LLM spend by {label.lower()}",
-                                      y_title="spend per bucket", y_format="usd", x_range=x_range),
+                                      y_title="spend per bucket", y_format="usd", x_range=x_range, deploys=deploys),
                   over["over"], f"cost-by-{GROUPINGS[label]}")
     st.markdown("**Models**: calls, tokens and spend")
     widgets.table(models, "cost-models", column_config=shown(models))
@@ -198,7 +199,7 @@ def body() -> None:
         return
     bucket_s = q.bucket_seconds(since, until)
     data = widgets.load({"totals": q.cost_totals, "models": q.model_usage, "unpriced": q.unpriced_models,
-                         "saved": q.cache_savings}, **scope)
+                         "saved": q.cache_savings, "deploys": q.deploys}, **scope)
     if data is None:
         return
     per_req = widgets.load({"requests": q.request_costs, "overall": q.request_cost_overall}, **scope,
@@ -215,7 +216,7 @@ def body() -> None:
         return
     unpriced_note(t, data["unpriced"], cost.prices_file)
     headline(t, per_req["overall"].iloc[0], budget["budget"], cost.target_per_query)
-    spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until))
+    spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until), data["deploys"])
     per_request(per_req["requests"], expensive["expensive"], cost.target_per_query,
                 cost.compute_usd_per_core_hour is not None)
     savings(t, data["saved"])

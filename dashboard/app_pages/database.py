@@ -215,7 +215,7 @@ def index_advisor(data: dict) -> None:
     verification(mine["verification"])
 
 
-def buffer_and_connections(data: dict, x_range) -> None:
+def buffer_and_connections(data: dict, x_range, deploys) -> None:
     ratio, connections = data["hit_ratio"], data["connections"]
     if ratio.empty and connections.empty:
         st.caption("Buffer cache and connection statistics come from PostgreSQL targets only.")
@@ -229,17 +229,18 @@ def buffer_and_connections(data: dict, x_range) -> None:
     with left:
         widgets.chart(charts.time_lines(ratio, {"hit_ratio": "hit ratio"}, title="Buffer cache hit ratio",
                                         y_title="blocks from memory", y_format="percent", y_range=(low, 1.005),
-                                        x_range=x_range), data["hit_ratio"], "db-cache-hit-ratio")
+                                        x_range=x_range, deploys=deploys), data["hit_ratio"], "db-cache-hit-ratio")
     with right:
         widgets.chart(charts.stacked_area(connections, y="connections", stack="state", title="Connections by state",
-                                          y_title="connections", x_range=x_range), data["connections"], "db-connections")
+                                          y_title="connections", x_range=x_range, deploys=deploys),
+                      data["connections"], "db-connections")
 
 
-def health(data: dict, x_range) -> None:
+def health(data: dict, x_range, deploys) -> None:
     st.subheader("Databases")
     targets = data["targets"][list(TARGET_COLUMNS)].dropna(axis="columns", how="all")  # e.g. PostgreSQL-only ones
     widgets.table(targets, "databases", column_config=TARGET_COLUMNS)
-    buffer_and_connections(data, x_range)
+    buffer_and_connections(data, x_range, deploys)
     st.subheader("Tables with many sequential scans")
     if data["seq_scans"].empty:
         st.caption("No table was scanned sequentially in this range (PostgreSQL targets only).")
@@ -254,7 +255,8 @@ def body() -> None:
     data = widgets.load({"targets": q.db_targets, "hit_ratio": q.db_cache_hit_ratio,
                          "connections": q.db_connections, "seq_scans": q.seq_scan_tables}, since=since, until=until)
     status = widgets.load({"components": q.component_status}, kind="database")
-    sdk = widgets.load({"queries": q.sdk_top_queries}, since=since, until=until, service=filters.service)
+    sdk = widgets.load({"queries": q.sdk_top_queries, "deploys": q.deploys}, since=since, until=until,
+                       service=filters.service)
     advisor = widgets.load({"runs": q.advisor_runs, "advice": q.index_recommendations, "findings": q.index_findings,
                             "verification": q.index_verification})
     if data is None or status is None or sdk is None or advisor is None:
@@ -269,7 +271,7 @@ def body() -> None:
     if data["targets"].empty:
         st.info(f"No database has been sampled in this time range. {HOW_TO}", icon=":material/info:")
         return
-    health(data, (since, until))
+    health(data, (since, until), sdk["deploys"])
 
 
 widgets.live(body, filters)

@@ -1,0 +1,141 @@
+"""Compare: did a deploy (or anything between two windows) make an endpoint slower, and is it real?"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+import dashboard.queries as q
+from collectors.store import utcnow
+from dashboard import charts, widgets
+from dashboard.queries.compare import SAMPLE_NOTE, describe
+
+st.title("Compare")
+filters = widgets.sidebar_filters()
+
+DEPLOY, WINDOWS = "Before/after a deploy", "Two windows"
+SPANS = {"15 min": timedelta(minutes=15), "1 h": timedelta(hours=1), "6 h": timedelta(hours=6),
+         "24 h": timedelta(hours=24)}
+ALL = "All endpoints"
+NUM, TEXT, RATIO = st.column_config.NumberColumn, st.column_config.TextColumn, "×%.2f"
+COLUMNS = {
+    "service": TEXT("Service"), "endpoint": TEXT("Endpoint"), "verdict": TEXT("Verdict"),
+    "p95_ratio": NUM("p95 ratio", format=RATIO, help="p95 after / p95 before"),
+    "ci_low": NUM("CI low", format=RATIO, help="95 % bootstrap confidence interval of the p95 ratio"),
+    "ci_high": NUM("CI high", format=RATIO, help="95 % bootstrap confidence interval of the p95 ratio"),
+    "p_value": NUM("p-value", format="%.2g", help="Mann–Whitney U test, one-sided: is after slower?"),
+    **{f"{side}_{p}_ms": NUM(f"{p} {side} (ms)", format="%.1f")
+       for p in ("p95", "p50", "p99") for side in ("before", "after")},
+    "p50_ratio": NUM("p50 ratio", format=RATIO),
+    "before_n": NUM("Requests before", format="localized"), "after_n": NUM("Requests after", format="localized"),
+    "method": TEXT("Data", help="raw: every request's duration; histogram: per-minute log buckets (about 1 %), "
+                                "used where raw events are no longer kept"),
+}
+def new_comparison() -> None:
+    """Other windows: the latency chart starts again on the worst endpoint of the new comparison."""
+    st.session_state.pop("compare_endpoint", None)
+
+
+HOW_TO_MARK = ("Mark deploys with `sdk.mark_deploy(version)` in the service, or `perfdeck deploy VERSION "
+               "--service NAME` from the release pipeline.")
+
+
+def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
+    """The deploy picked and its windows: (before, after, service, what)."""
+    left, right = st.columns([3, 2], vertical_alignment="bottom")
+    span = right.segmented_control("Window", list(SPANS), default="1 h", key="compare_span",
+                                  on_change=new_comparison) or "1 h"
+    data = widgets.load({"deploys": q.deploy_windows}, service=filters.service, span=SPANS[span])
+    if data is None:
+        return None
+    deploys = data["deploys"]
+    if deploys.empty:
+        st.info(f"No deploy has been recorded{' for ' + filters.service if filters.service else ''}. "
+                f"{HOW_TO_MARK} Or compare two windows.", icon=":material/info:")
+        return None
+    labels = [f"{d.version} · {d.service} · {d.ts:%Y-%m-%d %H:%M} UTC" for d in deploys.itertuples(index=False)]
+    picked = left.selectbox("Deploy", range(len(labels)), format_func=labels.__getitem__, key="compare_deploy",
+                          on_change=new_comparison)
+    d = deploys.iloc[picked or 0]
+    if not d.complete:
+        st.caption(f"The after window is still open: it has {utcnow() - d.ts} of its {span}.")
+    return (d.before_start, d.before_end), (d.after_start, d.after_end), d.service, f"{d.version} of {d.service}"
+
+
+def two_windows() -> tuple[tuple, tuple, str | None, str] | None:
+    now = utcnow().replace(second=0, microsecond=0)
+    defaults = {"cmp_before_from": now - timedelta(hours=2), "cmp_before_to": now - timedelta(hours=1),
+                "cmp_after_from": now - timedelta(hours=1), "cmp_after_to": now}
+    for key, value in defaults.items():
+        st.session_state.setdefault(key, value)   # once, so the inputs don't move with the clock
+    cols = st.columns(4)
+    names = ("Before: from (UTC)", "Before: to (UTC)", "After: from (UTC)", "After: to (UTC)")
+    times = [(col.datetime_input(name, key=key, format="YYYY-MM-DD", on_change=new_comparison)
+              or defaults[key]).replace(tzinfo=None) for col, name, key in zip(cols, names, defaults)]
+    before, after = tuple(times[:2]), tuple(times[2:])
+    for name, (start, end) in (("before", before), ("after", after)):
+        if start >= end:
+            st.warning(f"The {name} window ends before it starts: pick an end after its start.")
+            return None
+    return before, after, filters.service, filters.service or "all services"
+
+
+def headline(rows: pd.DataFrame) -> None:
+    bad = rows[rows["verdict"] == "regression"]
+    if bad.empty:
+        st.success(f"**No significant regression** among {len(rows)} endpoint{'s' if len(rows) != 1 else ''}.",
+                   icon=":material/check_circle:")
+    else:
+        st.error(f"**{len(bad)} endpoint{'s' if len(bad) != 1 else ''} regressed significantly.** "
+                 f"Worst: {describe(bad.iloc[0])}", icon=":material/trending_up:")
+    better = (rows["verdict"] == "improvement").sum()
+    notes = [f"{better} improved significantly." if better else "",
+             "Some endpoints are compared from histograms (raw events are no longer kept for a window)."
+             if (rows["method"] == "histogram").any() else ""]
+    st.caption(" ".join(n for n in notes if n) + " A regression is significant when p < 0.01, the interval "
+               "lies above ×1 and the p95 grew by at least 10 %. " + SAMPLE_NOTE)
+
+
+def latency(rows: pd.DataFrame, before: tuple, after: tuple, service: str | None) -> None:
+    st.subheader("Latency across both windows")
+    choices = {f"{r.endpoint}  ·  {r.service}": (r.service, r.endpoint) for r in rows.itertuples(index=False)}
+    pick, scale = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = choices.get(pick.selectbox("Endpoint", [*choices, ALL], key="compare_endpoint"))
+    log_y = scale.toggle("Log scale", value=True, key="compare_log")
+    svc, endpoint = chosen if chosen else (service, None)
+    since, until = min(before[0], after[0]), max(before[1], after[1])
+    data = widgets.load({"latency": q.latency_over_time}, since=since, until=until, service=svc, endpoint=endpoint)
+    marks = widgets.load({"deploys": q.deploys}, since=since, until=until, service=svc)
+    if data is None or marks is None:
+        return
+    fig = charts.latency_chart(data["latency"], marks["deploys"], x_range=(since, until), log_y=log_y,
+                               title=f"Latency percentiles: {endpoint or 'all endpoints'}")
+    widgets.chart(charts.shade_windows(fig, {"before": before, "after": after}), data["latency"], "compare-latency")
+
+
+def body() -> None:
+    st.caption("Compares the windows chosen here: the sidebar's time range is not used, its service filter is.")
+    mode = st.segmented_control("Compare", [DEPLOY, WINDOWS], default=DEPLOY, key="compare_mode",
+                                  on_change=new_comparison) or DEPLOY
+    picked = deploy_windows() if mode == DEPLOY else two_windows()
+    if picked is None:
+        return
+    before, after, service, what = picked
+    result = widgets.load({"rows": q.compare_windows}, before=before, after=after, service=service)
+    if result is None:
+        return
+    rows = result["rows"]
+    st.caption(f"{what}: before {before[0]:%Y-%m-%d %H:%M} → {before[1]:%H:%M}, "
+               f"after {after[0]:%Y-%m-%d %H:%M} → {after[1]:%H:%M} UTC")
+    if rows.empty:
+        st.info("No endpoint has requests in both windows: nothing to compare. Pick other windows.",
+                icon=":material/info:")
+        return
+    headline(rows)
+    widgets.table(rows[list(COLUMNS)], "compare", column_config=COLUMNS)
+    st.plotly_chart(charts.ratio_chart(rows), key="chart-compare-ratio")
+    latency(rows, before, after, service)
+
+
+widgets.live(body, filters)
