@@ -40,7 +40,7 @@ def frame(*rows) -> pd.DataFrame:
 def seeded(migrated_store, monkeypatch):
     """/search fired critical two hours ago and still fires; /cart fired and resolved; a silence on
     cache_hit_rate; one delivered, one dead-letter and one logged notification."""
-    t = (utcnow() - timedelta(hours=2)).replace(second=0, microsecond=0)
+    t = utcnow().replace(microsecond=0) - timedelta(hours=2)
     engine = AlertEngine(migrated_store, AlertSettings(for_s=0))
     engine.tick(frame(check("/search", "critical", 1240)), t)
     engine.tick(frame(check("/search", "critical", 1300), check("/cart", "warning", 740)), t + timedelta(minutes=1))

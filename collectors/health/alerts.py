@@ -12,6 +12,9 @@ target) at a time. A check "breaches" when its severity is at least `min_severit
     FIRING, assessed below min_severity         -> RESOLVED at once (resolved_at = now)
     FIRING, not assessed at all (no traffic) for `for` -> RESOLVED, message "no data since ..."
 
+While it fires, `message` is the latest assessment's; once resolved, the one of its worst moment (the
+row then says what went wrong, beside `severity` and `peak_value`).
+
 Notifications are decided here and sent off-thread by the Notifier (collectors.health.notify):
 - throttle: per rule and target, at most one firing or escalated message per throttle window, counted
   from the last message about that rule and target (a resolve included). A re-fire inside the window
@@ -59,6 +62,7 @@ class Alert:
     started_at: datetime
     updated_at: datetime
     peak_value: float | None = None
+    peak_message: str | None = None  # the message of the worst moment: the row's message once resolved
     lower_is_worse: bool = False     # hit rates: the peak is the lowest value
     id: int | None = None
     state: str = "firing"
@@ -158,7 +162,7 @@ class AlertEngine:
              peak, silenced, notifications, notified_at) in rows:
             self.firing[(rule, target_)] = Alert(
                 rule, target_, service, subject, severity, value, threshold, message or "", started_at, updated_at,
-                peak, lower_is_worse=peak is not None and threshold is not None and peak < threshold, id=id_,
+                peak, message, lower_is_worse=peak is not None and threshold is not None and peak < threshold, id=id_,
                 silenced=silenced, notifications=notifications, notified_at=notified_at)
         for rule, target_, last in con.execute("""
             SELECT rule, target, max(notified_at)
@@ -200,7 +204,7 @@ class AlertEngine:
             alert.missing_since = alert.missing_since or now
             if (now - alert.missing_since).total_seconds() >= self.for_s(alert.rule):
                 note = f"no data since {alert.missing_since:%H:%M} UTC"
-                alert.message = f"{note}; last: {alert.message}"
+                alert.peak_message = f"{note}; worst: {alert.peak_message or alert.message}"
                 transitions.append(self._resolve(alert, now, silences, note=note, value=alert.value))
             else:
                 transitions.append(self._decide("updated", alert, now, silences))
@@ -221,7 +225,7 @@ class AlertEngine:
     def _fire(self, key, row: dict, now: datetime, silences) -> Transition:
         value, level = _number(row["value"]), _number(row["level"])
         alert = Alert(key[0], key[1], row["service"], row["subject"], row["severity"], value, level, row["message"],
-                      started_at=now, updated_at=now, peak_value=value,
+                      started_at=now, updated_at=now, peak_value=value, peak_message=row["message"],
                       lower_is_worse=value is not None and level is not None and value < level)
         self.firing[key] = alert
         return self._decide("firing", alert, now, silences)
@@ -229,16 +233,19 @@ class AlertEngine:
     def _update(self, alert: Alert, row: dict, now: datetime, silences) -> Transition:
         value = _number(row["value"])
         alert.value, alert.message, alert.updated_at, alert.missing_since = value, row["message"], now, None
+        escalated = severity_rank(row["severity"]) > severity_rank(alert.severity)
         if value is not None:
             worse = min if alert.lower_is_worse else max
-            alert.peak_value = value if alert.peak_value is None else worse(alert.peak_value, value)
-        escalated = severity_rank(row["severity"]) > severity_rank(alert.severity)
+            peak = value if alert.peak_value is None else worse(alert.peak_value, value)
+            if peak != alert.peak_value or escalated:
+                alert.peak_value, alert.peak_message = peak, row["message"]
         if escalated:
             alert.severity, alert.threshold = row["severity"], _number(row["level"])
         return self._decide("escalated" if escalated else "updated", alert, now, silences)
 
     def _resolve(self, alert: Alert, now: datetime, silences, *, note: str, value: float | None) -> Transition:
         alert.state, alert.resolved_at, alert.note, alert.value = "resolved", now, note, value
+        alert.message = alert.peak_message or alert.message
         del self.firing[alert.key]
         return self._decide("resolved", alert, now, silences)
 

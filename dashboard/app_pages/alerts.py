@@ -54,9 +54,15 @@ def span(seconds: float) -> str:
 
 
 def lasted(seconds) -> str:
+    """'45 s', '27 min', '2 h 5 min', '3 d 4 h': the two largest units, rounded down."""
     if pd.isna(seconds):
         return "–"
-    return span(round(seconds / 60) * 60) if seconds >= 60 else f"{max(0, seconds):.0f} s"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s} s"
+    units = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min")]
+    first = next(i for i, (n, _) in enumerate(units) if n)
+    return " ".join(f"{n} {unit}" for n, unit in units[first:first + 2] if n)
 
 
 @st.cache_data(ttl=60, show_spinner=False)
