@@ -55,6 +55,7 @@ from dashboard.queries.database import (
     sdk_top_queries,
     seq_scan_tables,
 )
+from dashboard.queries.health import health_checks, health_measurements
 from dashboard.queries.host import host_disks, host_over_time, hosts, processes_latest, processes_over_time
 from dashboard.queries.latency import endpoint_percentiles, latency_over_time
 from dashboard.queries.samplers import component_status
@@ -92,6 +93,8 @@ __all__ = [
     "endpoint_traffic",
     "expensive_requests",
     "forecast_period",
+    "health_checks",
+    "health_measurements",
     "host_disks",
     "host_over_time",
     "hosts",

@@ -1,0 +1,106 @@
+"""`perfdeck health`: the current health in a terminal, and a performance gate for CI/CD (exit code 2
+when a check is at or beyond --fail-on)."""
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from collectors.cli import CONTEXT, db_option, reading
+from collectors.health import SEVERITIES, severity_rank, target
+
+EXIT_FAIL = 2
+SHOWN_REASONS = 3
+
+
+def _rows(lines: list[tuple], indent: str = "  ") -> list[str]:
+    """Left-aligned columns; numbers (ints) right-aligned."""
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(lines[0]))]
+    out = []
+    for row in lines:
+        cells = [str(c).rjust(w) if isinstance(c, int) else str(c).ljust(w) for c, w in zip(row, widths)]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+def _window_seconds(_ctx, _param, value):
+    from collectors.health.settings import seconds
+
+    if value is None:
+        return None
+    try:
+        return seconds(value, "window")
+    except ValueError:   # not a usage error: exit code 2 is the gate's "failed"
+        raise click.ClickException(f"--window: {value!r} is not a span like 5m, 15m or 1h") from None
+
+
+def _records(df) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in df.to_dict(orient="records")]
+
+
+@click.command(context_settings=CONTEXT)
+@db_option
+@click.option("--window", default=None, callback=_window_seconds,
+              help="How far back each check measures: 5m, 15m, 1h... (default [alerts] window, 5m).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="perfdeck.toml with the [alerts] thresholds file and [cost] budgets (default $PERFDECK_CONFIG).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {status, window_s, at, reasons, components, checks} as JSON.")
+@click.option("--fail-on", type=click.Choice(SEVERITIES[1:]), default="critical", show_default=True,
+              help="Exit with code 2 when any check is at least this severe.")
+def health(db, window, config_path, as_json, fail_on) -> None:
+    """Health of every measured thing (endpoints, jobs, caches, hosts, cost, components) over the last
+    window, against the thresholds (packaged defaults, thresholds.toml, PERFDECK_<NAME>_<LEVEL>).
+    Prints the overall status, each component's, then the checks that are not healthy. Exits 2 when a
+    check is at or beyond --fail-on (critical by default), so it can gate a deploy."""
+    import duckdb
+
+    from collectors import config
+    from collectors.health.assess import components, current_health, overall
+    from collectors.health.settings import alert_settings
+    from collectors.health.thresholds import load_thresholds
+    from collectors.store import utcnow
+
+    try:
+        cfg = config.load(config_path)
+        settings = alert_settings(cfg)
+        thresholds = load_thresholds(settings.thresholds_file)
+        cost = config.cost_settings(cfg)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    window_s = window or settings.window_s
+    now = utcnow().replace(microsecond=0)
+    with reading(db) as con:
+        try:
+            checks = current_health(con, now=now, window_s=window_s, thresholds=thresholds, cost=cost)
+        except duckdb.CatalogException:
+            raise click.ClickException("the store has not been initialised (run `perfdeck collect` once)") from None
+    status, reasons = overall(checks)
+    per_component = components(checks)
+
+    if as_json:
+        click.echo(json.dumps({
+            "status": status, "window_s": window_s, "at": now.isoformat() + "Z", "reasons": reasons,
+            "components": _records(per_component), "checks": _records(checks)}, indent=1, ensure_ascii=False))
+    else:
+        minutes = f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
+        click.echo(f"{status.upper()}: {len(checks)} checks over the last {minutes} to {now:%Y-%m-%d %H:%M:%S} UTC")
+        if checks.empty:
+            click.echo("  nothing had enough data in the window to be judged")
+        for reason in reasons[:SHOWN_REASONS]:
+            click.echo(f"  {reason}")
+        if len(reasons) > SHOWN_REASONS:
+            click.echo(f"  and {len(reasons) - SHOWN_REASONS} more")
+        if not per_component.empty:
+            click.echo("\ncomponents:")
+            click.echo("\n".join(_rows([(r.component, r.severity, r.checks, r.reason)
+                                        for r in per_component.itertuples()])))
+        unhealthy = checks[checks["severity"] != "healthy"]
+        if not unhealthy.empty:
+            click.echo("\nnot healthy:")
+            click.echo("\n".join(_rows([(r.severity, r.check, target(r.service, r.subject), r.message)
+                                        for r in unhealthy.itertuples()])))
+    if severity_rank(status) >= severity_rank(fail_on):
+        click.get_current_context().exit(EXIT_FAIL)

@@ -1,0 +1,139 @@
+"""Measurements -> assessed checks: each measured value against its threshold's levels, with a severity
+and a message ("p95 of /search 740 ms > 500 ms warning"); then one status per component and overall.
+
+    from collectors.store import read
+    with read() as con:
+        checks = current_health(con)                 # the last 5 minutes, default thresholds
+    status, reasons = overall(checks)                # "warning", ["p95 of /search 740 ms > 500 ms warning"]
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from collectors.health import ASSESSED_COLUMNS, SEVERITIES, severity_rank, worst
+from collectors.health.thresholds import COMPONENTS, Threshold, Thresholds, load_thresholds
+from collectors.store import utcnow
+from dashboard.queries.health import health_measurements
+
+COMPONENT_COLUMNS = ["component", "severity", "checks", "reason"]
+
+
+def _number(v: float) -> str:
+    """740 -> "740", 1240 -> "1,240", 62.5 -> "62.5", 2.25 -> "2.25": about three significant digits."""
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    text = f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_value(value: float, unit: str) -> str:
+    """A value in its unit, as messages show it: "740 ms", "62 %" (a ratio), "$0.12", "12,000 entries"."""
+    if unit == "ratio":
+        return f"{_number(value * 100)} %"
+    if unit == "percent":
+        return f"{_number(value)} %"
+    if unit == "usd":
+        if abs(value) >= 1:
+            return f"${value:,.2f}"
+        text = f"{value:.4f}".rstrip("0")
+        return f"${text}{'0' * max(0, 2 - len(text.split('.')[1]))}"
+    if unit == "entries":
+        return f"{value:,.0f} entries"
+    if unit == "up":
+        return "up" if value >= 1 else "down"
+    return f"{_number(value)} {unit}"
+
+
+def describe(threshold: Threshold, subject: str, value: float, severity: str, level: float) -> str:
+    """The message of one check: what, its value, how it compares with the level and which level."""
+    what = threshold.label.format(subject=subject)
+    if threshold.unit == "up":
+        return f"{what} is {format_value(value, 'up')}"
+    above = threshold.bad == "above"
+    if severity == "healthy":
+        sign = "≤" if above else "≥"
+    elif value == level:
+        sign = "≥" if above else "≤"
+    else:
+        sign = ">" if above else "<"
+    name = "target" if severity in ("healthy", "degraded") else severity
+    return f"{what} {format_value(value, threshold.unit)} {sign} {format_value(level, threshold.unit)} {name}"
+
+
+def assess(measurements: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
+    """ASSESSED_COLUMNS for each measurement of a known threshold that has a value and at least the
+    threshold's min_samples; worst first, then in component, threshold, service and subject order."""
+    rows = []
+    for m in measurements.itertuples(index=False):
+        threshold = thresholds.get(m.check)
+        if threshold is None or pd.isna(m.value) or m.samples < threshold.min_samples:
+            continue
+        service = None if pd.isna(m.service) else m.service
+        levels = threshold.levels_for(service, m.subject)
+        severity = threshold.severity(m.value, levels)
+        level = threshold.level_of(severity, levels)
+        rows.append((threshold.component, threshold.name, service, m.subject, float(m.value), threshold.unit,
+                     severity, level, describe(threshold, m.subject, m.value, severity, level)))
+    df = pd.DataFrame(rows, columns=ASSESSED_COLUMNS)
+    order = list(thresholds)
+    df = df.assign(_rank=df["severity"].map(severity_rank), _component=df["component"].map(COMPONENTS.index),
+                   _check=df["check"].map(order.index), _service=df["service"].fillna(""))
+    df = df.sort_values(["_rank", "_component", "_check", "_service", "subject"],
+                        ascending=[False, True, True, True, True], kind="stable")
+    df = df.drop(columns=["_rank", "_component", "_check", "_service"]).reset_index(drop=True)
+    # None, not NaN, for "no service" (pandas would make it NaN in a string column): target() relies on it.
+    df["service"] = pd.Series([s if isinstance(s, str) else None for s in df["service"]], dtype=object)
+    return df
+
+
+def components(assessed: pd.DataFrame) -> pd.DataFrame:
+    """[component, severity, checks, reason], one row per component that has checks, in the fixed
+    component order. The reason is the message of its worst check ("+ N more" at that severity), or
+    "all N checks healthy"."""
+    rows = []
+    for component in COMPONENTS:
+        checks = assessed[assessed["component"] == component]
+        if checks.empty:
+            continue
+        severity = worst(checks["severity"])
+        if severity == "healthy":
+            reason = f"all {len(checks)} checks healthy" if len(checks) > 1 else "1 check healthy"
+        else:
+            at_worst = checks[checks["severity"] == severity]
+            more = f" (+ {len(at_worst) - 1} more {severity})" if len(at_worst) > 1 else ""
+            reason = at_worst["message"].iloc[0] + more
+        rows.append((component, severity, len(checks), reason))
+    return pd.DataFrame(rows, columns=COMPONENT_COLUMNS)
+
+
+def overall(assessed: pd.DataFrame) -> tuple[str, list[str]]:
+    """The worst severity of all checks ("healthy" when there are none) and the messages of the checks
+    at that severity, worst first; no messages when everything is healthy."""
+    severity = worst(assessed["severity"])
+    if severity == "healthy":
+        return severity, []
+    return severity, assessed.loc[assessed["severity"] == severity, "message"].tolist()
+
+
+def current_health(
+    con,
+    *,
+    now: datetime | None = None,
+    window_s: float = 300,
+    thresholds: Thresholds | None = None,
+    cost=None,
+) -> pd.DataFrame:
+    """The assessed checks of the window [now - window_s, now) (naive UTC; default: utcnow()).
+    `thresholds` default to load_thresholds() (the packaged ones, $PERFDECK_THRESHOLDS and the
+    environment); `cost` (collectors.config.CostSettings) brings the budgets, none when None."""
+    now = now or utcnow()
+    measured = health_measurements(
+        con, since=now - timedelta(seconds=window_s), until=now,
+        daily_budget=getattr(cost, "daily_budget", None), monthly_budget=getattr(cost, "monthly_budget", None))
+    return assess(measured, thresholds if thresholds is not None else load_thresholds())
+
+
+__all__ = ["COMPONENT_COLUMNS", "SEVERITIES", "assess", "components", "current_health", "describe", "format_value",
+           "overall"]

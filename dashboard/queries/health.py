@@ -1,0 +1,195 @@
+"""Health measurements: one value per thing a threshold judges (collectors/health/thresholds.toml),
+measured over one window. `collectors.health.assess` turns them into severities and messages.
+
+Each row is [check, service, subject, value, samples]: `check` is a threshold's name, `samples` how
+many observations the value rests on (requests, lookups, host samples...), so that a p95 of three
+requests is not judged. Values are in the threshold's unit: ratios 0-1, host figures 0-100."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import pandas as pd
+
+from dashboard.queries._run import run_query
+from dashboard.queries.cost import budget_status, request_costs
+from dashboard.queries.samplers import label_sql
+
+MEASUREMENT_COLUMNS = ["check", "service", "subject", "value", "samples"]
+
+# How far before the window the previous Redis sample is looked for (the first rate of the window
+# spans the time since it); far more than any sampler interval.
+REDIS_LOOKBACK = timedelta(hours=1)
+# A watched component not checked for this long before the window is no longer watched (its sampler
+# left the config): its last status is not news.
+COMPONENT_STALE = timedelta(hours=1)
+
+# Jobs are requests recorded with method TASK (sdk.record_request(..., method="TASK", wait_ms=...)).
+REQUESTS_SQL = """
+SELECT service,
+       endpoint,
+       upper(coalesce(method, '')) = 'TASK' AS is_job,
+       count(*) AS requests,
+       count(*) FILTER (WHERE status >= 500) AS errors,
+       quantile_cont(duration_ms, 0.95) AS p95_ms,
+       quantile_cont(TRY_CAST(json_extract_string(tags, '$.wait_ms') AS DOUBLE), 0.95) / 1000 AS wait_p95_s,
+       count(TRY_CAST(json_extract_string(tags, '$.wait_ms') AS DOUBLE)) AS waits
+FROM request_events
+WHERE ts >= $since
+  AND ts < $until
+GROUP BY ALL
+ORDER BY service, endpoint
+"""
+
+APP_CACHES_SQL = """
+SELECT service,
+       cache,
+       sum(hits) AS hits,
+       sum(hits) + sum(misses) AS lookups,
+       sum(lookup_ms_sum) / nullif(sum(lookups_timed), 0) AS lookup_ms,
+       sum(lookups_timed) AS lookups_timed
+FROM cache_stats
+WHERE minute >= $since
+  AND minute < $until
+GROUP BY service, cache
+ORDER BY service, cache
+"""
+
+# The latest minute of each cache, and in it its largest process (each holds its own entries).
+CACHE_SIZES_SQL = """
+SELECT service, cache, max(entries) AS entries, count(*) AS samples
+FROM cache_sizes
+WHERE minute >= $since
+  AND minute < $until
+GROUP BY service, cache, minute
+QUALIFY minute = max(minute) OVER (PARTITION BY service, cache)
+ORDER BY service, cache
+"""
+
+# The sampler's hits/misses per second cover the time since its previous sample (its own lookups
+# left out, which the raw keyspace counters include); rate x that time gives the lookups. A sample is
+# the rows of one instance at one ts (the sampler writes all of a sample's rows with the same ts).
+REDIS_SQL = """
+WITH sample_times AS (
+    SELECT DISTINCT instance, ts
+    FROM redis_metrics
+    WHERE ts >= $lookback
+      AND ts < $until
+),
+samples AS (
+    SELECT instance, ts, epoch(ts - lag(ts) OVER (PARTITION BY instance ORDER BY ts)) AS elapsed_s
+    FROM sample_times
+),
+rates AS (
+    SELECT instance,
+           ts,
+           sum(value) FILTER (WHERE name = 'redis.hits_per_sec') AS hits_per_s,
+           sum(value) FILTER (WHERE name = 'redis.misses_per_sec') AS misses_per_s
+    FROM redis_metrics
+    WHERE name IN ('redis.hits_per_sec', 'redis.misses_per_sec')
+      AND ts >= $since
+      AND ts < $until
+    GROUP BY instance, ts
+)
+SELECT instance,
+       sum(hits_per_s * elapsed_s) AS hits,
+       sum((hits_per_s + misses_per_s) * elapsed_s) AS lookups
+FROM rates
+JOIN samples USING (instance, ts)
+GROUP BY instance
+ORDER BY instance
+"""
+
+HOST_SQL = f"""
+SELECT 'host_cpu_percent' AS "check", host AS subject, avg(value) AS value, count(*) AS samples
+FROM system_metrics
+WHERE name = 'cpu.percent' AND ts >= $since AND ts < $until
+GROUP BY host
+UNION ALL
+SELECT 'host_memory_percent', host, avg(value), count(*)
+FROM system_metrics
+WHERE name = 'mem.percent' AND ts >= $since AND ts < $until
+GROUP BY host
+UNION ALL
+SELECT 'host_disk_percent', host || ':' || coalesce({label_sql("mount")}, '?'), arg_max(value, ts), count(*)
+FROM system_metrics
+WHERE name = 'disk.used_percent' AND ts >= $since AND ts < $until
+GROUP BY ALL
+ORDER BY 1, 2
+"""
+
+COMPONENTS_SQL = """
+SELECT kind || ' ' || name AS subject, CASE WHEN status = 'up' THEN 1.0 ELSE 0.0 END AS value
+FROM components
+WHERE checked_at >= $fresh_since
+ORDER BY kind, name
+"""
+
+
+def health_measurements(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    daily_budget: float | None = None,
+    monthly_budget: float | None = None,
+) -> pd.DataFrame:
+    """[check, service, subject, value, samples] for every thing measured in [since, until) (naive
+    UTC), grouped by check in the order of the thresholds file. Things without data in the window
+    have no row (a cache without lookups has no hit rate). Budgets are measured at `until` when given."""
+    window = {"since": since, "until": until}
+    rows: list[tuple] = []
+
+    requests, _ = run_query(REQUESTS_SQL, window, con=con)
+    web, jobs = requests[~requests["is_job"]], requests[requests["is_job"]]
+    rows += [("request_p95_ms", r.service, r.endpoint, r.p95_ms, r.requests) for r in web.itertuples()]
+    rows += [("error_rate", r.service, r.endpoint, r.errors / r.requests, r.requests) for r in web.itertuples()]
+    rows += [("job_wait_s", r.service, r.endpoint, r.wait_p95_s, r.waits) for r in jobs.itertuples() if r.waits]
+    rows += [("job_failure_rate", r.service, r.endpoint, r.errors / r.requests, r.requests) for r in jobs.itertuples()]
+
+    caches, _ = run_query(APP_CACHES_SQL, window, con=con)
+    redis, _ = run_query(REDIS_SQL, window | {"lookback": since - REDIS_LOOKBACK}, con=con)
+    rows += [("cache_hit_rate", r.service, r.cache, r.hits / r.lookups, r.lookups) for r in caches.itertuples()
+             if r.lookups]
+    rows += [("cache_hit_rate", None, r.instance, r.hits / r.lookups, round(r.lookups)) for r in redis.itertuples()
+             if r.lookups > 0]
+    rows += [("cache_lookup_ms", r.service, r.cache, r.lookup_ms, r.lookups_timed) for r in caches.itertuples()
+             if r.lookups_timed]
+    sizes, _ = run_query(CACHE_SIZES_SQL, window, con=con)
+    rows += [("cache_entries", r.service, r.cache, r.entries, r.samples) for r in sizes.itertuples()]
+
+    host, _ = run_query(HOST_SQL, window, con=con)
+    rows += [(r.check, None, r.subject, r.value, r.samples) for r in host.itertuples() if pd.notna(r.value)]
+
+    costs = request_costs(con, since=since, until=until)
+    rows += [("cost_per_query_usd", r.service, r.endpoint, r.mean_usd, r.requests) for r in costs.itertuples()]
+    if daily_budget is not None or monthly_budget is not None:
+        budgets = budget_status(con, now=until, daily_budget=daily_budget, monthly_budget=monthly_budget)
+        for r in budgets.itertuples():
+            month = r.period == "this month"   # the month is judged on its forecast, the day on its spend
+            rows.append(("budget_burn", None, "month" if month else "today",
+                         r.forecast_share if month else r.share_used, 1))
+
+    components, _ = run_query(COMPONENTS_SQL, {"fresh_since": since - COMPONENT_STALE}, con=con)
+    rows += [("component_up", None, r.subject, r.value, 1) for r in components.itertuples()]
+
+    df = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
+    df["value"] = df["value"].astype(float)
+    df["samples"] = df["samples"].astype("int64")
+    return df
+
+
+def health_checks(
+    con: duckdb.DuckDBPyConnection, *, until: datetime, window_s: float, config_path: str | None = None,
+) -> pd.DataFrame:
+    """The assessed checks (collectors.health.ASSESSED_COLUMNS, worst first) of [until - window_s, until),
+    with the thresholds and budgets of the config at `config_path` (default $PERFDECK_CONFIG or
+    perfdeck.toml). A broken thresholds file raises its ThresholdsError (a ValueError)."""
+    from collectors import config
+    from collectors.health.assess import current_health
+    from collectors.health.settings import alert_settings
+    from collectors.health.thresholds import load_thresholds
+
+    cfg = config.load(config_path)
+    thresholds = load_thresholds(alert_settings(cfg).thresholds_file)
+    return current_health(con, now=until, window_s=window_s, thresholds=thresholds, cost=config.cost_settings(cfg))

@@ -1,0 +1,284 @@
+"""Health end to end on real stores: measurements of a seeded window, the assessment and its messages,
+components and overall status, and `perfdeck health` (exit codes and --json)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from seed_cost import EVENT_COLUMNS, event
+from seed_health import EXPECTED, seed_health, spend
+
+from collectors.cli_health import health
+from collectors.health import ASSESSED_COLUMNS
+from collectors.health.assess import assess, components, current_health, format_value, overall
+from collectors.health.thresholds import load_thresholds
+from collectors.store import migrate, read, utcnow, write
+from dashboard.queries import budget_status, health_checks, health_measurements
+
+NOW = datetime(2025, 3, 14, 12, 0, 30)
+SINCE = NOW - timedelta(minutes=5)
+
+
+@pytest.fixture(autouse=True)
+def _no_health_env(monkeypatch, tmp_path):
+    """No thresholds, budgets, [alerts] settings or config of whoever runs the tests."""
+    for var in list(os.environ):
+        if var in ("PERFDECK_THRESHOLDS", "PERFDECK_DAILY_BUDGET", "PERFDECK_MONTHLY_BUDGET") \
+                or var.startswith("PERFDECK_ALERT_") \
+                or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
+
+
+@pytest.fixture
+def seeded(store):
+    seed_health(store, now=NOW)
+    return store
+
+
+def measure(path, **budgets) -> pd.DataFrame:
+    with read(path) as con:
+        return health_measurements(con, since=SINCE, until=NOW, **budgets)
+
+
+def test_measurements_of_a_seeded_window(seeded):
+    df = measure(seeded)
+    assert list(df.columns) == ["check", "service", "subject", "value", "samples"]
+    got = [(r.check, None if pd.isna(r.service) else r.service, r.subject, r.samples) for r in df.itertuples()]
+    assert got == [(c, s, subj, n) for c, s, subj, _, n in EXPECTED]
+    assert df["value"].tolist() == pytest.approx([v for *_, v, _ in EXPECTED], rel=1e-12)
+
+
+def test_budgets_are_measured_only_when_configured(seeded):
+    assert "budget_burn" not in set(measure(seeded)["check"])
+    df = measure(seeded, daily_budget=1.0, monthly_budget=10.0)
+    budgets = df[df["check"] == "budget_burn"].set_index("subject")["value"]
+    assert budgets["today"] == pytest.approx(float(spend(NOW)) / 1.0)        # 1.20 spent of 1.00
+    with read(seeded) as con:
+        month = budget_status(con, now=NOW, monthly_budget=10.0).iloc[0]
+    assert budgets["month"] == pytest.approx(month["forecast_share"])
+    only_month = measure(seeded, monthly_budget=10.0)
+    assert only_month.loc[only_month["check"] == "budget_burn", "subject"].tolist() == ["month"]
+
+
+def test_an_empty_window_measures_only_the_components(seeded):
+    with read(seeded) as con:
+        df = health_measurements(con, since=NOW + timedelta(minutes=10), until=NOW + timedelta(hours=1))
+    # Both Redis components were checked within the hour before; the database 3 hours ago is stale.
+    assert df["subject"].tolist() == ["redis cache", "redis queue"]
+    with read(seeded) as con:
+        assert health_measurements(con, since=NOW + timedelta(hours=2), until=NOW + timedelta(hours=3)).empty
+
+
+# severity, check, service, subject, message — worst first, then component, threshold, service, subject
+ASSESSED = [
+    ("critical", "job_failure_rate", "worker", "job:daily_report",
+     "failure rate of job:daily_report 20 % > 10 % critical"),
+    ("critical", "host_disk_percent", None, "web-1:/", "disk use of web-1:/ 96 % > 95 % critical"),
+    ("critical", "budget_burn", None, "month", None),
+    ("critical", "component_up", None, "redis queue", "redis queue is down"),
+    ("warning", "request_p95_ms", "shop-api", "/search", "p95 of /search 740 ms > 500 ms warning"),
+    ("warning", "error_rate", "shop-api", "/products/{id}", "error rate of /products/{id} 2 % ≥ 2 % warning"),
+    ("warning", "job_wait_s", "worker", "job:send_receipt", "queue wait p95 of job:send_receipt 45 s > 30 s warning"),
+    ("warning", "cache_hit_rate", None, "cache", "hit rate of cache 78 % < 80 % warning"),
+    ("warning", "cache_hit_rate", "shop-api", "product_lru", "hit rate of product_lru 62 % < 80 % warning"),
+    ("warning", "cache_entries", "shop-api", "product_lru",
+     "entries of product_lru 12,000 entries > 10,000 entries warning"),
+    ("warning", "host_cpu_percent", None, "web-1", "CPU of host web-1 91 % > 85 % warning"),
+    ("warning", "budget_burn", None, "today", "LLM budget use (today) 120 % > 100 % warning"),
+    ("degraded", "cache_lookup_ms", "shop-api", "product_lru", "lookup time of product_lru 2.5 ms > 1 ms target"),
+    ("degraded", "cost_per_query_usd", "shop-api", "/recommendations",
+     "cost per request of /recommendations $0.12 > $0.10 target"),
+    ("healthy", "request_p95_ms", "shop-api", "/products/{id}", "p95 of /products/{id} 80 ms ≤ 200 ms target"),
+    ("healthy", "error_rate", "shop-api", "/search", "error rate of /search 0 % ≤ 1 % target"),
+    ("healthy", "job_failure_rate", "worker", "job:send_receipt", "failure rate of job:send_receipt 0 % ≤ 1 % target"),
+    ("healthy", "cache_hit_rate", "shop-api", "customer_lru", "hit rate of customer_lru 95 % ≥ 90 % target"),
+    ("healthy", "host_memory_percent", None, "web-1", "memory of host web-1 50 % ≤ 80 % target"),
+    ("healthy", "component_up", None, "redis cache", "redis cache is up"),
+]
+
+
+def test_assess_end_to_end(seeded):
+    with read(seeded) as con:
+        df = assess(health_measurements(con, since=SINCE, until=NOW, daily_budget=1.0, monthly_budget=10.0),
+                    load_thresholds())
+    assert list(df.columns) == ASSESSED_COLUMNS
+    got = [(r.severity, r.check, r.service, r.subject, r.message) for r in df.itertuples()]
+    assert [g[:4] for g in got] == [a[:4] for a in ASSESSED]
+    assert [g[4] for g in got if g[2:4] != (None, "month")] == [a[4] for a in ASSESSED if a[2:4] != (None, "month")]
+    # Too few samples: /checkout and /recommendations (10 requests < 20), tiny_lru (10 lookups < 50).
+    assert not df[df["subject"].isin(["/checkout", "tiny_lru"])].size
+    search = df[df["subject"] == "/search"].set_index("check")
+    assert search.loc["request_p95_ms", ["component", "value", "unit", "level"]].tolist() == ["Latency", 740, "ms", 500]
+    assert search.loc["error_rate", "level"] == 0.01     # healthy: measured against the target
+    hit = df[df["subject"] == "product_lru"].set_index("check").loc["cache_hit_rate"]
+    assert (hit["value"], hit["unit"], hit["level"]) == (pytest.approx(0.62), "ratio", 0.8)
+
+
+def test_overrides_change_the_verdict(seeded, tmp_path):
+    path = tmp_path / "thresholds.toml"
+    path.write_text("""
+[[request_p95_ms.overrides]]
+service = "shop-api"
+endpoint = "/search"
+target = 800
+warning = 1500
+critical = 3000
+
+[request_p95_ms]
+min_samples = 10
+
+[host_disk_percent]
+critical = 98
+""")
+    with read(seeded) as con:
+        df = current_health(con, now=NOW, thresholds=load_thresholds(path))
+    by = df.set_index(["check", "subject"])
+    assert by.loc[("request_p95_ms", "/search"), "message"] == "p95 of /search 740 ms ≤ 800 ms target"
+    assert by.loc[("request_p95_ms", "/checkout"), "message"] == "p95 of /checkout 5,000 ms > 1,000 ms critical"
+    assert by.loc[("host_disk_percent", "web-1:/"), "message"] == "disk use of web-1:/ 96 % > 90 % warning"
+
+
+def test_components_and_overall(seeded):
+    with read(seeded) as con:
+        df = current_health(con, now=NOW)
+    per = components(df)
+    assert list(per.columns) == ["component", "severity", "checks", "reason"]
+    assert per.values.tolist() == [
+        ["Latency", "warning", 2, "p95 of /search 740 ms > 500 ms warning"],
+        ["Errors", "warning", 2, "error rate of /products/{id} 2 % ≥ 2 % warning"],
+        ["Jobs", "critical", 3, "failure rate of job:daily_report 20 % > 10 % critical"],
+        ["Caches", "warning", 5, "hit rate of cache 78 % < 80 % warning (+ 2 more warning)"],
+        ["Host", "critical", 3, "disk use of web-1:/ 96 % > 95 % critical"],
+        ["Cost", "degraded", 1, "cost per request of /recommendations $0.12 > $0.10 target"],
+        ["Components", "critical", 2, "redis queue is down"],
+    ]
+    assert overall(df) == ("critical", ["failure rate of job:daily_report 20 % > 10 % critical",
+                                        "disk use of web-1:/ 96 % > 95 % critical", "redis queue is down"])
+
+
+def test_nothing_to_judge_is_healthy_without_reasons():
+    empty = assess(pd.DataFrame(columns=["check", "service", "subject", "value", "samples"]), load_thresholds())
+    assert list(empty.columns) == ASSESSED_COLUMNS and empty.empty
+    assert overall(empty) == ("healthy", [])
+    assert components(empty).empty
+
+
+def test_all_healthy_has_no_reasons():
+    measured = pd.DataFrame([("request_p95_ms", "api", "/a", 120.0, 30), ("component_up", None, "host web-1", 1.0, 1)],
+                            columns=["check", "service", "subject", "value", "samples"])
+    df = assess(measured, load_thresholds())
+    assert df["message"].tolist() == ["p95 of /a 120 ms ≤ 200 ms target", "host web-1 is up"]
+    assert overall(df) == ("healthy", [])
+    assert components(df)["reason"].tolist() == ["1 check healthy", "1 check healthy"]
+
+
+@pytest.mark.parametrize(("value", "unit", "text"), [
+    (740.0, "ms", "740 ms"), (1240.4, "ms", "1,240 ms"), (2.25, "ms", "2.25 ms"), (12.34, "s", "12.3 s"),
+    (0.62, "ratio", "62 %"), (0.0125, "ratio", "1.25 %"), (91.0, "percent", "91 %"), (0.1, "usd", "$0.10"),
+    (0.12345, "usd", "$0.1235"), (12.5, "usd", "$12.50"), (12000, "entries", "12,000 entries"), (0, "up", "down"),
+])
+def test_values_in_messages(value, unit, text):
+    assert format_value(value, unit) == text
+
+
+def test_health_checks_reads_the_config(seeded, tmp_path, monkeypatch):
+    (tmp_path / "thresholds.toml").write_text("[cache_entries]\nwarning = 20000\ncritical = 60000\n")
+    config = tmp_path / "perfdeck.toml"
+    config.write_text("[cost]\ndaily_budget = 2.0\n")
+    with read(seeded) as con:
+        df = health_checks(con, until=NOW, window_s=300, config_path=str(config))
+    by = df.set_index(["check", "subject"])["message"]
+    assert by[("cache_entries", "product_lru")] == "entries of product_lru 12,000 entries > 5,000 entries target"
+    assert by[("budget_burn", "today")] == "LLM budget use (today) 60 % ≤ 90 % target"
+    monkeypatch.setenv("PERFDECK_CONFIG", str(config))
+    with read(seeded) as con:
+        assert health_checks(con, until=NOW, window_s=300).equals(df)
+
+
+# -- perfdeck health --------------------------------------------------------------------------------------
+
+
+def run(*args):
+    return CliRunner().invoke(health, list(args), catch_exceptions=False)
+
+
+def healthy_store(path, now: datetime) -> None:
+    rows = [event(now - timedelta(seconds=90 + i), "/search", service="shop-api", duration_ms=100.0) for i in range(30)]
+    with write(path) as con:
+        migrate(con)
+        con.executemany(f"INSERT INTO request_events ({', '.join(EVENT_COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(EVENT_COLUMNS))})", [[r[c] for c in EVENT_COLUMNS] for r in rows])
+
+
+def test_cli_healthy_exits_0(store):
+    healthy_store(store, utcnow())
+    result = run("--db", str(store))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert re.fullmatch(r"HEALTHY: 2 checks over the last 5 min to \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", lines[0])
+    assert lines[1:] == ["", "components:", "  Latency  healthy  1  1 check healthy",
+                         "  Errors   healthy  1  1 check healthy"]
+    assert run("--db", str(store), "--fail-on", "degraded").exit_code == 0
+
+
+def test_cli_critical_exits_2_with_reasons_and_a_table(store):
+    seed_health(store, now=utcnow())
+    result = run("--db", str(store))
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert out.startswith("CRITICAL: ")
+    assert "  failure rate of job:daily_report 20 % > 10 % critical\n" in out
+    assert "  Components  critical  2  redis queue is down\n" in out
+    assert re.search(r"\n  critical  component_up +redis queue +redis queue is down\n", out)
+    assert re.search(r"\n  warning   request_p95_ms +shop-api /search +p95 of /search 740 ms > 500 ms warning\n", out)
+    assert "not healthy:" in out and "is up" not in out     # healthy checks are not listed
+
+
+def test_cli_fail_on_warning(store, tmp_path):
+    seed_health(store, now=utcnow(), redis_down=False)
+    relaxed = tmp_path / "thresholds.toml"
+    relaxed.write_text("[host_disk_percent]\ncritical = 99\n[job_failure_rate]\ncritical = 0.5\n")
+    config = tmp_path / "perfdeck.toml"
+    config.write_text(f"[alerts]\nthresholds_file = '{relaxed}'\n")
+    result = run("--db", str(store), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("WARNING: ")
+    assert run("--db", str(store), "--config", str(config), "--fail-on", "warning").exit_code == 2
+
+
+def test_cli_json(store, tmp_path):
+    seed_health(store, now=utcnow())
+    result = run("--db", str(store), "--json", "--window", "10m")
+    assert result.exit_code == 2
+    doc = json.loads(result.output)
+    assert list(doc) == ["status", "window_s", "at", "reasons", "components", "checks"]
+    assert doc["status"] == "critical" and doc["window_s"] == 600.0
+    assert datetime.fromisoformat(doc["at"].removesuffix("Z")) <= utcnow()
+    assert "redis queue is down" in doc["reasons"]
+    assert [c["component"] for c in doc["components"]] == ["Latency", "Errors", "Jobs", "Caches", "Host", "Cost",
+                                                           "Components"]
+    assert set(doc["components"][0]) == {"component", "severity", "checks", "reason"}
+    assert all(list(c) == ASSESSED_COLUMNS for c in doc["checks"])
+    redis = next(c for c in doc["checks"] if c["subject"] == "cache" and c["check"] == "cache_hit_rate")
+    assert redis["service"] is None and redis["unit"] == "ratio" and redis["severity"] == "warning"
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    result = run("--db", str(tmp_path / "absent.duckdb"))
+    assert result.exit_code == 1 and "absent.duckdb" in result.output and "Traceback" not in result.output
+    broken = tmp_path / "thresholds.toml"
+    broken.write_text("[request_p95_ms]\nwarning = 5000\n")
+    config = tmp_path / "perfdeck.toml"
+    config.write_text("")
+    healthy_store(tmp_path / "s.duckdb", utcnow())
+    result = run("--db", str(tmp_path / "s.duckdb"), "--config", str(config))
+    assert result.exit_code == 1
+    assert f"Error: {broken}: [request_p95_ms]: warning 5000 must lie between" in result.output
+    result = run("--db", str(tmp_path / "s.duckdb"), "--window", "soon")
+    assert result.exit_code == 1 and "'soon' is not a span like 5m" in result.output
