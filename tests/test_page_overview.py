@@ -1,21 +1,46 @@
 """AppTest of the Overview page (and the router) on real seeded / empty / missing store files."""
 from __future__ import annotations
 
+import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from helpers import run_app
+from seed_health import seed_health, seed_healthy
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
 
-from collectors.store import migrate, read, write
+from collectors.health import ASSESSED_COLUMNS
+from collectors.store import migrate, read, utcnow, write
 from dashboard.queries import totals
 from dashboard.widgets import fmt_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "overview.py")
 APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture(autouse=True)
+def _health_config(tmp_path, monkeypatch):
+    """The health banner reads perfdeck.toml, [alerts] and thresholds from the environment: none of the runner's."""
+    for var in list(os.environ):
+        if var in ("PERFDECK_THRESHOLDS", "PERFDECK_DAILY_BUDGET", "PERFDECK_MONTHLY_BUDGET") \
+                or var.startswith("PERFDECK_ALERT_") \
+                or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
+
+
+def endpoints_table(at: AppTest):
+    return next(d.value for d in at.dataframe if "p95_ms" in d.value.columns)
+
+
+def notices(at: AppTest) -> list[str]:
+    """Info and warning callouts other than the health banner."""
+    return [e.value for e in (*at.info, *at.warning) if not e.value.startswith("**Health")]
 
 
 @pytest.fixture
@@ -48,21 +73,21 @@ def test_overview_shows_metrics_table_and_charts(seeded):
     assert metrics["Requests / s"] == f"{expected['requests_per_s']:,.2f}"
     assert metrics["p50"] == fmt_ms(expected["p50_ms"])
     assert metrics["Error rate"] == f"{expected['error_rate']:.2%}"
-    table = at.dataframe[0].value
+    table = endpoints_table(at)
     assert len(table) == 7
     assert {"GET /products", "POST /checkout", "task build_report"} <= set(table["endpoint"])
     assert table["requests"].sum() == expected["requests"]
     assert {b.key for b in at.download_button} >= {
         "csv-endpoints", "csv-latency-over-time", "csv-traffic-over-time"}
     assert len(at.get("plotly_chart")) == 2
-    assert not at.info and not at.warning
+    assert not notices(at)
 
 
 def test_service_filter_and_endpoint_picker(seeded):
     at = run(PAGE)
     at.sidebar.selectbox(key="service").select("worker").run()
     assert not at.exception
-    assert set(at.dataframe[0].value["service"]) == {"worker"}
+    assert set(endpoints_table(at)["service"]) == {"worker"}
     at.selectbox(key="latency_endpoint").select_index(1).run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2
@@ -111,3 +136,69 @@ def test_old_data_only_suggests_a_longer_range(tmp_path, monkeypatch):
     assert "longer range" in at.info[0].value
     at.sidebar.selectbox(key="range").select("Last 7 days").run()
     assert not at.exception and len(at.metric) == 5
+
+
+# -- the health banner: current health, whatever the range ------------------------------------------------
+
+def test_health_banner_critical(tmp_path, monkeypatch):
+    path = tmp_path / "health.duckdb"
+    seed_health(path, now=utcnow())
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run(PAGE)
+    assert [e.value for e in at.error] == [
+        "**Health: critical** · failure rate of job:daily_report 20 % > 10 % critical; "
+        "disk use of web-1:/ 96 % > 95 % critical; redis queue is down"]
+    assert [m.value for m in at.markdown if "-badge[" in m.value] == [
+        ":orange-badge[:material/warning: Latency: warning]", ":orange-badge[:material/warning: Errors: warning]",
+        ":red-badge[:material/error: Jobs: critical]", ":orange-badge[:material/warning: Caches: warning]",
+        ":red-badge[:material/error: Host: critical]", ":blue-badge[:material/info: Cost: degraded]",
+        ":red-badge[:material/error: Components: critical]"]
+    assert at.expander[0].label.startswith("All checks (18) over the last 5 min to ")
+    assert at.expander[0].label.endswith("UTC, not the range picked in the sidebar")
+    checks = next(d.value for d in at.dataframe if "severity" in d.value.columns)
+    assert list(checks.columns) == ASSESSED_COLUMNS and len(checks) == 18
+    assert checks["message"].iloc[3] == "p95 of /search 740 ms > 500 ms warning"
+    assert "csv-health-checks" in {b.key for b in at.download_button}
+    assert len(at.metric) == 5                       # the rest of the page is there
+
+
+def test_health_banner_healthy(tmp_path, monkeypatch):
+    path = tmp_path / "health.duckdb"
+    seed_healthy(path, now=utcnow())
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run(PAGE)
+    assert [e.value for e in at.success] == ["**Health: healthy** · all 3 checks within their targets"]
+    assert not at.error and not at.warning and not at.info
+    assert [m.value for m in at.markdown if "-badge[" in m.value] == [
+        ":green-badge[:material/check_circle: Latency: healthy]",
+        ":green-badge[:material/check_circle: Errors: healthy]",
+        ":green-badge[:material/check_circle: Components: healthy]"]
+    # The banner does not follow the sidebar's range: a week shows the same current health.
+    at.sidebar.selectbox(key="range").select("Last 7 days").run()
+    assert [e.value for e in at.success] == ["**Health: healthy** · all 3 checks within their targets"]
+
+
+def test_health_banner_follows_the_thresholds_file(tmp_path, monkeypatch):
+    path = tmp_path / "health.duckdb"
+    seed_healthy(path, now=utcnow())
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text("[[request_p95_ms.overrides]]\nendpoint = '/search'\ntarget = 50\nwarning = 80\n")
+    monkeypatch.setenv("PERFDECK_THRESHOLDS", str(thresholds))
+    at = run(PAGE)
+    assert [e.value for e in at.warning] == ["**Health: warning** · p95 of /search 100 ms > 80 ms warning"]
+    thresholds.write_text("[request_p95_ms]\nwarning = 5000\n")
+    st.cache_data.clear()                            # results are cached 10 s, thresholds with them
+    at.run()
+    assert not at.exception
+    assert at.error[0].value.startswith(f"**Health: not assessed.** {thresholds}: [request_p95_ms]: warning 5000")
+    assert len(at.metric) == 5
+
+
+def test_no_health_banner_without_recent_data(tmp_path, monkeypatch):
+    path = tmp_path / "old.duckdb"
+    seed_store(path, now=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=5), days=1)
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run(PAGE)
+    assert at.caption[0].value == "Health: nothing had enough data in the last 5 min to be judged."
+    assert not at.success and not at.error and not at.warning

@@ -1,10 +1,15 @@
 """Overview: how busy and how fast is each service, and did the last deploy change that?"""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
+from collectors import config
+from collectors.health.assess import components, overall
+from collectors.health.settings import alert_settings
 from dashboard import charts, widgets
 
 st.title("Overview")
@@ -19,6 +24,57 @@ ENDPOINT_COLUMNS = {
     "p95_ms": st.column_config.NumberColumn("p95 (ms)", format="%.1f"),
     "p99_ms": st.column_config.NumberColumn("p99 (ms)", format="%.1f"),
 }
+# severity: (callout, badge colour, icon)
+SEVERITY_STYLE = {
+    "healthy": (st.success, "green", ":material/check_circle:"),
+    "degraded": (st.info, "blue", ":material/info:"),
+    "warning": (st.warning, "orange", ":material/warning:"),
+    "critical": (st.error, "red", ":material/error:"),
+}
+SHOWN_REASONS = 3
+CHECK_COLUMNS = {
+    "severity": st.column_config.TextColumn("Severity"),
+    "component": st.column_config.TextColumn("Component"),
+    "message": st.column_config.TextColumn("Check", width="large"),
+    "service": st.column_config.TextColumn("Service"),
+    "subject": st.column_config.TextColumn("Subject"),
+    "check": st.column_config.TextColumn("Threshold", help="Its name in thresholds.toml"),
+    "value": st.column_config.NumberColumn("Value", format="%.4g"),
+    "unit": st.column_config.TextColumn("Unit"),
+    "level": st.column_config.NumberColumn("Level", format="%.4g", help="The level crossed, or the target"),
+}
+
+
+def health_banner() -> None:
+    """Current health: the checks of the last [alerts] window ending now, whatever range is picked."""
+    try:
+        window_s = alert_settings(config.load()).window_s
+        until = widgets.TimeRange("health", span=timedelta(seconds=window_s)).bounds()[1]
+        data = widgets.load({"checks": q.health_checks}, until=until, window_s=window_s)
+    except ValueError as exc:   # a broken [alerts] table or thresholds file
+        st.error(f"**Health: not assessed.** {exc}", icon=":material/error:")
+        return
+    if data is None:
+        return
+    checks, span = data["checks"], f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
+    if checks.empty:
+        st.caption(f"Health: nothing had enough data in the last {span} to be judged.")
+        return
+    status, reasons = overall(checks)
+    callout, _, icon = SEVERITY_STYLE[status]
+    if reasons:
+        more = f" and {len(reasons) - SHOWN_REASONS} more" if len(reasons) > SHOWN_REASONS else ""
+        text = "; ".join(reasons[:SHOWN_REASONS]) + more
+    else:
+        text = f"all {len(checks)} checks within their targets"
+    callout(f"**Health: {status}** · {text}", icon=icon)
+    with st.container(horizontal=True, gap="small"):
+        for row in components(checks).itertuples(index=False):
+            _, colour, badge_icon = SEVERITY_STYLE[row.severity]
+            st.badge(f"{row.component}: {row.severity}", icon=badge_icon, color=colour, help=row.reason)
+    with st.expander(f"All checks ({len(checks)}) over the last {span} to {until:%H:%M:%S} UTC, "
+                     "not the range picked in the sidebar"):
+        widgets.table(checks, "health-checks", column_config=CHECK_COLUMNS, column_order=list(CHECK_COLUMNS))
 
 
 def headline(now: pd.Series, before: pd.Series | None) -> None:
@@ -45,6 +101,7 @@ def headline(now: pd.Series, before: pd.Series | None) -> None:
 
 
 def body() -> None:
+    banner = st.container()   # filled once the store is known to answer, so a missing store says so once
     since, until = filters.range.bounds()
     scope = {"since": since, "until": until, "service": filters.service}
     data = widgets.load({
@@ -53,6 +110,8 @@ def body() -> None:
     }, **scope)
     if data is None:
         return
+    with banner:
+        health_banner()
     widgets.range_caption(since, until)
     if data["totals"].empty:
         if widgets.service_names():
