@@ -17,6 +17,7 @@ import math
 from datetime import datetime, timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from collectors.health import ASSESSED_COLUMNS, stats
@@ -60,14 +61,17 @@ FROM raw
 FULL OUTER JOIN hist USING (service, endpoint)
 """
 
-# At most $cap durations per endpoint, picked by a seeded hash: the same sample on every run.
+# At most $cap durations per endpoint, picked by a seeded hash: the same sample on every run. One row
+# per endpoint with its durations as a list (much cheaper to fetch than a row per duration).
 RAW_SAMPLE_SQL = """
-SELECT service, endpoint, duration_ms
+SELECT service,
+       endpoint,
+       list(duration_ms ORDER BY hash(ts, duration_ms, $seed))[1:$cap] AS durations
 FROM request_events
 WHERE ts >= $since
   AND ts < $until
   AND ($service IS NULL OR service = $service)
-QUALIFY row_number() OVER (PARTITION BY service, endpoint ORDER BY hash(ts, duration_ms, $seed)) <= $cap
+GROUP BY service, endpoint
 """
 
 HIST_SQL = """
@@ -113,8 +117,8 @@ def _side(con, since, until, service, *, raw_allowed: bool, seed: int, cap: int)
 
     def samples() -> dict:
         df, _ = run_query(RAW_SAMPLE_SQL, {"since": since, "until": until, "service": service, "seed": seed,
-                                           "cap": cap}, max_rows=100_000_000, con=con)
-        return {key: part["duration_ms"].to_numpy(float) for key, part in _by_endpoint(df).items()}
+                                           "cap": cap}, max_rows=1_000_000, con=con)
+        return {(r.service, r.endpoint): np.asarray(r.durations, dtype=float) for r in df.itertuples(index=False)}
 
     return {"hist": hists, "raw": raw, "samples": samples}
 
