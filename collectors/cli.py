@@ -387,5 +387,12 @@ def demo(data_dir, port, days, no_dashboard) -> None:
     sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard))
 
 
+# Health, alerts and regressions live in modules of their own; they import the shared options above.
+from collectors.cli_compare import compare, deploy  # noqa: E402
+from collectors.cli_health import health  # noqa: E402
+
+for command in (health, compare, deploy):
+    main.add_command(command)
+
 if __name__ == "__main__":
     main()
