@@ -63,21 +63,25 @@ def main(verbose: bool) -> None:
               help="What to watch: perfdeck.toml by default, or $PERFDECK_CONFIG.")
 def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
     """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
-    send, samples the host, Redis instances and databases named in perfdeck.toml, and runs the index
-    advisor on those databases hourly."""
+    send, samples the host, Redis instances and databases named in perfdeck.toml, runs the index
+    advisor on those databases hourly, and evaluates the alert rules every [alerts] interval."""
     from collectors import config
     from collectors.daemon import Collector
+    from collectors.health.alerts import from_config
     from collectors.pricing import PriceBook, PriceFileError
+    from collectors.store import connection
 
     cfg = config.load(config_path)
     advise_every = config.advisor_interval(cfg)
-    try:
+    try:   # a broken prices or thresholds file stops the start with one clear line
         prices = PriceBook.load(config.cost_settings(cfg).prices_file)
+        alerts, health = from_config(connection.db_path(db), cfg)
     except (ValueError, PriceFileError) as exc:
         raise click.ClickException(str(exc)) from None
     collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval,
                           samplers=config.build_samplers(cfg), advise_every=advise_every,
-                          advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices)
+                          advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices,
+                          alerts=alerts, health=health)
     if once:
         try:
             report = collector.run_once()
@@ -93,7 +97,8 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
 EXPORTABLE = {
     "request_events": "ts", "latency_hist": "minute", "request_rollup": "minute", "cache_stats": "minute",
     "llm_calls": "ts", "query_stats": "minute", "system_metrics": "ts", "redis_metrics": "ts",
-    "deploys": "ts", "alerts": "started_at", "action_audit": "ts", "quarantine": "ts",
+    "deploys": "ts", "alerts": "started_at", "alert_notifications": "ts", "silences": "created_at",
+    "action_audit": "ts", "quarantine": "ts",
     "ingest_rejects": "ts", "ingested_batches": "ingested_at", "sdk_health": "ts",
 }
 

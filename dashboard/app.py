@@ -25,8 +25,10 @@ NAVIGATION = {
         st.Page(PAGES / "database.py", title="Database", icon=":material/database:"),
         st.Page(PAGES / "host.py", title="Host", icon=":material/memory:"),
         st.Page(PAGES / "cost.py", title="Cost", icon=":material/payments:"),
+        st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:"),
     ],
     "Operate": [
+        st.Page(PAGES / "alerts.py", title="Alerts", icon=":material/notifications:"),
         st.Page(PAGES / "actions.py", title="Actions", icon=":material/build:"),
     ],
 }
