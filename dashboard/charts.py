@@ -320,7 +320,8 @@ def stacked_bars(
 # --- Compare -----------------------------------------------------------------------------------------
 VERDICT_COLOURS = {"regression": "#C73E1D", "improvement": "#2A9D8F", "no change": "#6C757D",
                    "too few requests": "#ADB5BD"}
-RATIO_TICKS = (0.1, 0.2, 0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100)
+RATIO_TICKS = (0.5, 0.67, 0.8, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5)
+COARSE_RATIO_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 WINDOW_COLOURS = {"before": "rgba(46,134,171,0.10)", "after": "rgba(241,143,1,0.12)"}
 
 
@@ -355,7 +356,7 @@ def ratio_chart(df: pd.DataFrame, *, title: str = "p95 after / before, with its 
     fig.add_vline(x=1, line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dot"})
     ends = pd.concat([shown["p95_ratio"], shown["ci_low"], shown["ci_high"], pd.Series([1.0])]).dropna()
     lo, hi = ends[ends > 0].min(), ends.max()
-    ticks = [t for t in RATIO_TICKS if lo / 1.3 <= t <= hi * 1.3]
+    ticks = [t for t in (RATIO_TICKS if hi / lo < 6 else COARSE_RATIO_TICKS) if lo / 1.3 <= t <= hi * 1.3]
     fig.update_xaxes(title_text="p95 after / before (log scale)", type="log",
                      tickvals=ticks, ticktext=[f"×{t:g}" for t in ticks])
     fig.update_yaxes(automargin=True, categoryorder="array", categoryarray=list(labels))
