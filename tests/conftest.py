@@ -46,12 +46,15 @@ def spool(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _sdk_reset():
-    """Every test starts and ends with an unconfigured SDK and empty buffers."""
+    """Every test starts and ends with an unconfigured SDK, empty buffers and no cache sized."""
     yield
     sdk.shutdown(timeout=5)
     for name in ("requests", "cache_lookups", "llm_calls", "queries", "deploys"):
         del getattr(api, name)[:]
     api.dropped = 0
+    from collectors.sdk import control
+    with control._lock:
+        control._sizes.clear()          # a size left registered would add cache_sizes to later batches
 
 
 @pytest.fixture(autouse=True)

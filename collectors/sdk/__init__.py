@@ -11,10 +11,12 @@
     sdk.record_query("SELECT * FROM users WHERE id = 7", 3.1, database="app")
     sdk.mark_deploy("v1.4.2")
     sdk.register_cache("prices", lambda namespace: prices.cache_clear())   # clearable from the dashboard
+    sdk.register_cache("sessions", size=sessions.__len__)                  # its entries, once a minute
 
 Only the standard library is imported here. Record calls append to bounded in-memory buffers; a
 background thread ships them every second to the transport (a spool directory or a Redis stream),
-and listens there for the dashboard's "clear cache" broadcasts (collectors.sdk.control).
+measures the registered caches' sizes once a minute, and listens on the transport for the
+dashboard's "clear cache" broadcasts (collectors.sdk.control).
 """
 from collectors.sdk.api import (
     mark_deploy,

@@ -15,13 +15,15 @@ A batch is one UTF-8 JSON object:
      "llm":     [{"ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
                   "request_id", "endpoint", "user", "cache_hit", "latency_ms", "cache_write_tokens"}],
      "deploys": [{"ts", "version"}],
+     "cache_sizes": [{"ts", "cache", "entries"}],          # sampled sizes of registered caches
      "sdk": {"dropped": int, "send_errors": int}}
 
 Request events are columnar: numbers packed as little-endian arrays, labels as a dictionary of
 distinct values plus packed codes, request ids as one UTF-8 buffer with offsets (an empty id means
 none). Encoding costs a fraction of a microsecond per event, and the daemon hands the columns to
 Arrow without a Python loop. Times are UTC epoch
-seconds; `minute` is the epoch second a UTC minute starts."""
+seconds; `minute` is the epoch second a UTC minute starts. Every kind is optional, so a key added later
+(like "cache_sizes") leaves older batches valid, and older collectors ignore it."""
 from __future__ import annotations
 
 import base64
@@ -166,7 +168,7 @@ _LLM_FIELDS = ("ts", "provider", "model", "input_tokens", "output_tokens", "cach
 
 
 def encode(*, service: str, host: str, pid: int, sent_at: float, requests=(), cache=(), llm=(),
-           queries=(), deploys=(), dropped: int = 0, send_errors: int = 0) -> tuple[str, bytes, int]:
+           queries=(), deploys=(), cache_sizes=(), dropped: int = 0, send_errors: int = 0) -> tuple[str, bytes, int]:
     """Build one batch from drained buffers. Returns (batch id, payload, number of events)."""
     batch_id = uuid.uuid4().hex
     doc: dict = {"v": VERSION, "id": batch_id, "service": service, "host": host, "pid": pid,
@@ -181,5 +183,7 @@ def encode(*, service: str, host: str, pid: int, sent_at: float, requests=(), ca
         doc["llm"] = [dict(zip(_LLM_FIELDS, row)) for row in llm]
     if deploys:
         doc["deploys"] = [{"ts": ts, "version": version} for ts, version in deploys]
+    if cache_sizes:
+        doc["cache_sizes"] = [{"ts": ts, "cache": cache, "entries": entries} for ts, cache, entries in cache_sizes]
     payload = json.dumps(doc, separators=(",", ":"), default=str, allow_nan=True).encode()
-    return batch_id, payload, len(requests) + len(cache) + len(llm) + len(queries) + len(deploys)
+    return batch_id, payload, len(requests) + len(cache) + len(llm) + len(queries) + len(deploys) + len(cache_sizes)

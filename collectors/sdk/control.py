@@ -9,6 +9,14 @@ An app says what can be cleared:
 it removed (None when it cannot tell). It runs on perfdeck's background thread, not on the thread
 that serves requests, so it must be thread-safe (lru_cache's cache_clear is; a dict needs a lock).
 
+`size=` also reports how many entries the cache holds: the flusher calls it about once a minute and
+ships the count in its batches (table cache_sizes). A cache registered with a size only is measured
+but not announced as clearable:
+
+    sdk.register_cache("prices", lambda namespace: prices.cache_clear(),
+                       size=lambda: prices.cache_info().currsize)
+    sdk.register_cache("sessions", size=sessions.__len__)
+
 The channel is the transport the SDK already ships batches over, so nothing new is configured:
 
     spool:DIR  DIR/control/<time_ns>-<id>.json         a command, written atomically (tmp + rename)
@@ -53,7 +61,8 @@ KEEP_S = 3600.0         # commands, acks and stale presence older than this are 
 
 # -- what the app registered -----------------------------------------------------------------------
 _lock = threading.Lock()
-_handlers: dict[str, list[Callable]] = {}
+_handlers: dict[str, list[Callable]] = {}          # name -> clear(namespace) functions
+_sizes: dict[str, list[Callable[[], int]]] = {}    # name -> size() functions, sampled by the flusher
 _version = 0            # bumped on every change, so the listener re-announces its caches at once
 
 
@@ -70,40 +79,63 @@ def is_name(value) -> bool:
     return isinstance(value, str) and NAME.fullmatch(value) is not None
 
 
-def register_cache(name: str, clear: Callable[[str | None], int | None]) -> Callable[[], None]:
+def register_cache(name: str, clear: Callable[[str | None], int | None] | None = None,
+                   size: Callable[[], int] | None = None) -> Callable[[], None]:
     """Let the dashboard clear cache `name`: `clear(namespace)` empties one namespace (None: all)
-    and returns the entries removed or None. Several registrations per name are all called. Runs on
-    perfdeck's background thread, so `clear` must be thread-safe. Returns a function that unregisters.
+    and returns the entries removed or None. `size()`, optional, returns the entries the cache holds
+    now; it is sampled about once a minute. Either may be None, not both. Several registrations per
+    name are all called (their sizes add up). Both run on perfdeck's background thread, so they must
+    be thread-safe. Returns a function that unregisters.
 
     >>> sdk.register_cache("prices", lambda namespace: prices.cache_clear())
+    >>> sdk.register_cache("sessions", size=sessions.__len__)     # measured, not clearable
     """
     global _version
-    if not is_name(name) or not callable(clear):
+    if (not is_name(name) or (clear is None and size is None) or not (clear is None or callable(clear))
+            or not (size is None or callable(size))):
         log.warning("perfdeck: register_cache(%r) ignored: the name must be letters, digits and _-.:/ "
-                    "(at most 200) and clear a callable", name)
+                    "(at most 200), clear and size callables or None, not both None", name)
         return lambda: None
     with _lock:
-        _handlers.setdefault(name, []).append(clear)
-        _version += 1
+        if clear is not None:
+            _handlers.setdefault(name, []).append(clear)
+            _version += 1
+        if size is not None:
+            _sizes.setdefault(name, []).append(size)
 
     def unregister() -> None:
         global _version
         with _lock:
-            handlers = _handlers.get(name, [])
-            for i, h in enumerate(handlers):
-                if h is clear:
-                    del handlers[i]
-                    _version += 1
-                    break
-            if not handlers:
-                _handlers.pop(name, None)
+            if clear is not None and _remove(_handlers, name, clear):
+                _version += 1
+            if size is not None:
+                _remove(_sizes, name, size)
 
     return unregister
 
 
+def _remove(registry: dict[str, list], name: str, fn) -> bool:
+    """Drop one registration of `fn` (by identity) under `name`; True when there was one."""
+    fns = registry.get(name, [])
+    for i, f in enumerate(fns):
+        if f is fn:
+            del fns[i]
+            if not fns:
+                del registry[name]
+            return True
+    return False
+
+
 def registered() -> tuple[int, list[str]]:
+    """(version, names of the caches that can be cleared): what the presence announces."""
     with _lock:
         return _version, sorted(_handlers)
+
+
+def size_functions() -> list[tuple[str, list[Callable[[], int]]]]:
+    """(name, its size() functions) for every cache registered with a size."""
+    with _lock:
+        return [(name, list(fns)) for name, fns in _sizes.items()]
 
 
 def clear_cache(cache: str, namespace: str | None) -> tuple[dict, list[str]]:

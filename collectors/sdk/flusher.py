@@ -4,10 +4,16 @@ in a small bounded backlog, and past it they are dropped and counted.
 
 The same thread polls the control channel (collectors.sdk.control: "clear cache X") once a tick,
 after flushing, at least every CONTROL_TICK_S even when batches go out less often, so a broadcast
-is picked up within about a second whatever the flush interval."""
+is picked up within about a second whatever the flush interval.
+
+It also measures the caches registered with a size (collectors.sdk.control.register_cache): once per
+minute of the SDK's clock, at the first flush of that minute (every flush, when they are further
+apart). A size() never runs on the host's request path, and one that raises or returns something
+other than a count is skipped (that minute) and logged once."""
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import socket
 import threading
@@ -16,10 +22,12 @@ from collections import deque
 
 from collectors.sdk import api
 from collectors.sdk.batch import encode
+from collectors.sdk.control import size_functions
 
 log = logging.getLogger("perfdeck.sdk")
 BACKLOG = 16  # encoded batches kept for retry while the transport is down
 CONTROL_TICK_S = 1.0  # the control channel is polled at least this often
+MAX_ENTRIES = 2**63 - 1  # the store's BIGINT
 
 
 def _drain(buf: list) -> list:
@@ -37,6 +45,8 @@ class Flusher:
         self.backlog: deque[tuple[str, bytes, int]] = deque()
         self.send_errors = 0
         self.dropped_batches_events = 0
+        self._sized: dict[str, int] = {}       # cache -> the clock minute it was last measured
+        self._size_warned: set[int] = set()    # ids of registered size() functions already logged
         self._wake = threading.Event()
         self._stop = threading.Event()
         # Passes of flush_once begun and finished: flush() waits for a pass that began after it was
@@ -81,13 +91,14 @@ class Flusher:
 
     def flush_once(self) -> None:
         """Drain every buffer into one batch, then send it and any backlog."""
+        sizes = self.sample_sizes()
         drained = {name: _drain(getattr(api, name)) for name in
                    ("requests", "cache_lookups", "llm_calls", "queries", "deploys")}
-        if any(drained.values()) or api.dropped:
+        if any(drained.values()) or sizes or api.dropped:
             self.backlog.append(encode(
                 service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(),
                 requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
-                queries=drained["queries"], deploys=drained["deploys"],
+                queries=drained["queries"], deploys=drained["deploys"], cache_sizes=sizes,
                 dropped=api.dropped + self.dropped_batches_events, send_errors=self.send_errors,
             ))
         while len(self.backlog) > BACKLOG:
@@ -102,6 +113,47 @@ class Flusher:
                             self.transport, exc, len(self.backlog))
                 return
             self.backlog.popleft()
+
+    def sample_sizes(self) -> list[tuple[float, str, int]]:
+        """(ts, cache, entries) of each sized cache not yet measured in this minute of the SDK's clock.
+        The sizes of one name's registrations add up; when one of them fails the name is skipped.
+        Never raises: it runs before the buffers are drained, and must not stop them going out."""
+        try:
+            now = float(api.clock())
+            minute = now // 60
+            registrations = size_functions()
+            live = {name for name, _ in registrations}
+            self._sized = {name: m for name, m in self._sized.items() if name in live}   # unregistered: forgotten
+            self._size_warned &= {id(fn) for _, fns in registrations for fn in fns}
+            samples = []
+            for name, fns in registrations:
+                if self._sized.get(name) == minute:
+                    continue
+                self._sized[name] = minute
+                counts = [self._entries(name, fn) for fn in fns]
+                if None not in counts and sum(counts) <= MAX_ENTRIES:
+                    samples.append((now, name, sum(counts)))
+            return samples
+        except Exception:
+            log.exception("perfdeck: measuring cache sizes failed")
+            return []
+
+    def _entries(self, name: str, size) -> int | None:
+        """What one size() returns, when it is a count; None (logged once per function) otherwise."""
+        try:
+            value = size()
+        except Exception as exc:
+            problem = f"raised {type(exc).__name__}: {exc}"
+        else:
+            n = _count(value)
+            if n is not None:
+                return n
+            shown = value if type(value) is int else f"a {type(value).__name__}"   # no str() of app objects
+            problem = f"returned {shown}, not a count of entries"
+        if id(size) not in self._size_warned:
+            self._size_warned.add(id(size))
+            log.warning("perfdeck: size() of cache %r %s; skipped (logged once)", name, problem[:300])
+        return None
 
     def flush(self, timeout: float) -> bool:
         """Ask for an immediate flush and wait for it; False when it did not finish in time."""
@@ -129,6 +181,17 @@ class Flusher:
         except Exception:
             pass
         return ok
+
+
+def _count(value) -> int | None:
+    """A number of entries: an int (or numpy integer) in 0..MAX_ENTRIES; not a bool, 3.0 nor "3"."""
+    if isinstance(value, bool):
+        return None
+    try:
+        n = operator.index(value)
+    except TypeError:
+        return None
+    return n if 0 <= n <= MAX_ENTRIES else None
 
 
 def _listener(transport, service: str, host: str, pid: int):

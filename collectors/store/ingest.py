@@ -3,7 +3,13 @@ transaction.
 
 A batch that cannot be read as a whole raises MalformedBatch with the reason; the caller quarantines
 it. Bad rows inside a readable batch (NaN or negative durations, oversized labels, a flood of
-distinct endpoints) are dropped or folded and counted in `ingest_rejects`; the rest lands."""
+distinct endpoints, impossible times, negative or fractional cache sizes) are dropped or folded and
+counted in `ingest_rejects`; the rest lands.
+
+Cache sizes keep one row per (minute, service, host, cache): a process's last sample of the minute,
+and of several processes on one host (pre-fork workers, each with its own copy of the cache) the
+largest, since the size thresholds are about what one process holds. Keeping the largest also makes
+the result the same whatever order batches are ingested in."""
 from __future__ import annotations
 
 import base64
@@ -26,6 +32,8 @@ MAX_LABEL = 512               # longest endpoint / method / model / cache name k
 MAX_ENDPOINTS_PER_BATCH = 1000  # beyond this, the rarest endpoints fold into OTHER_ENDPOINT
 OTHER_ENDPOINT = "(other)"
 MAX_DURATION_MS = 86_400_000.0  # a day: anything longer is a clock or unit bug
+MAX_EPOCH_S = 4e9               # 2096: later (or at/before 1970) is a clock or unit bug
+MAX_ENTRIES = 2**63 - 1         # cache_sizes.entries is a BIGINT
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -45,13 +53,14 @@ class Batch:
     query_buckets: pd.DataFrame | None = None
     llm: pd.DataFrame | None = None
     deploys: pd.DataFrame | None = None
+    cache_sizes: pd.DataFrame | None = None
     sdk: dict = field(default_factory=dict)
     rejects: Counter = field(default_factory=Counter)  # (kind, reason) -> rows
 
     @property
     def events(self) -> int:
         return sum(0 if x is None else len(x) for x in
-                   (self.requests, self.cache, self.queries, self.llm, self.deploys))
+                   (self.requests, self.cache, self.queries, self.llm, self.deploys, self.cache_sizes))
 
 
 def _unpack(text, dtype: str, n: int, name: str) -> np.ndarray:
@@ -116,7 +125,7 @@ def _decode_requests(doc: dict, batch: Batch) -> None:
 
     keep = np.isfinite(duration) & (duration >= 0) & (duration <= MAX_DURATION_MS)
     batch.rejects["requests", "bad_duration"] += int(n - keep.sum())
-    ts_ok = np.isfinite(ts) & (ts > 0) & (ts < 4e9)
+    ts_ok = np.isfinite(ts) & (ts > 0) & (ts < MAX_EPOCH_S)
     batch.rejects["requests", "bad_timestamp"] += int((keep & ~ts_ok).sum())
     keep &= ts_ok
     long_label = np.array([len(v) > MAX_LABEL for v in endpoints], dtype=bool)[endpoint_codes]
@@ -151,8 +160,9 @@ def _fold_endpoints(values: list[str], codes: np.ndarray, keep: np.ndarray, batc
     return [values[i] for i in kept] + [OTHER_ENDPOINT], new_codes
 
 
-def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch) -> list[dict]:
-    """Keep the rows of a low-volume kind whose required fields have the right types."""
+def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch, time_field: str) -> list[dict]:
+    """Keep the rows of a low-volume kind whose required fields have the right types and whose `time_field`
+    (epoch seconds) can be a timestamp: one out of range would fail the whole batch's conversion."""
     rows = doc.get(kind)
     if rows is None:
         return []
@@ -167,6 +177,9 @@ def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch) -> lis
                     if not isinstance(row.get(k), types) or isinstance(row.get(k), bool) and bool not in types), None)
         if bad is not None:
             batch.rejects[kind, f"bad_{bad}"] += 1
+            continue
+        if not 0 < row[time_field] < MAX_EPOCH_S:
+            batch.rejects[kind, "bad_timestamp"] += 1
             continue
         if any(isinstance(v, str) and len(v) > MAX_LABEL and k not in ("sample_sql", "fingerprint")
                for k, v in row.items()):
@@ -205,7 +218,7 @@ def decode(payload: bytes) -> Batch:
     _decode_requests(doc, batch)
 
     cache = _rows(doc, "cache", {"minute": _NUM, "cache": (str,), "namespace": _OPT_STR, "hits": (int,),
-                                 "misses": (int,), "lookups_timed": (int,), "lookup_ms_sum": _NUM}, batch)
+                                 "misses": (int,), "lookups_timed": (int,), "lookup_ms_sum": _NUM}, batch, "minute")
     if cache:
         df = pd.DataFrame(cache, columns=["minute", "cache", "namespace", "hits", "misses", "lookups_timed",
                                           "lookup_ms_sum", "lookup_ms_max"])
@@ -214,7 +227,7 @@ def decode(payload: bytes) -> Batch:
 
     queries = _rows(doc, "queries", {"minute": _NUM, "database": _OPT_STR, "fingerprint": (str,),
                                      "sample_sql": (str,), "calls": (int,), "total_ms": _NUM,
-                                     "buckets": (dict,)}, batch)
+                                     "buckets": (dict,)}, batch, "minute")
     if queries:
         df = pd.DataFrame(queries, columns=["minute", "database", "fingerprint", "sample_sql", "calls",
                                             "total_ms", "min_ms", "max_ms", "buckets"])
@@ -224,7 +237,7 @@ def decode(payload: bytes) -> Batch:
         batch.query_buckets = pd.DataFrame(buckets, columns=["minute", "fingerprint", "bucket", "count"])
         batch.queries = df.drop(columns="buckets")
 
-    llm = _rows(doc, "llm", {"ts": _NUM, "model": (str,), "input_tokens": (int,), "output_tokens": (int,)}, batch)
+    llm = _rows(doc, "llm", {"ts": _NUM, "model": (str,), "input_tokens": (int,), "output_tokens": (int,)}, batch, "ts")
     negative = [r for r in llm if r["input_tokens"] < 0 or r["output_tokens"] < 0]
     if negative:
         batch.rejects["llm", "negative_tokens"] += len(negative)
@@ -244,11 +257,22 @@ def decode(payload: bytes) -> Batch:
             df[col] = pd.Series([None] * len(df), dtype=object)
         batch.llm = df
 
-    deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch)
+    deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch, "ts")
     if deploys:
         df = pd.DataFrame(deploys, columns=["ts", "version"])
         df["ts"] = pd.to_datetime(df["ts"], unit="s")
         batch.deploys = df
+
+    sizes = _rows(doc, "cache_sizes", {"ts": _NUM, "cache": (str,), "entries": (int,)}, batch, "ts")
+    for reason, wrong in (("negative_entries", lambda n: n < 0), ("entries_too_large", lambda n: n > MAX_ENTRIES)):
+        batch.rejects["cache_sizes", reason] += sum(wrong(r["entries"]) for r in sizes)
+        sizes = [r for r in sizes if not wrong(r["entries"])]
+    if sizes:
+        df = pd.DataFrame(sizes, columns=["ts", "cache", "entries"])
+        df["minute"] = _minute(df, "ts")
+        # One row per cache and minute: the last sample (a stable sort keeps the later of equal times).
+        df = df.sort_values("ts", kind="stable").drop_duplicates(["minute", "cache"], keep="last")
+        batch.cache_sizes = df[["minute", "cache", "entries"]].astype({"entries": "int64"}).reset_index(drop=True)
     return batch
 
 
@@ -362,6 +386,29 @@ def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
         """, b.llm, svc)
     if b.deploys is not None:
         _insert(con, "INSERT INTO deploys SELECT ts, ?, version, ? FROM _incoming", b.deploys, svc)
+    if b.cache_sizes is not None:
+        _write_cache_sizes(con, b)
     rejects = [(b.id, kind, reason, n) for (kind, reason), n in b.rejects.items() if n]
     if rejects:
         con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, ?, ?, ?, ?)", rejects)
+
+
+def _write_cache_sizes(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
+    """Merge into one row per (minute, service, host, cache), the largest (see the module's docs)."""
+    key = "s.minute = i.minute AND s.service = ? AND s.host IS NOT DISTINCT FROM ? AND s.cache = i.cache"
+    con.register("_incoming", b.cache_sizes)
+    try:
+        con.execute(f"""
+            DELETE FROM cache_sizes AS s
+            USING _incoming AS i
+            WHERE {key}
+              AND s.entries < i.entries
+        """, [b.service, b.host])
+        con.execute(f"""
+            INSERT INTO cache_sizes
+            SELECT i.minute, ?, ?, i.cache, i.entries
+            FROM _incoming AS i
+            WHERE NOT EXISTS (SELECT 1 FROM cache_sizes AS s WHERE {key})
+        """, [b.service, b.host, b.service, b.host])
+    finally:
+        con.unregister("_incoming")
