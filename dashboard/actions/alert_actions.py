@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timedelta
 
 from collectors.store import connection, read, utcnow, write
-from dashboard.actions.framework import Action, ActionError, Actor, Field, InvalidInput, Preview, Progress, Result
+from dashboard.actions.framework import Action, ActionError, Field, InvalidInput, Preview, Progress, Result
 from dashboard.queries.alerts import active_alerts, active_silences, alert_facets, alert_targets
 
 MAX_HOURS = 24 * 30
@@ -41,27 +41,12 @@ def _plain(value, name: str, limit: int) -> str | None:
 class _AlertAction(Action):
     kind = "alerts"
 
-    def __init__(self, db=None, *, actor: Actor | None = None):
+    def __init__(self, db=None):
         self.db = db                 # None: $PERFDECK_DB, else data/perfdeck.duckdb
-        self.actor = actor           # who the silence row names; None: the actor of the run's audit row
 
     def available(self) -> str | None:
         path = connection.db_path(self.db)
         return None if path.exists() else f"no store at {path.name} yet"
-
-    def _created_by(self, con) -> str:
-        if self.actor is not None:
-            return self.actor.name
-        # run_action wrote this run's audit row ('running', with its actor) just before execute().
-        row = con.execute("""
-            SELECT actor
-            FROM action_audit
-            WHERE action = ?
-              AND outcome = 'running'
-            ORDER BY id DESC
-            LIMIT 1
-        """, [self.name]).fetchone()
-        return row[0] if row else "unknown"
 
 
 class SilenceAlerts(_AlertAction):
@@ -121,13 +106,13 @@ class SilenceAlerts(_AlertAction):
 
     def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
         starts, ends = (datetime.fromisoformat(preview.data[k]) for k in ("starts_at", "ends_at"))
+        created_by = progress.actor.name if progress.actor else "unknown"
         with write(self.db) as con:
             silence_id = con.execute("""
                 INSERT INTO silences (rule, target, starts_at, ends_at, reason, created_by, created_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?)
                 RETURNING id
-            """, [params["rule"], params["target"], starts, ends, params["reason"], self._created_by(con),
-                  utcnow()]).fetchone()[0]
+            """, [params["rule"], params["target"], starts, ends, params["reason"], created_by, utcnow()]).fetchone()[0]
         return Result(f"Silence #{silence_id}: {_scope(params['rule'], params['target'])} muted until "
                       f"{_when(ends, starts)}.", {"silence_id": silence_id, "ends_at": ends.isoformat(),
                                                   "firing": preview.count})

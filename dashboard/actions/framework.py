@@ -106,6 +106,7 @@ class Progress:
 
     def __init__(self, on_update: Callable[[Progress], None] | None = None):
         self.done, self.total, self.note = 0, None, ""
+        self.actor: Actor | None = None   # set by run_action: who runs it, for actions that record a name
         self._on_update = on_update
         self._abort = False
 
@@ -181,6 +182,7 @@ def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, 
     """Run `action` as `actor` after `preview`. Raises NotAuthorized, InvalidInput, TargetUnavailable,
     Aborted or ActionError; every outcome, refusals included, leaves an audit row in the store `db`."""
     progress = progress or Progress()
+    progress.actor = actor
     preview_text = preview.text() if preview is not None else None
 
     def refuse(outcome: str, error: str, logged_params: dict) -> None:
