@@ -314,7 +314,6 @@ def test_alerts_and_health_go_together(store, spool):
 
 
 def test_from_config_wires_the_assessment_and_each_rules_own_for(store, spool, tmp_path, monkeypatch):
-    pytest.importorskip("collectors.health.assess")
     from collectors.health.alerts import from_config
     for var in ("PERFDECK_THRESHOLDS", "PERFDECK_ALERT_FOR", "PERFDECK_REQUEST_P95_MS_FOR"):
         monkeypatch.delenv(var, raising=False)

@@ -174,6 +174,20 @@ def test_regression_checks_rows_for_the_alert_engine(seeded):
     assert later.empty and open_window.empty
 
 
+@pytest.mark.parametrize("configured", [True, False])
+def test_deploy_regressions_reach_the_alert_engine_only_when_configured(seeded, tmp_path, monkeypatch, configured):
+    from collectors.health.alerts import from_config
+    for var in ("PERFDECK_THRESHOLDS", "PERFDECK_ALERT_DEPLOY_REGRESSIONS"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = {"alerts": {"deploy_regressions": configured}, "_path": str(tmp_path / "perfdeck.toml")}
+    _, health = from_config(seeded, cfg)
+    with read(seeded) as con:
+        assessed = health(con, AFTER[1] + timedelta(minutes=5))
+    rows = assessed[assessed["check"] == "deploy_regression"]
+    assert rows[["service", "subject", "severity"]].values.tolist() == (
+        [["shop", "/slow", "warning"]] if configured else [])
+
+
 # --- perfdeck compare -------------------------------------------------------------------------------
 def iso(t: datetime) -> str:
     return t.isoformat(timespec="seconds")

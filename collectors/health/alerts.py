@@ -333,7 +333,12 @@ def from_config(db, config: dict, *, notifier=None) -> tuple[AlertEngine, Callab
     cost = cost_settings(config)
 
     def health(con, now: datetime) -> pd.DataFrame:
-        return current_health(con, now=now, window_s=settings.window_s, thresholds=thresholds, cost=cost)
+        assessed = current_health(con, now=now, window_s=settings.window_s, thresholds=thresholds, cost=cost)
+        if not settings.deploy_regressions:
+            return assessed
+        from dashboard.queries.compare import regression_checks
+        regressions = regression_checks(con, now=now, span=settings.regression_span_s)
+        return pd.concat([assessed, regressions], ignore_index=True) if len(regressions) else assessed
 
     def for_of(rule: str) -> float | None:
         try:
