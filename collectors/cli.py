@@ -3,46 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
-_UNITS = {"s": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from collectors.cli_options import CONTEXT, db_option, format_option, parse_span, reading, since_option
 
-
-def parse_span(text: str) -> timedelta:
-    """'15m', '24h', '7d' -> timedelta."""
-    m = _SPAN.match(text.strip().lower())
-    if not m:
-        raise click.BadParameter(f"{text!r} is not a span like 15m, 24h or 7d")
-    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-
-
-db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
-                         help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb).")
-format_option = click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-                             show_default=True, help="Output format.")
-since_option = click.option("--since", default="24h", show_default=True, callback=lambda _c, _p, v: parse_span(v),
-                            help="How far back: 15m, 24h, 7d, ...")
-
-
-@contextmanager
-def reading(db):
-    """The store, read-only, with its errors as one clear line instead of a traceback."""
-    from collectors.store import StoreLocked, StoreMissing, read
-
-    try:
-        with read(db) as con:
-            yield con
-    except (StoreMissing, StoreLocked) as exc:
-        raise click.ClickException(str(exc)) from None
-
+__all__ = ["main", "parse_span"]
 
 @click.group(context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
@@ -98,7 +66,7 @@ EXPORTABLE = {
     "request_events": "ts", "latency_hist": "minute", "request_rollup": "minute", "cache_stats": "minute",
     "llm_calls": "ts", "query_stats": "minute", "system_metrics": "ts", "redis_metrics": "ts",
     "deploys": "ts", "alerts": "started_at", "alert_notifications": "ts", "silences": "created_at",
-    "action_audit": "ts", "quarantine": "ts",
+    "cache_sizes": "minute", "action_audit": "ts", "quarantine": "ts",
     "ingest_rejects": "ts", "ingested_batches": "ingested_at", "sdk_health": "ts",
 }
 

@@ -14,9 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-_RELATIVE = re.compile(r"^-\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)$")
-_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from collectors.cli_options import CONTEXT, db_option, parse_span
 
 
 class CompareError(click.ClickException):
@@ -31,9 +29,11 @@ def parse_time(text: str, now: datetime) -> datetime:
     text = text.strip()
     if text.lower() == "now":
         return now
-    m = _RELATIVE.match(text.lower())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    if text.startswith("-"):
+        try:
+            return now - parse_span(text[1:])
+        except click.BadParameter:
+            pass          # said below, with every form a time may take
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
@@ -54,16 +54,11 @@ def parse_window(text: str, name: str, now: datetime) -> tuple[datetime, datetim
     return start, end
 
 
-def parse_span(text: str) -> timedelta:
-    from collectors.health.settings import seconds
-
-    try:
-        span = seconds(text, "--span")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).replace("[alerts] ", "")) from None
-    if span <= 0:
+def positive_span(text: str) -> timedelta:
+    span = parse_span(text)
+    if span <= timedelta(0):
         raise click.BadParameter("--span must be positive")
-    return timedelta(seconds=span)
+    return span
 
 
 def _deploy(con, version: str, service: str | None, span: timedelta, now: datetime):
@@ -110,7 +105,7 @@ def summary(df) -> str:
 @click.option("--before", default=None, metavar="A..B", help="Window before: ISO datetimes (UTC) or -2h..-1h.")
 @click.option("--after", default=None, metavar="C..D", help="Window after, e.g. -1h..now.")
 @click.option("--deploy", "version", default=None, help="Compare around this deploy instead of windows.")
-@click.option("--span", default="1h", show_default=True, callback=lambda _c, _p, v: parse_span(v),
+@click.option("--span", default="1h", show_default=True, callback=lambda _c, _p, v: positive_span(v),
               help="With --deploy: the length of each window (30m, 1h, 6h, ...).")
 @click.option("--service", default=None, help="Only this service (with --deploy: the deployed service).")
 @click.option("--alpha", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True),
@@ -120,8 +115,7 @@ def summary(df) -> str:
 @click.option("--min-requests", default=20, show_default=True, type=click.IntRange(1),
               help="Fewer requests than this in a window: not judged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb).")
+@db_option
 def compare(before, after, version, span, service, alpha, min_ratio, min_requests, as_json, db) -> None:
     """Compare per-endpoint latency (p50/p95/p99, p95 ratio with a bootstrap 95 % CI, Mann–Whitney
     p-value) of two windows, or before/after a deploy. Exit 1 when an endpoint regressed
