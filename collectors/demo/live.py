@@ -9,7 +9,14 @@ reports one service per process:
 It stops on SIGINT or SIGTERM, or when its parent process goes away, and flushes before exiting.
 
 While it serves, the app's in-process caches are registered with sdk.register_cache, so the
-dashboard's "Clear an in-process cache" action reaches them (the backfill's throwaway apps are not)."""
+dashboard's "Clear an in-process cache" action reaches them (the backfill's throwaway apps are not).
+
+The live shop also follows the dashboard's demo switch (SlowSwitch): "Deploy a slow build" deploys
+VERSION_SLOW, switching it off rolls back to VERSION_AFTER, each with a deploy marker.
+
+Live shop traffic never drops below LIVE_MIN_SHOP_RPS, even at night: the health checks assess an
+endpoint only with enough requests in their 3-minute window (min_samples), and the demo's switch must
+show on /search at any hour. At night, live traffic therefore steps up from the history's rate."""
 from __future__ import annotations
 
 import argparse
@@ -18,9 +25,68 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from collectors import sdk
+from dashboard.demo_switch import read_switch
+
+LIVE_MIN_SHOP_RPS = 1.0     # ~36 /search requests per 3-minute window, never under min_samples = 20
+POLL_S = 1.0                # the switch file is checked at most this often
+
+
+def live_shop_rate(ts: float) -> float:
+    from collectors.demo.backfill import shop_rate
+
+    return max(shop_rate(ts), LIVE_MIN_SHOP_RPS)
+
+
+class SlowSwitch:
+    """Applies the dashboard's demo switch (dashboard.demo_switch: a JSON file) to the live shop.
+
+    On: the shop runs VERSION_SLOW from now on (its /search wait ramps up from `slow_since`), with a
+    deploy marker. Off: back to VERSION_AFTER, with a marker (the rollback). The state read at start
+    is applied without a marker (the store already has it), unless `mark_at_start` (a new history)."""
+
+    def __init__(self, path: Path, shop, *, mark_at_start: bool = False):
+        self.path, self.shop = Path(path), shop
+        self.slow = False
+        self._checked = time.monotonic()
+        self._stamp = self._stat()
+        state = read_switch(self.path)
+        if state["slow"]:
+            self._apply(True, since=state["changed_at"], mark=mark_at_start)
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def poll(self, *, force: bool = False) -> bool:
+        """Look at the file (at most once per POLL_S unless `force`); True when it changed the shop."""
+        if not force and time.monotonic() - self._checked < POLL_S:
+            return False
+        self._checked = time.monotonic()
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        slow = read_switch(self.path)["slow"]
+        if slow == self.slow:
+            return False
+        self._apply(slow, since=self.shop.clock())
+        return True
+
+    def _apply(self, slow: bool, *, since: float, mark: bool = True) -> None:
+        from collectors.demo.workload import VERSION_AFTER, VERSION_SLOW
+
+        self.slow = slow
+        self.shop.version = VERSION_SLOW if slow else VERSION_AFTER
+        self.shop.slow_since = since if slow else None
+        if mark:
+            sdk.mark_deploy(self.shop.version)
 
 
 def live_caches(app) -> list:
@@ -32,16 +98,31 @@ def live_caches(app) -> list:
     return found + ([llm.cache] if llm is not None else [])
 
 
+def _wait(stop: threading.Event, seconds: float, poll: Callable[[], object] | None) -> bool:
+    """Wait `seconds`, calling `poll` at least once a second meanwhile; True when `stop` was set."""
+    if poll is None:
+        return stop.wait(seconds)
+    deadline = time.monotonic() + seconds
+    while True:
+        poll()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return stop.is_set()
+        if stop.wait(min(left, POLL_S)):
+            return True
+
+
 def run_live(app, stop: threading.Event, rate, *, parent_pid: int | None = None, min_rate: float = 0.05,
-             seed: int | None = None) -> int:
+             seed: int | None = None, poll: Callable[[], object] | None = None) -> int:
     """Serve Poisson arrivals at rate(now) requests/s until `stop` is set, with the app's caches
-    registered for clearing from the dashboard. Returns requests served."""
+    registered for clearing from the dashboard, calling `poll` (e.g. SlowSwitch.poll) between
+    requests and at least once a second. Returns requests served."""
     rng = random.Random(seed)
     served = 0
     unregister = [cache.register() for cache in live_caches(app)]
     try:
         while not stop.is_set():
-            if stop.wait(rng.expovariate(max(rate(time.time()), min_rate))):
+            if _wait(stop, rng.expovariate(max(rate(time.time()), min_rate)), poll):
                 break
             if parent_pid is not None and os.getppid() != parent_pid:
                 break                              # orphaned: the demo that started us is gone

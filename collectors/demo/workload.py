@@ -10,10 +10,12 @@
   a response cache in front of it.
 
 What is real and what is not: every SQL statement, cache lookup and Python step runs and is timed on
-this machine. Two things cannot happen here and are simulated, and only those: the LLM provider's
-latency (FakeLLMClient draws it from a lognormal instead of sleeping) and the network / web-server
-overhead around a request (a small lognormal). A request's recorded duration is the measured time of
-its real work plus those simulated parts, nothing else.
+this machine. What cannot happen here is simulated, and labelled where it is drawn: the LLM provider's
+latency (FakeLLMClient draws it from a lognormal instead of sleeping), the network / web-server
+overhead around a request (a small lognormal), a payment provider's and an SMTP server's latency, the
+time a worker job waited in its queue (there is no real queue; recorded as the job's `wait_ms` tag),
+and the slow build's wait for a database connection (VERSION_SLOW). A request's recorded duration is
+the measured time of its real work plus its simulated parts, nothing else.
 
 Each served request also returns a `Trace` of the events it recorded, which the fast-forward backfill
 (collectors.demo.backfill) replays to fill days of history without re-running every query."""
@@ -24,6 +26,7 @@ import itertools
 import math
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +49,12 @@ REGIONS = ["eu-west", "eu-central", "us-east", "us-west", "ap-south"]
 # Versions of the shop: v1.8.0 ships a "popularity" ranking for /search that aggregates over the
 # whole orders table per request — the regression the deploy view should reveal.
 VERSION_BEFORE, VERSION_AFTER = "v1.7.3", "v1.8.0"
+# The slow build the dashboard's demo switch deploys (never the backfill): v1.9.0 leaks connections in
+# /search, so each minute a search waits longer for one, up to SLOW_SEARCH_MAX_MS after SLOW_RAMP_MINUTES.
+# That wait is simulated (no pool, no sleep): added to the recorded duration like the LLM latency.
+VERSION_SLOW = "v1.9.0"
+SLOW_SEARCH_MAX_MS = 1600.0
+SLOW_RAMP_MINUTES = 4.0
 
 # endpoint name -> (path pattern recorded, method, share of traffic)
 SHOP_ENDPOINTS = {
@@ -61,6 +70,17 @@ WORKER_ENDPOINTS = {
     "summarize_reviews": ("job:summarize_reviews", "TASK", 0.25),
     "daily_sales_report": ("job:daily_sales_report", "TASK", 0.02),
 }
+
+
+def slow_search_delay_ms(minutes_on: float) -> float:
+    """The slow build's connection wait in /search, before jitter: 0 when deployed, rising linearly
+    to SLOW_SEARCH_MAX_MS at SLOW_RAMP_MINUTES and staying there."""
+    return SLOW_SEARCH_MAX_MS * min(1.0, max(0.0, minutes_on) / SLOW_RAMP_MINUTES)
+
+
+# Simulated queue wait of a worker job before it starts, lognormal (median ms, sigma): receipts and
+# summaries wait ~0.3 s (p95 ~1.5 s); the nightly report queues behind the batch jobs.
+QUEUE_WAIT = {"send_receipt": (300.0, 0.98), "summarize_reviews": (300.0, 0.98), "daily_sales_report": (1200.0, 0.6)}
 
 
 # -- building blocks -----------------------------------------------------------------------------
@@ -146,6 +166,7 @@ class Trace:
     queries: list = field(default_factory=list)        # (sql, ms)
     cache: list = field(default_factory=list)          # (cache, hit, lookup_ms, namespace)
     llm: list = field(default_factory=list)            # kwargs of sdk.record_llm_call minus ids/user
+    tags: dict = field(default_factory=dict)           # extra tags of the request, e.g. a job's wait_ms
 
 
 def replay(trace: Trace, request_id: str, user: str | None) -> None:
@@ -157,7 +178,7 @@ def replay(trace: Trace, request_id: str, user: str | None) -> None:
     for call in trace.llm:
         sdk.record_llm_call(request_id=request_id, user=user, **call)
     sdk.record_request(trace.endpoint, trace.duration_ms, trace.status, trace.method,
-                       request_id=request_id, user=user)
+                       request_id=request_id, user=user, **trace.tags)
 
 
 # -- the stand-in LLM ----------------------------------------------------------------------------
@@ -278,11 +299,12 @@ class App:
 
     endpoints: dict = {}
 
-    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE):
+    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE, clock=time.time):
         self.engine = engine
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
         self.version = version
+        self.clock = clock                    # what simulated parts that change over time read
         names = list(self.endpoints)
         self._names = names
         self._cum = list(itertools.accumulate(self.endpoints[n][2] for n in names))
@@ -302,10 +324,17 @@ class App:
             trace.queries.append((str(result.context.statement), ms))
         return rows
 
+    def queue_wait_ms(self, name: str) -> float | None:
+        """How long the request waited before it started (jobs only); None: not queued."""
+        return None
+
     def serve(self, name: str, *, user: str | None = None, request_id: str | None = None) -> Trace:
         """Run one request for real, record it, and return its trace."""
         path, method, _ = self.endpoints[name]
         trace = Trace(path, method)
+        wait_ms = self.queue_wait_ms(name)
+        if wait_ms is not None:
+            trace.tags["wait_ms"] = round(wait_ms, 1)
         user = user or self.user()
         request_id = request_id or f"{self.rng.getrandbits(64):016x}"
         t0 = perf_counter()
@@ -319,7 +348,8 @@ class App:
         trace.duration_ms = trace.real_ms + simulated_ms
         for call in trace.llm:
             sdk.record_llm_call(request_id=request_id, user=user, **call)
-        sdk.record_request(path, trace.duration_ms, trace.status, method, request_id=request_id, user=user)
+        sdk.record_request(path, trace.duration_ms, trace.status, method, request_id=request_id, user=user,
+                           **trace.tags)
         return trace
 
 
@@ -328,8 +358,9 @@ class Shop(App):
 
     endpoints = SHOP_ENDPOINTS
 
-    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE):
-        super().__init__(engine, seed=seed, version=version)
+    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE, clock=time.time):
+        super().__init__(engine, seed=seed, version=version, clock=clock)
+        self.slow_since: float | None = None     # when VERSION_SLOW was deployed (by the demo switch)
         self.products = ZipfKeys(N_PRODUCTS + 60, 1.05, self.np_rng)    # ids past N_PRODUCTS: real 404s
         self.customers = ZipfKeys(N_CUSTOMERS, 1.15, self.np_rng)   # support looks at busy accounts
         self.prompts = ZipfKeys(3000, 1.0, self.np_rng)
@@ -337,6 +368,19 @@ class Shop(App):
         self.customer_cache = LRUCache("customer_lru", 250)
         self.llm = FakeLLMClient(self.rng)
         self.llm.warm(["gpt-4o-mini"] * 4 + ["claude-3-5-haiku"] * 2 + ["gpt-4o", "claude-sonnet-4"], self.prompts, 600)
+
+    def warm_caches(self, requests: int = 1000) -> int:
+        """Serve the cache-reading share of `requests` arrivals (products, customers' orders,
+        recommendations), so a new live shop starts with the caches of one that has been up a while
+        instead of minutes of cold-cache hit rates. Call it with the SDK off (sdk.shutdown()): warming
+        is not traffic. Returns the requests served."""
+        served = 0
+        for _ in range(requests):
+            name = self.pick()
+            if name in ("product", "customer_orders", "recommendations"):
+                self.serve(name)
+                served += 1
+        return served
 
     def _product(self, conn, pid: int, trace: Trace):
         row, hit = self.product_cache.get("product", pid, trace)
@@ -387,6 +431,10 @@ class Shop(App):
                 self._q(conn, "SELECT p.id, p.name, p.price, count(o.id) AS sold FROM products p"
                               " JOIN orders o ON o.product_id = p.id WHERE p.category = :cat AND p.stock > 0"
                               " GROUP BY p.id ORDER BY sold DESC LIMIT 20", {"cat": category}, trace)
+        if self.version == VERSION_SLOW and self.slow_since is not None:
+            # Simulated: v1.9.0's wait for a leaked-away connection, with a little jitter.
+            minutes_on = (self.clock() - self.slow_since) / 60.0
+            return slow_search_delay_ms(minutes_on) * self.rng.lognormvariate(0.0, 0.15)
         return 0.0
 
     def do_recommendations(self, trace: Trace, user: str) -> float:
@@ -439,6 +487,11 @@ class Worker(App):
         self.llm = FakeLLMClient(self.rng, cache_capacity=150)
         self.prompts = ZipfKeys(2000, 0.9, self.np_rng)
         self.llm.warm(["claude-3-5-haiku"] * 4 + ["acme-local-7b"], self.prompts, 200)
+
+    def queue_wait_ms(self, name: str) -> float:
+        """Simulated: how long the job sat in the queue before a worker picked it up."""
+        median, sigma = QUEUE_WAIT[name]
+        return self.rng.lognormvariate(math.log(median), sigma)
 
     def do_send_receipt(self, trace: Trace, user: str) -> float:
         with self.engine.connect() as conn:
