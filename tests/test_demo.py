@@ -208,3 +208,154 @@ def test_perfdeck_demo_command_end_to_end(tmp_path):
     assert not alive, alive
     assert not list((data / "spool").glob("*.batch"))      # everything flushed was ingested
     assert _store_rows(data / "perfdeck.duckdb") > 3000
+
+
+# -- the slow switch's neighbours: queue waits, the demo's thresholds and alert timing -------------------------
+def test_worker_jobs_carry_queue_waits(demo_store):
+    con = demo_store["con"]
+    rows = con.execute("""SELECT service, count(*), count(json_extract(tags, '$.wait_ms')),
+                                 min(json_extract(tags, '$.wait_ms')::DOUBLE)
+                          FROM request_events GROUP BY service""").fetchall()
+    per = {service: (n, tagged, low) for service, n, tagged, low in rows}
+    n, tagged, low = per["worker"]
+    assert tagged == n > 0 and low > 0                      # every backfilled job, real or replayed
+    assert per["shop-api"][1] == 0                          # requests are not queued
+
+
+def test_live_worker_records_its_wait(demo_store, tmp_path):
+    from collectors.demo.workload import Worker
+
+    engine = open_database(demo_store["data"] / "shop.sqlite")
+    sdk.configure(service="worker", transport=f"spool:{tmp_path / 'spool'}", control=False)
+    traces = [Worker(engine, seed=9).serve("send_receipt") for _ in range(5)]
+    sdk.shutdown()
+    engine.dispose()
+    Collector(tmp_path / "perfdeck.duckdb", spool_dir=tmp_path / "spool").run_once()
+    con = duckdb.connect(str(tmp_path / "perfdeck.duckdb"), read_only=True)
+    try:
+        stored = con.execute("""SELECT json_extract(tags, '$.wait_ms')::DOUBLE FROM request_events
+                                WHERE method = 'TASK' ORDER BY ts""").fetchall()
+    finally:
+        con.close()
+    assert [w for (w,) in stored] == [t.tags["wait_ms"] for t in traces]
+
+
+def test_queue_wait_distribution():
+    from collectors.demo.workload import Worker
+
+    worker = Worker(None, seed=21)                          # queue waits need no database
+    for job, (median, p95) in {"send_receipt": (300, 1500), "daily_sales_report": (1200, 3220)}.items():
+        waits = sorted(worker.queue_wait_ms(job) for _ in range(20_000))
+        assert abs(waits[10_000] / median - 1) < 0.05, (job, waits[10_000])
+        assert abs(waits[19_000] / p95 - 1) < 0.08, (job, waits[19_000])
+
+
+def test_backfill_never_runs_the_slow_build(demo_store):
+    from collectors.demo.workload import VERSION_SLOW
+
+    versions = {v for (v,) in demo_store["con"].execute("SELECT version FROM deploys").fetchall()}
+    assert VERSION_SLOW not in versions and VERSION_AFTER in versions
+
+
+@pytest.fixture
+def no_user_config(tmp_path, monkeypatch):
+    """No perfdeck.toml and no [alerts] environment: what `perfdeck demo` does on its own."""
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "perfdeck.toml"))
+    for name in list(os.environ):
+        if name.startswith(("PERFDECK_ALERT_", "PERFDECK_THRESHOLDS", "PERFDECK_DEMO_DIR")):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+def test_demo_config_sets_the_alert_timing_and_thresholds(no_user_config):
+    from collectors.demo.runner import DEMO_THRESHOLDS, demo_config
+    from collectors.health.settings import alert_settings
+
+    cfg = demo_config(no_user_config / "demo")
+    assert cfg["alerts"] == {"window": "3m", "for": "1m", "interval": "30s", "thresholds_file": str(DEMO_THRESHOLDS)}
+    alerts = alert_settings(cfg)
+    assert (alerts.window_s, alerts.for_s, alerts.interval_s) == (180.0, 60.0, 30.0)
+    assert alerts.thresholds_file == DEMO_THRESHOLDS == ROOT / "collectors" / "demo" / "thresholds.toml"
+    assert alerts.throttle_s == 900.0                       # not the demo's to change
+
+
+def test_user_config_and_environment_win_over_the_demo(no_user_config, monkeypatch):
+    from collectors.demo.runner import demo_config
+    from collectors.health.settings import alert_settings
+
+    (no_user_config / "perfdeck.toml").write_text('[alerts]\nwindow = "10m"\nthresholds_file = "mine.toml"\n')
+    monkeypatch.setenv("PERFDECK_ALERT_FOR", "2m")
+    alerts = alert_settings(demo_config(no_user_config / "demo"))
+    assert (alerts.window_s, alerts.for_s, alerts.interval_s) == (600.0, 120.0, 30.0)
+    assert alerts.thresholds_file == no_user_config / "mine.toml"
+
+
+def test_dashboard_gets_the_demo_switch_and_alert_settings(no_user_config):
+    from collectors.demo.runner import DEMO_THRESHOLDS, dashboard_targets
+
+    env, _ = dashboard_targets(no_user_config / "demo")
+    assert {k: env[k] for k in ("PERFDECK_DEMO_DIR", "PERFDECK_THRESHOLDS", "PERFDECK_ALERT_WINDOW",
+                                "PERFDECK_ALERT_FOR", "PERFDECK_ALERT_INTERVAL")} == {
+        "PERFDECK_DEMO_DIR": str(no_user_config / "demo"), "PERFDECK_THRESHOLDS": str(DEMO_THRESHOLDS),
+        "PERFDECK_ALERT_WINDOW": "180s", "PERFDECK_ALERT_FOR": "60s", "PERFDECK_ALERT_INTERVAL": "30s"}
+    assert env["PERFDECK_DAILY_BUDGET"] == "15.0"            # the budgets still travel too
+
+
+# threshold -> the direction that is bad (as in collectors/health/thresholds.toml)
+DEMO_OVERRIDDEN = {"request_p95_ms": "above", "error_rate": "above", "cache_hit_rate": "below", "budget_burn": "above"}
+SUBJECT_KEYS = {"endpoint", "cache", "host", "subject"}
+
+
+def test_demo_thresholds_file_uses_only_override_keys():
+    import tomllib
+
+    from collectors.demo.runner import DEMO_THRESHOLDS
+
+    doc = tomllib.loads(DEMO_THRESHOLDS.read_text())
+    assert set(doc) <= set(DEMO_OVERRIDDEN), set(doc)
+    for name, table in doc.items():
+        assert set(table) == {"overrides"}, name           # no global level changes: only the demo's things
+        for override in table["overrides"]:
+            keys = set(override)
+            assert keys - SUBJECT_KEYS - {"service"} == {"target", "warning", "critical"}, (name, override)
+            assert len(keys & SUBJECT_KEYS) == 1, (name, override)
+            levels = [override["target"], override["warning"], override["critical"]]
+            assert levels == sorted(levels, reverse=DEMO_OVERRIDDEN[name] == "below"), (name, override)
+            assert not (name == "request_p95_ms" and override.get("endpoint") == "/search")   # what the switch breaks
+
+
+def test_demo_thresholds_load_over_the_defaults():
+    thresholds = pytest.importorskip("collectors.health.thresholds")
+    from collectors.demo.runner import DEMO_THRESHOLDS
+
+    loaded = thresholds.load_thresholds(DEMO_THRESHOLDS)
+    p95 = loaded["request_p95_ms"]
+    search = p95.levels_for("shop-api", "/search")
+    assert (search.target, search.warning, search.critical) == (200, 500, 1000)
+    assert p95.levels_for("shop-api", "/recommendations").warning > 1000
+    assert loaded["error_rate"].levels_for("shop-api", "/checkout").warning == 0.20
+    hit_rate = loaded["cache_hit_rate"]
+    assert hit_rate.levels_for("worker", "llm_responses") == hit_rate.levels_for("shop-api", "llm_responses")
+    assert hit_rate.levels_for("shop-api", "customer_lru").critical == 0.15
+
+
+def test_live_shop_rate_has_a_floor():
+    import calendar
+
+    from collectors.demo.live import LIVE_MIN_SHOP_RPS, live_shop_rate
+
+    thursday = calendar.timegm((2026, 11, 19, 0, 0, 0))
+    assert live_shop_rate(thursday + 3 * 3600) == LIVE_MIN_SHOP_RPS == 1.0      # 03:00 UTC: the history's 0.17/s
+    assert live_shop_rate(thursday + 15 * 3600) == pytest.approx(1.4)            # the afternoon peak
+
+
+def test_warming_fills_the_caches_and_records_nothing(demo_store):
+    from collectors.sdk import api
+
+    engine = open_database(demo_store["data"] / "shop.sqlite")
+    shop = Shop(engine, version=VERSION_AFTER, seed=3)
+    assert len(shop.product_cache) == len(shop.customer_cache) == 0
+    served = shop.warm_caches(400)                       # the SDK is off
+    engine.dispose()
+    assert 0 < served < 400 and len(shop.product_cache) > 100 and len(shop.customer_cache) > 50
+    assert api.requests == api.cache_lookups == api.queries == api.llm_calls == []

@@ -7,13 +7,18 @@ Order of events, chosen so that a browser shows data as early as possible:
    in the store while it is still running);
 3. start the dashboard (Streamlit) as a child process and print its URL;
 4. backfill in fast-forward (collectors.demo.backfill), printing progress;
-5. serve live traffic: the shop in this process, the worker in a child process;
+5. serve live traffic: the shop in this process (following the dashboard's "Deploy a slow build"
+   switch, collectors.demo.live.SlowSwitch), the worker in a child process;
 6. on SIGINT / SIGTERM: stop the workload, flush the SDK, let the collector ingest what is left and
    stop, terminate the children, return 0.
 
 Re-running on an existing data dir reuses the shop database and the store. The backfill then only
 fills the gap between the newest shop-api event in the store and now (capped at --days, without a new
-deploy marker), and is skipped when that gap is under two minutes."""
+deploy marker), and is skipped when that gap is under two minutes.
+
+The demo ships its own thresholds (collectors/demo/thresholds.toml: its LLM endpoint and long-tail
+caches are healthy as they are) and a quicker alert timing than the defaults (DEMO_ALERTS), so a
+newcomer sees an alert fire and resolve within minutes; perfdeck.toml or the environment still win."""
 from __future__ import annotations
 
 import os
@@ -74,15 +79,22 @@ def start_dashboard(db: Path, port: int, env: dict) -> subprocess.Popen:
 
 def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
     """The demo dashboard's environment, so its actions reach the demo's spool (its app caches) and
-    the shop database next to whatever is configured; and on a loopback address, with no operator
-    configured, a generated operator password (returned to be printed, never written anywhere)."""
+    the shop database next to whatever is configured, its health and alerts use the collector's
+    thresholds and timing, and its sidebar shows the demo switch ($PERFDECK_DEMO_DIR); and on a
+    loopback address, with no operator configured, a generated operator password (returned to be
+    printed, never written anywhere)."""
     from collectors import config
+    from collectors.health.settings import alert_settings
     from dashboard.actions.access import generate_demo_password, operator_config
 
     shop = f"shop=sqlite:///{data_dir / 'shop.sqlite'}"
-    env = {"PERFDECK_SPOOL": str(data_dir / "spool"),
+    env = {"PERFDECK_SPOOL": str(data_dir / "spool"), "PERFDECK_DEMO_DIR": str(data_dir),
            "PERFDECK_DATABASE_URLS": ",".join(filter(None, [os.environ.get("PERFDECK_DATABASE_URLS"), shop]))}
-    cost = config.cost_settings(demo_config(data_dir))       # the Cost page's budgets, as the collector has them
+    cfg = demo_config(data_dir)
+    alerts = alert_settings(cfg)
+    env.update({"PERFDECK_THRESHOLDS": str(alerts.thresholds_file), "PERFDECK_ALERT_WINDOW": f"{alerts.window_s:g}s",
+                "PERFDECK_ALERT_FOR": f"{alerts.for_s:g}s", "PERFDECK_ALERT_INTERVAL": f"{alerts.interval_s:g}s"})
+    cost = config.cost_settings(cfg)       # the Cost page's budgets, as the collector has them
     env.update({name: str(value) for name, value in (
         ("PERFDECK_DAILY_BUDGET", cost.daily_budget), ("PERFDECK_MONTHLY_BUDGET", cost.monthly_budget),
         ("PERFDECK_COMPUTE_USD_PER_CORE_HOUR", cost.compute_usd_per_core_hour),
@@ -111,19 +123,30 @@ def stop_process(proc: subprocess.Popen | None, name: str, timeout: float = 10.0
         proc.wait(5)
 
 
-# Budgets the demo's LLM traffic (about $4 a day) makes worth a look, and a price for its own CPU.
-DEMO_COST = {"daily_budget": 5.0, "monthly_budget": 100.0, "compute_usd_per_core_hour": 0.05}
+# Budgets the demo's LLM traffic makes worth a look, and a price for its own CPU. Live, the shop spends
+# about $11 a day (~$0.001 per /recommendations request, plus review summaries): the budgets sit above
+# that, so the Cost page draws them near the spend and the health check "budget_burn" stays healthy.
+DEMO_COST = {"daily_budget": 15.0, "monthly_budget": 400.0, "compute_usd_per_core_hour": 0.05}
+# Alerts within minutes of flipping the demo switch (the defaults, 5m / 5m / 1m, suit production).
+DEMO_ALERTS = {"window": "3m", "for": "1m", "interval": "30s"}
+DEMO_THRESHOLDS = Path(__file__).resolve().with_name("thresholds.toml")
 
 
 def demo_config(data_dir: Path) -> dict:
     """The host (with the demo's own processes), the shop's SQLite database, and any Redis or
-    database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS."""
+    database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS; the demo's
+    budgets, alert timing and thresholds file where perfdeck.toml does not set them (the
+    environment overrides both when the settings are read)."""
     from collectors import config
 
     cfg = config.load()
     cfg["host"].setdefault("processes", ["cmd:collectors\\.demo\\.live", "cmd:streamlit run"])
     for key, value in DEMO_COST.items():
         cfg.setdefault("cost", {}).setdefault(key, value)
+    alerts = cfg.setdefault("alerts", {})
+    for key, value in DEMO_ALERTS.items():
+        alerts.setdefault(key, value)
+    alerts.setdefault("thresholds_file", str(DEMO_THRESHOLDS))
     cfg["database"].append({"name": "shop", "url": f"sqlite:///{data_dir / 'shop.sqlite'}"})
     return cfg
 
@@ -132,10 +155,11 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     """Run the demo until SIGINT/SIGTERM; returns the exit code."""
     from collectors import config
     from collectors.daemon import Collector
-    from collectors.demo.backfill import DAY, backfill, shop_rate
-    from collectors.demo.live import run_live
+    from collectors.demo.backfill import DAY, backfill
+    from collectors.demo.live import SlowSwitch, live_shop_rate, run_live
     from collectors.demo.workload import VERSION_AFTER, Shop, open_database
     from collectors.pricing import PriceBook
+    from dashboard.demo_switch import SWITCH_FILE
 
     t0 = time.monotonic()
     data_dir = Path(data_dir).resolve()
@@ -159,6 +183,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
                               advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
                               advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file))
+        # The alert engine (alert_settings(cfg): the demo's 3m window, 1m for, 30s interval) is wired here.
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:
@@ -201,12 +226,23 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
 
         if not stop.is_set():
+            shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()))
+            sdk.shutdown()                   # the backfill's last events go out; warming the caches is not traffic
+            shop.warm_caches()
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
             worker = start_live_worker(data_dir)
             say(f"perfdeck demo: live traffic running (started {time.monotonic() - t0:.1f} s ago)")
-            shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()))
+            # A fresh history ends at VERSION_AFTER: a switch left on needs its marker again.
+            switch = SlowSwitch(data_dir / SWITCH_FILE, shop, mark_at_start=last is None)
+            if switch.slow:
+                say(f"perfdeck demo: the slow build {shop.version} is deployed (the dashboard's demo switch)")
 
-            run_live(shop, stop, shop_rate)
+            def poll() -> None:
+                if switch.poll():
+                    say(f"perfdeck demo: deployed {shop.version}"
+                        + (" (the slow build)" if switch.slow else " (rolled back)"))
+
+            run_live(shop, stop, live_shop_rate, poll=poll)
         if "dashboard" in stopped_by and not any(s.startswith("SIG") for s in stopped_by):
             code = dash.returncode or 1
     finally:
