@@ -12,6 +12,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dashboard.actions.ui import operator_sidebar  # noqa: E402 - needs the sys.path line above
+from dashboard.demo_switch import demo_switch  # noqa: E402
 
 st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
 
@@ -34,5 +35,6 @@ NAVIGATION = {
 }
 
 operator_sidebar()      # role, and the operator login, on every page
+demo_switch()           # inside `perfdeck demo` only: deploy a slow build, roll it back
 
 st.navigation(NAVIGATION).run()

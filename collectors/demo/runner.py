@@ -158,6 +158,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     from collectors.demo.backfill import DAY, backfill
     from collectors.demo.live import SlowSwitch, live_shop_rate, run_live
     from collectors.demo.workload import VERSION_AFTER, Shop, open_database
+    from collectors.health.alerts import from_config
     from collectors.pricing import PriceBook
     from dashboard.demo_switch import SWITCH_FILE
 
@@ -180,10 +181,11 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         engine = open_database(data_dir / "shop.sqlite")   # before the collector samples it
         cfg = demo_config(data_dir)
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
+        alerts, health = from_config(db, cfg)      # the demo's 3 min window, 1 min for, every 30 s
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
                               advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
-                              advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file))
-        # The alert engine (alert_settings(cfg): the demo's 3m window, 1m for, 30s interval) is wired here.
+                              advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file),
+                              alerts=alerts, health=health)
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:

@@ -148,8 +148,9 @@ class LRUCache:
         return len(self._data)
 
     def register(self) -> Callable[[], None]:
-        """Make this cache clearable from the dashboard (live processes only); returns the unregister."""
-        return sdk.register_cache(self.name, self.clear)
+        """Make this cache clearable from the dashboard, and its size measured (live processes only);
+        returns the unregister."""
+        return sdk.register_cache(self.name, self.clear, size=self.__len__)
 
 
 _MISS = object()
