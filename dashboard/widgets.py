@@ -163,6 +163,18 @@ def fmt_ms(ms: float | None) -> str:
     return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
 
 
+def lasted(seconds) -> str:
+    """'45 s', '27 min', '2 h 5 min', '3 d 4 h': the two largest units, rounded down."""
+    if pd.isna(seconds):
+        return "–"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s} s"
+    units = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min")]
+    first = next(i for i, (n, _) in enumerate(units) if n)
+    return " ".join(f"{n} {unit}" for n, unit in units[first:first + 2] if n)
+
+
 def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") -> None:
     """A download button for `df` as `perfdeck-<name>.csv`; time columns get a `_utc` suffix so
     the file says what its timestamps are."""

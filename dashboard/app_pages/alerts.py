@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
@@ -18,7 +17,6 @@ from dashboard.actions.ui import action_panel
 
 st.title("Alerts")
 
-SEVERITY = {"critical": "🔴 critical", "warning": "🟠 warning", "degraded": "🟡 degraded", "healthy": "🟢 healthy"}
 NUM, TEXT, WHEN = st.column_config.NumberColumn, st.column_config.TextColumn, st.column_config.DatetimeColumn
 COLUMNS = {
     "severity": TEXT("Severity"), "state": TEXT("State"), "rule": TEXT("Rule"), "target": TEXT("Target"),
@@ -53,18 +51,6 @@ def span(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def lasted(seconds) -> str:
-    """'45 s', '27 min', '2 h 5 min', '3 d 4 h': the two largest units, rounded down."""
-    if pd.isna(seconds):
-        return "–"
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s} s"
-    units = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min")]
-    first = next(i for i, (n, _) in enumerate(units) if n)
-    return " ".join(f"{n} {unit}" for n, unit in units[first:first + 2] if n)
-
-
 @st.cache_data(ttl=60, show_spinner=False)
 def settings() -> AlertSettings:
     return alert_settings(config.load())
@@ -88,7 +74,7 @@ def current(now) -> None:
     if active.empty:
         st.success("No alerts firing.", icon=":material/check_circle:")
     else:
-        shown = active.assign(severity=active["severity"].map(SEVERITY), firing=active["firing_s"].map(lasted))
+        shown = active.assign(firing=active["firing_s"].map(widgets.lasted))
         widgets.table(shown[["severity", "rule", "target", "started_at", "firing", "value", "peak_value", "threshold",
                              "message", "silenced", "notifications"]], "alerts-firing", column_config=COLUMNS)
     st.subheader("Silences")
@@ -121,7 +107,7 @@ def history(now) -> tuple:
         if df.empty:
             st.caption("No alerts in this range.")
         else:
-            shown = df.assign(severity=df["severity"].map(SEVERITY), duration=df["duration_s"].map(lasted))
+            shown = df.assign(duration=df["duration_s"].map(widgets.lasted))
             widgets.table(shown[["started_at", "resolved_at", "duration", "state", "severity", "rule", "target",
                                  "value", "peak_value", "threshold", "message", "silenced", "notifications"]],
                           "alert-history", column_config=COLUMNS)
