@@ -359,3 +359,24 @@ def test_warming_fills_the_caches_and_records_nothing(demo_store):
     engine.dispose()
     assert 0 < served < 400 and len(shop.product_cache) > 100 and len(shop.customer_cache) > 50
     assert api.requests == api.cache_lookups == api.queries == api.llm_calls == []
+
+
+def test_gap_fill_after_the_slow_build_resumes_at_the_version_after(demo_store, tmp_path):
+    from collectors.demo.runner import last_deploy_version
+
+    engine = open_database(demo_store["data"] / "shop.sqlite")
+    end = time.time()
+    backfill(tmp_path, days=1, start=end - 600, end=end, with_deploy=False, mark_resume=True, engine=engine,
+             progress=lambda _line: None)
+    sdk.shutdown()
+    engine.dispose()
+    Collector(tmp_path / "perfdeck.duckdb", spool_dir=tmp_path / "spool").run_once()
+    con = duckdb.connect(str(tmp_path / "perfdeck.duckdb"), read_only=True)
+    try:
+        deploys = con.execute("SELECT service, version, epoch(ts) FROM deploys").fetchall()
+    finally:
+        con.close()
+    assert [(s, v) for s, v, _ in deploys] == [("shop-api", VERSION_AFTER)]
+    assert deploys[0][2] == pytest.approx(end - 600)        # at the start of the gap, before its traffic
+    assert last_deploy_version(tmp_path / "perfdeck.duckdb") == VERSION_AFTER
+    assert last_deploy_version(tmp_path / "missing.duckdb") is None

@@ -173,15 +173,24 @@ def test_search_slows_down_after_the_switch(engine, tmp_path):
     assert _deploys(tmp_path / "spool") == [VERSION_SLOW, VERSION_AFTER]
 
 
-def test_switch_left_on_survives_a_restart(engine, tmp_path):
+def test_switch_state_survives_a_restart(engine, tmp_path):
     spool, path = tmp_path / "spool", tmp_path / SWITCH_FILE
-    sdk.configure(service="shop-api", transport=f"spool:{spool}", control=False)
+    clock = FakeClock(9000.0)
+    sdk.configure(service="shop-api", transport=f"spool:{spool}", clock=clock, control=False)
     write_switch(path, True, now=5000.0)
-    shop = Shop(engine, version=VERSION_AFTER, seed=5)
-    switch = SlowSwitch(path, shop)                      # a restarted demo: same state, no new marker
-    assert switch.slow and shop.version == VERSION_SLOW and shop.slow_since == 5000.0
+    shop = Shop(engine, version=VERSION_AFTER, seed=5, clock=clock)
+    switch = SlowSwitch(path, shop, history_version=VERSION_SLOW)    # the store ends at the slow build
+    assert switch.slow and shop.version == VERSION_SLOW and shop.slow_since == 5000.0   # its ramp goes on
     assert switch.poll(force=True) is False
-    fresh = Shop(engine, version=VERSION_AFTER, seed=6)
-    SlowSwitch(path, fresh, mark_at_start=True)          # over a new history: marked again
     sdk.flush(10)
-    assert _deploys(spool) == [VERSION_SLOW]
+    assert _deploys(spool) == []                                     # unchanged: no new marker
+    fresh = Shop(engine, version=VERSION_AFTER, seed=6, clock=clock)
+    SlowSwitch(path, fresh, history_version=VERSION_AFTER)           # a new or gap-filled history
+    assert fresh.version == VERSION_SLOW and fresh.slow_since == 9000.0                 # deployed again
+    write_switch(path, False, now=9500.0)
+    back = Shop(engine, version=VERSION_AFTER, seed=7, clock=clock)
+    SlowSwitch(path, back, history_version=VERSION_SLOW)             # switched off while it was down
+    assert back.version == VERSION_AFTER and back.slow_since is None
+    SlowSwitch(path, Shop(engine, version=VERSION_AFTER, seed=8, clock=clock), history_version=VERSION_AFTER)
+    sdk.flush(10)
+    assert _deploys(spool) == [VERSION_SLOW, VERSION_AFTER]          # the new deploy, then the rollback

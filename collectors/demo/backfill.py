@@ -149,12 +149,14 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
 
 
 def backfill(data_dir: Path, *, days: float, end: float | None = None, start: float | None = None,
-             with_deploy: bool = True, real_budget_s: float | None = None, progress=print,
-             stop=None, engine=None) -> BackfillReport:
+             with_deploy: bool = True, mark_resume: bool = False, real_budget_s: float | None = None,
+             progress=print, stop=None, engine=None) -> BackfillReport:
     """Backfill shop-api and worker history into the spool under `data_dir` (default: the `days`
     before `end`, which defaults to now). With `with_deploy`, the shop starts at VERSION_BEFORE and a
     deploy of VERSION_AFTER happens about a day before the end (or 35 % of the span if shorter); else
-    it runs VERSION_AFTER throughout (the gap-fill of a re-run). Leaves the SDK configured with the
+    it runs VERSION_AFTER throughout (the gap-fill of a re-run), marked at its start with
+    `mark_resume` (a demo stopped while it ran the slow build resumes its history at VERSION_AFTER:
+    the demo switch never reaches the backfill). Leaves the SDK configured with the
     simulated clock: the caller reconfigures it (or calls sdk.shutdown())."""
     data_dir = Path(data_dir)
     end = time.time() if end is None else end
@@ -172,7 +174,8 @@ def backfill(data_dir: Path, *, days: float, end: float | None = None, start: fl
     report.services.append(backfill_service(
         shop, "shop-api", shop_rate, start=start, end=end, transport=transport,
         real_budget_s=real_budget_s * 0.85, deploy_at=deploy_at,
-        first_version=VERSION_BEFORE if with_deploy else None, progress=progress, stop=stop))
+        first_version=VERSION_BEFORE if with_deploy else VERSION_AFTER if mark_resume else None,
+        progress=progress, stop=stop))
     if not (stop is not None and stop.is_set()):
         worker = Worker(engine)
         report.services.append(backfill_service(

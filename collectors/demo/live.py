@@ -45,17 +45,24 @@ class SlowSwitch:
     """Applies the dashboard's demo switch (dashboard.demo_switch: a JSON file) to the live shop.
 
     On: the shop runs VERSION_SLOW from now on (its /search wait ramps up from `slow_since`), with a
-    deploy marker. Off: back to VERSION_AFTER, with a marker (the rollback). The state read at start
-    is applied without a marker (the store already has it), unless `mark_at_start` (a new history)."""
+    deploy marker. Off: back to VERSION_AFTER, with a marker (the rollback). At start the file's state
+    is applied too; it is marked, as a new deploy, only when it differs from `history_version`, the
+    version the store's history ends with (None: unknown, never marked). A restarted demo thus keeps a
+    slow build and its ramp without a second marker."""
 
-    def __init__(self, path: Path, shop, *, mark_at_start: bool = False):
+    def __init__(self, path: Path, shop, *, history_version: str | None = None):
+        from collectors.demo.workload import VERSION_AFTER, VERSION_SLOW
+
         self.path, self.shop = Path(path), shop
         self.slow = False
         self._checked = time.monotonic()
         self._stamp = self._stat()
         state = read_switch(self.path)
-        if state["slow"]:
-            self._apply(True, since=state["changed_at"], mark=mark_at_start)
+        version = VERSION_SLOW if state["slow"] else VERSION_AFTER
+        if history_version is not None and history_version != version:
+            self._apply(state["slow"], since=shop.clock())
+        elif state["slow"]:
+            self._apply(True, since=state["changed_at"], mark=False)
 
     def _stat(self) -> tuple | None:
         try:

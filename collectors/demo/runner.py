@@ -60,6 +60,19 @@ def last_event_ts(db: Path) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
+def last_deploy_version(db: Path, service: str = "shop-api") -> str | None:
+    """The version of the newest deploy marker of `service` in the store, None when there is none."""
+    if not db.exists():
+        return None
+    from collectors.store import connection
+    try:
+        with connection.read(db) as con:
+            row = con.execute("SELECT arg_max(version, ts) FROM deploys WHERE service = ?", [service]).fetchone()
+    except Exception:
+        return None
+    return row[0] if row else None
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -177,7 +190,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     collector = collector_thread = dash = worker = engine = None
     code = 0
     try:
-        last = last_event_ts(db)
+        last, last_version = last_event_ts(db), last_deploy_version(db)
         engine = open_database(data_dir / "shop.sqlite")   # before the collector samples it
         cfg = demo_config(data_dir)
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
@@ -208,14 +221,17 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         say(f"perfdeck demo: data in {data_dir} (store {db.name}, spool {spool.name}/, shop.sqlite)")
 
         now = time.time()
+        history_version = last_version or VERSION_AFTER          # what the history ends with, once filled
         if last is None:
             say(f"perfdeck demo: backfilling {backfill_days:g} days of history in fast-forward")
             report = backfill(data_dir, days=backfill_days, end=now, engine=engine, stop=stop, progress=say)
+            history_version = VERSION_AFTER
         elif now - last > GAP_FILL_MIN_S and backfill_days > 0:
             start = max(last, now - backfill_days * DAY)
             say(f"perfdeck demo: existing store; filling the {(now - start) / 3600:.1f} h since its newest event")
             report = backfill(data_dir, days=backfill_days, start=start, end=now, with_deploy=False,
-                              engine=engine, stop=stop, progress=say)
+                              mark_resume=history_version != VERSION_AFTER, engine=engine, stop=stop, progress=say)
+            history_version = VERSION_AFTER
         else:
             report = None
             say("perfdeck demo: existing store is up to date; no backfill")
@@ -234,8 +250,8 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
             worker = start_live_worker(data_dir)
             say(f"perfdeck demo: live traffic running (started {time.monotonic() - t0:.1f} s ago)")
-            # A fresh history ends at VERSION_AFTER: a switch left on needs its marker again.
-            switch = SlowSwitch(data_dir / SWITCH_FILE, shop, mark_at_start=last is None)
+            # A switch left on over a history that ends at VERSION_AFTER is deployed (and marked) again.
+            switch = SlowSwitch(data_dir / SWITCH_FILE, shop, history_version=history_version)
             if switch.slow:
                 say(f"perfdeck demo: the slow build {shop.version} is deployed (the dashboard's demo switch)")
 
