@@ -1,6 +1,8 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 
@@ -60,3 +62,13 @@ class NamespacedCache:
             for k in doomed:
                 del self.data[k]
             return len(doomed)
+
+
+def clear_health_env(monkeypatch, tmp_path) -> None:
+    """No thresholds, budgets, [alerts] settings or perfdeck.toml of whoever runs the tests."""
+    for var in list(os.environ):
+        if var in ("PERFDECK_THRESHOLDS", "PERFDECK_DAILY_BUDGET", "PERFDECK_MONTHLY_BUDGET") \
+                or var.startswith("PERFDECK_ALERT_") \
+                or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))

@@ -3,13 +3,13 @@ components and overall status, and `perfdeck health` (exit codes and --json)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import datetime, timedelta
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import clear_health_env
 from seed_cost import EVENT_COLUMNS, event
 from seed_health import EXPECTED, seed_health, spend
 
@@ -27,12 +27,7 @@ SINCE = NOW - timedelta(minutes=5)
 @pytest.fixture(autouse=True)
 def _no_health_env(monkeypatch, tmp_path):
     """No thresholds, budgets, [alerts] settings or config of whoever runs the tests."""
-    for var in list(os.environ):
-        if var in ("PERFDECK_THRESHOLDS", "PERFDECK_DAILY_BUDGET", "PERFDECK_MONTHLY_BUDGET") \
-                or var.startswith("PERFDECK_ALERT_") \
-                or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
+    clear_health_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """AppTest of the Overview page (and the router) on real seeded / empty / missing store files."""
 from __future__ import annotations
 
-import os
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import run_app
+from helpers import clear_health_env, run_app
 from seed_health import seed_health, seed_healthy
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
@@ -26,12 +24,7 @@ APP = str(ROOT / "dashboard" / "app.py")
 @pytest.fixture(autouse=True)
 def _health_config(tmp_path, monkeypatch):
     """The health banner reads perfdeck.toml, [alerts] and thresholds from the environment: none of the runner's."""
-    for var in list(os.environ):
-        if var in ("PERFDECK_THRESHOLDS", "PERFDECK_DAILY_BUDGET", "PERFDECK_MONTHLY_BUDGET") \
-                or var.startswith("PERFDECK_ALERT_") \
-                or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
+    clear_health_env(monkeypatch, tmp_path)
 
 
 def endpoints_table(at: AppTest):

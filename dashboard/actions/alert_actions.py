@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from collectors.store import connection, read, utcnow, write
-from dashboard.actions.framework import Action, ActionError, Field, InvalidInput, Preview, Progress, Result
+from collectors.store import read, utcnow, write
+from dashboard.actions.framework import ActionError, Field, InvalidInput, Preview, Progress, Result
+from dashboard.actions.store_actions import _StoreAction
 from dashboard.queries.alerts import active_alerts, active_silences, alert_facets, alert_targets
 
 MAX_HOURS = 24 * 30
@@ -38,16 +39,9 @@ def _plain(value, name: str, limit: int) -> str | None:
     return value.strip()
 
 
-class _AlertAction(Action):
+class _AlertAction(_StoreAction):
+    """Silences are rows of perfdeck's own store, written with its short-write discipline."""
     kind = "alerts"
-
-    def __init__(self, db=None):
-        self.db = db                 # None: $PERFDECK_DB, else data/perfdeck.duckdb
-
-    def available(self) -> str | None:
-        path = connection.db_path(self.db)
-        return None if path.exists() else f"no store at {path.name} yet"
-
 
 class SilenceAlerts(_AlertAction):
     name = "alerts.silence"
