@@ -26,6 +26,8 @@ test: install-dev
 bench: install-dev
 	$(BIN)/python bench/sdk_overhead.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/host_sampler.py
+	$(BIN)/python bench/compare.py
 
 lint: install-dev
 	$(BIN)/ruff check .

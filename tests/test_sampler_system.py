@@ -139,16 +139,3 @@ def test_vanished_pid_is_skipped_without_error():
 def test_built_from_config():
     [s] = build_samplers({"host": {"interval": 7, "processes": ["cmd:celery .* worker", "pid:1"]}})
     assert isinstance(s, HostSampler) and s.interval == 7.0 and 1 in s.pids
-
-
-def test_cpu_cost_per_collect_is_far_below_one_percent_of_a_core_at_10s(sleeper):
-    """The issue's budget: the daemon under 1 % of a core at a 10 s interval = 100 ms of CPU per 10 s."""
-    s = HostSampler(interval=10, processes=[rf"cmd:^sleep {SLEEP}$", "gunicorn"])  # name/cmd specs scan all processes
-    _sample(s)
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(100):
-        _sample(s)
-    per_collect = (time.process_time() - cpu) / 100
-    print(f"\nhost sampler: {per_collect * 1000:.2f} ms CPU per collect "
-          f"({(time.perf_counter() - wall) * 10:.2f} ms wall), {per_collect / 10 * 100:.3f} % of a core at 10 s")
-    assert per_collect < 0.02
