@@ -23,7 +23,8 @@ def test_migrations_are_recorded_and_applied_once(store):
             ("m005_llm_costs",), ("m006_alerting",)]
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"request_events", "latency_hist", "cache_stats", "llm_calls", "query_stats", "system_metrics",
-            "redis_metrics", "ingested_batches", "deploys", "alerts", "action_audit", "silences", "alert_notifications", "cache_sizes"} <= tables
+            "redis_metrics", "ingested_batches", "deploys", "alerts", "action_audit",
+            "silences", "alert_notifications", "cache_sizes"} <= tables
 
 
 def test_failed_write_rolls_back(store):
