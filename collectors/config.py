@@ -104,6 +104,19 @@ def advisor_interval(config: dict) -> float:
     return float(config.get("advisor", {}).get("interval", 3600))
 
 
+def section(config: dict, name: str, env: dict[str, str]) -> dict:
+    """Table [name] of a loaded config with its environment variables on top (env: key -> variable);
+    a key that is not one of `env`'s is an error naming the known ones."""
+    table = dict(config.get(name, {}))
+    for key, var in env.items():
+        if os.environ.get(var, "").strip():
+            table[key] = os.environ[var].strip()
+    unknown = set(table) - set(env)
+    if unknown:
+        raise ValueError(f"[{name}]: unknown keys {sorted(unknown)}; known: {sorted(env)}")
+    return table
+
+
 TARGET_PER_QUERY_USD = 0.10     # seed 003: "< $0.10 per query" in production
 _COST_ENV = {"prices_file": "PERFDECK_PRICES_FILE", "daily_budget": "PERFDECK_DAILY_BUDGET",
              "monthly_budget": "PERFDECK_MONTHLY_BUDGET", "target_per_query": "PERFDECK_TARGET_PER_QUERY",
@@ -121,13 +134,7 @@ class CostSettings:
 
 def cost_settings(config: dict) -> CostSettings:
     """The [cost] table, environment first. A relative prices_file is beside the config file."""
-    cost = dict(config.get("cost", {}))
-    for key, env in _COST_ENV.items():
-        if os.environ.get(env, "").strip():
-            cost[key] = os.environ[env].strip()
-    unknown = set(cost) - set(_COST_ENV)
-    if unknown:
-        raise ValueError(f"[cost]: unknown keys {sorted(unknown)}; known: {sorted(_COST_ENV)}")
+    cost = section(config, "cost", _COST_ENV)
 
     def money(key: str) -> float | None:
         if cost.get(key) in (None, ""):

@@ -16,6 +16,7 @@ import streamlit as st
 
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
 from dashboard import queries
+from dashboard.queries.compare import fmt_ms  # noqa: F401 - pages format durations as widgets.fmt_ms
 
 CACHE_TTL_S = 10
 # Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
@@ -153,14 +154,6 @@ def no_data_yet(reason: str = "Nothing has been recorded yet.") -> None:
 
 def range_caption(since: datetime, until: datetime) -> None:
     st.caption(f"{since:%Y-%m-%d %H:%M} → {until:%Y-%m-%d %H:%M} UTC · updated {utcnow():%H:%M:%S} UTC")
-
-
-def fmt_ms(ms: float | None) -> str:
-    if ms is None or pd.isna(ms):
-        return "–"
-    if ms >= 1000:
-        return f"{ms / 1000:,.2f} s"
-    return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
 
 
 def lasted(seconds) -> str:

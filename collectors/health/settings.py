@@ -19,11 +19,11 @@ Spans are "30s", "5m", "2h" or a number of seconds. The webhook URL is a secret:
 environment, never in a file in the repository; it is never shown in the dashboard."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from collectors.config import section
 from collectors.health import SEVERITIES
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
@@ -59,13 +59,7 @@ class AlertSettings:
 
 def alert_settings(config: dict) -> AlertSettings:
     """The [alerts] table of a loaded config (collectors.config.load), environment first."""
-    raw = dict(config.get("alerts", {}))
-    for key, env in _ENV.items():
-        if os.environ.get(env, "").strip():
-            raw[key] = os.environ[env].strip()
-    unknown = set(raw) - set(_ENV)
-    if unknown:
-        raise ValueError(f"[alerts]: unknown keys {sorted(unknown)}; known: {sorted(_ENV)}")
+    raw = section(config, "alerts", _ENV)
     spans = {k: seconds(raw[k], k) for k in ("interval", "window", "for", "throttle", "regression_span") if k in raw}
     if any(v <= 0 for k, v in spans.items() if k != "for") or spans.get("for", 0) < 0:
         raise ValueError(f"[alerts] spans must be positive (for may be 0), got {spans}")

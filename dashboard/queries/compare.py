@@ -272,7 +272,8 @@ def regression_checks(
 
 
 # --- Words for a row, shared by the Compare page, the CLI and the health messages -------------------
-def fmt_ms(ms: float) -> str:
+def fmt_ms(ms: float | None) -> str:
+    """'0.8 ms', '74.2 ms', '447 ms', '1.73 s' (also the Overview's cards)."""
     if ms is None or pd.isna(ms):
         return "–"
     if ms >= 1000:
