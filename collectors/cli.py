@@ -68,6 +68,7 @@ EXPORTABLE = {
     "deploys": "ts", "alerts": "started_at", "alert_notifications": "ts", "silences": "created_at",
     "cache_sizes": "minute", "action_audit": "ts", "quarantine": "ts",
     "ingest_rejects": "ts", "ingested_batches": "ingested_at", "sdk_health": "ts",
+    "ingest_sources": "ts",
 }
 
 

@@ -304,7 +304,7 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     health = [(b.service, b.host, b.pid, b.sdk.get("dropped"), b.sdk.get("send_errors")) for b in batches
               if isinstance(b.sdk.get("dropped"), int) and isinstance(b.sdk.get("send_errors"), int)]
     if health:
-        _insert(con, "INSERT INTO sdk_health SELECT now()::TIMESTAMP, * FROM _incoming", pd.DataFrame(
+        _insert(con, "INSERT INTO sdk_health BY NAME SELECT now()::TIMESTAMP AS ts, * FROM _incoming", pd.DataFrame(
             health, columns=["service", "host", "pid", "dropped", "send_errors"]))
     return sum(b.events for b in batches)
 

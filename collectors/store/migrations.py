@@ -317,8 +317,28 @@ def m006_alerting(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m007_pipeline_health(con: duckdb.DuckDBPyConnection) -> None:
+    # Every loss between an app and the store is visible: what each SDK refused at record time (by
+    # reason, cumulative per process like dropped), and what each source holds and how old it is.
+    con.execute("""
+        ALTER TABLE sdk_health ADD COLUMN rejected BIGINT DEFAULT 0;   -- events the SDK refused (non-finite...)
+        ALTER TABLE sdk_health ADD COLUMN rejected_reasons JSON;       -- {"queries:non_finite_duration": 3}
+        -- One row per source every few seconds, from the collector: its backlog, and that it is alive.
+        CREATE TABLE ingest_sources (
+            ts TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,        -- spool:<dir> | redis:<stream>
+            pending BIGINT,                 -- batches waiting (spool files; stream entries not yet read)
+            oldest_pending_s DOUBLE,        -- age of the oldest waiting batch: the ingest lag
+            stream_length BIGINT,           -- Redis: XLEN of the stream
+            stream_pending BIGINT,          -- Redis: delivered to a collector, not yet acknowledged
+            error VARCHAR                   -- why the source could not be read, when it could not
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
-                                                                  m004_index_advice, m005_llm_costs, m006_alerting]
+                                                                  m004_index_advice, m005_llm_costs, m006_alerting,
+                                                                  m007_pipeline_health]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -19,6 +19,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "redis_slowlog": ("ts", "rollup"),
     "pg_statements": ("ts", "rollup"),
     "sdk_health": ("ts", "raw"),
+    "ingest_sources": ("ts", "raw"),
     "latency_hist": ("minute", "rollup"),
     "request_rollup": ("minute", "rollup"),
     "cache_stats": ("minute", "rollup"),
