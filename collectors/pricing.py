@@ -40,6 +40,7 @@ log = logging.getLogger("perfdeck.pricing")
 
 GENAI_PRICES = f"genai-prices {genai_prices.__version__}"
 SCALE = Decimal("1e-12")            # the store's DECIMAL(18, 12)
+MAX_COST_USD = Decimal(10**6)       # DECIMAL(18, 12) holds six digits before the point
 MTOK = Decimal(1_000_000)
 # What a call's price depends on: the llm_calls columns price_rows() takes, in this order.
 PRICE_INPUTS = ("ts", "provider", "model", "input_tokens", "output_tokens", "cached_input_tokens",
@@ -221,6 +222,9 @@ class PriceBook:
                                cache_hit=bool(hit))
             except Exception:
                 log.warning("could not price a %s call; left unpriced", model, exc_info=True)
+                p = None
+            if p is not None and max(abs(p.cost_usd), abs(p.saved_usd), abs(p.input_cost_usd)) >= MAX_COST_USD:
+                log.warning("a %s call priced at $%s is past what the store holds; left unpriced", model, p.cost_usd)
                 p = None
             out.append((None,) * 5 if p is None else
                        (str(p.input_cost_usd), str(p.output_cost_usd), str(p.cost_usd), str(p.saved_usd), p.version))

@@ -184,7 +184,7 @@ def test_malformed_sizes_are_rejected_and_counted_while_the_rest_of_the_batch_la
     assert sizes(store) == [(minute(0), "api", "web-1", "good", 5), (minute(0), "api", "web-1", "zero", 0)]
     assert dict(query(store, "SELECT kind || '/' || reason, count FROM ingest_rejects WHERE batch_id = ?",
                       [batch_id])) == {
-        "cache_sizes/negative_entries": 1, "cache_sizes/bad_entries": 4, "cache_sizes/entries_too_large": 1,
+        "cache_sizes/entries_out_of_range": 2, "cache_sizes/bad_entries": 4,
         "cache_sizes/bad_timestamp": 2, "cache_sizes/bad_ts": 1, "cache_sizes/bad_cache": 1,
         "cache_sizes/label_too_long": 1, "cache_sizes/not_an_object": 1, "deploys/bad_timestamp": 1}
     assert count(store, "request_events") == 1

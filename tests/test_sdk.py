@@ -89,7 +89,7 @@ def test_full_buffer_drops_and_counts(spool):
     assert sdk.stats()["dropped"] == 15
     assert sdk.flush(5)
     [b] = batches(spool)
-    assert len(b.requests) == 10 and b.sdk["dropped"] == 15
+    assert len(b.requests) == 10 and b.sdk.dropped == 15
 
 
 def test_timed_context_manager_and_decorators(spool):

@@ -1,10 +1,12 @@
 """Decode batches (format: collectors.sdk.batch) and write them, rollups included, in one
 transaction.
 
-A batch that cannot be read as a whole raises MalformedBatch with the reason; the caller quarantines
-it. Bad rows inside a readable batch (NaN or negative durations, oversized labels, a flood of
-distinct endpoints, impossible times, negative or fractional cache sizes) are dropped or folded and
-counted in `ingest_rejects`; the rest lands.
+Every value is checked against the declared schema (collectors.store.schema) here, before the write
+transaction, so nothing that reaches it can fail it. A batch that cannot be read as a whole raises
+MalformedBatch with the reason; the caller quarantines it. A row that does not fit (NaN or negative
+durations, a string where a number goes, numbers past what a column holds, oversized labels or tags,
+a time outside the accepted window, a flood of distinct endpoints) is dropped or folded and counted in
+`ingest_rejects` by kind and reason; the rest lands. Names are stored as inert text (schema.clean).
 
 Cache sizes keep one row per (minute, service, host, cache): a process's last sample of the minute,
 and of several processes on one host (pre-fork workers, each with its own copy of the cache) the
@@ -15,25 +17,26 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import duckdb
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from collectors.store import schema
 from collectors.store.histogram import BUCKET_SQL
+from collectors.store.schema import INT32, MAX_DURATION_MS, MAX_LABEL, MAX_TAGS_BYTES, Limits, clean
 
 COST_COLUMNS = ("input_cost_usd", "output_cost_usd", "cost_usd", "saved_usd", "price_version")
 
-MAX_LABEL = 512               # longest endpoint / method / model / cache name kept
 MAX_ENDPOINTS_PER_BATCH = 1000  # beyond this, the rarest endpoints fold into OTHER_ENDPOINT
 OTHER_ENDPOINT = "(other)"
-MAX_DURATION_MS = 86_400_000.0  # a day: anything longer is a clock or unit bug
-MAX_EPOCH_S = 4e9               # 2096: later (or at/before 1970) is a clock or unit bug
-MAX_ENTRIES = 2**63 - 1         # cache_sizes.entries is a BIGINT
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -54,7 +57,7 @@ class Batch:
     llm: pd.DataFrame | None = None
     deploys: pd.DataFrame | None = None
     cache_sizes: pd.DataFrame | None = None
-    sdk: dict = field(default_factory=dict)
+    sdk: schema.SdkReport | None = None
     rejects: Counter = field(default_factory=Counter)  # (kind, reason) -> rows
 
     @property
@@ -83,7 +86,7 @@ def _dictionary(col, n: int, name: str) -> tuple[list[str], np.ndarray]:
     codes = _unpack(col.get("codes"), "<u4", n, f"{name}.codes")
     if n and int(codes.max()) >= len(values):
         raise MalformedBatch(f"requests.{name}: code out of range")
-    return values, codes
+    return [clean(v) for v in values], codes
 
 
 def _strings(col, n: int, name: str) -> pa.Array:
@@ -99,6 +102,8 @@ def _strings(col, n: int, name: str) -> pa.Array:
         arr.validate(full=True)
     except (TypeError, ValueError, binascii.Error, pa.ArrowInvalid) as exc:
         raise MalformedBatch(f"requests.{name}: invalid packed strings ({exc})") from None
+    if pc.any(pc.match_substring_regex(arr, schema.UNSAFE_PATTERN)).as_py():
+        arr = pa.array([None if v is None else clean(v) for v in arr.to_pylist()], pa.string())
     return arr  # empty strings become NULL in the INSERT
 
 
@@ -106,7 +111,32 @@ def _epoch_to_ts(seconds: np.ndarray) -> np.ndarray:
     return (seconds * 1e6).astype("int64").astype("datetime64[us]")
 
 
-def _decode_requests(doc: dict, batch: Batch) -> None:
+def _tags(tags, n: int, keep: np.ndarray, batch: Batch) -> pa.Array:
+    """Each row's tags as JSON text: an object (or nothing) of at most MAX_TAGS_BYTES; else the row goes."""
+    if tags is None:
+        return pa.nulls(n, pa.string())
+    if not isinstance(tags, list) or len(tags) != n:
+        raise MalformedBatch(f"requests.tags: expected a list of {n} values")
+    out = []
+    for i, t in enumerate(tags):
+        text = None if t is None or not isinstance(t, dict) else clean(orjson.dumps(t).decode())
+        reason = ("bad_tags" if t is not None and text is None else
+                  "tags_too_long" if text is not None and len(text) > MAX_TAGS_BYTES else None)
+        if reason:
+            if keep[i]:
+                batch.rejects["requests", reason] += 1
+            keep[i], text = False, None
+        out.append(text)
+    return pa.array(out, pa.string())
+
+
+def _drop(keep: np.ndarray, bad: np.ndarray, batch: Batch, reason: str) -> None:
+    """Count the rows still kept that `bad` rejects, then stop keeping them (each row counted once)."""
+    batch.rejects["requests", reason] += int((keep & bad).sum())
+    keep &= ~bad
+
+
+def _decode_requests(doc: dict, batch: Batch, lo: float, hi: float) -> None:
     req = doc.get("requests")
     if req is None:
         return
@@ -119,29 +149,27 @@ def _decode_requests(doc: dict, batch: Batch) -> None:
     endpoints, endpoint_codes = _dictionary(req.get("endpoint"), n, "endpoint")
     methods, method_codes = _dictionary(req.get("method"), n, "method")
     request_id = _strings(req.get("request_id"), n, "request_id")
-    tags = req.get("tags")
-    if tags is not None and (not isinstance(tags, list) or len(tags) != n):
-        raise MalformedBatch(f"requests.tags: expected a list of {n} values")
 
-    keep = np.isfinite(duration) & (duration >= 0) & (duration <= MAX_DURATION_MS)
-    batch.rejects["requests", "bad_duration"] += int(n - keep.sum())
-    ts_ok = np.isfinite(ts) & (ts > 0) & (ts < MAX_EPOCH_S)
-    batch.rejects["requests", "bad_timestamp"] += int((keep & ~ts_ok).sum())
-    keep &= ts_ok
-    long_label = np.array([len(v) > MAX_LABEL for v in endpoints], dtype=bool)[endpoint_codes]
-    batch.rejects["requests", "label_too_long"] += int((keep & long_label).sum())
-    keep &= ~long_label
+    keep = np.ones(n, dtype=bool)
+    _drop(keep, ~(np.isfinite(duration) & (duration >= 0) & (duration <= MAX_DURATION_MS)), batch, "bad_duration")
+    ts_ok = np.isfinite(ts) & (ts >= lo) & (ts <= hi)
+    _drop(keep, ~ts_ok, batch, "bad_timestamp")
+    _drop(keep, status > 999, batch, "bad_status")          # status is a SMALLINT; HTTP codes have 3 digits
+    too_long = np.array([len(v) > MAX_LABEL for v in endpoints], dtype=bool)[endpoint_codes]
+    too_long |= np.array([len(v) > MAX_LABEL for v in methods], dtype=bool)[method_codes]
+    too_long |= pc.fill_null(pc.greater(pc.utf8_length(request_id), MAX_LABEL), False).to_numpy(zero_copy_only=False)
+    _drop(keep, too_long, batch, "label_too_long")
+    tags = _tags(req.get("tags"), n, keep, batch)
     endpoints, endpoint_codes = _fold_endpoints(endpoints, endpoint_codes, keep, batch)
 
     table = pa.table({
-        "ts": pa.array(_epoch_to_ts(np.where(ts_ok, ts, 0.0))),
+        "ts": pa.array(_epoch_to_ts(np.where(ts_ok, ts, lo))),
         "endpoint": pa.DictionaryArray.from_arrays(pa.array(endpoint_codes.astype("int32")), pa.array(endpoints)),
         "method": pa.DictionaryArray.from_arrays(pa.array(method_codes.astype("int32")), pa.array(methods)),
         "status": pa.array(status.astype("int16")),
         "duration_ms": pa.array(duration),
         "request_id": request_id,
-        "tags": pa.nulls(n, pa.string()) if tags is None else
-        pa.array([None if t is None else orjson.dumps(t).decode() for t in tags], pa.string()),
+        "tags": tags,
     })
     batch.requests = table if keep.all() else table.filter(pa.array(keep))
 
@@ -160,51 +188,42 @@ def _fold_endpoints(values: list[str], codes: np.ndarray, keep: np.ndarray, batc
     return [values[i] for i in kept] + [OTHER_ENDPOINT], new_codes
 
 
-def _rows(doc: dict, kind: str, required: dict[str, tuple], batch: Batch, time_field: str) -> list[dict]:
-    """Keep the rows of a low-volume kind whose required fields have the right types and whose `time_field`
-    (epoch seconds) can be a timestamp: one out of range would fail the whole batch's conversion."""
+def _rows(doc: dict, kind: str, batch: Batch, lo: float, hi: float) -> list[tuple]:
+    """The rows of a low-volume kind that fit its declared schema and whose time is in [lo, hi], as
+    tuples in the schema's field order with their names made inert; the others counted by reason."""
     rows = doc.get(kind)
     if rows is None:
         return []
     if not isinstance(rows, list):
         raise MalformedBatch(f"{kind}: expected a list")
+    row_type, time_field = schema.KINDS[kind]
+    fields = row_type.__struct_fields__
     good = []
-    for row in rows:
-        if not isinstance(row, dict):
-            batch.rejects[kind, "not_an_object"] += 1
+    for raw in rows:
+        try:
+            row = schema.row(kind, raw)
+        except msgspec.ValidationError as exc:
+            batch.rejects[kind, schema.reject_reason(exc, time_field)] += 1
             continue
-        bad = next((k for k, types in required.items()
-                    if not isinstance(row.get(k), types) or isinstance(row.get(k), bool) and bool not in types), None)
-        if bad is not None:
-            batch.rejects[kind, f"bad_{bad}"] += 1
-            continue
-        if not 0 < row[time_field] < MAX_EPOCH_S:
+        if not lo <= getattr(row, time_field) <= hi:
             batch.rejects[kind, "bad_timestamp"] += 1
             continue
-        if any(isinstance(v, str) and len(v) > MAX_LABEL and k not in ("sample_sql", "fingerprint")
-               for k, v in row.items()):
-            batch.rejects[kind, "label_too_long"] += 1
-            continue
-        good.append(row)
+        good.append(tuple(clean(v) if isinstance(v, str) and f not in ("sample_sql", "fingerprint") else v
+                          for f, v in zip(fields, msgspec.structs.astuple(row))))
     return good
 
 
-_NUM = (int, float)
-_OPT_STR = (str, type(None))
+def _frame(rows: list[tuple], kind: str) -> pd.DataFrame:
+    """Validated rows as a DataFrame; text columns stay Python objects (None, never NaN)."""
+    return pd.DataFrame(rows, columns=list(schema.KINDS[kind][0].__struct_fields__))
 
 
 def _minute(df: pd.DataFrame, col: str = "minute") -> pd.Series:
     return pd.to_datetime(df[col], unit="s").dt.floor("min")
 
 
-def decode(payload: bytes) -> Batch:
-    """Parse and validate one batch."""
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedBatch(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise MalformedBatch("not a JSON object")
+def _header(doc: dict) -> Batch:
+    """The batch's identity: id, version, service and host must be sound, or nothing in it can be trusted."""
     if doc.get("v") != 1:
         raise MalformedBatch(f"unsupported batch version {doc.get('v')!r}")
     if not isinstance(doc.get("id"), str) or not _BATCH_ID.match(doc["id"]):
@@ -212,63 +231,60 @@ def decode(payload: bytes) -> Batch:
     if not isinstance(doc.get("service"), str) or not 0 < len(doc["service"]) <= MAX_LABEL:
         raise MalformedBatch("missing or invalid service name")
     host, pid = doc.get("host"), doc.get("pid")
-    batch = Batch(id=doc["id"], service=doc["service"],
-                  host=host if isinstance(host, str) else None, pid=pid if isinstance(pid, int) else None,
-                  sdk=doc["sdk"] if isinstance(doc.get("sdk"), dict) else {})
-    _decode_requests(doc, batch)
+    if host is not None and not (isinstance(host, str) and len(host) <= MAX_LABEL):
+        raise MalformedBatch("invalid host name (not text, or over 512 characters)")
+    batch = Batch(id=doc["id"], service=clean(doc["service"]), host=None if host is None else clean(host),
+                  pid=pid if type(pid) is int and 0 <= pid <= INT32 else None)
+    if doc.get("sdk") is not None:
+        try:
+            batch.sdk = msgspec.convert(doc["sdk"], schema.SdkReport)
+        except msgspec.ValidationError:
+            batch.rejects["sdk", "bad_self_report"] += 1
+    return batch
 
-    cache = _rows(doc, "cache", {"minute": _NUM, "cache": (str,), "namespace": _OPT_STR, "hits": (int,),
-                                 "misses": (int,), "lookups_timed": (int,), "lookup_ms_sum": _NUM}, batch, "minute")
-    if cache:
-        df = pd.DataFrame(cache, columns=["minute", "cache", "namespace", "hits", "misses", "lookups_timed",
-                                          "lookup_ms_sum", "lookup_ms_max"])
+
+def decode(payload: bytes, limits: Limits = Limits(), now: float | None = None) -> Batch:
+    """Parse and validate one batch; times must fall in `limits`' window around `now` (the clock's)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBatch(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise MalformedBatch("not a JSON object")
+    batch = _header(doc)
+    lo, hi = limits.window(time.time() if now is None else now)
+    _decode_requests(doc, batch, lo, hi)
+
+    if cache := _rows(doc, "cache", batch, lo, hi):
+        df = _frame(cache, "cache")
         df["minute"] = _minute(df)
         batch.cache = df
 
-    queries = _rows(doc, "queries", {"minute": _NUM, "database": _OPT_STR, "fingerprint": (str,),
-                                     "sample_sql": (str,), "calls": (int,), "total_ms": _NUM,
-                                     "buckets": (dict,)}, batch, "minute")
-    if queries:
-        df = pd.DataFrame(queries, columns=["minute", "database", "fingerprint", "sample_sql", "calls",
-                                            "total_ms", "min_ms", "max_ms", "buckets"])
+    if queries := _rows(doc, "queries", batch, lo, hi):
+        df = _frame(queries, "queries")
         df["minute"] = _minute(df)
-        buckets = [(m, fp, int(b), c) for m, fp, bs in zip(df["minute"], df["fingerprint"], df["buckets"])
-                   for b, c in bs.items() if str(b).lstrip("-").isdigit() and isinstance(c, int)]
-        batch.query_buckets = pd.DataFrame(buckets, columns=["minute", "fingerprint", "bucket", "count"])
+        batch.query_buckets = pd.DataFrame(
+            [(m, fp, b, c) for m, fp, bs in zip(df["minute"], df["fingerprint"], df["buckets"]) for b, c in bs.items()],
+            columns=["minute", "fingerprint", "bucket", "count"])
         batch.queries = df.drop(columns="buckets")
 
-    llm = _rows(doc, "llm", {"ts": _NUM, "model": (str,), "input_tokens": (int,), "output_tokens": (int,)}, batch, "ts")
-    negative = [r for r in llm if r["input_tokens"] < 0 or r["output_tokens"] < 0]
-    if negative:
-        batch.rejects["llm", "negative_tokens"] += len(negative)
-        llm = [r for r in llm if r["input_tokens"] >= 0 and r["output_tokens"] >= 0]
-    if llm:
-        df = pd.DataFrame(llm, columns=["ts", "provider", "model", "input_tokens", "output_tokens",
-                                        "cached_input_tokens", "request_id", "endpoint", "user", "cache_hit",
-                                        "latency_ms", "cache_write_tokens"])
+    if llm := _rows(doc, "llm", batch, lo, hi):
+        df = _frame(llm, "llm")
         df["ts"] = pd.to_datetime(df["ts"], unit="s")
-        for col in ("cached_input_tokens", "cache_write_tokens"):
-            df[col] = pd.to_numeric(df[col], errors="coerce").fillna(0).clip(lower=0).astype("int64")
+        for col in ("cached_input_tokens", "cache_write_tokens"):   # optional: None is 0 (not via float)
+            df[col] = pd.Series([v or 0 for v in df[col]], dtype="int64", index=df.index)
         df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
-        for col in ("provider", "request_id", "endpoint", "user"):
-            # From the raw rows: pandas would turn a missing string into NaN (stored as 'nan').
-            df[col] = pd.Series([None if r.get(col) is None else str(r[col])[:MAX_LABEL] for r in llm], dtype=object)
         for col in COST_COLUMNS:     # unpriced until the collector prices the batch (collectors.pricing)
             df[col] = pd.Series([None] * len(df), dtype=object)
         batch.llm = df
 
-    deploys = _rows(doc, "deploys", {"ts": _NUM, "version": (str,)}, batch, "ts")
-    if deploys:
-        df = pd.DataFrame(deploys, columns=["ts", "version"])
+    if deploys := _rows(doc, "deploys", batch, lo, hi):
+        df = _frame(deploys, "deploys")
         df["ts"] = pd.to_datetime(df["ts"], unit="s")
         batch.deploys = df
 
-    sizes = _rows(doc, "cache_sizes", {"ts": _NUM, "cache": (str,), "entries": (int,)}, batch, "ts")
-    for reason, wrong in (("negative_entries", lambda n: n < 0), ("entries_too_large", lambda n: n > MAX_ENTRIES)):
-        batch.rejects["cache_sizes", reason] += sum(wrong(r["entries"]) for r in sizes)
-        sizes = [r for r in sizes if not wrong(r["entries"])]
-    if sizes:
-        df = pd.DataFrame(sizes, columns=["ts", "cache", "entries"])
+    if sizes := _rows(doc, "cache_sizes", batch, lo, hi):
+        df = _frame(sizes, "cache_sizes")
         df["minute"] = _minute(df, "ts")
         # One row per cache and minute: the last sample (a stable sort keeps the later of equal times).
         df = df.sort_values("ts", kind="stable").drop_duplicates(["minute", "cache"], keep="last")
@@ -301,11 +317,12 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
         [(b.id, source, b.service, b.host, b.pid, b.events) for b in batches],
         columns=["batch_id", "source", "service", "host", "pid", "events"]))
-    health = [(b.service, b.host, b.pid, b.sdk.get("dropped"), b.sdk.get("send_errors")) for b in batches
-              if isinstance(b.sdk.get("dropped"), int) and isinstance(b.sdk.get("send_errors"), int)]
+    health = [(b.service, b.host, b.pid, b.sdk.dropped, b.sdk.send_errors,
+               min(sum((b.sdk.rejected or {}).values()), schema.INT64),
+               orjson.dumps(b.sdk.rejected).decode() if b.sdk.rejected else None) for b in batches if b.sdk]
     if health:
         _insert(con, "INSERT INTO sdk_health BY NAME SELECT now()::TIMESTAMP AS ts, * FROM _incoming", pd.DataFrame(
-            health, columns=["service", "host", "pid", "dropped", "send_errors"]))
+            health, columns=["service", "host", "pid", "dropped", "send_errors", "rejected", "rejected_reasons"]))
     return sum(b.events for b in batches)
 
 
