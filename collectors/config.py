@@ -28,13 +28,18 @@ to watch, with environment overrides. Every key is optional:
     target_per_query = 0.10        # USD per request (seed 003's production target)
     compute_usd_per_core_hour = 0.04   # adds CPU of the watched processes to the cost of a query
 
+    [ingest]
+    max_future = "5m"              # events timed further ahead of the collector's clock are rejected
+    max_age = "400d"               # and so are older ones (default: as long as rollups are kept)
+
 Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
 URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database);
 PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET, PERFDECK_TARGET_PER_QUERY and
-PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys."""
+PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys; PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +158,31 @@ def cost_settings(config: dict) -> CostSettings:
     target = money("target_per_query")
     return CostSettings(prices, money("daily_budget"), money("monthly_budget"),
                         TARGET_PER_QUERY_USD if target is None else target, money("compute_usd_per_core_hour"))
+
+
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def span_seconds(value, what: str) -> float:
+    """'30s', '5m', '2h', '1d' or a number -> seconds; an error naming `what` ("[ingest] max_age") otherwise."""
+    m = _SPAN.match(str(value).strip().lower())
+    if not m:
+        raise ValueError(f"{what} must be a span like 30s, 5m, 2h or 400d, got {value!r}")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+_INGEST_ENV = {"max_future": "PERFDECK_INGEST_MAX_FUTURE", "max_age": "PERFDECK_INGEST_MAX_AGE"}
+
+
+def ingest_limits(config: dict):
+    """The [ingest] table as collectors.store.schema.Limits: the window of event times accepted."""
+    from collectors.store.retention import retention_days
+    from collectors.store.schema import Limits
+
+    raw = section(config, "ingest", _INGEST_ENV)
+    future = span_seconds(raw.get("max_future", "5m"), "[ingest] max_future")
+    age = span_seconds(raw.get("max_age", f"{retention_days()['rollup']}d"), "[ingest] max_age")
+    if age <= 0:
+        raise ValueError(f"[ingest] max_age must be positive, got {raw['max_age']!r}")
+    return Limits(max_future_s=future, max_age_s=age)

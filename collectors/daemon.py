@@ -4,7 +4,13 @@ Each tick it takes pending batches from its sources, writes them with their roll
 transaction, closes the file, and only then removes them from the source. On a slower schedule it
 compacts the rollups it touched and applies retention, and every [alerts] interval it assesses health
 and advances the alerts (notifications go out on the notifier's own thread). Every job is isolated: a
-failure is logged and the loop goes on (in --once mode the first error is re-raised at the end)."""
+failure is logged and the loop goes on (in --once mode the first error is re-raised at the end).
+
+Nothing stops ingest for good: decode validates every value before the transaction, and should a write
+still fail, the batches are written one per transaction and one that fails alone MAX_WRITE_TRIES times
+is quarantined (a full disk or a locked file is waited out, never quarantined). Sampler rows wait in a
+queue until written: a failed write is retried, and rows that fail alone are dropped and counted
+without losing the others'. Each source's backlog and lag are recorded every STATUS_EVERY_S seconds."""
 from __future__ import annotations
 
 import logging
@@ -12,11 +18,14 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import duckdb
 
 from collectors.pricing import PriceBook
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
@@ -25,6 +34,7 @@ from collectors.store import connection, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact
+from collectors.store.schema import Limits
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +50,8 @@ SAMPLE_TABLES = {"system_metrics": "INSERT INTO", "redis_metrics": "INSERT INTO"
                  "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO",
                  "advisor_runs": "INSERT INTO", "index_advice": "INSERT INTO", "alert_notifications": "INSERT INTO"}
 NOTIFIER_DRAIN_S = 5.0     # at stop, how long queued alert messages may take
+MAX_WRITE_TRIES = 3        # a batch whose write fails alone this often is quarantined
+STATUS_EVERY_S = 10.0      # between two rows of each source's backlog in ingest_sources
 _UPSERT_COMPONENT = """
     INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET
@@ -69,7 +81,7 @@ class Collector:
                  max_batches_per_tx: int = MAX_BATCHES_PER_TX, samplers: list[Sampler] = (),
                  advise: list[tuple[str, str]] = (), advise_every: float = 3600.0, advise_at_start: bool = True,
                  prices: PriceBook | None = None, alerts: AlertEngine | None = None,
-                 health: Callable[[object, datetime], pd.DataFrame] | None = None):
+                 health: Callable[[object, datetime], pd.DataFrame] | None = None, limits: Limits | None = None):
         self.db = connection.db_path(db)
         quarantine_dir = Path(quarantine_dir or Path(spool_dir).parent / "quarantine")
         self.sources: list = [SpoolSource(spool_dir, quarantine_dir)]
@@ -77,6 +89,12 @@ class Collector:
             self.sources.append(RedisSource(redis_url, quarantine_dir))
         self.interval, self.compact_every, self.retention_every = interval, compact_every, retention_every
         self.max_batches_per_tx = max_batches_per_tx
+        self.limits = limits or Limits()
+        self._write_failures: dict[tuple[str, str], int] = {}   # (source, item) -> writes failed alone
+        self._split: dict[str, int] = {}    # source -> batches of a failed write still to write one at a time
+        self._next_status = 0.0
+        self._pending_samples: list = []    # taken from the samplers' queue, not yet written
+        self._notes: dict[str, Counter] = {}  # source -> what it skipped or repaired, not yet written
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_compact = self._last_retention = 0.0
         self.stop_event = threading.Event()
@@ -101,32 +119,69 @@ class Collector:
 
     # -- ingest ----------------------------------------------------------------------------------
     def ingest_source(self, source) -> Report:
-        """One transaction's worth of batches from one source."""
+        """One transaction's worth of batches from one source (one batch, after a failed write)."""
         report = Report()
-        items: list[Item] = source.fetch(self.max_batches_per_tx, MAX_BYTES_PER_TX)
-        if not items:
+        items: list[Item] = source.fetch(1 if self._split.get(source.name) else self.max_batches_per_tx,
+                                         MAX_BYTES_PER_TX)
+        notes = self._notes.setdefault(source.name, Counter())
+        notes.update(source.take_notes() if hasattr(source, "take_notes") else {})
+        if not items and not notes:
             return report
+        now = time.time()
         good, bad = [], []
         for item in items:
             try:
-                good.append((item, decode(item.payload)))
+                good.append((item, decode(item.payload, self.limits, now)))
             except MalformedBatch as exc:
                 bad.append((item, str(exc)))
         for _, batch in good:
             self.prices.price_frame(batch.llm)
-        with connection.write(self.db) as con:
-            report.events = write_batches(con, [b for _, b in good], source.name)
-            if bad:
-                con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
-                                [(source.name, item.name, reason) for item, reason in bad])
+        try:
+            with connection.write(self.db) as con:
+                report.events = write_batches(con, [b for _, b in good], source.name)
+                if bad:
+                    con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
+                                    [(source.name, item.name, reason) for item, reason in bad])
+                if notes:
+                    con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
+                                    [(kind, reason, n) for (kind, reason), n in notes.items()])
+        except Exception as exc:
+            if isinstance(exc, connection.StoreLocked | duckdb.IOException | OSError):
+                raise                            # the store or the disk, not the batches: wait it out
+            if len(good) != 1:
+                self._split[source.name] = len(items)   # the source hands them again, oldest first
+                raise
+            return self._write_failed(source, *good[0], exc)
         # Committed: now, and only now, the source may forget them.
+        notes.clear()
         source.ack([item for item, _ in good])
         for item, reason in bad:
             log.warning("quarantined %s from %s: %s", item.name, source.name, reason)
             source.quarantine(item, reason)
+        for item, _ in good:
+            self._write_failures.pop((source.name, item.name), None)
+        if self._split.get(source.name):
+            self._split[source.name] -= len(items)
         report.batches, report.quarantined = len(good), len(bad)
         self._mark_dirty([b for _, b in good])
         return report
+
+    def _write_failed(self, source, item: Item, batch, exc: Exception) -> Report:
+        """A batch whose write failed on its own: tried again next tick, quarantined after MAX_WRITE_TRIES
+        (what validation let through and the store refuses must not stop what comes after it)."""
+        key = (source.name, item.name)
+        self._write_failures[key] = tries = self._write_failures.get(key, 0) + 1
+        if tries < MAX_WRITE_TRIES:
+            raise RuntimeError(f"writing batch {item.name} failed ({tries} of {MAX_WRITE_TRIES} tries): {exc}") from exc
+        reason = f"write failed {tries} times: {type(exc).__name__}: {exc}"[:2000]
+        with connection.write(self.db) as con:
+            con.execute("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)", [source.name, item.name, reason])
+        log.error("quarantined %s from %s: %s", item.name, source.name, reason)
+        source.quarantine(item, reason)
+        del self._write_failures[key]
+        if self._split.get(source.name):
+            self._split[source.name] -= 1
+        return Report(quarantined=1)
 
     def _mark_dirty(self, batches) -> None:
         lows, highs = [], []
@@ -161,22 +216,52 @@ class Collector:
 
     # -- samplers --------------------------------------------------------------------------------
     def write_samples(self) -> int:
-        """Write what the sampler threads produced since the last tick, in one transaction."""
-        items = []
+        """Write what the sampler threads produced since the last tick, in one transaction. The rows wait
+        until written: a failed write is retried at the next tick (a sampler's baseline has moved on
+        already, its deltas exist only here); rows that fail alone are dropped and counted, so one
+        sampler's bad rows cannot lose another's."""
         while True:
             try:
-                items.append(self.samples.get_nowait())
+                item = self.samples.get_nowait()
             except queue.Empty:
                 break
-        if not items:
+            if isinstance(item, Status) or isinstance(item, Rows) and item.rows:
+                self._pending_samples.append(item)
+        if not self._pending_samples:
             return 0
+        items, self._pending_samples = self._pending_samples, []
+        try:
+            return self._write_sample_items(items)
+        except (connection.StoreLocked, duckdb.IOException, OSError):
+            self._pending_samples = items + self._pending_samples      # the store, not the rows: retry all
+            raise
+        except Exception:
+            log.exception("writing %d sample items failed; writing them one by one", len(items))
+        written, failed = 0, Counter()
+        for item in items:
+            try:
+                written += self._write_sample_items([item])
+            except (connection.StoreLocked, duckdb.IOException, OSError):
+                self._pending_samples.append(item)
+            except Exception:
+                log.exception("dropped rows for %s that the store refused", getattr(item, "table", "components"))
+                failed[getattr(item, "table", "components")] += len(getattr(item, "rows", [item]))
+        if failed:
+            with connection.write(self.db) as con:
+                con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, 'samples', ?, ?)",
+                                [(f"{table}_write_failed", n) for table, n in failed.items()])
+        return written
+
+    def _write_sample_items(self, items: list) -> int:
         by_table: dict[str, list[tuple]] = {}
-        statuses = []
+        statuses, unknown = [], Counter()
         for item in items:
             if isinstance(item, Status):
                 statuses.append(item)
-            elif isinstance(item, Rows) and item.table in SAMPLE_TABLES:
+            elif item.table in SAMPLE_TABLES:
                 by_table.setdefault(item.table, []).extend(item.rows)
+            else:
+                unknown[item.table] += len(item.rows)
         with connection.write(self.db) as con:
             for table, rows in by_table.items():
                 marks = ", ".join("?" * len(rows[0]))
@@ -185,7 +270,21 @@ class Collector:
                 con.execute(_UPSERT_COMPONENT, [st.component, st.kind, st.target, "up" if st.up else "down",
                                                 st.checked_at, st.checked_at if st.up else None, st.checked_at,
                                                 st.error])
+            if unknown:
+                log.error("samplers produced rows for tables the daemon does not write: %s", dict(unknown))
+                con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, 'samples', ?, ?)",
+                                [(f"unknown_table:{table}", n) for table, n in unknown.items()])
         return sum(len(r) for r in by_table.values())
+
+    def record_source_status(self) -> None:
+        """Each source's backlog and lag, and by the row itself that this collector is alive."""
+        rows = []
+        for source in self.sources:
+            status = source.status() if hasattr(source, "status") else {}
+            rows.append((source.name, *(status.get(k) for k in ("pending", "oldest_pending_s", "stream_length",
+                                                                 "stream_pending", "error"))))
+        with connection.write(self.db) as con:
+            con.executemany("INSERT INTO ingest_sources VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?)", rows)
 
     # -- index advisor ---------------------------------------------------------------------------
     def start_advisor(self, *, wait: bool = False) -> None:
@@ -272,6 +371,7 @@ class Collector:
             t.run_once()
         self._isolated("advisor", self.start_advisor, wait=True)
         self._isolated("samples", self.write_samples)
+        self._isolated("source status", self.record_source_status)
         self._isolated("compaction", self.compact)
         self._isolated("retention", self.retention)
         if self.alerts is not None:
@@ -297,6 +397,9 @@ class Collector:
             if report.batches:
                 log.debug("ingested %d batches, %d events", report.batches, report.events)
             now = time.monotonic()
+            if now >= self._next_status:
+                self._isolated("source status", self.record_source_status)
+                self._next_status = now + STATUS_EVERY_S
             if now - self._last_compact >= self.compact_every:
                 self._isolated("compaction", self.compact)
                 self._last_compact = now

@@ -198,7 +198,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
                               advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
                               advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file),
-                              alerts=alerts, health=health)
+                              alerts=alerts, health=health, limits=config.ingest_limits(cfg))
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         collector_thread.start()
         if dashboard:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 import time
 from collections import Counter
@@ -119,7 +120,7 @@ def _tags(tags, n: int, keep: np.ndarray, batch: Batch) -> pa.Array:
         raise MalformedBatch(f"requests.tags: expected a list of {n} values")
     out = []
     for i, t in enumerate(tags):
-        text = None if t is None or not isinstance(t, dict) else clean(orjson.dumps(t).decode())
+        text = orjson.dumps(_inert(t)).decode() if isinstance(t, dict) else None
         reason = ("bad_tags" if t is not None and text is None else
                   "tags_too_long" if text is not None and len(text) > MAX_TAGS_BYTES else None)
         if reason:
@@ -128,6 +129,17 @@ def _tags(tags, n: int, keep: np.ndarray, batch: Batch) -> pa.Array:
             keep[i], text = False, None
         out.append(text)
     return pa.array(out, pa.string())
+
+
+def _inert(value):
+    """A tags value with every string in it made inert (schema.clean), keys included."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(str(k)): _inert(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_inert(v) for v in value]
+    return value
 
 
 def _drop(keep: np.ndarray, bad: np.ndarray, batch: Batch, reason: str) -> None:
@@ -243,7 +255,7 @@ def _header(doc: dict) -> Batch:
     return batch
 
 
-def decode(payload: bytes, limits: Limits = Limits(), now: float | None = None) -> Batch:
+def decode(payload: bytes, limits: Limits | None = None, now: float | None = None) -> Batch:
     """Parse and validate one batch; times must fall in `limits`' window around `now` (the clock's)."""
     try:
         doc = orjson.loads(payload)
@@ -252,7 +264,7 @@ def decode(payload: bytes, limits: Limits = Limits(), now: float | None = None) 
     if not isinstance(doc, dict):
         raise MalformedBatch("not a JSON object")
     batch = _header(doc)
-    lo, hi = limits.window(time.time() if now is None else now)
+    lo, hi = (limits or Limits()).window(time.time() if now is None else now)
     _decode_requests(doc, batch, lo, hi)
 
     if cache := _rows(doc, "cache", batch, lo, hi):
@@ -362,7 +374,14 @@ def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> Non
         """)
         con.execute("DROP TABLE _incoming_groups")
     finally:
-        con.unregister("_incoming_requests")
+        _unregister(con, "_incoming_requests")
+
+
+def _unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered view; after a failed statement the aborted transaction refuses that too, and its
+    error would hide the one that says what went wrong."""
+    with contextlib.suppress(duckdb.Error):
+        con.unregister(name)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, sql: str, df, params=()) -> None:
@@ -371,7 +390,7 @@ def _insert(con: duckdb.DuckDBPyConnection, sql: str, df, params=()) -> None:
     try:
         con.execute(sql, list(params))
     finally:
-        con.unregister("_incoming")
+        _unregister(con, "_incoming")
 
 
 def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
@@ -428,4 +447,4 @@ def _write_cache_sizes(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
             WHERE NOT EXISTS (SELECT 1 FROM cache_sizes AS s WHERE {key})
         """, [b.service, b.host, b.service, b.host])
     finally:
-        con.unregister("_incoming")
+        _unregister(con, "_incoming")

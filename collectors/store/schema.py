@@ -115,7 +115,7 @@ class Limits:
         return now - self.max_age_s, now + self.max_future_s
 
 
-_FIELD = re.compile(r"at `\$\.(\w+)|missing required field `(\w+)`")
+_FIELD = re.compile(r"`\$\.(\w+)|missing required field `(\w+)`")
 
 
 def reject_reason(error: msgspec.ValidationError, time_field: str) -> str:
