@@ -21,6 +21,8 @@ from collectors.sdk.batch import encode
 from collectors.sdk.transport.redis import STREAM, RedisTransport
 from collectors.sdk.transport.spool import SUFFIX, SpoolTransport
 from collectors.sources import STALE_TMP_S, RedisSource, SpoolSource
+from dashboard.actions import make_preview, run_action
+from dashboard.actions.redis_actions import FlushDatabase
 from tests.helpers import count, query
 
 EVENTS = 10          # request events per test batch
@@ -322,3 +324,28 @@ def test_entries_deleted_before_ingest_are_counted_not_quarantined(own_redis, tm
     assert restarted.take_notes() == Counter({("stream", "deleted_before_ingest"): 1})
     assert client.xpending(STREAM, RedisSource.GROUP)["pending"] == 0
     client.close()
+
+
+@pytest.mark.redis
+def test_flush_database_preview_counts_the_unread_batches_it_loses(own_redis, tmp_path, monkeypatch,
+                                                                   migrated_store, operator):
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "absent.toml"))
+    url = f"redis://127.0.0.1:{own_redis.port}/2"
+    monkeypatch.setenv("PERFDECK_REDIS_URLS", f"queue={url},cache=redis://127.0.0.1:{own_redis.port}/3")
+    source = RedisSource(url, tmp_path / "q")
+    send(url, 3)
+    assert len(source.fetch(1, 1 << 20)) == 1      # one delivered and not yet committed: unread all the same
+    action = FlushDatabase()
+    assert make_preview(action, {"target": "cache"})[1].warnings == []
+
+    params, preview = make_preview(action, {"target": "queue"})
+    assert preview.warnings == [f"this database holds perfdeck's transport stream {STREAM}: 3 batches wait in it "
+                                "unread by the collector; flushing loses them"]
+    run_action(action, params, preview, actor=operator, confirmation="queue", db=migrated_store)
+
+    send(url)                                       # the collector reading that database goes on
+    assert len(source.fetch(10, 1 << 20)) == 1
+    assert source.take_notes() == Counter({("stream", "group_recreated"): 1})
+    _, preview = make_preview(action, {"target": "queue"})
+    assert preview.warnings == [f"this database holds perfdeck's transport stream {STREAM}: 1 batch waits in it "
+                                "unread by the collector; flushing loses it"]

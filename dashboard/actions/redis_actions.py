@@ -10,7 +10,9 @@ it by name and redacted URL, any other Redis error one ActionError line.
   during a batch lands after it: only whole batches are ever removed. Patterns need a literal prefix
   (a pattern matching everything is Flush database's job, with its own confirmation) and may not reach
   perfdeck's own keys (perfdeck:*).
-- FlushDatabase is FLUSHDB ASYNC on the URL's database, confirmed by typing the target's name.
+- FlushDatabase is FLUSHDB ASYNC on the URL's database, confirmed by typing the target's name. When
+  perfdeck's transport stream lives there, the preview says how many batches wait in it unread: the
+  flush loses them (the collector recreates the stream and its group afterwards).
 - BumpCacheVersion INCRs the version key the SDK's cached() reads (collectors.integrations.redis):
   every process re-reads it within ~2 s and from then on reads and writes keys of the new version.
 """
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 import redis
 
 from collectors.integrations.redis import bump_cache_version, version_key
+from collectors.sdk.transport.redis import STREAM
 from dashboard.actions import targets
 from dashboard.actions.framework import (
     Action,
@@ -42,7 +45,6 @@ BATCH = 500                # keys per MEMORY USAGE + UNLINK pipeline, and betwee
 SAMPLE_KEYS = 20           # sample keys shown in a delete preview
 MAX_PATTERN = 200
 OWN_PREFIX = "perfdeck:"   # the SDK's stream and the cache version keys live here
-STREAM_KEY = "perfdeck:batches"
 HELP_SCAN_CALLS = 20       # bounds the SCAN behind the cache field's help (it runs on every page render)
 _CACHE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _WILDCARDS = "*?["
@@ -201,6 +203,15 @@ class DeleteKeys(_RedisAction):
             yield batch
 
 
+def _stream_warning(unread: int) -> str:
+    if not unread:
+        return (f"this database holds perfdeck's transport stream {STREAM}; no batch waits in it now "
+                "(the collector recreates it after the flush)")
+    batches, them = ("1 batch waits", "it") if unread == 1 else (f"{unread:,} batches wait", "them")
+    return (f"this database holds perfdeck's transport stream {STREAM}: {batches} in it unread by the collector; "
+            f"flushing loses {them}")
+
+
 class FlushDatabase(_RedisAction):
     name = "redis.flush_db"
     title = "Flush database"
@@ -217,9 +228,9 @@ class FlushDatabase(_RedisAction):
         target = params["target"]
         with _client(target) as client:
             keys, used, db = client.dbsize(), client.info("memory")["used_memory"], _db_of(client)
-            holds_stream = bool(client.exists(STREAM_KEY))
-        warnings = ([f"this database holds perfdeck's own stream ({STREAM_KEY}); flushing it loses unsent batches"]
-                    if holds_stream else [])
+            # Acknowledged batches are deleted from the stream: its length is what the collector has not ingested.
+            unread = client.xlen(STREAM) if client.type(STREAM) == b"stream" else None
+        warnings = [] if unread is None else [_stream_warning(unread)]
         return Preview(
             summary=f"Remove all {keys:,} keys of database {db} of {target} (the server uses {megabytes(used)} in all)",
             statements=["FLUSHDB ASYNC"], rows=[{"db": db, "keys": keys, "used_memory": used}], count=keys,
