@@ -30,7 +30,8 @@ from dashboard.actions.redis_actions import BumpCacheVersion, DeleteKeys, FlushD
 from tests.helpers import query
 
 REPO = Path(__file__).resolve().parent.parent
-STREAM_WARNING = "this database holds perfdeck's own stream (perfdeck:batches); flushing it loses unsent batches"
+STREAM_WARNING = ("this database holds perfdeck's transport stream perfdeck:batches: 1 batch waits in it unread "
+                  "by the collector; flushing loses it")
 
 
 @pytest.fixture(autouse=True)
