@@ -95,14 +95,14 @@ class Flusher:
         drained = {name: _drain(getattr(api, name)) for name in
                    ("requests", "cache_lookups", "llm_calls", "queries", "deploys")}
         if any(drained.values()) or sizes or api.dropped:
+            while len(self.backlog) >= BACKLOG:    # make room first: the new batch then reports this loss too
+                self.dropped_batches_events += self.backlog.popleft()[2]
             self.backlog.append(encode(
                 service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(),
                 requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
                 queries=drained["queries"], deploys=drained["deploys"], cache_sizes=sizes,
                 dropped=api.dropped + self.dropped_batches_events, send_errors=self.send_errors,
             ))
-        while len(self.backlog) > BACKLOG:
-            self.dropped_batches_events += self.backlog.popleft()[2]
         while self.backlog:
             batch_id, payload, _ = self.backlog[0]
             try:
