@@ -247,7 +247,7 @@ def end_to_end(events: list, batch: int, spool: Path) -> dict:
             service=f.service, host=f.host, pid=f.pid, sent_at=api.clock(),
             requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
             queries=drained["queries"], deploys=drained["deploys"],
-            dropped=api.dropped, send_errors=f.send_errors)
+            dropped=api.dropped, send_errors=f.send_errors, rejected=f.rejected)
         t4 = time.thread_time()
         f.transport.send(batch_id, payload)
         t5 = time.thread_time()

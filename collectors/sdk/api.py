@@ -3,7 +3,10 @@ exception ever escapes. Each appends one tuple to a bounded list; the flusher th
 (collectors.sdk.flusher) drains, aggregates and ships them.
 
 Draining takes `buf[:n]` then `del buf[:n]`, each atomic under the GIL, so an append that races a
-drain lands in the next batch instead of being lost."""
+drain lands in the next batch instead of being lost.
+
+Values are stored as given, not checked: the flusher checks them while encoding (collectors.sdk.batch)
+and counts what the collector would refuse in stats()["rejected"]."""
 from __future__ import annotations
 
 import functools
@@ -89,7 +92,7 @@ def record_query(sql: str, duration_ms: float, database: str | None = None) -> N
 def mark_deploy(version: str) -> None:
     """Mark that this service now runs `version`; drawn on every time chart."""
     try:
-        deploys.append((clock(), str(version)))
+        deploys.append((clock(), version))    # made text on the flusher: a str() that raises is counted there
     except Exception:
         pass
 

@@ -7,6 +7,7 @@ import os
 import threading
 
 from collectors.sdk import api
+from collectors.sdk.checks import MAX_LABEL
 from collectors.sdk.flusher import Flusher
 from collectors.sdk.transport import from_url
 
@@ -33,15 +34,17 @@ def configure(service: str | None = None, transport: str | None = None, flush_in
     global _flusher
     try:
         with _lock:
+            service = service or os.environ.get("PERFDECK_SERVICE") or _default_service()
+            if not isinstance(service, str) or len(service) > MAX_LABEL:   # the collector would refuse every batch
+                raise ValueError(f"service must be a name of 1 to {MAX_LABEL} characters")
             if _flusher is not None:
                 _flusher.stop(timeout=5.0)
-            service = service or os.environ.get("PERFDECK_SERVICE") or _default_service()
             url = transport or os.environ.get("PERFDECK_TRANSPORT") or "spool:data/spool"
             _settings.update(service=service, transport=url, flush_interval=flush_interval,
                              max_buffer=max_buffer, clock=clock, control=control)
             _start()
     except Exception:
-        log.exception("perfdeck: configure failed; recording stays off")
+        log.exception("perfdeck: configure failed")
 
 
 def _default_service() -> str:
@@ -77,13 +80,15 @@ def shutdown(timeout: float = 5.0) -> bool:
 
 
 def stats() -> dict:
-    """What the SDK knows about itself: buffered and dropped events, transport errors."""
+    """What the SDK knows about itself: buffered and dropped events, transport errors, and what it
+    left out of its batches because the collector would refuse it ({"kind:reason": count})."""
     f = _flusher
     return {
         "configured": f is not None,
         "buffered": sum(len(getattr(api, n)) for n in ("requests", "cache_lookups", "llm_calls", "queries")),
         "dropped": api.dropped + (f.dropped_batches_events if f else 0),
         "send_errors": f.send_errors if f else 0,
+        "rejected": dict(f.rejected) if f else {},     # one C-level copy: safe while the flusher counts
         "transport": repr(f.transport) if f else None,
         "control_commands": f.control.commands_run if f and f.control else 0,
     }

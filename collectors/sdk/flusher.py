@@ -1,6 +1,7 @@
 """The background flusher: every `interval` seconds it drains the record buffers, encodes one batch
 and hands it to the transport. A failing transport costs the host app nothing: unsent batches wait
-in a small bounded backlog, and past it they are dropped and counted.
+in a small bounded backlog, and past it they are dropped and counted. Events whose values the
+collector would refuse are left out while encoding (collectors.sdk.batch) and counted in `rejected`.
 
 The same thread polls the control channel (collectors.sdk.control: "clear cache X") once a tick,
 after flushing, at least every CONTROL_TICK_S even when batches go out less often, so a broadcast
@@ -18,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 from collectors.sdk import api
 from collectors.sdk.batch import encode
@@ -45,6 +46,7 @@ class Flusher:
         self.backlog: deque[tuple[str, bytes, int]] = deque()
         self.send_errors = 0
         self.dropped_batches_events = 0
+        self.rejected: Counter[str] = Counter()   # "kind:reason" -> events (or values) left out, cumulative
         self._sized: dict[str, int] = {}       # cache -> the clock minute it was last measured
         self._size_warned: set[int] = set()    # ids of registered size() functions already logged
         self._wake = threading.Event()
@@ -97,12 +99,17 @@ class Flusher:
         if any(drained.values()) or sizes or api.dropped:
             while len(self.backlog) >= BACKLOG:    # make room first: the new batch then reports this loss too
                 self.dropped_batches_events += self.backlog.popleft()[2]
-            self.backlog.append(encode(
-                service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(),
-                requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
-                queries=drained["queries"], deploys=drained["deploys"], cache_sizes=sizes,
-                dropped=api.dropped + self.dropped_batches_events, send_errors=self.send_errors,
-            ))
+            try:
+                self.backlog.append(encode(
+                    service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(),
+                    requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
+                    queries=drained["queries"], deploys=drained["deploys"], cache_sizes=sizes,
+                    dropped=api.dropped + self.dropped_batches_events, send_errors=self.send_errors,
+                    rejected=self.rejected,
+                ))
+            except Exception:   # encode() isolates each kind and event; should that fail, still count the loss
+                log.exception("perfdeck: encoding a batch failed")
+                self.rejected["batch:encode_error"] += sum(map(len, drained.values())) + len(sizes)
         while self.backlog:
             batch_id, payload, _ = self.backlog[0]
             try:
