@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import shutil
 import subprocess
 import time
@@ -304,6 +305,26 @@ def test_batches_a_full_stream_refuses_wait_in_the_backlog_then_are_dropped_and_
     endpoints = [e for b in sent for e in b.requests.column("endpoint").to_pylist()]
     assert endpoints == [f"/r{i}" for i in range(waiting - BACKLOG, waiting)]
     assert sent[-1].sdk.dropped == waiting - BACKLOG      # the loss reaches the store
+
+
+# -- forked children ---------------------------------------------------------------------------------------
+
+def _record_in_child(how: str) -> None:
+    for i in range(50):
+        sdk.record_request("/child", float(i))
+    if how == "raises":
+        raise RuntimeError("the child's work failed")
+
+
+@pytest.mark.parametrize("how, exitcode", [("returns", 0), ("raises", 1)])
+def test_a_multiprocessing_fork_child_sends_its_events_when_it_ends(spool, how, exitcode):
+    sdk.configure(service="api", transport=f"spool:{spool}", flush_interval=60, control=False)
+    child = multiprocessing.get_context("fork").Process(target=_record_in_child, args=(how,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == exitcode
+    [b] = [decode(p) for p in payloads(spool)]
+    assert b.pid == child.pid and b.requests.column("endpoint").to_pylist() == ["/child"] * 50
 
 
 # -- a property: whatever the app records ---------------------------------------------------------------

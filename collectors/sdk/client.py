@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 
 from collectors.sdk import api
@@ -15,6 +16,7 @@ log = logging.getLogger("perfdeck.sdk")
 _lock = threading.Lock()
 _flusher: Flusher | None = None
 _settings: dict = {}
+EXIT_FLUSH_S = 2.0   # how long a multiprocessing child waits for its last flush before it exits
 
 
 def configure(service: str | None = None, transport: str | None = None, flush_interval: float = 1.0,
@@ -27,6 +29,13 @@ def configure(service: str | None = None, transport: str | None = None, flush_in
     clock:     a time.time replacement, for replaying history (the demo's backfill uses it).
     control:   listen on the transport for "clear cache" broadcasts from the dashboard (see
                register_cache); False opts out: nothing is polled and no presence is announced.
+
+    Forking servers need nothing more: a child made by fork() starts with empty buffers and a flusher
+    of its own, and sends what it recorded when it exits. A multiprocessing child (fork context) ends
+    with os._exit(), which skips atexit, once its run() returns or raises; the child is therefore set
+    up to flush (for up to EXIT_FLUSH_S) from multiprocessing's own exit finalizers, which run just
+    before that. What cannot be caught: a process that calls os._exit() itself, or is killed, loses
+    what it recorded since its last flush (at most one flush_interval of events), and nothing counts them.
 
     >>> from collectors import sdk
     >>> sdk.configure(service="api", transport="spool:data/spool")
@@ -103,9 +112,26 @@ def _after_fork_in_child() -> None:
     if _flusher is not None:
         try:
             _start()
+            _flush_when_multiprocessing_child_ends()
         except Exception:
             _flusher = None
             api.max_buffer = 0
+
+
+def _flush_when_multiprocessing_child_ends() -> None:
+    # A multiprocessing child runs multiprocessing.util._exit_function (its Finalize callbacks) and then
+    # os._exit(). Its bootstrap clears the finalizers registered before it, then runs the after-fork
+    # hooks: so the finalizer is registered from such a hook. A child of multiprocessing has the module
+    # loaded already; when it is not, this is no such child and nothing is imported.
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_flusher, _register_exit_flush)
+
+
+def _register_exit_flush(_flusher_of_this_child) -> None:
+    from multiprocessing import util
+    # exitpriority below the app's own finalizers (>= 0 run first): those may still record something.
+    util.Finalize(None, flush, args=(EXIT_FLUSH_S,), exitpriority=-100)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
