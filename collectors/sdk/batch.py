@@ -25,17 +25,18 @@ Arrow without a Python loop. Times are UTC epoch
 seconds; `minute` is the epoch second a UTC minute starts. Every kind is optional, so a key added later
 (like "cache_sizes") leaves older batches valid, and older collectors ignore it.
 
-Everything in a batch fits what the collector accepts (the limits are in collectors.sdk.checks). The
-flusher's events are checked here, on its thread, never on the record call's path: an event with a
-value that does not fit (a NaN, negative or day-long duration, tokens that are not an int in
-0..10**9, a label over 512 characters, a time that is no timestamp...) is left out and counted in
-"rejected" by kind and reason ("queries:bad_duration", "llm:bad_input_tokens",
-"requests:label_too_long"). An optional value that does not fit (an LLM call's latency_ms, a cache
-lookup's lookup_ms) is sent as null and counted ("llm:bad_latency_ms"), and its event is kept: those
-reasons, in CLEARED, count values, not events. An event that cannot be encoded at all (an object whose
-str() raises) costs only itself: "<kind>:encode_error". dropped, send_errors and rejected are
-cumulative per process. The JSON never holds NaN or Infinity, and text that is not valid Unicode
-(lone surrogates) is sent with "?" in their place."""
+Everything the flusher sends fits what the collector accepts (the limits are in collectors.sdk.checks;
+only the collector knows how far from its own clock a time may be). The events are checked here, on
+the flusher's thread, never on the record call's path: an event with a value that does not fit (a
+NaN, negative or day-long duration, tokens that are not an int in 0..10**9, a label over 512
+characters, a time that is no timestamp...) is left out and counted in "rejected" by kind and reason
+("queries:bad_duration", "llm:bad_input_tokens", "requests:label_too_long"). An optional value that
+does not fit (an LLM call's latency_ms, a cache lookup's lookup_ms) is sent as null and counted
+("llm:bad_latency_ms"), and its event is kept: those reasons, in CLEARED, count values, not events.
+An event that cannot be encoded at all (an object whose str() raises) costs only itself:
+"<kind>:encode_error". dropped, send_errors and rejected are cumulative per process. The JSON never
+holds NaN or Infinity, and text that is not valid Unicode (lone surrogates) is sent with "?" in their
+place."""
 from __future__ import annotations
 
 import base64

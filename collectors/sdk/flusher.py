@@ -14,7 +14,6 @@ other than a count is skipped (that minute) and logged once."""
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import socket
 import threading
@@ -23,12 +22,12 @@ from collections import Counter, deque
 
 from collectors.sdk import api
 from collectors.sdk.batch import encode
+from collectors.sdk.checks import MAX_COUNT, count
 from collectors.sdk.control import size_functions
 
 log = logging.getLogger("perfdeck.sdk")
 BACKLOG = 16  # encoded batches kept for retry while the transport is down
 CONTROL_TICK_S = 1.0  # the control channel is polled at least this often
-MAX_ENTRIES = 2**63 - 1  # the store's BIGINT
 
 
 def _drain(buf: list) -> list:
@@ -138,7 +137,7 @@ class Flusher:
                     continue
                 self._sized[name] = minute
                 counts = [self._entries(name, fn) for fn in fns]
-                if None not in counts and sum(counts) <= MAX_ENTRIES:
+                if None not in counts and sum(counts) <= MAX_COUNT:
                     samples.append((now, name, sum(counts)))
             return samples
         except Exception:
@@ -152,7 +151,7 @@ class Flusher:
         except Exception as exc:
             problem = f"raised {type(exc).__name__}: {exc}"
         else:
-            n = _count(value)
+            n = count(value)       # an int (or numpy integer) in range; not a bool, 3.0 nor "3"
             if n is not None:
                 return n
             shown = value if type(value) is int else f"a {type(value).__name__}"   # no str() of app objects
@@ -188,17 +187,6 @@ class Flusher:
         except Exception:
             pass
         return ok
-
-
-def _count(value) -> int | None:
-    """A number of entries: an int (or numpy integer) in 0..MAX_ENTRIES; not a bool, 3.0 nor "3"."""
-    if isinstance(value, bool):
-        return None
-    try:
-        n = operator.index(value)
-    except TypeError:
-        return None
-    return n if 0 <= n <= MAX_ENTRIES else None
 
 
 def _listener(transport, service: str, host: str, pid: int):
