@@ -192,7 +192,8 @@ def test_negative_token_counts_are_dropped_and_counted(store, spool):
     sdk.record_llm_call("gpt-4o", 5, 10, provider="openai")
     ingest(store, spool)
     assert count(store, "llm_calls") == 1
-    assert query(store, "SELECT sum(count) FROM ingest_rejects WHERE reason = 'input_tokens_out_of_range'")[0][0] == 1
+    # The SDK leaves it out of the batch and says so; the collector stores what it said.
+    assert query(store, "SELECT rejected, rejected_reasons->>'llm:bad_input_tokens' FROM sdk_health") == [(1, "1")]
 
 
 def test_reprice_prices_what_was_unpriced_and_leaves_the_rest(store, spool, tmp_path, monkeypatch):
