@@ -95,6 +95,7 @@ class Collector:
         self._next_status = 0.0
         self._pending_samples: list = []    # taken from the samplers' queue, not yet written
         self._notes: dict[str, Counter] = {}  # source -> what it skipped or repaired, not yet written
+        self._last_failure: dict[str, str] = {}   # job -> its last error, while it keeps failing
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_compact = self._last_retention = 0.0
         self.stop_event = threading.Event()
@@ -356,11 +357,18 @@ class Collector:
 
     def _isolated(self, what: str, fn, *args, default=None, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:
-            log.exception("%s failed", what)
+            # A target that stays down fails the same way every tick: one traceback, then one line each.
+            if self._last_failure.get(what) == str(exc):
+                log.warning("%s failed again: %s", what, exc)
+            else:
+                log.exception("%s failed", what)
+            self._last_failure[what] = str(exc)
             self._errors.append(f"{what}: {exc}")
             return default
+        self._last_failure.pop(what, None)
+        return result
 
     # -- schedules -------------------------------------------------------------------------------
     def run_once(self) -> Report:

@@ -236,7 +236,10 @@ class RedisSource:
         self.name = f"redis:{stream}"
         self._own_pending_done = False
         self._notes: Counter = Counter()
-        self._ensure_group()
+        try:
+            self._ensure_group()
+        except redis.ConnectionError as exc:   # the spool and the samplers go on; fetch creates it later
+            log.warning("Redis for %s is not answering (%s); will keep trying", self.stream, exc)
 
     def _ensure_group(self) -> bool:
         """Create the group (and the stream) unless it exists; whether this call created it."""

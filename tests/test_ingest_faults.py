@@ -218,3 +218,18 @@ def test_decode_keeps_the_sdk_self_report_and_refuses_a_broken_one():
     _, payload = raw_batch(sdk={"dropped": "many", "send_errors": 0})
     batch = decode(payload)
     assert batch.sdk is None and batch.rejects == {("sdk", "bad_self_report"): 1}
+
+
+def test_a_collector_started_while_its_redis_is_down_still_ingests_the_spool(store, spool):
+    import socket
+
+    with socket.socket() as s:                       # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    SpoolTransport(spool).send(*good_batch(5))
+    collector = Collector(store, spool_dir=spool, redis_url=f"redis://127.0.0.1:{dead}/0")
+    with pytest.raises(RuntimeError, match="ingest from redis"):
+        collector.run_once()                         # says the stream failed...
+    assert count(store, "request_events") == 5       # ...and the spool landed all the same
+    [(source, error)] = query(store, "SELECT source, error FROM ingest_sources WHERE source LIKE 'redis:%'")
+    assert "Connection" in error
