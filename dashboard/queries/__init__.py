@@ -58,6 +58,17 @@ from dashboard.queries.database import (
 from dashboard.queries.health import health_checks, health_measurements
 from dashboard.queries.host import host_disks, host_over_time, hosts, processes_latest, processes_over_time
 from dashboard.queries.latency import endpoint_percentiles, latency_over_time
+from dashboard.queries.pipeline import (
+    collector_rejects,
+    ingest_sources,
+    last_batches,
+    quarantine_counts,
+    quarantined_batches,
+    sdk_losses,
+    sdk_reject_reasons,
+    service_losses,
+    source_notes,
+)
 from dashboard.queries.samplers import component_status
 from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_time
 
@@ -77,6 +88,7 @@ __all__ = [
     "budget_status",
     "cache_actions",
     "cache_savings",
+    "collector_rejects",
     "component_status",
     "compare_windows",
     "compute_costs",
@@ -101,6 +113,8 @@ __all__ = [
     "index_findings",
     "index_recommendations",
     "index_verification",
+    "ingest_sources",
+    "last_batches",
     "latency_over_time",
     "model_usage",
     "notification_log",
@@ -108,6 +122,8 @@ __all__ = [
     "pg_top_statements",
     "processes_latest",
     "processes_over_time",
+    "quarantine_counts",
+    "quarantined_batches",
     "redis_namespaces",
     "redis_over_time",
     "redis_slowlog",
@@ -117,9 +133,13 @@ __all__ = [
     "request_cost_overall",
     "request_costs",
     "run_query",
+    "sdk_losses",
+    "sdk_reject_reasons",
     "sdk_top_queries",
     "seq_scan_tables",
+    "service_losses",
     "services",
+    "source_notes",
     "totals",
     "traffic_over_time",
     "unpriced_models",
