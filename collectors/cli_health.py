@@ -1,5 +1,5 @@
 """`perfdeck health`: the current health in a terminal, and a performance gate for CI/CD (exit code 2
-when a check is at or beyond --fail-on)."""
+when a check is at or beyond --fail-on, or when nothing could be judged)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import math
 import click
 
 from collectors.cli_options import CONTEXT, db_option, reading
-from collectors.health import SEVERITIES, severity_rank, target
+from collectors.health import SEVERITIES, UNKNOWN, severity_rank, target
 
 EXIT_FAIL = 2
 SHOWN_REASONS = 3
@@ -51,10 +51,11 @@ def _records(df) -> list[dict]:
 @click.option("--fail-on", type=click.Choice(SEVERITIES[1:]), default="critical", show_default=True,
               help="Exit with code 2 when any check is at least this severe.")
 def health(db, window, config_path, as_json, fail_on) -> None:
-    """Health of every measured thing (endpoints, jobs, caches, hosts, cost, components) over the last
-    window, against the thresholds (packaged defaults, thresholds.toml, PERFDECK_<NAME>_<LEVEL>).
+    """Health of every measured thing (endpoints, jobs, caches, hosts, cost, components, ingest) over the
+    last window, against the thresholds (packaged defaults, thresholds.toml, PERFDECK_<NAME>_<LEVEL>).
     Prints the overall status, each component's, then the checks that are not healthy. Exits 2 when a
-    check is at or beyond --fail-on (critical by default), so it can gate a deploy."""
+    check is at or beyond --fail-on (critical by default), so it can gate a deploy; also when nothing
+    could be judged (UNKNOWN): a gate that sees no data cannot vouch for anything."""
     import duckdb
 
     from collectors import config
@@ -86,9 +87,8 @@ def health(db, window, config_path, as_json, fail_on) -> None:
             "components": _records(per_component), "checks": _records(checks)}, indent=1, ensure_ascii=False))
     else:
         minutes = f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
-        click.echo(f"{status.upper()}: {len(checks)} checks over the last {minutes} to {now:%Y-%m-%d %H:%M:%S} UTC")
-        if checks.empty:
-            click.echo("  nothing had enough data in the window to be judged")
+        counted = f"{len(checks)} check" + ("" if len(checks) == 1 else "s")
+        click.echo(f"{status.upper()}: {counted} over the last {minutes} to {now:%Y-%m-%d %H:%M:%S} UTC")
         for reason in reasons[:SHOWN_REASONS]:
             click.echo(f"  {reason}")
         if len(reasons) > SHOWN_REASONS:
@@ -102,5 +102,5 @@ def health(db, window, config_path, as_json, fail_on) -> None:
             click.echo("\nnot healthy:")
             click.echo("\n".join(_rows([(r.severity, r.check, target(r.service, r.subject), r.message)
                                         for r in unhealthy.itertuples()])))
-    if severity_rank(status) >= severity_rank(fail_on):
+    if status == UNKNOWN or severity_rank(status) >= severity_rank(fail_on):
         click.get_current_context().exit(EXIT_FAIL)

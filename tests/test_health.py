@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from helpers import clear_health_env
 from seed_cost import EVENT_COLUMNS, event
 from seed_health import EXPECTED, seed_health, spend
+from seed_pipeline import seed_pipeline
 
 from collectors.cli_health import health
 from collectors.health import ASSESSED_COLUMNS
@@ -157,10 +158,10 @@ def test_components_and_overall(seeded):
                                         "disk use of web-1:/ 96 % > 95 % critical", "redis queue is down"])
 
 
-def test_nothing_to_judge_is_healthy_without_reasons():
+def test_nothing_to_judge_is_unknown_not_healthy():
     empty = assess(pd.DataFrame(columns=["check", "service", "subject", "value", "samples"]), load_thresholds())
     assert list(empty.columns) == ASSESSED_COLUMNS and empty.empty
-    assert overall(empty) == ("healthy", [])
+    assert overall(empty) == ("unknown", ["nothing had enough data in the window to be judged"])
     assert components(empty).empty
 
 
@@ -277,3 +278,142 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert f"Error: {broken}: [request_p95_ms]: warning 5000 must lie between" in result.output
     result = run("--db", str(tmp_path / "s.duckdb"), "--window", "soon")
     assert result.exit_code == 1 and "'soon' is not a span like 5m" in result.output
+
+
+# -- the ingest pipeline: silence, losses, sources ---------------------------------------------------------
+
+# What health_measurements gives for seed_pipeline's window, after everything else (none of it seeded).
+INGEST_EXPECTED = [
+    ("no_data_s", "shop-api", "shop-api", 10.0), ("no_data_s", "worker", "worker", 1200.0),   # legacy: 2 days, retired
+    ("sdk_dropped_events", "shop-api", "shop-api", 24.0),
+    ("rejected_rows", "shop-api", "shop-api", 10.0),                 # 3 refused by its SDKs + 7 by the collector
+    ("quarantined_batches", None, "redis:perfdeck:batches", 0.0),
+    ("quarantined_batches", None, "spool:/mnt/shared/spool", 0.0),
+    ("quarantined_batches", None, "spool:data/spool", 2.0),
+    ("ingest_lag_s", None, "redis:perfdeck:batches", 2.0),
+    ("ingest_lag_s", None, "spool:data/spool", 90.0),              # the unreadable spool has no lag to tell
+    ("stream_pending", None, "redis:perfdeck:batches", 2500.0),
+    ("ingest_source_up", None, "redis:perfdeck:batches", 1.0),
+    ("ingest_source_up", None, "spool:/mnt/shared/spool", 0.0),
+    ("ingest_source_up", None, "spool:data/spool", 1.0),
+    ("collector_silent_s", None, "collector", 10.0),
+]
+
+INGEST_ASSESSED = [
+    ("critical", "no data from worker for 20 min (last batch 11:40 UTC)"),
+    ("critical", "ingest source spool:/mnt/shared/spool is down"),
+    ("warning", "events dropped by the SDK of shop-api 24 > 1 warning"),
+    ("warning", "rows rejected from shop-api 10 ≥ 10 warning"),
+    ("warning", "batches quarantined from spool:data/spool 2 > 1 warning"),
+    ("warning", "ingest lag of spool:data/spool 90 s > 60 s warning"),
+    ("warning", "unacknowledged entries of redis:perfdeck:batches 2,500 > 2,000 warning"),
+    ("healthy", "shop-api: last batch 10 s ago"),
+    ("healthy", "batches quarantined from redis:perfdeck:batches 0 ≤ 0 target"),
+    ("healthy", "batches quarantined from spool:/mnt/shared/spool 0 ≤ 0 target"),
+    ("healthy", "ingest lag of redis:perfdeck:batches 2 s ≤ 10 s target"),
+    ("healthy", "ingest source redis:perfdeck:batches is up"),
+    ("healthy", "ingest source spool:data/spool is up"),
+    ("healthy", "collector: last report 10 s ago"),
+]
+
+
+@pytest.fixture
+def pipeline(store):
+    seed_pipeline(store, now=NOW)
+    return store
+
+
+def test_ingest_measurements_of_a_seeded_window(pipeline):
+    df = measure(pipeline)
+    got = [(r.check, None if pd.isna(r.service) else r.service, r.subject, r.value) for r in df.itertuples()]
+    assert got == INGEST_EXPECTED
+
+
+def test_ingest_checks_and_their_messages(pipeline):
+    with read(pipeline) as con:
+        df = current_health(con, now=NOW)
+    assert set(df["component"]) == {"Ingest"}
+    assert [(r.severity, r.message) for r in df.itertuples()] == INGEST_ASSESSED
+    assert overall(df) == ("critical", ["no data from worker for 20 min (last batch 11:40 UTC)",
+                                        "ingest source spool:/mnt/shared/spool is down"])
+    assert components(df).values.tolist() == [
+        ["Ingest", "critical", 14, "no data from worker for 20 min (last batch 11:40 UTC) (+ 1 more critical)"]]
+    # An alert's target for a service's own check is the service.
+    worker = df[df["check"] == "no_data_s"].iloc[0]
+    assert (worker["service"], worker["subject"], worker["unit"], worker["level"]) == ("worker", "worker", "age", 300)
+
+
+def test_a_silent_collector_and_services_go_critical(pipeline):
+    later = NOW + timedelta(minutes=6)    # nothing reported since NOW - 10 s
+    with read(pipeline) as con:
+        df = current_health(con, now=later)
+    by = df.set_index(["check", "subject"])
+    assert by.loc[("collector_silent_s", "collector"), "message"] == \
+        "no report from the collector for 6.2 min (last report 12:00 UTC)"
+    assert by.loc[("no_data_s", "shop-api"), "message"] == "no data from shop-api for 6.2 min (last batch 12:00 UTC)"
+    assert (df["severity"] == "critical").all()
+    # The sources' own checks need a report in the window: none left.
+    assert set(df["check"]) == {"no_data_s", "collector_silent_s"}
+
+
+def test_no_data_levels_are_configurable_per_service_and_in_the_environment(pipeline, tmp_path, monkeypatch):
+    path = tmp_path / "thresholds.toml"
+    path.write_text("[[no_data_s.overrides]]\nservice = 'worker'\nwarning = 1800\ncritical = 7200\n")
+    with read(pipeline) as con:
+        df = current_health(con, now=NOW, thresholds=load_thresholds(path))
+    worker = df[df["subject"] == "worker"].iloc[0]
+    assert (worker["severity"], worker["message"]) == ("degraded", "no data from worker for 20 min (last batch 11:40 UTC)")
+    monkeypatch.setenv("PERFDECK_NO_DATA_S_WARNING", "900")
+    monkeypatch.setenv("PERFDECK_NO_DATA_S_CRITICAL", "3600")
+    with read(pipeline) as con:
+        df = current_health(con, now=NOW)
+    assert df.loc[df["subject"] == "worker", "severity"].tolist() == ["warning"]
+
+
+@pytest.mark.parametrize(("value", "unit", "text"), [
+    (119.0, "age", "119 s"), (490.0, "s", "8.2 min"), (1200.0, "s", "20 min"), (9000.0, "s", "2.5 h"),
+    (302400.0, "s", "3.5 d"), (58.4, "age", "58 s"), (1212.0, "age", "20 min"), (2500.0, "count", "2,500"),
+])
+def test_durations_and_counts_in_messages(value, unit, text):
+    assert format_value(value, unit) == text
+
+
+def silent_store(path, now: datetime, *, minutes_ago: float) -> datetime:
+    """A store where `worker` sent batches until `minutes_ago` before `now` and nothing since; returns
+    the time of its last batch."""
+    last = now - timedelta(minutes=minutes_ago)
+    with write(path) as con:
+        migrate(con)
+        con.executemany("INSERT INTO ingested_batches VALUES (?, 'spool:data/spool', 'worker', 'job-1', 7, 5, ?)",
+                        [(f"b-{i}", last - timedelta(seconds=30 * i)) for i in range(10)])
+    return last
+
+
+def test_cli_a_service_silent_for_the_window_fails_the_gate(store):
+    last = silent_store(store, utcnow(), minutes_ago=20)     # sent 20 minutes ago, nothing in the last 5
+    result = run("--db", str(store))
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("CRITICAL: 1 check over the last 5 min")
+    assert lines[1] == f"  no data from worker for 20 min (last batch {last:%H:%M} UTC)"
+    assert "  Ingest  critical  1  no data from worker for 20 min" in result.output
+    assert re.search(r"\n  critical  no_data_s +worker +no data from worker for 20 min", result.output)
+
+
+def test_cli_a_service_that_just_sent_passes(store):
+    silent_store(store, utcnow(), minutes_ago=0)
+    result = run("--db", str(store))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("HEALTHY: 2 checks")                  # sent just now, nothing rejected
+    assert "  Ingest  healthy  2  all 2 checks healthy" in result.output
+
+
+def test_cli_nothing_to_judge_is_unknown_and_fails(migrated_store):
+    result = run("--db", str(migrated_store))
+    assert result.exit_code == 2, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("UNKNOWN: 0 checks over the last 5 min")
+    assert lines[1:] == ["  nothing had enough data in the window to be judged"]
+    doc = json.loads(run("--db", str(migrated_store), "--json").output)
+    assert (doc["status"], doc["reasons"], doc["checks"]) == (
+        "unknown", ["nothing had enough data in the window to be judged"], [])

@@ -33,6 +33,15 @@ DEFAULTS = {
     "cost_per_query_usd": ("Cost", "usd", "above", 0.10, 0.15, 0.25),
     "budget_burn": ("Cost", "ratio", "above", 0.9, 1.0, 1.25),
     "component_up": ("Components", "up", "below", 1, 0, 0),
+    # The pipeline: no seed names these; they follow from 1 s flushes, 10 s source reports, the 5 min window.
+    "no_data_s": ("Ingest", "age", "above", 60, 300, 300),
+    "sdk_dropped_events": ("Ingest", "count", "above", 0, 1, 1000),
+    "rejected_rows": ("Ingest", "count", "above", 0, 10, 1000),
+    "quarantined_batches": ("Ingest", "count", "above", 0, 1, 10),
+    "ingest_lag_s": ("Ingest", "s", "above", 10, 60, 300),
+    "stream_pending": ("Ingest", "count", "above", 500, 2000, 10000),
+    "ingest_source_up": ("Ingest", "up", "below", 1, 0, 0),
+    "collector_silent_s": ("Ingest", "age", "above", 30, 60, 120),
 }
 
 
@@ -53,7 +62,7 @@ def user_file(tmp_path: Path, text: str) -> Path:
 def test_packaged_defaults_are_the_seeds():
     thresholds = load_thresholds()
     assert list(thresholds) == list(DEFAULTS)
-    assert len(thresholds) == 13
+    assert len(thresholds) == 21
     for name, (component, unit, bad, *levels) in DEFAULTS.items():
         t = thresholds[name]
         assert (t.component, t.unit, t.bad, t.levels) == (component, unit, bad, Levels(*levels)), name
@@ -257,3 +266,29 @@ DEMO_FILE = Path(__file__).resolve().parent.parent / "collectors" / "demo" / "th
 @pytest.mark.skipif(not DEMO_FILE.exists(), reason="the demo ships no thresholds file")
 def test_the_demos_thresholds_load():
     assert load_thresholds(DEMO_FILE).files == (DEFAULTS_FILE, DEMO_FILE)
+
+
+@pytest.mark.parametrize(("value", "severity"), [
+    (0, "healthy"), (60, "healthy"), (61, "degraded"), (299, "degraded"), (300, "critical"), (1200, "critical"),
+])
+def test_no_data_is_critical_once_silent_for_the_window(value, severity):
+    no_data = load_thresholds()["no_data_s"]
+    assert no_data.severity(value) == severity
+
+
+def test_no_data_per_service_and_from_the_environment(tmp_path, monkeypatch):
+    path = user_file(tmp_path, "[[no_data_s.overrides]]\nservice = 'nightly-report'\nwarning = 90000\n"
+                               "critical = 180000\n")
+    no_data = load_thresholds(path)["no_data_s"]
+    assert no_data.severity(3600, no_data.levels_for("nightly-report", "nightly-report")) == "degraded"
+    assert no_data.severity(3600, no_data.levels_for("shop-api", "shop-api")) == "critical"
+    monkeypatch.setenv("PERFDECK_NO_DATA_S_WARNING", "600")
+    monkeypatch.setenv("PERFDECK_NO_DATA_S_CRITICAL", "1800")
+    no_data = load_thresholds()["no_data_s"]
+    assert no_data.severity(900) == "warning" and no_data.env == "PERFDECK_NO_DATA_S"
+
+
+def test_what_an_age_last_saw_is_packaged_only(tmp_path):
+    assert (load_thresholds()["no_data_s"].last, load_thresholds()["collector_silent_s"].last) == ("batch", "report")
+    with pytest.raises(ThresholdsError, match=r"unknown keys \['last'\]"):
+        load_thresholds(user_file(tmp_path, "[no_data_s]\nlast = 'event'\n"))

@@ -5,19 +5,21 @@ and a message ("p95 of /search 740 ms > 500 ms warning"); then one status per co
     with read() as con:
         checks = current_health(con)                 # the last 5 minutes, default thresholds
     status, reasons = overall(checks)                # "warning", ["p95 of /search 740 ms > 500 ms warning"]
-"""
+
+Nothing judged is not healthy: `overall` then says "unknown", and why."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 import pandas as pd
 
-from collectors.health import ASSESSED_COLUMNS, SEVERITIES, severity_rank, worst
+from collectors.health import ASSESSED_COLUMNS, SEVERITIES, UNKNOWN, severity_rank, worst
 from collectors.health.thresholds import COMPONENTS, Threshold, Thresholds, load_thresholds
 from collectors.store import utcnow
 from dashboard.queries.health import health_measurements
 
 COMPONENT_COLUMNS = ["component", "severity", "checks", "reason"]
+NOTHING_JUDGED = "nothing had enough data in the window to be judged"
 
 
 def _number(v: float) -> str:
@@ -28,8 +30,19 @@ def _number(v: float) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def _duration(seconds: float, *, whole: bool = False) -> str:
+    """45 -> "45 s", 490 -> "8.2 min", 1200 -> "20 min", 9000 -> "2.5 h", 302400 -> "3.5 d"; under two
+    minutes in seconds, whole ones when `whole` (how long ago: "58 s", not "58.4 s")."""
+    for unit, size, at_least in (("d", 86400, 2 * 86400), ("h", 3600, 2 * 3600), ("min", 60, 120)):
+        if abs(seconds) >= at_least:
+            n = seconds / size
+            return f"{n:,.0f} {unit}" if abs(n) >= 10 else f"{n:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{seconds:.0f} s" if whole else f"{_number(seconds)} s"
+
+
 def format_value(value: float, unit: str) -> str:
-    """A value in its unit, as messages show it: "740 ms", "62 %" (a ratio), "$0.12", "12,000 entries"."""
+    """A value in its unit, as messages show it: "740 ms", "62 %" (a ratio), "$0.12", "12,000 entries",
+    "8.2 min" (s and age, past two minutes), "1,200" (a count)."""
     if unit == "ratio":
         return f"{_number(value * 100)} %"
     if unit == "percent":
@@ -43,14 +56,29 @@ def format_value(value: float, unit: str) -> str:
         return f"{value:,.0f} entries"
     if unit == "up":
         return "up" if value >= 1 else "down"
+    if unit == "count":
+        return f"{value:,.0f}"
+    if unit in ("s", "age"):
+        return _duration(value, whole=unit == "age")
     return f"{_number(value)} {unit}"
 
 
-def describe(threshold: Threshold, subject: str, value: float, severity: str, level: float) -> str:
-    """The message of one check: what, its value, how it compares with the level and which level."""
+def describe(threshold: Threshold, subject: str, value: float, severity: str, level: float, *,
+             at: datetime | None = None) -> str:
+    """The message of one check: what, its value, how it compares with the level and which level.
+    A silence (unit age) says since when instead, from `at`, the end of the window, when given."""
     what = threshold.label.format(subject=subject)
     if threshold.unit == "up":
         return f"{what} is {format_value(value, 'up')}"
+    if threshold.unit == "age":
+        last = threshold.last or "seen"
+        if severity == "healthy":
+            return f"{subject}: last {last} {format_value(value, 'age')} ago"
+        if at is None:
+            return f"{what} for {format_value(value, 'age')}"
+        seen = at - timedelta(seconds=value)
+        when = f"{seen:%H:%M}" if seen.date() == at.date() else f"{seen:%Y-%m-%d %H:%M}"
+        return f"{what} for {format_value(value, 'age')} (last {last} {when} UTC)"
     above = threshold.bad == "above"
     if severity == "healthy":
         sign = "≤" if above else "≥"
@@ -62,9 +90,10 @@ def describe(threshold: Threshold, subject: str, value: float, severity: str, le
     return f"{what} {format_value(value, threshold.unit)} {sign} {format_value(level, threshold.unit)} {name}"
 
 
-def assess(measurements: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
+def assess(measurements: pd.DataFrame, thresholds: Thresholds, *, now: datetime | None = None) -> pd.DataFrame:
     """ASSESSED_COLUMNS for each measurement of a known threshold that has a value and at least the
-    threshold's min_samples; worst first, then in component, threshold, service and subject order."""
+    threshold's min_samples; worst first, then in component, threshold, service and subject order.
+    `now`, the end of the window, dates the silences ("last batch 12:03 UTC")."""
     rows = []
     for m in measurements.itertuples(index=False):
         threshold = thresholds.get(m.check)
@@ -75,7 +104,7 @@ def assess(measurements: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
         severity = threshold.severity(m.value, levels)
         level = threshold.level_of(severity, levels)
         rows.append((threshold.component, threshold.name, service, m.subject, float(m.value), threshold.unit,
-                     severity, level, describe(threshold, m.subject, m.value, severity, level)))
+                     severity, level, describe(threshold, m.subject, m.value, severity, level, at=now)))
     df = pd.DataFrame(rows, columns=ASSESSED_COLUMNS)
     order = list(thresholds)
     df = df.assign(_rank=df["severity"].map(severity_rank), _component=df["component"].map(COMPONENTS.index),
@@ -109,8 +138,11 @@ def components(assessed: pd.DataFrame) -> pd.DataFrame:
 
 
 def overall(assessed: pd.DataFrame) -> tuple[str, list[str]]:
-    """The worst severity of all checks ("healthy" when there are none) and the messages of the checks
-    at that severity, worst first; no messages when everything is healthy."""
+    """The worst severity of all checks and the messages of the checks at that severity, worst first;
+    no messages when everything is healthy. No checks at all is "unknown", never "healthy": an empty
+    store, or one nothing has reached for a day, vouches for nothing."""
+    if assessed.empty:
+        return UNKNOWN, [NOTHING_JUDGED]
     severity = worst(assessed["severity"])
     if severity == "healthy":
         return severity, []
@@ -132,8 +164,8 @@ def current_health(
     measured = health_measurements(
         con, since=now - timedelta(seconds=window_s), until=now,
         daily_budget=getattr(cost, "daily_budget", None), monthly_budget=getattr(cost, "monthly_budget", None))
-    return assess(measured, thresholds if thresholds is not None else load_thresholds())
+    return assess(measured, thresholds if thresholds is not None else load_thresholds(), now=now)
 
 
-__all__ = ["COMPONENT_COLUMNS", "SEVERITIES", "assess", "components", "current_health", "describe", "format_value",
-           "overall"]
+__all__ = ["COMPONENT_COLUMNS", "NOTHING_JUDGED", "SEVERITIES", "UNKNOWN", "assess", "components", "current_health",
+           "describe", "format_value", "overall"]

@@ -37,11 +37,11 @@ from collectors.health.settings import seconds
 DEFAULTS_FILE = Path(__file__).with_name("thresholds.toml")
 
 LEVEL_KEYS = ("target", "warning", "critical")
-COMPONENTS = ("Latency", "Errors", "Jobs", "Caches", "Host", "Cost", "Components")
-UNITS = ("ms", "s", "ratio", "percent", "usd", "entries", "up")
+COMPONENTS = ("Latency", "Errors", "Jobs", "Caches", "Host", "Cost", "Components", "Ingest")
+UNITS = ("ms", "s", "ratio", "percent", "usd", "entries", "up", "count", "age")
 SUBJECT_KEYS = ("subject", "endpoint", "cache", "host", "instance")
 USER_KEYS = (*LEVEL_KEYS, "min_samples", "for", "overrides")
-PACKAGED_KEYS = (*LEVEL_KEYS, "min_samples", "for", "component", "help", "unit", "label", "bad")
+PACKAGED_KEYS = (*LEVEL_KEYS, "min_samples", "for", "component", "help", "unit", "label", "last", "bad")
 
 
 class ThresholdsError(ValueError):
@@ -86,6 +86,7 @@ class Threshold:
     env: str                      # "PERFDECK_REQUEST_P95_MS"; levels: env + "_TARGET" / "_WARNING" / "_CRITICAL"
     overrides: tuple[Override, ...] = ()
     label: str = "{subject}"      # how a message names the thing measured
+    last: str | None = None       # unit "age": what was last seen ("batch"), named in the message
 
     def levels_for(self, service: str | None, subject: str | None) -> Levels:
         """The levels of the most specific matching override (the last one defined among equals),
@@ -212,6 +213,7 @@ def _packaged(path: Path) -> dict[str, _Draft]:
                                   f"{COMPONENTS}")
         info = {k: str(table[k]) for k in ("component", "help", "unit", "bad")}
         info["label"] = str(table.get("label", "{subject}"))
+        info["last"] = str(table["last"]) if "last" in table else None
         for_s = _span(table["for"], f"{where} for") if "for" in table else None
         min_samples = _count(table.get("min_samples", 1), f"{where} min_samples")
         drafts[name] = _Draft(name, info, _levels(table, where), min_samples, for_s)
@@ -299,4 +301,4 @@ def _freeze(draft: _Draft) -> Threshold:
         name=draft.name, component=draft.info["component"], help=draft.info["help"], unit=draft.info["unit"],
         bad=draft.info["bad"], levels=Levels(**draft.levels), min_samples=draft.min_samples, for_s=draft.for_s,
         env=f"PERFDECK_{draft.name.upper()}", overrides=tuple(_override(draft, w, o) for w, o in draft.overrides),
-        label=draft.info["label"])
+        label=draft.info["label"], last=draft.info["last"])

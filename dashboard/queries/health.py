@@ -13,6 +13,7 @@ import pandas as pd
 
 from dashboard.queries._run import run_query
 from dashboard.queries.cost import budget_status, request_costs
+from dashboard.queries.pipeline import collector_rejects, ingest_sources, last_batches, quarantine_counts, sdk_losses
 from dashboard.queries.samplers import label_sql
 
 MEASUREMENT_COLUMNS = ["check", "service", "subject", "value", "samples"]
@@ -23,6 +24,9 @@ REDIS_LOOKBACK = timedelta(hours=1)
 # A watched component not checked for this long before the window is no longer watched (its sampler
 # left the config): its last status is not news.
 COMPONENT_STALE = timedelta(hours=1)
+# A service (or the collector) that reported within this long before the end of the window and not
+# since is silent; one quiet for longer is taken as retired and no longer judged.
+REPORTING_LOOKBACK = timedelta(days=1)
 
 # Jobs are requests recorded with method TASK (sdk.record_request(..., method="TASK", wait_ms=...)).
 REQUESTS_SQL = """
@@ -172,11 +176,51 @@ def health_measurements(
 
     components, _ = run_query(COMPONENTS_SQL, {"fresh_since": since - COMPONENT_STALE}, con=con)
     rows += [("component_up", None, r.subject, r.value, 1) for r in components.itertuples()]
+    rows += _ingest(con, since=since, until=until)
 
     df = pd.DataFrame(rows, columns=MEASUREMENT_COLUMNS)
     df["value"] = df["value"].astype(float)
     df["samples"] = df["samples"].astype("int64")
     return df
+
+
+def _ingest(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime) -> list[tuple]:
+    """The pipeline's checks: silence per service and of the collector, losses per service and source,
+    each source's lag, unacknowledged stream entries and readability. A per-service check's subject is
+    the service itself, so that an override may name it either way."""
+    window = {"since": since, "until": until}
+    rows: list[tuple] = []
+    reporting = last_batches(con, since=until - REPORTING_LOOKBACK, until=until)
+    rows += [("no_data_s", r.service, r.service, r.silent_s, r.batches) for r in reporting.itertuples()]
+
+    sdk = sdk_losses(con, **window)
+    rows += [("sdk_dropped_events", r.service, r.service, r.dropped, 1) for r in sdk.itertuples()]
+    # Rejected rows: what the SDK refused plus what the collector dropped, for every service that sent
+    # something in the window (0 when clean: a firing alert then resolves on its value, not on silence).
+    rejected = dict(zip(sdk["service"], sdk["rejected"]))
+    for r in collector_rejects(con, **window).dropna(subset=["service"]).itertuples():
+        rejected[r.service] = rejected.get(r.service, 0) + r.rows
+    senders = set(last_batches(con, **window)["service"]) | set(rejected)
+    rows += [("rejected_rows", s, s, rejected.get(s, 0), 1) for s in sorted(senders)]
+
+    sources = ingest_sources(con, **window)
+    counts = quarantine_counts(con, **window)
+    quarantined = dict(zip(counts["source"], counts["batches"]))
+    rows += [("quarantined_batches", None, source, quarantined.get(source, 0), 1)
+             for source in sorted(set(sources["source"]) | set(quarantined))]
+    readable = sources["error"].isna() | (sources["error"] == "")
+    lag = sources["oldest_pending_s"]
+    # Nothing waiting is no lag; a source that cannot be read has no lag to tell (its own check says so).
+    rows += [("ingest_lag_s", None, s, 0.0 if pd.isna(v) else v, 1)
+             for s, v, ok in zip(sources["source"], lag, readable) if ok or pd.notna(v)]
+    rows += [("stream_pending", None, s, v, 1) for s, v in zip(sources["source"], sources["stream_pending"])
+             if pd.notna(v)]
+    rows += [("ingest_source_up", None, s, 1.0 if ok else 0.0, 1) for s, ok in zip(sources["source"], readable)]
+    # The collector reports each source every ~10 s: its newest report, whatever the source, says it lives.
+    reports = ingest_sources(con, since=until - REPORTING_LOOKBACK, until=until)
+    if not reports.empty:
+        rows.append(("collector_silent_s", None, "collector", reports["report_age_s"].min(), 1))
+    return rows
 
 
 def health_checks(
