@@ -8,6 +8,7 @@ import pytest
 import streamlit as st
 from helpers import clear_health_env, run_app
 from seed_health import seed_health, seed_healthy
+from seed_pipeline import seed_pipeline
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
 
@@ -138,9 +139,11 @@ def test_health_banner_critical(tmp_path, monkeypatch):
     seed_health(path, now=utcnow())
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run(PAGE)
+    # Names in the messages stay text in the markdown callout: "_" escaped, ":" followed by a zero-width
+    # space (Streamlit reads :icons: and :red[colours] after unescaping).
     assert [e.value for e in at.error] == [
-        "**Health: critical** · failure rate of job:daily_report 20 % > 10 % critical; "
-        "disk use of web-1:/ 96 % > 95 % critical; redis queue is down"]
+        "**Health: critical** · failure rate of job:\u200bdaily\\_report 20 % > 10 % critical; "
+        "disk use of web-1:\u200b/ 96 % > 95 % critical; redis queue is down"]
     assert [m.value for m in at.markdown if "-badge[" in m.value] == [
         ":orange-badge[:material/warning: Latency: warning]", ":orange-badge[:material/warning: Errors: warning]",
         ":red-badge[:material/error: Jobs: critical]", ":orange-badge[:material/warning: Caches: warning]",
@@ -195,3 +198,20 @@ def test_no_health_banner_without_recent_data(tmp_path, monkeypatch):
     at = run(PAGE)
     assert at.caption[0].value == "Health: nothing had enough data in the last 5 min to be judged."
     assert not at.success and not at.error and not at.warning
+
+
+def test_health_banner_names_silent_services_and_keeps_names_text(tmp_path, monkeypatch):
+    path = tmp_path / "pipeline.duckdb"
+    seed_pipeline(path, now=utcnow())
+    name = "*shop* :red[api] $x$"
+    with write(path) as con:       # a second silent service, named like markdown
+        con.execute("INSERT INTO ingested_batches VALUES ('b-odd', 'spool:x', ?, 'h', 1, 1, ?)",
+                    [name, utcnow() - timedelta(minutes=30)])
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run(PAGE)
+    [banner] = [e.value for e in at.error]
+    assert banner.startswith("**Health: critical** · no data from ")
+    assert "no data from worker for 20 min (last batch " in banner
+    assert name not in banner
+    assert "no data from \\*shop\\* :\u200bred\\[api\\] \\$x\\$ for 30 min" in banner
+    assert ":red-badge[:material/error: Ingest: critical]" in [m.value for m in at.markdown if "-badge[" in m.value]

@@ -1,6 +1,7 @@
 """Overview: how busy and how fast is each service, and did the last deploy change that?"""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pandas as pd
@@ -32,6 +33,13 @@ SEVERITY_STYLE = {
     "critical": (st.error, "red", ":material/error:"),
 }
 SHOWN_REASONS = 3
+# Messages name services, endpoints, caches and sources as recorded: in markdown they must stay text
+# (no emphasis, links, :red[colours], :icons:, $maths$ or HTML). Mid-line, the rest is inert. Streamlit
+# finds :material/icons: and :emoji: after unescaping, so a colon is followed by a zero-width space
+# (which also keeps "http://" from becoming a link).
+_MARKDOWN = re.compile(r"([\\`*_\[\]<$~&])")
+_ZWSP = "\u200b"
+
 CHECK_COLUMNS = {
     "severity": st.column_config.TextColumn("Severity"),
     "component": st.column_config.TextColumn("Component"),
@@ -43,6 +51,12 @@ CHECK_COLUMNS = {
     "unit": st.column_config.TextColumn("Unit"),
     "level": st.column_config.NumberColumn("Level", format="%.4g", help="The level crossed, or the target"),
 }
+
+
+def as_text(message: str) -> str:
+    """A message escaped for a markdown context, on one line."""
+    text = _MARKDOWN.sub(r"\\\1", message.replace("\r", " ").replace("\n", " "))
+    return text.replace(":", ":" + _ZWSP)
 
 
 def health_banner() -> None:
@@ -64,14 +78,14 @@ def health_banner() -> None:
     callout, _, icon = SEVERITY_STYLE[status]
     if reasons:
         more = f" and {len(reasons) - SHOWN_REASONS} more" if len(reasons) > SHOWN_REASONS else ""
-        text = "; ".join(reasons[:SHOWN_REASONS]) + more
+        text = "; ".join(as_text(r) for r in reasons[:SHOWN_REASONS]) + more
     else:
         text = f"all {len(checks)} checks within their targets"
     callout(f"**Health: {status}** · {text}", icon=icon)
     with st.container(horizontal=True, gap="small"):
         for row in components(checks).itertuples(index=False):
             _, colour, badge_icon = SEVERITY_STYLE[row.severity]
-            st.badge(f"{row.component}: {row.severity}", icon=badge_icon, color=colour, help=row.reason)
+            st.badge(f"{row.component}: {row.severity}", icon=badge_icon, color=colour, help=as_text(row.reason))
     with st.expander(f"All checks ({len(checks)}) over the last {span} to {until:%H:%M:%S} UTC, "
                      "not the range picked in the sidebar"):
         widgets.table(checks, "health-checks", column_config=CHECK_COLUMNS, column_order=list(CHECK_COLUMNS))
