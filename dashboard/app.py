@@ -30,6 +30,7 @@ NAVIGATION = {
     ],
     "Operate": [
         st.Page(PAGES / "alerts.py", title="Alerts", icon=":material/notifications:"),
+        st.Page(PAGES / "ingest.py", title="Ingest", icon=":material/move_to_inbox:"),
         st.Page(PAGES / "actions.py", title="Actions", icon=":material/build:"),
     ],
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from seed_cost import call, event, seed_cost
+from seed_pipeline import seed_pipeline
 from seed_samples import seed_samples
 from seed_store import seed_store
 
@@ -63,6 +64,7 @@ def server(tmp_path_factory):
     seed_store(store)
     seed_samples(store)  # caches, Redis (one down), databases and hosts for the other pages
     seed_llm_calls(store)
+    seed_pipeline(store, now=datetime.now(UTC).replace(tzinfo=None))   # losses for the Ingest page
     port = _free_port()
     env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
            "PERFDECK_DAILY_BUDGET": "2", "PERFDECK_MONTHLY_BUDGET": "40"}
@@ -165,7 +167,7 @@ def test_time_range_comes_from_the_url(server, page):
 # The only error box a page may show: a watched component that is down (seed_samples' Redis "queue").
 # The seeded Redis "queue" is down: the Caches page says so, and the health banner is critical for it.
 EXPECTED_ERRORS = {"Caches": ["Redis queue"], "Overview": ["redis queue"]}
-WITHOUT_CHARTS = {"Actions", "Alerts"}
+WITHOUT_CHARTS = {"Actions", "Alerts", "Ingest"}
 
 
 def _settle(page) -> None:
@@ -183,7 +185,7 @@ def test_every_nav_page_renders_without_errors(server, page):
     _settle(page)
     links = page.locator('[data-testid="stSidebarNavLink"]')
     titles = [links.nth(i).inner_text().split("\n")[-1] for i in range(links.count())]
-    assert titles == ["Overview", "Caches", "Database", "Host", "Cost", "Compare", "Alerts", "Actions"]
+    assert titles == ["Overview", "Caches", "Database", "Host", "Cost", "Compare", "Alerts", "Ingest", "Actions"]
     for title in titles:
         page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
         page.wait_for_function(
@@ -251,3 +253,24 @@ def test_alerts_page_in_browser(server, page):
     assert page.locator('[data-testid="stException"]').count() == 0
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "No alerts firing" in text and "log lines" in text
+
+
+def test_ingest_page_in_browser(server, page, tmp_path):
+    page.goto(f"{server}/ingest")
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Sources" in text and "Quarantined batches" in text
+
+    def download(name: str) -> dict:     # tables are drawn on a canvas: read them through their CSV
+        with page.expect_download(timeout=30_000) as info:
+            page.locator(f'.st-key-csv-{name} button').click()
+        assert info.value.suggested_filename == f"perfdeck-{name}.csv"
+        target = tmp_path / info.value.suggested_filename
+        info.value.save_as(target)
+        return list(csv.DictReader(io.StringIO(target.read_text())))
+
+    assert any(r["message"].startswith("no data from worker for") for r in download("ingest-checks"))
+    assert any("Permission denied" in r["error"] for r in download("ingest-sources"))
+    services = {r["service"]: r for r in download("ingest-services")}
+    assert (services["shop-api"]["dropped"], services["shop-api"]["collector_rejected"]) == ("29", "7")
