@@ -86,7 +86,8 @@ def test_run_without_a_preview_is_refused(seeded, operator):
 
 def test_abort_between_tables_leaves_whole_tables_and_an_aborted_row(seeded, operator):
     with write(seeded) as con:     # old rows in two raw tables, so there are two steps to stop between
-        con.execute("INSERT INTO sdk_health (ts, service, host, pid, dropped, send_errors) VALUES (?, 'api', 'web-1', 1, 0, 0)", [utcnow() - timedelta(days=2)])
+        con.execute("INSERT INTO sdk_health (ts, service, host, pid, dropped, send_errors) "
+                    "VALUES (?, 'api', 'web-1', 1, 0, 0)", [utcnow() - timedelta(days=2)])
     action = PurgeRawData(seeded)
     params, preview = make_preview(action, {"days": 1})
     assert preview.data["counts"]["sdk_health"] == 1
