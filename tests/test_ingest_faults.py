@@ -233,3 +233,18 @@ def test_a_collector_started_while_its_redis_is_down_still_ingests_the_spool(sto
     assert count(store, "request_events") == 5       # ...and the spool landed all the same
     [(source, error)] = query(store, "SELECT source, error FROM ingest_sources WHERE source LIKE 'redis:%'")
     assert "Connection" in error
+
+
+def test_optional_token_counts_may_be_missing_beside_given_ones(store, spool):
+    """Found by the property test: a null cached_input_tokens beside an int failed decode outright."""
+    SpoolTransport(spool).send(*raw_batch(llm=[llm(cached_input_tokens=None, cache_write_tokens=7),
+                                               llm(cached_input_tokens=3, cache_write_tokens=None)]))
+    Collector(store, spool_dir=spool).run_once()
+    assert sorted(query(store, "SELECT cached_input_tokens, cache_write_tokens FROM llm_calls")) == [(0, 7), (3, 0)]
+
+
+def test_sdk_health_counts_left_out_events_not_cleared_values(store, spool):
+    SpoolTransport(spool).send(*raw_batch(sdk={"dropped": 0, "send_errors": 0, "rejected": {
+        "queries:bad_duration": 2, "llm:bad_latency_ms": 5}}))
+    Collector(store, spool_dir=spool).run_once()
+    assert query(store, "SELECT rejected FROM sdk_health") == [(2,)]

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from collectors.sdk.batch import CLEARED
 from collectors.store import schema
 from collectors.store.histogram import BUCKET_SQL
 from collectors.store.schema import INT32, MAX_DURATION_MS, MAX_LABEL, MAX_TAGS_BYTES, Limits, clean
@@ -283,8 +284,8 @@ def decode(payload: bytes, limits: Limits | None = None, now: float | None = Non
     if llm := _rows(doc, "llm", batch, lo, hi):
         df = _frame(llm, "llm")
         df["ts"] = pd.to_datetime(df["ts"], unit="s")
-        for col in ("cached_input_tokens", "cache_write_tokens"):   # optional: None is 0 (not via float)
-            df[col] = pd.Series([v or 0 for v in df[col]], dtype="int64", index=df.index)
+        for col in ("cached_input_tokens", "cache_write_tokens"):   # optional: None is 0 (float is exact to 10^9)
+            df[col] = df[col].fillna(0).astype("int64")
         df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
         for col in COST_COLUMNS:     # unpriced until the collector prices the batch (collectors.pricing)
             df[col] = pd.Series([None] * len(df), dtype=object)
@@ -329,8 +330,9 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
         [(b.id, source, b.service, b.host, b.pid, b.events) for b in batches],
         columns=["batch_id", "source", "service", "host", "pid", "events"]))
+    # `rejected` counts events the SDK left out; a value it cleared (sent as null) kept its event.
     health = [(b.service, b.host, b.pid, b.sdk.dropped, b.sdk.send_errors,
-               min(sum((b.sdk.rejected or {}).values()), schema.INT64),
+               min(sum(n for reason, n in (b.sdk.rejected or {}).items() if reason not in CLEARED), schema.INT64),
                orjson.dumps(b.sdk.rejected).decode() if b.sdk.rejected else None) for b in batches if b.sdk]
     if health:
         _insert(con, "INSERT INTO sdk_health BY NAME SELECT now()::TIMESTAMP AS ts, * FROM _incoming", pd.DataFrame(
