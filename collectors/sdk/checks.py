@@ -28,26 +28,26 @@ _NOT_NUMBERS = (str, bytes, bytearray, bool)   # float() would parse "12" and ta
 ESCAPED = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def ms(value) -> float | None:
-    """A duration in milliseconds: a real number in 0..MAX_DURATION_MS (NaN and infinities are not)."""
+def _real(value) -> float | None:
+    """A number as a float; None for text, flags and what float() refuses."""
     if isinstance(value, _NOT_NUMBERS):
         return None
     try:
-        value = float(value)
+        return float(value)
     except (TypeError, ValueError, OverflowError):
         return None
-    return value if 0.0 <= value <= MAX_DURATION_MS else None
+
+
+def ms(value) -> float | None:
+    """A duration in milliseconds: a real number in 0..MAX_DURATION_MS (NaN and infinities are not)."""
+    value = _real(value)
+    return value if value is not None and 0.0 <= value <= MAX_DURATION_MS else None
 
 
 def epoch(value) -> float | None:
     """A time in epoch seconds, after 1970 and before MAX_EPOCH_S."""
-    if isinstance(value, _NOT_NUMBERS):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return value if 0.0 < value < MAX_EPOCH_S else None
+    value = _real(value)
+    return value if value is not None and 0.0 < value < MAX_EPOCH_S else None
 
 
 def minute(value) -> int | None:
