@@ -168,7 +168,7 @@ def span_seconds(value, what: str) -> float:
     """'30s', '5m', '2h', '1d' or a number -> seconds; an error naming `what` ("[ingest] max_age") otherwise."""
     m = _SPAN.match(str(value).strip().lower())
     if not m:
-        raise ValueError(f"{what} must be a span like 30s, 5m, 2h or 400d, got {value!r}")
+        raise ValueError(f"{what} must be a span like 30s, 5m or 2h, got {value!r}")
     return float(m.group(1)) * _SECONDS[m.group(2)]
 
 

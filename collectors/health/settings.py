@@ -19,15 +19,12 @@ Spans are "30s", "5m", "2h" or a number of seconds. The webhook URL is a secret:
 environment, never in a file in the repository; it is never shown in the dashboard."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from collectors.config import section
+from collectors.config import section, span_seconds
 from collectors.health import SEVERITIES
 
-_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _ENV = {"interval": "PERFDECK_ALERT_INTERVAL", "window": "PERFDECK_ALERT_WINDOW", "for": "PERFDECK_ALERT_FOR",
         "throttle": "PERFDECK_ALERT_THROTTLE", "min_severity": "PERFDECK_ALERT_MIN_SEVERITY",
         "webhook_url": "PERFDECK_ALERT_WEBHOOK", "webhook_retries": "PERFDECK_ALERT_WEBHOOK_RETRIES",
@@ -37,10 +34,7 @@ _ENV = {"interval": "PERFDECK_ALERT_INTERVAL", "window": "PERFDECK_ALERT_WINDOW"
 
 def seconds(value, key: str = "span") -> float:
     """'30s', '5m', '2h', '1d' or a number -> seconds; a clear error otherwise."""
-    m = _SPAN.match(str(value).strip().lower())
-    if not m:
-        raise ValueError(f"[alerts] {key} must be a span like 30s, 5m or 2h, got {value!r}")
-    return float(m.group(1)) * _SECONDS[m.group(2)]
+    return span_seconds(value, f"[alerts] {key}")
 
 
 @dataclass(frozen=True)
