@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from collectors.redact import redact
 from collectors.store.connection import utcnow  # noqa: F401 - samplers stamp rows with it
 
 log = logging.getLogger("perfdeck.samplers")
@@ -67,11 +68,13 @@ class SamplerThread:
             rows = s.collect(now)
         except Exception as exc:
             self.failures += 1
-            log.warning("%s %s is down: %s", s.kind, s.name, exc)
-            self.out.put(Status(s.name, s.kind, s.target, False, now, f"{type(exc).__name__}: {exc}"[:500]))
+            # Driver errors often quote the URL or DSN: redacted, with this target's own secrets too.
+            error = redact(f"{type(exc).__name__}: {exc}", getattr(s, "url", None))[:500]
+            log.warning("%s %s is down: %s", s.kind, s.name, error)
+            self.out.put(Status(s.name, s.kind, redact(s.target), False, now, error))
             return
         self.failures = 0
-        self.out.put(Status(s.name, s.kind, s.target, True, now))
+        self.out.put(Status(s.name, s.kind, redact(s.target), True, now))
         for r in rows:
             if r.rows:
                 self.out.put(r)

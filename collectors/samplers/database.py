@@ -49,6 +49,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from collectors.redact import redact
 from collectors.samplers import Rows, Sampler
 
 METRICS = (
@@ -93,7 +94,7 @@ class DatabaseSampler(Sampler):
                  top_statements: int = TOP_STATEMENTS, max_tables: int = MAX_TABLES):
         self.name, self.interval = name, float(interval)
         self.url = make_url(url)
-        self.target = self.url.render_as_string(hide_password=True)
+        self.target = redact(self.url)   # SQLAlchemy's hide_password leaves ?password=... in the query
         self.top_statements, self.max_tables = top_statements, max_tables
         self._own_engine = engine is None
         self.engine = engine or self._make_engine()
@@ -248,7 +249,7 @@ class DatabaseSampler(Sampler):
                 sp.commit()
             except SQLAlchemyError as exc:
                 sp.rollback()
-                reason = f"pg_stat_statements is not readable: {type(exc).__name__}: {exc}".strip()[:300]
+                reason = redact(f"pg_stat_statements is not readable: {type(exc).__name__}: {exc}", self.url).strip()[:300]
         self._caps["pg_stat_statements"] = {"enabled": reason is None, "reason": reason,
                                             "hint": None if reason is None else pg_stat_statements_hint()}
         if reason is not None:

@@ -17,16 +17,18 @@ MEMORY USAGE and PTTL pipelined; the prefix is the text before the last `namespa
 for keys without one). The estimated total scales the sampled bytes by DBSIZE / sampled keys. At most
 MAX_NAMESPACES namespaces are written (largest first), the rest are summed as "(other)".
 
+`redact` (collectors.redact) is re-exported here for the modules that used to import it from this one.
+
 Labels: "db=0", "cmd=get", "ns=<prefix>" (the prefix is written as is, so split on the first "=").
 """
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from collectors.redact import redact
 from collectors.samplers import Rows, Sampler
 
 SOCKET_TIMEOUT = 2.0
@@ -77,16 +79,9 @@ _GAUGES = {
     "keyspace_misses": "redis.keyspace_misses", "evicted_keys": "redis.evicted_keys",
     "expired_keys": "redis.expired_keys",
 }
+__all__ = ["METRICS", "RedisSampler", "redact"]
+
 _COUNTERS = ("keyspace_hits", "keyspace_misses", "total_commands_processed", "evicted_keys", "expired_keys")
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for the components table."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class _Baseline:
@@ -107,7 +102,7 @@ class RedisSampler(Sampler):
     def __init__(self, name: str, url: str, interval: float = 10, namespace_separator: str = ":",
                  sample_keys: int = 1000):
         self.name, self.url, self.interval = name, url, float(interval)
-        self.target = redact(url)
+        self.target = redact(url)   # the components table and the pages show this one
         self.separator, self.sample_keys = namespace_separator, int(sample_keys)
         self.client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT,
                                            socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)

@@ -2,16 +2,20 @@
 
 A run writes its row *before* it touches anything (outcome "running") and completes it afterwards, so
 an action that could not be audited never runs, and one whose process died shows as "running".
-Writes use the store's short write discipline (open, one transaction, close), like the daemon."""
+Writes use the store's short write discipline (open, one transaction, close), like the daemon.
+
+Every text that goes into a row (target, params, preview, result, figures, error) is redacted here,
+in the writer, so that no caller can store a password a driver's message happened to quote."""
 from __future__ import annotations
 
 import json
 
+from collectors.redact import redact, redact_value
 from collectors.store import utcnow, write
 
 
 def _json(value) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+    return None if value is None else redact(json.dumps(redact_value(value), sort_keys=True, default=str))
 
 
 def start(db, *, actor, action: str, target: str | None, params: dict, preview: str | None) -> int:
@@ -23,7 +27,7 @@ def start(db, *, actor, action: str, target: str | None, params: dict, preview: 
             VALUES (?, ?, ?, ?, ?, ?, 'running')
             RETURNING id
             """,
-            [utcnow(), actor.name, action, target, _json(params), preview],
+            [utcnow(), actor.name, action, redact(target), _json(params), redact(preview)],
         ).fetchone()[0]
 
 
@@ -36,7 +40,7 @@ def finish(db, audit_id: int, *, outcome: str, duration_ms: float, result: str |
             SET outcome = ?, duration_ms = ?, result = ?, figures = ?, error = ?
             WHERE id = ?
             """,
-            [outcome, duration_ms, result, _json(figures), error, audit_id],
+            [outcome, duration_ms, redact(result), _json(figures), redact(error), audit_id],
         )
 
 
@@ -50,5 +54,6 @@ def record(db, *, actor, action: str, target: str | None, params: dict, preview:
             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
             RETURNING id
             """,
-            [utcnow(), actor.name, action, target, _json(params), preview, outcome, result, error],
+            [utcnow(), actor.name, action, redact(target), _json(params), redact(preview), outcome,
+             redact(result), redact(error)],
         ).fetchone()[0]

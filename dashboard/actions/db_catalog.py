@@ -24,9 +24,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
+from collectors.redact import redact
 from collectors.samplers.database import COUNT_MAX_BYTES, DBSTAT_MAX_BYTES
 from dashboard.actions import targets
 from dashboard.actions.framework import ActionError, InvalidInput, TargetUnavailable
@@ -41,7 +42,10 @@ PG_NAME_MAX = 63                     # bytes in a PostgreSQL identifier (NAMEDAT
 
 
 def dialect_of(target: targets.Target) -> str:
-    return make_url(target.url).get_backend_name()    # targets.configured() has parsed it already
+    try:
+        return make_url(target.url).get_backend_name()
+    except ArgumentError:       # its message quotes the whole URL, password and all
+        raise InvalidInput(f"database {target.name!r}: its URL ({target.shown}) cannot be parsed") from None
 
 
 def resolve(name, what: str, dialects: tuple[str, ...] = SUPPORTED) -> tuple[targets.Target, str]:
@@ -58,14 +62,15 @@ def names(dialects: tuple[str, ...] = SUPPORTED) -> list[str]:
     return [name for name, target in targets.configured("database").items() if dialect_of(target) in dialects]
 
 
-def _one_line(exc: BaseException) -> str:
-    """The database's message (its first line: libpq adds hints below) and PostgreSQL's detail."""
+def _one_line(exc: BaseException, url: str | None = None) -> str:
+    """The database's message (its first line: libpq adds hints below) and PostgreSQL's detail,
+    redacted (libpq and SQLAlchemy may quote the DSN), with `url`'s own secrets too."""
     orig = getattr(exc, "orig", None) or exc
     diag = getattr(orig, "diag", None)
     lines = str(getattr(diag, "message_primary", None) or orig).strip().splitlines()
     line = " ".join(lines[0].split()) if lines else type(orig).__name__
     detail = getattr(diag, "message_detail", None)
-    return f"{line} ({' '.join(detail.split())})" if detail else line
+    return redact(f"{line} ({' '.join(detail.split())})" if detail else line, url)
 
 
 def _unreachable(exc: DBAPIError) -> bool:
@@ -104,7 +109,8 @@ def _engine(target: targets.Target, maintenance: bool):
     try:
         return create_engine(url, poolclass=NullPool, connect_args=args)
     except ImportError as exc:
-        raise InvalidInput(f"database {target.name!r}: its driver is not installed ({exc}); use a "
+        raise InvalidInput(f"database {target.name!r}: its driver is not installed ({redact(exc, target.url)}); "
+                           "use a "
                            "postgresql+psycopg:// URL") from exc
 
 
@@ -117,8 +123,8 @@ def connect(target: targets.Target, *, maintenance: bool = False) -> Iterator[Co
         try:
             con = engine.connect()
         except DBAPIError as exc:
-            raise TargetUnavailable(f"database {target.name!r} ({target.shown}) is unreachable: {_one_line(exc)}") \
-                from exc
+            raise TargetUnavailable(f"database {target.name!r} ({target.shown}) is unreachable: "
+                                    f"{_one_line(exc, target.url)}") from exc
         with con:
             if maintenance:
                 con = con.execution_options(isolation_level="AUTOCOMMIT")
@@ -127,8 +133,8 @@ def connect(target: targets.Target, *, maintenance: bool = False) -> Iterator[Co
             except DBAPIError as exc:
                 if _unreachable(exc):
                     raise TargetUnavailable(f"database {target.name!r} ({target.shown}) went away: "
-                                            f"{_one_line(exc)}") from exc
-                raise ActionError(f"database {target.name!r}: {_one_line(exc)}") from exc
+                                            f"{_one_line(exc, target.url)}") from exc
+                raise ActionError(f"database {target.name!r}: {_one_line(exc, target.url)}") from exc
     finally:
         engine.dispose()
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import redis
 
 from collectors.integrations.redis import bump_cache_version, version_key
+from collectors.redact import redact
 from collectors.sdk.transport.redis import STREAM
 from dashboard.actions import targets
 from dashboard.actions.framework import (
@@ -50,8 +51,8 @@ _CACHE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _WILDCARDS = "*?["
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(exc: BaseException, url: str | None = None) -> str:
+    return redact(" ".join(str(exc).split()), url) or type(exc).__name__
 
 
 @contextmanager
@@ -62,9 +63,10 @@ def _client(name: str) -> Iterator[redis.Redis]:
     try:
         yield client
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise TargetUnavailable(f"Redis {name!r} ({target.shown}) is unavailable: {_one_line(exc)}") from exc
+        raise TargetUnavailable(f"Redis {name!r} ({target.shown}) is unavailable: {_one_line(exc, target.url)}") \
+            from exc
     except redis.RedisError as exc:
-        raise ActionError(f"Redis {name!r} ({target.shown}) refused: {_one_line(exc)}") from exc
+        raise ActionError(f"Redis {name!r} ({target.shown}) refused: {_one_line(exc, target.url)}") from exc
     finally:
         client.close()
 

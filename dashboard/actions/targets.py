@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from collectors import config
+from collectors.redact import redact
 from dashboard.actions.framework import InvalidInput
 
 
@@ -19,11 +20,7 @@ class Target:
 
 def _redact(kind: str, url: str) -> str:
     try:
-        if kind == "redis":
-            from collectors.samplers.redis import redact
-            return redact(url)
-        from sqlalchemy.engine import make_url
-        return make_url(url).render_as_string(hide_password=True)
+        return redact(url)
     except Exception:           # one bad URL must not hide the other targets; connecting will say why
         return "(a URL that could not be parsed)"
 

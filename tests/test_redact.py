@@ -1,0 +1,91 @@
+"""collectors.redact: every URL and DSN form loses its secrets and keeps what names the target."""
+from __future__ import annotations
+
+import string
+from urllib.parse import quote
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import make_url
+
+from collectors.redact import MASK, redact, redact_value
+
+SECRET_KEYS = ["password", "pass", "pwd", "token", "secret", "api_key", "access_key", "PassWord", "API_KEY",
+               "sslpassword", "client_secret", "auth_token"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("redis://app:s3cret@cache:6379/0", "redis://app:***@cache:6379/0"),
+    ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("redis://cache:6379/0?password=s3cret", "redis://cache:6379/0?password=***"),
+    ("rediss://cache/0?db=1&Password=s3cret&ssl_cert_reqs=none", "rediss://cache/0?db=1&Password=***&ssl_cert_reqs=none"),
+    ("postgresql+psycopg://app@db:5432/app?password=s3cret&sslmode=require",
+     "postgresql+psycopg://app@db:5432/app?password=***&sslmode=require"),
+    ("postgresql://app:p@ss/w@db/app", "postgresql://app:***@db/app"),
+    ("host=db port=5432 dbname=app user=app password=s3cret", "host=db port=5432 dbname=app user=app password=***"),
+    ("host=db password = 's3 c\\'ret' dbname=app", "host=db password = '***' dbname=app"),
+    ("{'host': 'db', 'password': 's3cret'}", "{'host': 'db', 'password': '***'}"),
+    ("Error 111 connecting to redis://u:s3cret@h:1. Refused.", "Error 111 connecting to redis://u:***@h:1. Refused."),
+    ("redis://cache:6379/0?x=a", "redis://cache:6379/0?x=a"),           # nothing secret: unchanged
+    # Ambiguous ("cache" may be a user, "6379/0?x=a" a password): masked, the host after the "@" kept.
+    ("redis://cache:6379/0?x=a@b", "redis://cache:***@b"),
+    ("sqlite:////tmp/a:b@c.db", "sqlite:////tmp/a:b@c.db"),
+    ("we pass: 3 checks", "we pass: 3 checks"),
+])
+def test_forms(text, expected):
+    assert redact(text) == expected
+
+
+def test_sqlalchemy_url_objects_and_known_secrets():
+    url = make_url("postgresql+psycopg://app:pw-1234@db:5432/app?password=qq-5678")
+    assert "pw-1234" not in redact(url) and "qq-5678" not in redact(url) and "db:5432/app" in redact(url)
+    # A message that quotes the password without a key: only the URL it came from can tell.
+    assert redact("auth failed for 'pw-1234' and qq-5678", url) == f"auth failed for '{MASK}' and {MASK}"
+    assert redact_value({"a": ["redis://:pw-99@h/0"], "n": 3}) == {"a": [f"redis://:{MASK}@h/0"], "n": 3}
+
+
+# -- property: a secret put in any place never comes out, the target stays recognisable -----------------
+secrets = st.text(string.ascii_letters + string.digits + "!#$%&()*+,-./:;<=>?@[]^_{|}~", min_size=6, max_size=24)
+hosts = st.from_regex(r"[a-z][a-z0-9\-]{0,15}(\.[a-z]{2,5}){0,2}", fullmatch=True)
+schemes = st.sampled_from(["redis", "rediss", "postgresql", "postgresql+psycopg", "postgresql+psycopg2",
+                           "mysql+pymysql", "unix"])
+
+
+def _url(scheme, user, secret, host, port, db, where, key, encode):
+    enc = quote(secret, safe="") if encode else secret
+    userinfo = {"userinfo": f"{user}:{enc}@", "query": f"{user}@" if user else ""}[where]
+    query = f"?sslmode=require&{key}={quote(secret, safe='')}&x=1" if where == "query" else "?sslmode=require"
+    return f"{scheme}://{userinfo}{host}:{port}/{db}{query}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(scheme=schemes, user=st.sampled_from(["", "app", "svc_user"]), secret=secrets, host=hosts,
+       port=st.integers(1, 65535), db=st.from_regex(r"[a-z0-9_]{1,12}", fullmatch=True),
+       where=st.sampled_from(["userinfo", "query"]), key=st.sampled_from(SECRET_KEYS), encode=st.booleans(),
+       wrap=st.sampled_from(["{}", "Error connecting to {}. Connection refused.", "({}, timeout=2)", "'{}'"]))
+def test_urls_never_keep_their_secret(scheme, user, secret, host, port, db, where, key, encode, wrap):
+    url = _url(scheme, user, secret, host, port, db, where, key, encode)
+    out = redact(wrap.format(url))
+    forms = {secret, quote(secret, safe="")}
+    public = wrap.format(_url(scheme, user, "", host, port, db, where, key, encode)) + MASK
+    assume(not any(form in public for form in forms))     # a "secret" that is also the host proves nothing
+    for form in forms:
+        assert form not in out, (url, out)
+    assert f"{host}:{port}/{db}" in out and f"{scheme}://" in out
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.text(string.ascii_letters + string.digits + string.punctuation + " ", min_size=6, max_size=24),
+       host=hosts, port=st.integers(1, 65535), db=st.from_regex(r"[a-z0-9_]{1,12}", fullmatch=True),
+       key=st.sampled_from(["password", "PASSWORD", "sslpassword", "token"]), sep=st.sampled_from(["=", " = "]),
+       order=st.booleans())
+def test_libpq_dsns_never_keep_their_secret(secret, host, port, db, key, sep, order):
+    needs_quotes = any(c in secret for c in " '\\") or not secret
+    value = "'" + secret.replace("\\", "\\\\").replace("'", "\\'") + "'" if needs_quotes else secret
+    pairs = [f"host={host}", f"port={port}", f"{key}{sep}{value}", f"dbname={db}"]
+    dsn = " ".join(reversed(pairs) if order else pairs)
+    out = redact(f"connection to {dsn} failed")
+    assume(secret not in f"connection to {dsn.replace(value, '')} failed{MASK}")
+    assert secret not in out, (dsn, out)
+    assert f"host={host}" in out and f"port={port}" in out and f"dbname={db}" in out
