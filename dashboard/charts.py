@@ -1,10 +1,16 @@
 """Plotly figure builders: frames from `dashboard.queries` in, figures out. No Streamlit, no SQL.
 
 Every time chart has a UTC time axis spanning the selected range and the deploys in it marked as
-dashed vertical lines labelled with the version (hover for service, host and exact time)."""
+dashed vertical lines labelled with the version (hover for service, host and exact time).
+
+Names from the data (services, endpoints, versions, caches, models, ...) go through `plot_text` wherever
+Plotly shows text: it reads HTML tags (<a href>, <b>) and entities in titles, legends, hover, annotations
+and tick labels alike."""
 from __future__ import annotations
 
+import html
 import math
+import re
 from datetime import datetime
 
 import pandas as pd
@@ -21,10 +27,20 @@ ERRORS_COLOUR = "#C73E1D"
 DEPLOY_COLOUR = "#6C757D"
 TIME_AXIS = "Time (UTC)"
 
+# Bidi overrides and isolates reorder what is around them ("gpj.exe" shown as "exe.jpg"), and control
+# characters have no business in a name: both show as U+FFFD.
+_HIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plot_text(value) -> str:
+    """A name as Plotly text (titles, legends, annotations, hover, tick labels): Plotly reads <b>, <a href>,
+    <br> and entities in all of them, so "<", ">" and "&" become entities and show as themselves."""
+    return html.escape(_HIDDEN.sub("\ufffd", str(value)), quote=False)
+
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
-        title={"text": title, "x": 0, "xanchor": "left"},
+        title={"text": plot_text(title), "x": 0, "xanchor": "left"},
         height=height,
         margin={"l": 10, "r": 10, "t": 70, "b": 10},
         hovermode="x unified",
@@ -67,17 +83,17 @@ def add_deploy_markers(
     span = (end - start) or pd.Timedelta(seconds=1)
     for i, row in enumerate(deploys.itertuples(index=False)):
         near_right = (row.ts - start) / span > 0.85  # label on the left of its line, not cut off
-        label = f"{row.service} {row.version}" if several_services else row.version
+        label = plot_text(f"{row.service} {row.version}" if several_services else row.version)
         fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
                       line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dash"}, layer="below")
-        host = f" on {row.host}" if isinstance(row.host, str) and row.host else ""
+        host = f" on {plot_text(row.host)}" if isinstance(row.host, str) and row.host else ""
         fig.add_annotation(
             # Three staggered rows so labels of close deploys don't print over each other.
             x=row.ts, y=1 - 0.07 * (i % 3), xref="x", yref="paper", text=label, showarrow=False,
             xanchor="right" if near_right else "left", yanchor="top", xshift=-3 if near_right else 3,
             font={"size": 11, "color": DEPLOY_COLOUR},
             bgcolor="rgba(255,255,255,0.8)",
-            hovertext=f"deploy {row.service} {row.version}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",
+            hovertext=f"deploy {plot_text(row.service)} {plot_text(row.version)}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",
         )
     return fig
 
@@ -93,10 +109,10 @@ def add_action_markers(fig: go.Figure, actions: pd.DataFrame | None) -> go.Figur
     for i, row in enumerate(actions.itertuples(index=False)):
         fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
                       line={"color": ACTION_COLOUR, "width": 1, "dash": "dot"}, layer="below")
-        fig.add_annotation(x=row.ts, y=0.02 + 0.07 * (i % 2), xref="x", yref="paper", text=row.label,
+        fig.add_annotation(x=row.ts, y=0.02 + 0.07 * (i % 2), xref="x", yref="paper", text=plot_text(row.label),
                            showarrow=False, xanchor="left", yanchor="bottom", xshift=3,
                            font={"size": 11, "color": ACTION_COLOUR}, bgcolor="rgba(255,255,255,0.8)",
-                           hovertext=f"{row.action} {row.target}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC")
+                           hovertext=f"{plot_text(row.action)} {plot_text(row.target)}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC")
     return fig
 
 
@@ -211,12 +227,13 @@ def time_lines(
             full = f"{group} · {label}" if several else name
             fig.add_trace(go.Scatter(
                 # Markers too when there are few points, so a short history is not invisible.
-                x=part["time"], y=part[col], name=name, connectgaps=False, marker={"size": 4},
+                x=part["time"], y=part[col], name=plot_text(name), connectgaps=False, marker={"size": 4},
                 mode="lines+markers" if part[col].notna().sum() < 30 else "lines",
                 legendgroup=group if several else None, showlegend=not (several and shown),
                 line={"width": 2, "dash": styles[col] if len(columns) > 1 else "solid",
                       "color": _colour(gi if len(groups) > 1 else ci)},
-                hovertemplate=f"{full}: {hover}<extra></extra>",
+                # The name goes in as meta: in the template itself a "%{...}" in it would be substituted.
+                meta=plot_text(full), hovertemplate=f"%{{meta}}: {hover}<extra></extra>",
             ))
             shown = True
     subtitle = " · ".join(f"{DASH_NAMES[styles[c]]}: {label}" for c, label in columns.items()) \
@@ -257,7 +274,7 @@ def stacked_area(
     """`df[y]` over `df["time"]`, one stacked area per value of `stack` (e.g. connections by state)."""
     fig = go.Figure()
     for i, (name, part) in enumerate(df.groupby(stack, sort=True)):
-        fig.add_trace(go.Scatter(x=part["time"], y=part[y], name=str(name), mode="lines", stackgroup="one",
+        fig.add_trace(go.Scatter(x=part["time"], y=part[y], name=plot_text(name), mode="lines", stackgroup="one",
                                  line={"width": 1, "color": _colour(i)}, hovertemplate="%{y:,.1f}"))
     fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
     fig.update_yaxes(title_text=y_title, rangemode="tozero")
@@ -277,7 +294,7 @@ def bars(
     groups = [(None, df)] if colour_by is None else list(df.groupby(colour_by, sort=True))
     for i, (name, part) in enumerate(groups):
         part = part.sort_values(x)
-        fig.add_trace(go.Bar(x=part[x], y=part[y].astype(str), orientation="h", name=str(name or x),
+        fig.add_trace(go.Bar(x=part[x], y=part[y].astype(str).map(plot_text), orientation="h", name=plot_text(name or x),
                              marker_color=_colour(i), hovertemplate=hover, showlegend=colour_by is not None))
     fig.update_xaxes(title_text=x_title, tickformat=tickformat, ticksuffix=suffix)
     fig.update_yaxes(automargin=True)
@@ -305,8 +322,8 @@ def stacked_bars(
         order = [k for k in totals.index if k in keep] + (["other"] if len(totals) > top else [])
         for i, name in enumerate(order):
             part = df[df[stack] == name].groupby("time", as_index=False)[y].sum()
-            fig.add_trace(go.Bar(x=part["time"], y=part[y], name=str(name), marker_color=_colour(i),
-                                 hovertemplate=f"{name}: {hover}<extra></extra>"))
+            fig.add_trace(go.Bar(x=part["time"], y=part[y], name=plot_text(name), marker_color=_colour(i),
+                                 meta=plot_text(name), hovertemplate=f"%{{meta}}: {hover}<extra></extra>"))
     for name, value in hlines:
         fig.add_hline(y=value, line={"color": THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR), "width": 1.5, "dash": "dot"},
                       annotation={"text": name, "font": {"size": 10}, "xanchor": "left", "x": 0})
@@ -339,7 +356,8 @@ def ratio_chart(df: pd.DataFrame, *, title: str = "p95 after / before, with its 
     verdict and its bootstrap CI as a bar, the worst at the top; a dotted line at ×1 (no change)."""
     fig = go.Figure()
     shown = df.dropna(subset=["p95_ratio"]).iloc[::-1]
-    labels = shown["endpoint"] if shown["service"].nunique() <= 1 else shown["service"] + " " + shown["endpoint"]
+    labels = (shown["endpoint"] if shown["service"].nunique() <= 1
+              else shown["service"] + " " + shown["endpoint"]).map(plot_text)
     for verdict, colour in VERDICT_COLOURS.items():
         mine = shown["verdict"] == verdict
         if not mine.any():

@@ -5,6 +5,7 @@ read-only connection per cache miss, runs the page's queries on it and closes it
 the DuckDB file across reruns (the collector needs it back within a second or two)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,8 +15,10 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
 from dashboard import queries
+from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
 from dashboard.queries.compare import fmt_ms  # noqa: F401 - pages format durations as widgets.fmt_ms
 
 CACHE_TTL_S = 10
@@ -39,6 +42,25 @@ HOW_TO_GET_DATA = (
     "Run `perfdeck demo` for a live demo with sample traffic, or `perfdeck collect` to start "
     "collecting from your instrumented services."
 )
+
+# Recorded names (endpoints, services, caches, versions, models, users, tables) are text. In markdown
+# (st.markdown, callouts, captions, badges, expander labels, tooltips) the characters that start markup
+# mid-line are backslash-escaped (emphasis, code, links and images, HTML, $maths$, ~strike~, entities),
+# and at the start of a line the ones that open a block (heading, quote, list). Streamlit looks for
+# :material/icons:, :emoji: and :colour[directives] after unescaping, so a colon is followed by a
+# zero-width space instead; the same space breaks GFM's autolinks ("http://", "www.", "a@b.c").
+_MARKDOWN = re.compile(r"([\\`*_\[\]<$~&])")
+_BLOCK = re.compile(r"^(\s*\d*)([#>+\-=|]|(?<=\d)[.)])")
+_ZWSP = "\u200b"
+_AUTOLINK = re.compile(r"(?i)(www)(\.)|(@)")
+
+
+def as_text(value) -> str:
+    """A recorded name (or any text that came from data) escaped for a markdown context, on one line."""
+    text = _MARKDOWN.sub(r"\\\1", _HIDDEN.sub("\ufffd", " ".join(str(value).splitlines())))
+    text = _BLOCK.sub(lambda m: m[1] + "\\" + m[2], text)
+    text = _AUTOLINK.sub(lambda m: (m[1] + _ZWSP + m[2]) if m[1] else m[3] + _ZWSP, text)
+    return text.replace(":", ":" + _ZWSP)
 
 
 @dataclass(frozen=True)
@@ -170,10 +192,10 @@ def lasted(seconds) -> str:
 
 def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") -> None:
     """A download button for `df` as `perfdeck-<name>.csv`; time columns get a `_utc` suffix so
-    the file says what its timestamps are."""
+    the file says what its timestamps are. Text is redacted: no page's CSV carries a secret."""
     out = df.rename(columns={c: f"{c}_utc" for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])})
     st.download_button(
-        label, out.to_csv(index=False), file_name=f"perfdeck-{name}.csv", mime="text/csv",
+        label, redact(out.to_csv(index=False)), file_name=f"perfdeck-{name}.csv", mime="text/csv",
         key=f"csv-{name}", on_click="ignore", icon=":material/download:", type="tertiary",
     )
 
@@ -188,12 +210,12 @@ def table(df: pd.DataFrame, name: str, **dataframe_kwargs: Any) -> None:
 
 def down_components(df: pd.DataFrame, what: str) -> None:
     """A red callout per watched component that is down (from `queries.component_status`), with
-    its error and since when; the targets in the store are already masked."""
+    its error and since when. Redacted again here: rows written by an older collector may hold one."""
     for row in df[df["status"] == "down"].itertuples(index=False):
         last_ok = f" Last answered {row.last_ok:%Y-%m-%d %H:%M} UTC." if pd.notna(row.last_ok) else ""
-        target = f" (`{row.target}`)" if isinstance(row.target, str) and row.target else ""
-        error = f" Error: `{row.error}`." if isinstance(row.error, str) and row.error else ""
-        st.error(f"**{what} {row.name}{target} is down** since {row.since:%Y-%m-%d %H:%M} UTC "
+        target = f" ({as_text(redact(row.target))})" if isinstance(row.target, str) and row.target else ""
+        error = f" Error: {as_text(redact(row.error))}." if isinstance(row.error, str) and row.error else ""
+        st.error(f"**{what} {as_text(row.name)}{target} is down** since {row.since:%Y-%m-%d %H:%M} UTC "
                  f"(checked {row.checked_at:%H:%M:%S} UTC).{error}{last_ok}", icon=":material/error:")
 
 

@@ -3,6 +3,7 @@ recommendations and findings, creating and dropping an index on a real SQLite ta
 an operator, and the estimate-vs-measured table once an advised index exists."""
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,11 @@ PASSWORD = "correct horse battery"
 FP = "SELECT * FROM orders WHERE customer_id = ?"
 CREATE_KEY = "advisor:shop:None:orders:customer_id"      # the create panel of shop's orders (customer_id)
 DROP_KEY = "advisor:shop:None:ix_orders_status"
+
+def shown_text(markdown: str) -> str:
+    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
+
 
 
 @pytest.fixture
@@ -119,7 +125,8 @@ def test_a_run_shows_its_recommendations_findings_and_one_expander_each(env):
     assert (row["time_saved"], row["calls_day"], row["mean_ms"], plain(row["queries"])) == ("1.5 h", 12_000, 30.0, [FP])
     found = frame(at, "dropped_at")
     assert found[["kind", "index_name", "size_bytes"]].values.tolist() == [["unused", "ix_orders_status", 4096]]
-    assert expanders(at) == ["Create index on orders (customer_id)", "Drop index ix_orders_status on orders (unused)"]
+    assert [shown_text(e) for e in expanders(at)] == ["Create index on orders (customer_id)",
+                                                      "Drop index ix_orders_status on orders (unused)"]
     assert {"csv-index-recommendations", "csv-index-findings"} <= {b.key for b in at.download_button}
     assert "No index advised here has been created" in " ".join(section(at))
 
@@ -178,7 +185,7 @@ def test_an_operator_creates_the_advised_index_and_drops_the_unused_one(env, mon
     st.cache_data.clear()
     at.run()
     assert frame(at, "time_saved")["created_at"].notna().all()
-    assert expanders(at) == ["Drop index ix_orders_status on orders (unused)"]
+    assert [shown_text(e) for e in expanders(at)] == ["Drop index ix_orders_status on orders (unused)"]
 
     # Dropping asks for the index name to be typed.
     at.session_state[f"{DROP_KEY}:open"] = True

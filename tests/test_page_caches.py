@@ -1,6 +1,7 @@
 """AppTest of the Caches page on a seeded store, an empty store and the router."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ from collectors.store import migrate, write
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "caches.py")
 APP = str(ROOT / "dashboard" / "app.py")
+
+def shown_text(markdown: str) -> str:
+    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
+
 
 
 @pytest.fixture
@@ -45,7 +51,7 @@ def test_caches_page_shows_app_caches_and_redis(seeded):
     # The Redis that stopped answering is called out, with its error; nothing else is.
     assert len(at.error) == 1
     assert "queue" in at.error[0].value and "is down" in at.error[0].value
-    assert "Connection refused" in at.error[0].value and "***" in at.error[0].value
+    assert "Connection refused" in at.error[0].value and "***" in shown_text(at.error[0].value)
     assert not at.warning
 
 

@@ -51,7 +51,7 @@ def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
         return None
     deploys = data["deploys"]
     if deploys.empty:
-        st.info(f"No deploy has been recorded{' for ' + filters.service if filters.service else ''}. "
+        st.info(f"No deploy has been recorded{' for ' + widgets.as_text(filters.service) if filters.service else ''}. "
                 f"{HOW_TO_MARK} Or compare two windows.", icon=":material/info:")
         return None
     labels = [f"{d.version} · {d.service} · {d.ts:%Y-%m-%d %H:%M} UTC" for d in deploys.itertuples(index=False)]
@@ -90,7 +90,7 @@ def headline(rows: pd.DataFrame) -> None:
                    icon=":material/check_circle:")
     else:
         st.error(f"**{len(bad)} endpoint{'s' if len(bad) != 1 else ''} regressed significantly.** "
-                 f"Worst: {describe(bad.iloc[0])}", icon=":material/trending_up:")
+                 f"Worst: {widgets.as_text(describe(bad.iloc[0]))}", icon=":material/trending_up:")
     better = (rows["verdict"] == "improvement").sum()
     notes = [f"{better} improved significantly." if better else "",
              "Some endpoints are compared from histograms (raw events are no longer kept for a window)."
@@ -128,7 +128,7 @@ def body() -> None:
     if result is None:
         return
     rows = result["rows"]
-    st.caption(f"{what}: before {before[0]:%Y-%m-%d %H:%M} → {before[1]:%H:%M}, "
+    st.caption(f"{widgets.as_text(what)}: before {before[0]:%Y-%m-%d %H:%M} → {before[1]:%H:%M}, "
                f"after {after[0]:%Y-%m-%d %H:%M} → {after[1]:%H:%M} UTC")
     if rows.empty:
         st.info("No endpoint has requests in both windows: nothing to compare. Pick other windows.",

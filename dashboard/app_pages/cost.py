@@ -2,6 +2,8 @@
 saved, and whether the budgets hold."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -70,13 +72,15 @@ def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> Non
     first = unpriced.iloc[0]
     tokens = int(unpriced["input_tokens"].sum() + unpriced["output_tokens"].sum())
     store = "" if db_path() == DEFAULT_DB else f" --db {db_path()}"
-    models = ", ".join(f"`{m}` ({n:,})" for m, n in unpriced[["model", "calls"]].itertuples(index=False))
+    models = ", ".join(f"{widgets.as_text(m)} ({n:,})" for m, n in unpriced[["model", "calls"]].itertuples(index=False))
+    # A TOML basic string (json's escapes are TOML's); no backtick, so the name cannot close the fence.
+    toml_name = json.dumps(str(first.model)).replace("`", "\\u0060")
     st.warning(
         f"**{totals.unpriced_calls:,} calls ({tokens:,} tokens) have no price** and are not in the spend "
         f"below: {models}. No price list knows these models. Give them a price in `{prices_file}` "
         f"($ per million tokens; the collector picks it up as it is saved), then price the calls "
         f"already recorded:\n\n"
-        f"```toml\n[models.\"{first.model}\"]\ninput = 0.20\noutput = 0.40\n```\n"
+        f"```toml\n[models.{toml_name}]\ninput = 0.20\noutput = 0.40\n```\n"
         f"```\nperfdeck reprice --since 30d{store}\n```", icon=":material/price_change:")
 
 

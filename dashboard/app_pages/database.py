@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
+from collectors.redact import redact
 from collectors.samplers.database import pg_stat_statements_hint
 from collectors.store import utcnow
 from dashboard import charts, widgets
@@ -85,7 +86,7 @@ def top_queries(since, until, targets) -> None:
     st.subheader("Top queries")
     for target in targets[~targets["pgss_enabled"].fillna(True).astype(bool)]["target"]:
         hint = pg_stat_statements_hint()
-        st.info(f"**pg_stat_statements is off on `{target}`**, so its statements are missing from the "
+        st.info(f"**pg_stat_statements is off on {widgets.as_text(target)}**, so its statements are missing from the "
                 f"PostgreSQL view. {hint[0].upper()}{hint[1:]}", icon=":material/lightbulb:")
     source_col, order_col = st.columns([2, 1], vertical_alignment="bottom")
     source = source_col.segmented_control("Source", list(SOURCES), format_func=SOURCES.get, default="sdk",
@@ -129,12 +130,13 @@ def run_summary(run) -> None:
         parts.append(f"{int(run.analysed):,} of {int(run.statements):,} statements analysed")
     if pd.notna(run.seconds):
         parts.append(f"took {run.seconds:,.1f} s")
-    notes = f" {run.notes}" if isinstance(run.notes, str) and run.notes else ""
+    notes = f" {widgets.as_text(redact(run.notes))}" if isinstance(run.notes, str) and run.notes else ""
     st.caption(" · ".join(p for p in parts if isinstance(p, str)) + notes)
     if isinstance(run.error, str) and run.error:
         shown = (f" Showing the findings of the run at {run.findings_ts:%Y-%m-%d %H:%M} UTC."
                  if pd.notna(run.findings_ts) else "")
-        st.warning(f"**The last advisor run failed:** {run.error}.{shown}", icon=":material/warning:")
+        st.warning(f"**The last advisor run failed:** {widgets.as_text(redact(run.error))}.{shown}",
+                   icon=":material/warning:")
 
 
 def shown_columns(df: pd.DataFrame, columns: dict, when: str) -> list[str]:
@@ -157,7 +159,8 @@ def recommendations(advice: pd.DataFrame) -> None:
     widgets.table(shown, "index-recommendations", column_config=ADVICE_COLUMNS, column_order=list(ADVICE_COLUMNS))
     for row in advice[advice["created_at"].isna()].itertuples(index=False):
         key = key_of(row, "target", "table_schema", "table_name") + ":" + ",".join(row.columns)
-        box = st.expander(f"Create index on {row.table_name} ({', '.join(row.columns)})", icon=":material/add:",
+        box = st.expander(widgets.as_text(f"Create index on {row.table_name} ({', '.join(row.columns)})"),
+                          icon=":material/add:",
                           key=f"{key}:open", on_change="rerun")
         if box.open:        # the panel reads the live catalogue: only for the one being looked at
             with box:
@@ -175,7 +178,8 @@ def findings(found: pd.DataFrame) -> None:
                   column_order=shown_columns(found, FINDING_COLUMNS, "dropped_at"))
     for row in found[found["dropped_at"].isna()].itertuples(index=False):
         key = key_of(row, "target", "table_schema", "index_name")
-        box = st.expander(f"Drop index {row.index_name} on {row.table_name} ({row.kind})", icon=":material/delete:",
+        box = st.expander(widgets.as_text(f"Drop index {row.index_name} on {row.table_name} ({row.kind})"),
+                          icon=":material/delete:",
                           key=f"{key}:open", on_change="rerun")
         if box.open:
             with box:

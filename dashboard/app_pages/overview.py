@@ -1,7 +1,6 @@
 """Overview: how busy and how fast is each service, and did the last deploy change that?"""
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pandas as pd
@@ -33,12 +32,7 @@ SEVERITY_STYLE = {
     "critical": (st.error, "red", ":material/error:"),
 }
 SHOWN_REASONS = 3
-# Messages name services, endpoints, caches and sources as recorded: in markdown they must stay text
-# (no emphasis, links, :red[colours], :icons:, $maths$ or HTML). Mid-line, the rest is inert. Streamlit
-# finds :material/icons: and :emoji: after unescaping, so a colon is followed by a zero-width space
-# (which also keeps "http://" from becoming a link).
-_MARKDOWN = re.compile(r"([\\`*_\[\]<$~&])")
-_ZWSP = "\u200b"
+as_text = widgets.as_text   # messages name services, endpoints, caches and sources as recorded
 
 CHECK_COLUMNS = {
     "severity": st.column_config.TextColumn("Severity"),
@@ -53,12 +47,6 @@ CHECK_COLUMNS = {
 }
 
 
-def as_text(message: str) -> str:
-    """A message escaped for a markdown context, on one line."""
-    text = _MARKDOWN.sub(r"\\\1", message.replace("\r", " ").replace("\n", " "))
-    return text.replace(":", ":" + _ZWSP)
-
-
 def health_banner() -> None:
     """Current health: the checks of the last [alerts] window ending now, whatever range is picked."""
     try:
@@ -66,7 +54,7 @@ def health_banner() -> None:
         until = widgets.TimeRange("health", span=timedelta(seconds=window_s)).bounds()[1]
         data = widgets.load({"checks": q.health_checks}, until=until, window_s=window_s)
     except ValueError as exc:   # a broken [alerts] table or thresholds file
-        st.error(f"**Health: not assessed.** {exc}", icon=":material/error:")
+        st.error(f"**Health: not assessed.** {as_text(exc)}", icon=":material/error:")
         return
     if data is None:
         return
@@ -85,7 +73,7 @@ def health_banner() -> None:
     with st.container(horizontal=True, gap="small"):
         for row in components(checks).itertuples(index=False):
             _, colour, badge_icon = SEVERITY_STYLE[row.severity]
-            st.badge(f"{row.component}: {row.severity}", icon=badge_icon, color=colour, help=as_text(row.reason))
+            st.badge(f"{as_text(row.component)}: {row.severity}", icon=badge_icon, color=colour, help=as_text(row.reason))
     with st.expander(f"All checks ({len(checks)}) over the last {span} to {until:%H:%M:%S} UTC, "
                      "not the range picked in the sidebar"):
         widgets.table(checks, "health-checks", column_config=CHECK_COLUMNS, column_order=list(CHECK_COLUMNS))
@@ -152,7 +140,7 @@ def body() -> None:
     latency = widgets.load({"latency": q.latency_over_time}, **scope | {"service": service, "endpoint": endpoint})
     if latency is None:
         return
-    title = f"Latency percentiles: {endpoint or 'all endpoints'}"
+    title = f"Latency percentiles: {endpoint or 'all endpoints'}"     # charts make names Plotly text
     st.plotly_chart(charts.latency_chart(latency["latency"], data["deploys"], x_range=(since, until),
                                          title=title, log_y=log_y), key="latency_chart")
     widgets.csv_download(latency["latency"], "latency-over-time", label="Download chart data (CSV)")
