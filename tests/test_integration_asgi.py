@@ -168,3 +168,15 @@ def test_a_broken_sdk_never_breaks_the_app(spool, monkeypatch):
     assert r.status_code == 200 and r.json() == {"id": "5"}
     with pytest.raises(Boom):
         client.get("/boom")
+
+
+def test_a_mount_with_parameters_is_recorded_as_its_template(spool):
+    # The router leaves the matched mount path raw in root_path ("/t/evil<b>"): its values go back to names.
+    app = PerfdeckMiddleware(Starlette(routes=[
+        Mount("/t/{tenant}", routes=[Route("/items/{item_id}", item)]),
+        Mount("/files/{owner}", app=PlainTextResponse("file")),
+    ]))
+    client = TestClient(app)
+    assert client.get("/t/<img src=x>/items/7").status_code == 200
+    assert client.get("/files/![x](http:)/a/b").status_code == 200
+    assert [r["endpoint"] for r in recorded(spool)] == ["/t/{tenant}/items/{item_id}", "/files/{owner}/{path}"]

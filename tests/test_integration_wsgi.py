@@ -137,6 +137,9 @@ def test_generic_middleware_templates_raw_paths(spool):
     ("/blob/deadbeefdeadbeef", "/blob/{id}"),
     ("/v2/search", "/v2/search"),
     ("/cafe", "/cafe"),
+    ("/a/![x](http:", "/a/{id}"),                          # not a plain word: the client's text
+    ("/a/<img src=x>/b", "/a/{id}/b"),
+    ("/static/app.min.js", "/static/app.min.js"),
 ])
 def test_template_path(path, expected):
     assert template_path(path) == expected
@@ -160,3 +163,14 @@ def test_plain_wsgi_app_and_a_broken_sdk(spool, monkeypatch):
         assert r.status_code == 204
     monkeypatch.undo()
     assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("/ping/{id}", 204)]
+
+
+def test_generic_middleware_never_records_a_path_the_app_did_not_match(spool):
+    # Behind the plain middleware a client picks the path: a 404 is "(unmatched)", whatever it said.
+    app = make_app()
+    app.wsgi_app = PerfdeckWSGIMiddleware(app.wsgi_app)
+    client = app.test_client()
+    for path in ("/![x](http://evil.example/p.png)", "/nope/about", "/items/abc"):
+        with client.get(path) as r:
+            assert r.status_code == 404
+    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("(unmatched)", 404)] * 3

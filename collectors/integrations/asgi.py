@@ -92,7 +92,7 @@ def route_template(scope: dict, root_path: str = "") -> str:
     if not isinstance(path, str):
         return UNMATCHED
     prefix = scope.get("root_path", "") or ""
-    prefix = prefix[len(root_path):] if prefix.startswith(root_path) else ""
+    prefix = _templated(prefix[len(root_path):] if prefix.startswith(root_path) else "", scope)
     if hasattr(route, "app") and not hasattr(route, "endpoint"):
         # A Mount. Under a router that matched nothing the Mount is still the last route set: a 404.
         if getattr(route, "routes", None):
@@ -101,6 +101,16 @@ def route_template(scope: dict, root_path: str = "") -> str:
         # and its matched prefix is already in root_path.
         return (prefix or path).rstrip("/") + "/{path}"
     return (prefix.rstrip("/") + path) or "/"
+
+
+def _templated(prefix: str, scope: dict) -> str:
+    """A mount prefix as matched ("/users/42") with its parameters' values put back as "{name}": the
+    router leaves only the raw path in root_path, and a raw path is the client's text."""
+    params = scope.get("path_params")
+    if not prefix or not isinstance(params, dict) or not params:
+        return prefix
+    names = {str(v): k for k, v in params.items() if str(v)}
+    return "/".join(f"{{{names[seg]}}}" if seg in names else seg for seg in prefix.split("/"))
 
 
 class PerfdeckMiddleware:

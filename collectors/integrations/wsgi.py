@@ -7,8 +7,10 @@
 Recorded per request, like collectors.integrations.asgi:
   endpoint    `environ["perfdeck.endpoint"]` when the framework put one there (instrument_flask does, from
               `request.url_rule.rule`, or "(unmatched)" when no rule matched). Otherwise PATH_INFO with every
-              segment that looks like an id (all digits, a UUID, 16+ hex chars) replaced by "{id}":
-              "/orders/123/lines/9f1c...e2" -> "/orders/{id}/lines/{id}".
+              segment that looks like an id (all digits, a UUID, 16+ hex chars) or is not a plain word
+              (letters, digits, "._~-", at most 64) replaced by "{id}":
+              "/orders/123/lines/9f1c...e2" -> "/orders/{id}/lines/{id}"; and "(unmatched)" when the app
+              answered 404, i.e. its router matched nothing: a raw path is the client's text, not the app's.
   status      from start_response; an exception escaping the app -> 500, re-raised unchanged.
   duration    from the call into the app until the response body has been iterated to the end or closed,
               whichever comes first; that is when the request is recorded. PEP 3333 servers always
@@ -34,17 +36,21 @@ ENDPOINT_KEY = "perfdeck.endpoint"
 REQUEST_ID_KEY = "perfdeck.request_id"
 _ID_SEGMENT = re.compile(
     r"\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}")
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~\-]{1,64}")
 
 
 def template_path(path: str) -> str:
-    """PATH_INFO with id-like segments replaced by "{id}"."""
-    return "/".join("{id}" if seg and _ID_SEGMENT.fullmatch(seg) else seg for seg in (path or "/").split("/")) or "/"
+    """PATH_INFO with id-like and not-plain segments replaced by "{id}"."""
+    return "/".join("{id}" if seg and (_ID_SEGMENT.fullmatch(seg) or not _PLAIN_SEGMENT.fullmatch(seg)) else seg
+                    for seg in (path or "/").split("/")) or "/"
 
 
-def _endpoint(environ) -> str:
+def _endpoint(environ, status: int | None = None) -> str:
     ep = environ.get(ENDPOINT_KEY)
     if isinstance(ep, str) and ep:
         return ep
+    if status == 404:       # no framework told us the route, and the app's router matched nothing
+        return UNMATCHED
     return template_path(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
 
 
@@ -112,7 +118,8 @@ class _Timing:
         self.done = True
         try:
             elapsed = max(0.0, (perf_counter() - self.t0) * 1000.0)
-            sdk.record_request(_endpoint(self.environ), elapsed, status or self.status[0],
+            status = status or self.status[0]
+            sdk.record_request(_endpoint(self.environ, status), elapsed, status,
                                str(self.environ.get("REQUEST_METHOD", "GET")), request_id=self.rid)
         except Exception:
             log.debug("perfdeck: could not record a request", exc_info=True)
