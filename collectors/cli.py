@@ -151,9 +151,6 @@ def _table_command(table: str) -> click.Command:
     return export_table
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent  # holds dashboard/ and .streamlit/config.toml
-
-
 @main.command(context_settings=CONTEXT)
 @db_option
 @since_option
@@ -211,42 +208,6 @@ def reprice(db, since, until_ago, model, config_path, yes) -> None:
     except StoreLocked as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"repriced: {plan.summary()}")
-
-
-def dashboard_command(db: str | None, port: int | None, extra: tuple = ()) -> list[str]:
-    """argv that serves the dashboard; run it with cwd=REPO_ROOT so Streamlit finds its config."""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py")]
-    if port:
-        cmd += ["--server.port", str(port)]
-    return cmd + list(extra)
-
-
-def dashboard_env(db: str | os.PathLike | None) -> dict:
-    """The environment for the dashboard, which runs from REPO_ROOT: the store, the spool (where
-    actions broadcast to app processes) and perfdeck.toml (the targets actions may touch) made
-    absolute against *our* cwd."""
-    from collectors import config
-    from collectors.store import db_path
-
-    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()),
-               PERFDECK_SPOOL=str(Path(os.environ.get("PERFDECK_SPOOL") or "data/spool").resolve()))
-    config_file = Path(os.environ.get("PERFDECK_CONFIG") or config.DEFAULT_PATH)
-    if config_file.exists():
-        env["PERFDECK_CONFIG"] = str(config_file.resolve())
-    return env
-
-
-@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True})
-@db_option
-@click.option("--port", type=int, default=None, help="Port (default $STREAMLIT_SERVER_PORT or 8501).")
-@click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)
-def dashboard(db, port, streamlit_args) -> None:
-    """Serve the dashboard (Streamlit). Extra arguments go to `streamlit run`."""
-    env = dashboard_env(db)
-    os.chdir(REPO_ROOT)
-    # Become Streamlit rather than wrap it, so signals (Ctrl-C, SIGTERM) reach it directly.
-    cmd = dashboard_command(db, port, streamlit_args)
-    os.execve(cmd[0], cmd, env)
 
 
 def _advise_target(database: str) -> tuple[str, str | None]:
@@ -354,19 +315,29 @@ def operator_hash(password_stdin) -> None:
 @click.option("--port", type=int, default=None, help="Dashboard port (default $STREAMLIT_SERVER_PORT or 8501).")
 @click.option("--days", default=4.0, show_default=True, help="Days of history to backfill in fast-forward.")
 @click.option("--no-dashboard", is_flag=True, help="Run the workload and the collector only.")
-def demo(data_dir, port, days, no_dashboard) -> None:
+@click.option("--no-auth", is_flag=True,
+              help="With $STREAMLIT_SERVER_ADDRESS set to a non-loopback address: serve it with no viewer login.")
+def demo(data_dir, port, days, no_dashboard, no_auth) -> None:
     """Backfill days of history from a real instrumented workload, keep it running live, collect it,
-    and serve the dashboard on it. Ctrl-C stops everything."""
+    and serve the dashboard on it (on 127.0.0.1; $STREAMLIT_SERVER_ADDRESS for other machines, which
+    needs viewer login or --no-auth). Ctrl-C stops everything."""
+    from collectors.cli_dashboard import exposure, resolve_address
     from collectors.demo.runner import run
 
+    if not no_dashboard:       # refused before the backfill, not after it
+        warning = exposure(resolve_address(None), no_auth)
+        if warning:
+            click.echo(f"perfdeck demo: {warning}", err=True)
     sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard))
 
 
-# Health, alerts and regressions live in modules of their own; they import the shared options above.
+# The dashboard's launch, health, alerts and regressions live in modules of their own; they import the
+# shared options above.
 from collectors.cli_compare import compare, deploy  # noqa: E402
+from collectors.cli_dashboard import dashboard  # noqa: E402
 from collectors.cli_health import health  # noqa: E402
 
-for command in (health, compare, deploy):
+for command in (dashboard, health, compare, deploy):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -73,21 +73,20 @@ def last_deploy_version(db: Path, service: str = "shop-api") -> str | None:
     return row[0] if row else None
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def dashboard_address() -> str:
-    """Where the demo dashboard listens: loopback unless $STREAMLIT_SERVER_ADDRESS says otherwise."""
-    return os.environ.get("STREAMLIT_SERVER_ADDRESS", "").strip() or "127.0.0.1"
+    """Where the demo dashboard listens: loopback unless $STREAMLIT_SERVER_ADDRESS says otherwise (the
+    command refuses a non-loopback one with no viewer login, unless --no-auth)."""
+    from collectors.cli_dashboard import resolve_address
+
+    return resolve_address(None)
 
 
 def start_dashboard(db: Path, port: int, env: dict) -> subprocess.Popen:
-    from collectors.cli import REPO_ROOT, dashboard_command, dashboard_env
+    """The dashboard as a child, with the packaged Streamlit settings, in our own cwd (where
+    perfdeck.toml and .streamlit/secrets.toml are read)."""
+    from collectors.cli_dashboard import dashboard_command, dashboard_env
 
-    extra: tuple = ("--server.address", dashboard_address())
-    if "STREAMLIT_SERVER_HEADLESS" not in os.environ:
-        extra += ("--server.headless", "true")     # never prompt, never try to open a browser
-    return subprocess.Popen(dashboard_command(str(db), port, extra), env=dashboard_env(db) | env, cwd=REPO_ROOT)
+    return subprocess.Popen(dashboard_command(port, address=dashboard_address()), env=dashboard_env(db) | env)
 
 
 def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
@@ -97,6 +96,7 @@ def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
     loopback address, with no operator configured, a generated operator password (returned to be
     printed, never written anywhere)."""
     from collectors import config
+    from collectors.cli_dashboard import is_loopback
     from collectors.health.settings import alert_settings
     from dashboard.actions.access import generate_demo_password, operator_config
 
@@ -113,7 +113,7 @@ def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
         ("PERFDECK_COMPUTE_USD_PER_CORE_HOUR", cost.compute_usd_per_core_hour),
         ("PERFDECK_TARGET_PER_QUERY", cost.target_per_query)) if value is not None})
     password = None
-    if not operator_config().enabled and dashboard_address() in LOOPBACK:
+    if not operator_config().enabled and is_loopback(dashboard_address()):
         password, env["PERFDECK_OPERATOR_PASSWORD_HASH"] = generate_demo_password()
     return env, password
 
