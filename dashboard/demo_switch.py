@@ -4,8 +4,10 @@
 (collectors.demo.live.SlowSwitch): on, it deploys v1.9.0, whose /search gets slower every minute; off,
 it rolls back to v1.8.0.
 
-No operator role is asked for: the switch only changes the demo's own simulated traffic, never a real
-system. Streamlit is imported inside demo_switch() so the shop can read the file without loading it."""
+Flipping it is an operator action like any other (DemoDeploy, run through run_action): it only changes
+the demo's simulated traffic, but it deploys and raises alerts that everyone watching sees, so a viewer
+finds it disabled, and an operator confirms a preview and leaves an audit row. Streamlit and the action
+framework are imported inside functions so the shop can read the file without loading them."""
 from __future__ import annotations
 
 import json
@@ -56,15 +58,91 @@ def describe(state: dict, now: float | None = None) -> str:
             else f"Running v1.8.0 (rolled back {since}).")
 
 
+def demo_action():
+    """The switch as an action (made on demand: the shop imports this module, not the framework)."""
+    from dashboard.actions.framework import Action, InvalidInput, Preview, Result
+
+    class DemoDeploy(Action):
+        name = "demo.deploy"
+        kind = "demo"
+        title = LABEL
+        touches = "the demo shop's running version (simulated traffic only)"
+
+        def target_of(self, params: dict) -> str:
+            return "demo:shop"
+
+        def available(self) -> str | None:
+            return None if switch_path() else "only inside `perfdeck demo`"
+
+        def check(self, params: dict) -> dict:
+            if not isinstance(params.get("slow"), bool):
+                raise InvalidInput("slow must be true or false")
+            if switch_path() is None:
+                raise InvalidInput("the demo switch exists only inside `perfdeck demo`")
+            return {"slow": params["slow"]}
+
+        def preview(self, params: dict) -> Preview:
+            if params["slow"]:
+                return Preview("Deploys v1.9.0 to the demo shop: /search slows down each minute, up to ~1.6 s; "
+                               "an alert fires within minutes.")
+            return Preview("Rolls the demo shop back to v1.8.0: /search recovers within about 3 minutes.")
+
+        def execute(self, params: dict, preview: Preview, progress) -> Result:
+            state = write_switch(switch_path(), params["slow"])
+            return Result(describe(state), figures={"slow": state["slow"]})
+
+    return DemoDeploy()
+
+
+TOGGLE_KEY, PENDING_KEY = "demo_slow_build", "demo_slow_build:pending"
+
+
 def demo_switch() -> None:
-    """Render the switch in the sidebar; nothing outside `perfdeck demo`."""
+    """Render the switch in the sidebar; nothing outside `perfdeck demo`. A flip asks for confirmation
+    (operators only), and Deploy/Roll back runs the action."""
     path = switch_path()
     if path is None:
         return
     import streamlit as st
 
+    from dashboard.actions import access
+    from dashboard.actions.framework import ActionError, make_preview, run_action
+    from dashboard.actions.ui import current_actor
+
+    actor, action = current_actor(), demo_action()
     state = read_switch(path)
-    st.session_state["demo_slow_build"] = state["slow"]     # the file is the truth (another tab may flip it)
-    st.sidebar.toggle(LABEL, key="demo_slow_build", help=HELP,
-                      on_change=lambda: write_switch(path, st.session_state["demo_slow_build"]))
-    st.sidebar.caption(describe(read_switch(path)))
+    pending = st.session_state.get(PENDING_KEY)
+    if pending is not None and (pending[0] == state["slow"] or not actor.is_operator):
+        pending = st.session_state[PENDING_KEY] = None     # done elsewhere (another tab), or logged out
+    # The file is the truth (another tab may flip it); a flip waiting for confirmation shows as asked.
+    st.session_state[TOGGLE_KEY] = state["slow"] if pending is None else pending[0]
+
+    def request() -> None:
+        slow = st.session_state[TOGGLE_KEY]
+        params, preview = make_preview(action, {"slow": slow})
+        st.session_state[PENDING_KEY] = (slow, preview)
+
+    st.sidebar.toggle(LABEL, key=TOGGLE_KEY, help=HELP, disabled=not actor.is_operator, on_change=request)
+    st.sidebar.caption(describe(state))
+    if not actor.is_operator:
+        config = access.operator_config()
+        st.sidebar.caption(":material/lock: Deploying and rolling back needs the operator role. "
+                           + (config.hint if not config.enabled else "Log in as operator above."))
+        return
+    if st.session_state.get("demo_slow_build:outcome"):
+        st.sidebar.error(st.session_state.pop("demo_slow_build:outcome"))
+    if pending is None:
+        return
+    slow, preview = pending
+    st.sidebar.info(preview.summary, icon=":material/preview:")
+    run, cancel = st.sidebar.columns(2)
+    if run.button("Deploy" if slow else "Roll back", key="demo_slow_build:run", type="primary"):
+        try:
+            run_action(action, {"slow": slow}, preview, actor=actor)
+        except ActionError as exc:
+            st.session_state["demo_slow_build:outcome"] = str(exc)
+        st.session_state[PENDING_KEY] = None
+        st.rerun()
+    if cancel.button("Cancel", key="demo_slow_build:cancel"):
+        st.session_state[PENDING_KEY] = None
+        st.rerun()

@@ -68,30 +68,112 @@ def test_describe():
 
 
 def _sidebar_app():
+    from dashboard.actions.ui import operator_sidebar
     from dashboard.demo_switch import demo_switch
 
+    operator_sidebar()
     demo_switch()
 
 
-def test_sidebar_toggle_writes_the_file(tmp_path, monkeypatch):
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def demo_dashboard(tmp_path, migrated_store, monkeypatch):
+    """A demo dir and a store for the audit rows; no operator configured, nothing read from the cwd."""
+    monkeypatch.setenv("PERFDECK_DEMO_DIR", str(tmp_path))
+    monkeypatch.setenv("PERFDECK_DB", str(migrated_store))
+    for var in ("PERFDECK_OPERATOR_PASSWORD_HASH", "PERFDECK_OPERATOR_EMAILS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)          # no .streamlit/secrets.toml here
+    return tmp_path
+
+
+def _audit(db) -> list[tuple]:
+    from tests.helpers import query
+
+    return query(db, "SELECT actor, action, target, outcome FROM action_audit WHERE action LIKE 'demo.%' ORDER BY id")
+
+
+def _button(at, label: str):
+    return next(b for b in at.sidebar.button if b.label == label)
+
+
+def test_an_operator_confirms_the_switch_and_it_is_audited(demo_dashboard, migrated_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("PERFDECK_DEMO_DIR", str(tmp_path))
+    from dashboard.actions.access import hash_password
+
+    monkeypatch.setenv("PERFDECK_OPERATOR_PASSWORD_HASH", hash_password(PASSWORD))
     at = AppTest.from_function(_sidebar_app, default_timeout=30).run()
+    at.sidebar.text_input[0].input(PASSWORD)
+    at.sidebar.button[0].click().run()
     assert not at.exception, at.exception
     toggle = at.sidebar.toggle[0]
-    assert toggle.label == LABEL and toggle.value is False
+    assert toggle.label == LABEL and toggle.value is False and not toggle.disabled
     assert "v1.9.0" in toggle.help and "Compare" in toggle.help
     assert at.sidebar.caption[0].value == "Running v1.8.0."
-    toggle.set_value(True).run()
+
+    toggle.set_value(True).run()                         # asks first: the preview, nothing written yet
     assert not at.exception, at.exception
-    assert read_switch(tmp_path / SWITCH_FILE)["slow"] is True
-    assert at.sidebar.toggle[0].value is True
+    assert at.sidebar.info[0].value.startswith("Deploys v1.9.0 to the demo shop")
+    assert not (demo_dashboard / SWITCH_FILE).exists() and at.sidebar.toggle[0].value is True
+    _button(at, "Cancel").click().run()
+    assert at.sidebar.toggle[0].value is False and not at.sidebar.info
+    assert not (demo_dashboard / SWITCH_FILE).exists()
+
+    at.sidebar.toggle[0].set_value(True).run()
+    _button(at, "Deploy").click().run()
+    assert not at.exception, at.exception
+    assert read_switch(demo_dashboard / SWITCH_FILE)["slow"] is True
+    assert at.sidebar.toggle[0].value is True and not at.sidebar.info
     assert at.sidebar.caption[0].value == "v1.9.0 (slow build) deployed under a minute ago."
-    write_switch(tmp_path / SWITCH_FILE, False)          # flipped elsewhere (another tab): the file wins
+    write_switch(demo_dashboard / SWITCH_FILE, False)    # flipped elsewhere (another tab): the file wins
     at.run()
     assert at.sidebar.toggle[0].value is False
     assert at.sidebar.caption[0].value.startswith("Running v1.8.0 (rolled back")
+
+    at.sidebar.toggle[0].set_value(True).run()
+    _button(at, "Deploy").click().run()
+    at.sidebar.toggle[0].set_value(False).run()
+    assert at.sidebar.info[0].value.startswith("Rolls the demo shop back to v1.8.0")
+    _button(at, "Roll back").click().run()
+    assert read_switch(demo_dashboard / SWITCH_FILE)["slow"] is False
+    assert _audit(migrated_store) == [("operator", "demo.deploy", "demo:shop", "done")] * 3
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_a_viewer_finds_the_switch_disabled(demo_dashboard, migrated_store, monkeypatch, configured):
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.actions.access import hash_password, operator_config
+
+    if configured:
+        monkeypatch.setenv("PERFDECK_OPERATOR_PASSWORD_HASH", hash_password(PASSWORD))
+    at = AppTest.from_function(_sidebar_app, default_timeout=30).run()
+    assert not at.exception, at.exception
+    toggle = at.sidebar.toggle[0]
+    assert toggle.label == LABEL and toggle.disabled
+    lock = next(c.value for c in at.sidebar.caption if c.value.startswith(":material/lock:"))
+    assert lock.endswith("Log in as operator above." if configured else operator_config(secrets={}).hint)
+    assert not (demo_dashboard / SWITCH_FILE).exists() and _audit(migrated_store) == []
+
+
+def test_the_action_refuses_a_viewer_and_audits_it(demo_dashboard, migrated_store, operator):
+    from dashboard.actions import VIEWER, InvalidInput, NotAuthorized, make_preview, run_action
+    from dashboard.demo_switch import demo_action
+
+    action = demo_action()
+    params, preview = make_preview(action, {"slow": True})
+    with pytest.raises(NotAuthorized):
+        run_action(action, params, preview, actor=VIEWER)
+    assert not (demo_dashboard / SWITCH_FILE).exists()
+    with pytest.raises(InvalidInput):
+        make_preview(action, {"slow": "yes"})
+    run_action(action, params, preview, actor=operator)
+    assert read_switch(demo_dashboard / SWITCH_FILE)["slow"] is True
+    assert _audit(migrated_store) == [("anonymous", "demo.deploy", "demo:shop", "refused"),
+                                      ("test-operator", "demo.deploy", "demo:shop", "done")]
 
 
 def test_no_switch_outside_the_demo(monkeypatch):
