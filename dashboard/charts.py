@@ -229,7 +229,7 @@ def time_lines(
                 # Markers too when there are few points, so a short history is not invisible.
                 x=part["time"], y=part[col], name=plot_text(name), connectgaps=False, marker={"size": 4},
                 mode="lines+markers" if part[col].notna().sum() < 30 else "lines",
-                legendgroup=group if several else None, showlegend=not (several and shown),
+                legendgroup=plot_text(group) if several else None, showlegend=not (several and shown),
                 line={"width": 2, "dash": styles[col] if len(columns) > 1 else "solid",
                       "color": _colour(gi if len(groups) > 1 else ci)},
                 # The name goes in as meta: in the template itself a "%{...}" in it would be substituted.

@@ -60,8 +60,8 @@ def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
     d = deploys.iloc[picked or 0]
     if not d.complete:
         open_s = (utcnow() - d.ts).total_seconds()
-        st.caption(f"The after window is still open: {widgets.lasted(open_s)} of its {widgets.lasted(span.total_seconds())} "
-                   "so far.")
+        st.caption(f"The after window is still open: {widgets.lasted(open_s)} of its "
+                   f"{widgets.lasted(SPANS[span].total_seconds())} so far.")
     return (d.before_start, d.before_end), (d.after_start, d.after_end), d.service, f"{d.version} of {d.service}"
 
 
