@@ -8,8 +8,12 @@ An action is a class with a title, what it touches, and three steps:
                                              does what the preview said (DDL and statements come from the
                                              preview, so what ran is what was shown); reports progress
 
-Pages never call execute() themselves: `run_action()` does, and it is where the rules live:
-- only an operator may run an action (a viewer gets NotAuthorized, and the refusal is audited);
+Pages never call preview() or execute() themselves: `make_preview()` and `run_action()` do, and they are
+where the rules live:
+- only an operator may preview or run an action, or list a field's choices: a preview reads the target (a
+  full SCAN of a Redis, a database's catalogue) and shows what is in it. A viewer gets NotAuthorized, and
+  the refusal is audited. Pages pass the actor; code that is not a person (tests, the CLI) may leave it
+  out of make_preview;
 - a destructive action needs the confirmation text the preview asked for, typed exactly;
 - a preview older than PREVIEW_MAX_AGE_S must be made again;
 - an audit row is written *before* anything is touched (no audit, no action) and completed afterwards
@@ -62,7 +66,7 @@ class Aborted(ActionError):
 class Actor:
     """Who is acting. Only `dashboard.actions.access` makes operators."""
     name: str
-    role: str = "viewer"          # "viewer" | "operator"
+    role: str = "viewer"          # "anonymous" < "viewer" < "operator"
     via: str = "anonymous"        # "password" | "oidc" | "anonymous" | "cli" | "test"
 
     @property
@@ -70,7 +74,9 @@ class Actor:
         return self.role == "operator"
 
 
-VIEWER = Actor("anonymous")
+VIEWER = Actor("anonymous")                    # nobody logged in, while viewer login is off: may view
+ANONYMOUS = Actor("anonymous", role="anonymous")   # nobody logged in, while viewer login is on: sees nothing
+OPERATOR_NEEDED = "the operator role is needed"
 
 
 @dataclass
@@ -171,10 +177,29 @@ class Action:
         raise NotImplementedError
 
 
-def make_preview(action: Action, params: dict) -> tuple[dict, Preview]:
-    """Check the params and dry-run the action. Anyone may preview; it changes nothing."""
+def _refuse_viewer(action: Action, params: dict, actor: Actor, db, what: str) -> None:
+    if actor.is_operator:
+        return
+    audit.record(db, actor=actor, action=action.name, target=action.target_of(params), params=params,
+                 preview=None, outcome="refused", error=f"{what}: {OPERATOR_NEEDED}")
+    raise NotAuthorized(f"{what} needs the operator role; log in as operator")
+
+
+def make_preview(action: Action, params: dict, *, actor: Actor | None = None, db=None) -> tuple[dict, Preview]:
+    """Check the params and dry-run the action; it changes nothing, but it reads the target, so an
+    `actor` who is not an operator gets NotAuthorized (audited in the store `db`) before anything is read."""
+    if actor is not None:
+        _refuse_viewer(action, params, actor, db, "previewing")
     params = action.check(params)
     return params, action.preview(params)
+
+
+def field_options(action: Action, field: Field, params: dict, *, actor: Actor) -> list | None:
+    """The choices of `field` given the params chosen so far. They can come from the target (tables,
+    columns, indexes), so only an operator gets them; nothing is audited, as a page asks on every rerun."""
+    if not actor.is_operator:
+        raise NotAuthorized(f"listing {field.label.lower()} choices needs the operator role")
+    return field.options(params) if field.options else []
 
 
 def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, confirmation: str | None = None,
@@ -190,7 +215,7 @@ def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, 
                      params=logged_params, preview=preview_text, outcome=outcome, error=error)
 
     if not actor.is_operator:
-        refuse("refused", "the operator role is needed", params)
+        refuse("refused", OPERATOR_NEEDED, params)
         raise NotAuthorized("running actions needs the operator role; log in as operator")
     if preview is None or time.monotonic() - preview.made_at > PREVIEW_MAX_AGE_S:
         raise NotAuthorized("preview the action first (previews older than 10 minutes must be made again)")
@@ -242,6 +267,6 @@ def run_action(action: Action, params: dict, preview: Preview, *, actor: Actor, 
 
 
 __all__ = [
-    "Aborted", "Action", "ActionError", "Actor", "Field", "InvalidInput", "NotAuthorized", "Preview", "Progress",
-    "Result", "TargetUnavailable", "VIEWER", "make_preview", "run_action",
+    "ANONYMOUS", "Aborted", "Action", "ActionError", "Actor", "Field", "InvalidInput", "NotAuthorized", "Preview",
+    "Progress", "Result", "TargetUnavailable", "VIEWER", "field_options", "make_preview", "run_action",
 ]
