@@ -16,6 +16,7 @@ from dashboard.actions.access import (
     ABSOLUTE_SESSION_S,
     HINT,
     SESSION_KEY,
+    VIEWER_SESSION_KEY,
     LoginGuard,
     LoginResult,
     OperatorConfig,
@@ -24,11 +25,16 @@ from dashboard.actions.access import (
     generate_demo_password,
     hash_password,
     log_in,
+    log_in_viewer,
     log_out,
+    may_view,
     oidc_provider,
     operator_config,
     verify_password,
+    viewer_auth_configured,
 )
+from dashboard.actions.framework import ANONYMOUS
+from dashboard.actions.login_guard import RefusalAudit, client_key, parse_trusted_proxies
 
 PASSWORD = "correct horse battery staple"
 T0 = 1_700_000_000.0
@@ -120,68 +126,117 @@ def test_demo_password():
     assert generate_demo_password()[0] != password
 
 
-# -- lockout ----------------------------------------------------------------------------------------
+# -- guessing: backoff, lockout, a global slowdown that locks nobody out ------------------------------
 
-def test_lockout_after_five_failures_then_unlock(quick_hash):
-    guard = LoginGuard()
-    messages = [guard.attempt("10.0.0.1", "guess", quick_hash, now=T0 + i).message for i in range(5)]
-    assert messages == [
-        "wrong password (4 attempts left)", "wrong password (3 attempts left)", "wrong password (2 attempts left)",
-        "wrong password (1 attempt left)", "wrong password; too many failed attempts; try again in 15 min",
+class Clock:
+    """Injected time: sleep() moves it on instead of waiting."""
+    def __init__(self, now: float = T0):
+        self.now, self.slept = now, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_backoff_grows_then_locks_the_key_then_unlocks(quick_hash):
+    clock = Clock()
+    guard = LoginGuard(clock=clock, sleep=clock.sleep)
+    seen = []
+    for wait in (0, 1, 2, 4, 8):          # each try as soon as the last one allows
+        clock.now += wait
+        seen.append(guard.attempt("ip:10.0.0.1", "guess", quick_hash).message)
+    assert seen == [
+        "wrong password (4 attempts left; next in 1 s)", "wrong password (3 attempts left; next in 2 s)",
+        "wrong password (2 attempts left; next in 4 s)", "wrong password (1 attempt left; next in 8 s)",
+        "wrong password; too many failed attempts; try again in 15 min",
     ]
-    locked_until = T0 + 4 + 900
-    # The right password is refused while locked.
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash, now=T0 + 64) == LoginResult(
+    locked_until = clock.now + 900
+    clock.now += 60       # the right password is refused while locked, without a hash computed
+    assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash) == LoginResult(
         False, "too many failed attempts; try again in 14 min", locked_until)
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash, now=locked_until - 1) == LoginResult(
-        False, "too many failed attempts; try again in 1 min", locked_until)
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash, now=locked_until) == LoginResult(True, "logged in")
+    clock.now = locked_until
+    assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash) == LoginResult(True, "logged in")
+    assert clock.slept == []
 
 
-def test_injected_clock_drives_the_lock(quick_hash):
-    now = [T0]
-    guard = LoginGuard(clock=lambda: now[0])
-    for _ in range(5):
-        guard.attempt("10.0.0.1", "guess", quick_hash)
-    now[0] += 899
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash).message == "too many failed attempts; try again in 1 min"
-    now[0] += 1
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash).ok is True
+def test_a_try_inside_the_backoff_is_refused_and_not_counted(quick_hash):
+    guard = LoginGuard()
+    guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0)
+    guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0 + 1)          # next in 2 s
+    for t in (T0 + 1.5, T0 + 2, T0 + 2.9):
+        assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash, now=t) == LoginResult(
+            False, "wait before trying again; try again in " + ("2 s" if t < T0 + 2 else "1 s"), T0 + 3)
+    assert guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0 + 3).message == (
+        "wrong password (2 attempts left; next in 4 s)")                     # the refused tries did not count
+    assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash, now=T0 + 7).ok is True
 
 
 def test_failures_outside_the_window_do_not_count_and_success_resets(quick_hash):
     guard = LoginGuard()
-    for i in range(4):
-        guard.attempt("10.0.0.1", "guess", quick_hash, now=T0 + i)
-    assert guard.attempt("10.0.0.1", "guess", quick_hash, now=T0 + 901).message == "wrong password (2 attempts left)"
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash, now=T0 + 902).ok is True
-    assert guard.attempt("10.0.0.1", "guess", quick_hash, now=T0 + 903).message == "wrong password (4 attempts left)"
+    for t in (0, 1, 3, 7):
+        guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0 + t)
+    assert guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0 + 902).message == (
+        "wrong password (2 attempts left; next in 4 s)")                    # the first two fell out of the window
+    assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash, now=T0 + 906).ok is True
+    assert guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0 + 907).message == (
+        "wrong password (4 attempts left; next in 1 s)")
+
+
+def lock_out(guard: LoginGuard, key: str, quick_hash: str, start: float) -> float:
+    """Five wrong guesses from `key`, each as soon as allowed; the time of the last."""
+    t = start
+    for wait in (0, 1, 2, 4, 8):
+        t += wait
+        guard.attempt(key, "guess", quick_hash, now=t)
+    return t
 
 
 def test_keys_are_locked_separately(quick_hash):
     guard = LoginGuard()
-    for i in range(5):
-        guard.attempt("10.0.0.1", "guess", quick_hash, now=T0 + i)
-    assert guard.attempt("10.0.0.2", "guess", quick_hash, now=T0 + 10).message == "wrong password (4 attempts left)"
-    assert guard.attempt("10.0.0.2", PASSWORD, quick_hash, now=T0 + 11) == LoginResult(True, "logged in")
-    assert guard.attempt("10.0.0.1", PASSWORD, quick_hash, now=T0 + 12).ok is False
-    # No key given: all such clients share "unknown".
-    for i in range(5):
-        guard.attempt("", "guess", quick_hash, now=T0 + 20 + i)
-    assert guard.attempt("unknown", PASSWORD, quick_hash, now=T0 + 30).message == (
-        "too many failed attempts; try again in 15 min")
+    t = lock_out(guard, "ip:10.0.0.1", quick_hash, T0)
+    assert guard.attempt("ip:10.0.0.2", "guess", quick_hash, now=t + 1).message == (
+        "wrong password (4 attempts left; next in 1 s)")
+    assert guard.attempt("ip:10.0.0.2", PASSWORD, quick_hash, now=t + 2) == LoginResult(True, "logged in")
+    assert guard.attempt("ip:10.0.0.1", PASSWORD, quick_hash, now=t + 3).ok is False
 
 
-def test_global_ceiling_locks_everyone(quick_hash):
+def test_the_global_limit_slows_but_never_locks_the_operator_out(quick_hash):
+    clock = Clock()
+    guard = LoginGuard(clock=clock, sleep=clock.sleep)
+    # An attacker on twenty fresh keys (new browser sessions), one guess each: past the global limit.
+    for i in range(20):
+        assert guard.attempt(f"session:attacker{i}", "guess", quick_hash).ok is False
+    assert clock.slept == []
+    # From now on each verification takes its turn a second after the previous one: slower, not refused.
+    for i in range(20, 25):
+        assert guard.attempt(f"session:attacker{i}", "guess", quick_hash).message.startswith("wrong password (4")
+    assert clock.slept == [1.0] * 4
+    # The operator, on a fresh session, with the right password: in, after one turn.
+    assert guard.attempt("session:operator", PASSWORD, quick_hash) == LoginResult(True, "logged in")
+    assert clock.slept == [1.0] * 5
+
+
+def test_turns_are_first_come_first_served(quick_hash):
+    guard = LoginGuard(overall=1)
+    guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0)
+    slept: list[float] = []
+    guard._sleep = slept.append
+    # Three clients at the same instant: the turns queue a second apart.
+    for key in ("ip:10.0.0.2", "ip:10.0.0.3", "ip:10.0.0.4"):
+        guard.attempt(key, "guess", quick_hash, now=T0 + 10)
+    assert slept == [1.0, 2.0]
+
+
+def test_the_operator_gets_in_while_another_client_is_locked_out(quick_hash):
     guard = LoginGuard()
-    # Twenty addresses, one guess each: no single key reaches five.
-    results = [guard.attempt(f"10.0.1.{i}", "guess", quick_hash, now=T0 + i) for i in range(20)]
-    assert [r.message for r in results[:19]] == ["wrong password (4 attempts left)"] * 19
-    assert results[19] == LoginResult(
-        False, "wrong password; too many failed attempts on this server; try again in 15 min", T0 + 19 + 900)
-    assert guard.attempt("192.168.5.5", PASSWORD, quick_hash, now=T0 + 30) == LoginResult(
-        False, "too many failed attempts on this server; try again in 15 min", T0 + 19 + 900)
-    assert guard.attempt("192.168.5.5", PASSWORD, quick_hash, now=T0 + 19 + 900) == LoginResult(True, "logged in")
+    t = lock_out(guard, "ip:203.0.113.9", quick_hash, T0)
+    for i in range(100):           # the attacker keeps hammering: refused, no hash computed
+        assert guard.attempt("ip:203.0.113.9", "guess", quick_hash, now=t + i / 10).message.startswith(
+            "too many failed attempts")
+    assert guard.attempt("session:operator", PASSWORD, quick_hash, now=t + 11) == LoginResult(True, "logged in")
 
 
 def test_parallel_guesses_cannot_exceed_the_limit(quick_hash):
@@ -189,17 +244,132 @@ def test_parallel_guesses_cannot_exceed_the_limit(quick_hash):
     messages: list[str] = []
 
     def guess():
-        messages.append(guard.attempt("10.0.0.1", "guess", quick_hash, now=T0).message)
+        messages.append(guard.attempt("ip:10.0.0.1", "guess", quick_hash, now=T0).message)
 
     threads = [threading.Thread(target=guess) for _ in range(10)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(messages) == sorted([
-        "wrong password (4 attempts left)", "wrong password (3 attempts left)", "wrong password (2 attempts left)",
-        "wrong password (1 attempt left)", "wrong password; too many failed attempts; try again in 15 min",
-    ] + ["too many failed attempts; try again in 15 min"] * 5)
+    assert sorted(messages) == sorted(["wrong password (4 attempts left; next in 1 s)"]
+                                      + ["wait before trying again; try again in 1 s"] * 9)
+
+
+def test_several_hashes_say_which_matched(quick_hash):
+    other = hash_password("viewer password", n=2**10)
+    guard = LoginGuard()
+    assert guard.attempt("k", "viewer password", [other, quick_hash], now=T0).matched == 0
+    assert guard.attempt("k", PASSWORD, [other, quick_hash], now=T0).matched == 1
+    assert guard.attempt("k", "neither", [other, quick_hash], now=T0).message == (
+        "wrong password (4 attempts left; next in 1 s)")      # one attempt, not one per hash
+
+
+# -- client keys --------------------------------------------------------------------------------------
+
+LOOPBACK = parse_trusted_proxies("127.0.0.1")[0]
+PROXY = parse_trusted_proxies("10.0.0.5, 192.168.10.0/24")[0]
+
+
+def test_local_clients_each_get_their_session_key_never_one_shared_key():
+    assert client_key(None, None, "a1") == "session:a1"
+    assert client_key(None, None, "b2") == "session:b2"
+    # What a dual-stack Streamlit server reports for a browser on this machine.
+    assert client_key("::ffff:127.0.0.1", None, "c3") == "session:c3"
+    assert client_key("::ffff:127.0.0.1", "203.0.113.9", "c3") == "session:c3"
+    assert client_key("::ffff:127.0.0.1", "203.0.113.9", "c3", LOOPBACK) == "ip:203.0.113.9"
+
+
+def test_a_spoofed_forwarded_for_does_not_choose_the_key():
+    # Streamlit's server already put the header's address in st.context.ip_address for a loopback peer.
+    for spoofed in ("203.0.113.9", "198.51.100.1", "10.1.2.3, 203.0.113.9"):
+        assert client_key(spoofed.rpartition(" ")[2], spoofed, "a1") == "session:a1"
+    assert client_key(None, "127.0.0.1", "a1") == "session:a1"
+    # A remote peer's header is ignored: its own address is the key.
+    assert client_key("198.51.100.7", "203.0.113.9", "a1") == "ip:198.51.100.7"
+    assert client_key("198.51.100.7", None, "a1") == "ip:198.51.100.7"
+    # ... also when it names a trusted proxy of ours.
+    assert client_key("198.51.100.7", "203.0.113.9, 10.0.0.5", "a1", PROXY) == "ip:198.51.100.7"
+
+
+def test_a_trusted_proxy_s_forwarded_for_gives_the_client():
+    assert client_key("10.0.0.5", "203.0.113.9", "a1", PROXY) == "ip:203.0.113.9"
+    # The client wrote the left part itself: the rightmost hop not ours counts.
+    assert client_key("10.0.0.5", "6.6.6.6, 203.0.113.9, 192.168.10.7", "a1", PROXY) == "ip:203.0.113.9"
+    assert client_key("10.0.0.6", "203.0.113.9", "a1", PROXY) == "ip:10.0.0.6"       # not our proxy
+    # A proxy on this machine: trusted by listing 127.0.0.1 (either address family).
+    assert client_key("203.0.113.9", "203.0.113.9", "a1", LOOPBACK) == "ip:203.0.113.9"
+    assert client_key("203.0.113.9", "203.0.113.9", "a1") == "session:a1"
+
+
+def test_without_uvicorn_s_rewrite_the_peer_is_the_peer():
+    # FORWARDED_ALLOW_IPS="" makes Streamlit's server keep the TCP peer.
+    assert client_key("203.0.113.9", "203.0.113.9", "a1", (), "") == "ip:203.0.113.9"
+
+
+def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4():
+    assert client_key("2001:db8:1:2::9", None, "a1") == client_key("2001:db8:1:2:ffff::1", None, "b") == (
+        "ip:2001:db8:1:2::/64")
+    assert client_key("::ffff:198.51.100.7", None, "a1") == "ip:198.51.100.7"
+
+
+def test_trusted_proxies_setting():
+    assert parse_trusted_proxies("10.0.0.5, 192.168.10.0/24,,") == (PROXY, ())
+    assert parse_trusted_proxies(["nope"])[1] == ("PERFDECK_TRUSTED_PROXIES: 'nope' is not an address or CIDR; ignored.",)
+    config = operator_config(env={"PERFDECK_TRUSTED_PROXIES": "10.0.0.5, bad"}, secrets={})
+    assert config.trusted_proxies[0] == PROXY[0] and config.problems[-1].startswith("PERFDECK_TRUSTED_PROXIES: 'bad'")
+    assert operator_config(env={}, secrets={}).trusted_proxies == ()       # off by default
+
+
+# -- audit of refused logins ---------------------------------------------------------------------------
+
+def refusal_audit(db, clock):
+    from dashboard.actions import audit
+
+    def insert(action, client, message):
+        return audit.record(db, actor=Actor(action.partition(".")[0]), action=action, target=None,
+                            params={"client": client}, preview=None, outcome="refused", error=message,
+                            result="1 refused attempt")
+
+    def update(row, count, message):
+        audit.finish(db, row, outcome="refused", duration_ms=0, result=f"{count} refused attempts",
+                     figures={"attempts": count}, error=message)
+
+    return RefusalAudit(insert, update, clock=clock)
+
+
+def test_a_hundred_refused_attempts_in_a_minute_are_one_row(migrated_store):
+    from helpers import query
+    clock = Clock(T0 - T0 % 60)
+    refusals = refusal_audit(migrated_store, clock)
+    for i in range(100):
+        clock.now += 0.5
+        refusals.refused("operator.login", "ip:203.0.113.9", "too many failed attempts")
+    rows = "SELECT action, outcome, params, result, figures FROM action_audit ORDER BY id"
+    assert query(migrated_store, rows) == [("operator.login", "refused", '{"client": "ip:203.0.113.9"}',
+                                            "1 refused attempt", None)]      # the first shows at once
+    clock.now += 60
+    refusals.flush()
+    assert query(migrated_store, rows) == [("operator.login", "refused", '{"client": "ip:203.0.113.9"}',
+                                            "100 refused attempts", '{"attempts": 100}')]
+
+
+def test_refusal_rows_are_per_client_and_minute_and_bounded(migrated_store):
+    from helpers import query
+    clock = Clock(T0 - T0 % 60)
+    refusals = refusal_audit(migrated_store, clock)
+    refusals.refused("operator.login", "ip:10.0.0.1", "x")
+    refusals.refused("operator.login", "ip:10.0.0.2", "x")
+    clock.now += 60
+    refusals.refused("operator.login", "ip:10.0.0.1", "x")
+    # A flood of fresh keys: twenty rows a minute at most, the rest counted in one.
+    for i in range(200):
+        refusals.refused("viewer.login", f"session:{i}", "x")
+    clock.now += 60
+    refusals.flush()
+    per_minute = query(migrated_store, "SELECT params, figures FROM action_audit WHERE id > 3 ORDER BY id")
+    assert len(per_minute) == 20
+    assert per_minute[-1] == ('{"client": "other clients"}', '{"attempts": 181}')
+    assert query(migrated_store, "SELECT count(*) FROM action_audit")[0][0] == 23
 
 
 # -- sessions ---------------------------------------------------------------------------------------
@@ -259,8 +429,8 @@ def test_log_in_refusals(quick_hash):
     guard, state = LoginGuard(), {}
     config = OperatorConfig(password_hash=quick_hash)
     assert log_in(state, config, "10.0.0.1", "", now=T0, guard=guard) == LoginResult(False, "enter the operator password")
-    assert log_in(state, config, "10.0.0.1", "guess", now=T0, guard=guard) == LoginResult(
-        False, "wrong password (4 attempts left)")        # the empty submit did not count
+    assert log_in(state, config, "10.0.0.1", "guess", now=T0, guard=guard).message == (
+        "wrong password (4 attempts left; next in 1 s)")     # the empty submit did not count
     assert log_in(state, OperatorConfig(), "10.0.0.1", PASSWORD, now=T0, guard=guard) == LoginResult(False, HINT)
     assert state == {}
 
@@ -275,7 +445,8 @@ def test_oidc_users():
     assert current_actor(state, config, StandInUser(True, "ops@example.com", email_verified=False)) == Actor(
         "ops@example.com", role="viewer", via="oidc")
     assert current_actor(state, config, StandInUser(True, None)) == Actor("signed-in user", role="viewer", via="oidc")
-    assert current_actor(state, config, StandInUser(False)) == VIEWER
+    # With SSO on, every page needs a login: nobody logged in sees nothing.
+    assert current_actor(state, config, StandInUser(False)) == ANONYMOUS
     # Without a usable [auth] section a user object is not trusted.
     assert current_actor(state, OperatorConfig(operator_emails=("ops@example.com",)),
                          StandInUser(True, "ops@example.com")) == VIEWER
@@ -396,3 +567,61 @@ def test_missing_or_broken_secrets_file_is_read_only(tmp_path, secrets_files):
     broken.write_text("[perfdeck\noperator_password_hash = \n")
     secrets_files(broken)
     assert operator_config(env={}).hint == HINT
+
+
+# -- viewers --------------------------------------------------------------------------------------------
+
+def test_viewer_login_settings(stored_hash, quick_hash):
+    assert viewer_auth_configured(env={}, secrets={}) is False
+    assert operator_config(env={"PERFDECK_OPERATOR_PASSWORD_HASH": stored_hash}, secrets={}).viewer_auth is False
+    env = {"PERFDECK_VIEWER_PASSWORD_HASH": quick_hash, "PERFDECK_VIEWER_EMAILS": "Dev@Example.com",
+           "PERFDECK_VIEWER_DOMAINS": "@example.org, example.net"}
+    config = operator_config(env=env, secrets={})
+    assert (config.viewer_password_hash, config.viewer_emails, config.viewer_domains) == (
+        quick_hash, ("dev@example.com",), ("example.org", "example.net"))
+    assert viewer_auth_configured(env=env, secrets={}) is True
+    assert viewer_auth_configured(env={}, secrets={"perfdeck": {"viewer_password_hash": quick_hash}}) is True
+    assert viewer_auth_configured(env={}, secrets={"auth": AUTH}) is (importlib.util.find_spec("authlib") is not None)
+    broken = operator_config(env={"PERFDECK_VIEWER_PASSWORD_HASH": "hunter2"}, secrets={})
+    assert (broken.viewer_auth, broken.problems) == (
+        False, ("the viewer password hash is not a valid scrypt hash; make one with `perfdeck operator-hash`.",))
+
+
+def test_viewer_password_makes_a_viewer_and_the_operator_password_an_operator(quick_hash):
+    viewer_hash = hash_password("viewer password", n=2**10)
+    config = OperatorConfig(password_hash=quick_hash, viewer_password_hash=viewer_hash)
+    guard, state = LoginGuard(), {}
+    assert current_actor(state, config, now=T0) == ANONYMOUS and not may_view(ANONYMOUS)
+    assert log_in_viewer(state, config, "session:a", "guess", now=T0, guard=guard).ok is False
+    assert state == {}
+    assert log_in_viewer(state, config, "session:a", "viewer password", now=T0 + 1, guard=guard).ok is True
+    viewer = current_actor(state, config, now=T0 + 2)
+    assert viewer == Actor("viewer", role="viewer", via="password") and may_view(viewer) and not viewer.is_operator
+    assert set(state) == {VIEWER_SESSION_KEY}
+    log_out(state)
+    assert current_actor(state, config, now=T0 + 3) == ANONYMOUS
+    assert log_in_viewer(state, config, "session:a", PASSWORD, now=T0 + 4, guard=guard).ok is True
+    assert current_actor(state, config, now=T0 + 5) == Actor("operator", role="operator", via="password")
+    # Rotating the viewer password ends viewer sessions.
+    log_out(state)
+    log_in_viewer(state, config, "session:a", "viewer password", now=T0 + 6, guard=guard)
+    rotated = OperatorConfig(password_hash=quick_hash, viewer_password_hash=hash_password("new", n=2**10))
+    assert current_actor(state, rotated, now=T0 + 7) == ANONYMOUS and state == {}
+
+
+def test_without_viewer_login_nobody_logged_in_is_the_viewer(quick_hash):
+    assert current_actor({}, OperatorConfig(password_hash=quick_hash), now=T0) == VIEWER
+    assert may_view(VIEWER)
+
+
+def test_sso_viewers_can_be_restricted():
+    config = OperatorConfig(oidc_provider="default", operator_emails=("ops@example.com",),
+                            viewer_emails=("dev@example.com",), viewer_domains=("example.org",))
+    actor = lambda *a, **k: current_actor({}, config, StandInUser(True, *a, **k))   # noqa: E731
+    assert actor("Dev@Example.com") == Actor("Dev@Example.com", role="viewer", via="oidc")
+    assert actor("anyone@example.org").role == "viewer"
+    assert actor("ops@example.com").role == "operator"
+    assert actor("stranger@gmail.com") == Actor("stranger@gmail.com", role="anonymous", via="oidc")
+    assert actor("dev@example.com", email_verified=False).role == "anonymous"
+    assert actor(None).role == "anonymous"
+    assert not may_view(actor("stranger@gmail.com"))

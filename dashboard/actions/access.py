@@ -1,22 +1,28 @@
-"""Who may run actions: everyone is a viewer; the operator role comes from a password or an OIDC login.
+"""Who may look and who may act: viewers log in to see the pages (when viewer login is configured), the
+operator role comes from a password or an SSO (OIDC) login.
 
 Design:
-- Nothing here draws widgets. The page asks `operator_config()` what is configured, draws a login form
-  (or `st.login`) accordingly, calls `log_in()` / `log_out()`, and asks `current_actor()` on every rerun
-  for the Actor it hands to `run_action()`. Streamlit is imported lazily, only where st.secrets and
-  st.user are read, so everything else is plain functions testable with dicts.
-- Passwords: only a scrypt hash is configured (env PERFDECK_OPERATOR_PASSWORD_HASH, or
-  `[perfdeck] operator_password_hash` in .streamlit/secrets.toml; the env wins, as for every setting).
+- Nothing here draws widgets. The app asks `operator_config()` what is configured, draws the login form in
+  front of every page when `viewer_auth` is on and the sidebar's operator login, calls `log_in_viewer()`,
+  `log_in()`, `log_out()`, and asks `current_actor()` on every rerun for the Actor it hands to
+  `run_action()`. Streamlit is imported lazily, only where st.secrets and st.user are read, so everything
+  else is plain functions testable with dicts.
+- Roles: anonymous < viewer < operator. Anonymous (nobody logged in) may view only while viewer login is
+  not configured; `viewer_auth_configured()` says whether it is. Previews and actions need the operator.
+- Passwords: only scrypt hashes are configured (env PERFDECK_OPERATOR_PASSWORD_HASH and
+  PERFDECK_VIEWER_PASSWORD_HASH, or `operator_password_hash` / `viewer_password_hash` under [perfdeck] in
+  .streamlit/secrets.toml; the env wins, as for every setting). The operator password also lets one view.
   scrypt is slow and memory-hard, in the stdlib, and its parameters travel in the hash; they are capped so
   a crafted hash cannot make one verification take gigabytes or minutes.
-- Guessing: `LoginGuard` is process-wide (the Streamlit server is one process). Five failures from one
-  client key lock that key for 15 minutes; twenty failures across all keys lock everyone, so rotating IPs
-  buys nothing. A locked key is refused before any hash is computed.
-- Sessions: a password login is an `OperatorSession` in st.session_state, ending after the configured
-  minutes of inactivity or 8 hours in any case, and as soon as the configured hash changes (rotating the
-  password logs everyone out).
-- OIDC: when the secrets' [auth] section is usable by `st.login`, logged-in users whose email is listed in
-  operator_emails are operators; anyone else logged in is a viewer known by email.
+- Guessing: see login_guard (per-client backoff and lockout, a global slowdown that never locks anyone out,
+  client keys X-Forwarded-For cannot choose unless the peer is a trusted proxy, bounded audit rows).
+- Sessions: a password login is an `OperatorSession` / `ViewerSession` in st.session_state, ending after the
+  configured minutes of inactivity or 8 hours in any case, and as soon as the configured hash changes
+  (rotating a password logs its sessions out).
+- SSO: when the secrets' [auth] section is usable by `st.login`, every page asks for a login; users whose
+  email is listed in operator_emails are operators; others may view when PERFDECK_VIEWER_EMAILS and
+  PERFDECK_VIEWER_DOMAINS are both unset or list them. An address the provider says is unverified grants
+  nothing a list would.
 """
 from __future__ import annotations
 
@@ -25,18 +31,18 @@ import binascii
 import hashlib
 import hmac
 import importlib.util
-import math
 import os
 import re
 import secrets as random_source
-import threading
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
-from dashboard.actions.framework import VIEWER, Actor
+from dashboard.actions.framework import ANONYMOUS, VIEWER, Actor
+from dashboard.actions.login_guard import LoginGuard, LoginResult, parse_trusted_proxies
 
 SESSION_KEY = "perfdeck_operator_session"
+VIEWER_SESSION_KEY = "perfdeck_viewer_session"
 ABSOLUTE_SESSION_S = 8 * 3600
 DEFAULT_SESSION_MINUTES = 60
 
@@ -113,10 +119,27 @@ class OperatorConfig:
     operator_emails: tuple[str, ...] = ()   # lower-cased
     session_minutes: int = DEFAULT_SESSION_MINUTES
     problems: tuple[str, ...] = ()
+    viewer_password_hash: str | None = None
+    viewer_emails: tuple[str, ...] = ()     # lower-cased; with viewer_domains empty too, any SSO user may view
+    viewer_domains: tuple[str, ...] = ()    # lower-cased, without "@"
+    trusted_proxies: tuple = ()             # ip networks whose X-Forwarded-For is believed
 
     @property
     def oidc(self) -> bool:
         return self.oidc_provider is not None
+
+    @property
+    def viewer_auth(self) -> bool:
+        """Every page needs a login: a viewer password is set, or the [auth] SSO login is usable."""
+        return self.viewer_password_hash is not None or self.oidc
+
+    def may_view_email(self, email: str) -> bool:
+        """An SSO user may view: listed as viewer or operator, in an allowed domain, or nobody is listed."""
+        email = email.strip().lower()
+        if not self.viewer_emails and not self.viewer_domains:
+            return True
+        return (email in self.viewer_emails or email in self.operator_emails
+                or email.rpartition("@")[2] in self.viewer_domains)
 
     @property
     def enabled(self) -> bool:
@@ -163,24 +186,33 @@ def _streamlit_secrets() -> dict:
         return {}
 
 
+def _hash_setting(value, who: str, problems: list) -> str | None:
+    value = str(value or "").strip()
+    if value and _parse_hash(value) is None:
+        problems.append(f"the {who} password hash is not a valid scrypt hash; make one with `perfdeck operator-hash`.")
+        return None
+    return value or None
+
+
+def _list_setting(value) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value or []
+    return tuple(dict.fromkeys(str(e).strip().lower() for e in items if str(e).strip()))
+
+
 def operator_config(env: Mapping[str, str] | None = None, secrets: Mapping | None = None) -> OperatorConfig:
-    """Read the operator settings from `env` (default os.environ) and `secrets` (default st.secrets)."""
+    """Read the operator and viewer settings from `env` (default os.environ) and `secrets` (default
+    st.secrets); the env wins."""
     env = os.environ if env is None else env
     secrets = _streamlit_secrets() if secrets is None else secrets
     ours = secrets.get("perfdeck") if isinstance(secrets.get("perfdeck"), Mapping) else {}
     problems = []
 
-    password_hash = (env.get("PERFDECK_OPERATOR_PASSWORD_HASH") or ours.get("operator_password_hash") or "").strip()
-    if password_hash and _parse_hash(password_hash) is None:
-        problems.append("the operator password hash is not a valid scrypt hash; make one with `perfdeck operator-hash`.")
-        password_hash = ""
+    password_hash = _hash_setting(env.get("PERFDECK_OPERATOR_PASSWORD_HASH") or ours.get("operator_password_hash"),
+                                  "operator", problems)
 
     name = str(env.get("PERFDECK_OPERATOR_NAME") or ours.get("operator_name") or "operator").strip() or "operator"
 
-    emails = env.get("PERFDECK_OPERATOR_EMAILS") or ours.get("operator_emails") or []
-    if isinstance(emails, str):
-        emails = emails.split(",")
-    emails = tuple(dict.fromkeys(str(e).strip().lower() for e in emails if str(e).strip()))
+    emails = _list_setting(env.get("PERFDECK_OPERATOR_EMAILS") or ours.get("operator_emails"))
 
     provider = oidc_provider(secrets.get("auth"))
     if provider is not None and importlib.util.find_spec("authlib") is None:
@@ -196,79 +228,23 @@ def operator_config(env: Mapping[str, str] | None = None, secrets: Mapping | Non
             problems.append(f"PERFDECK_OPERATOR_SESSION_MINUTES must be 1 to {ABSOLUTE_SESSION_S // 60}; "
                             f"using {DEFAULT_SESSION_MINUTES}.")
 
-    return OperatorConfig(password_hash=password_hash or None, operator_name=name, oidc_provider=provider,
-                          operator_emails=emails, session_minutes=minutes, problems=tuple(problems))
+    viewer_hash = _hash_setting(env.get("PERFDECK_VIEWER_PASSWORD_HASH") or ours.get("viewer_password_hash"),
+                                "viewer", problems)
+    domains = tuple(d.lstrip("@") for d in _list_setting(env.get("PERFDECK_VIEWER_DOMAINS")
+                                                          or ours.get("viewer_domains")))
+    proxies, proxy_problems = parse_trusted_proxies(env.get("PERFDECK_TRUSTED_PROXIES") or ours.get("trusted_proxies"))
+
+    return OperatorConfig(password_hash=password_hash, operator_name=name, oidc_provider=provider,
+                          operator_emails=emails, session_minutes=minutes,
+                          problems=tuple(problems) + proxy_problems, viewer_password_hash=viewer_hash,
+                          viewer_emails=_list_setting(env.get("PERFDECK_VIEWER_EMAILS") or ours.get("viewer_emails")),
+                          viewer_domains=domains, trusted_proxies=proxies)
 
 
-# -- guessing ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LoginResult:
-    ok: bool
-    message: str
-    locked_until: float | None = None   # time.time() seconds, when locked
-
-
-def _minutes(seconds: float) -> int:
-    return max(1, math.ceil(seconds / 60))
-
-
-class LoginGuard:
-    """Failed-login bookkeeping shared by every session of the server process."""
-
-    def __init__(self, *, per_key: int = 5, overall: int = 20, window_s: float = 900, lock_s: float = 900,
-                 clock=time.time):
-        self.per_key, self.overall, self.window_s, self.lock_s = per_key, overall, window_s, lock_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
-        self._all_failures: list[float] = []
-        self._locked_until: dict[str, float] = {}
-        self._everyone_locked_until = 0.0
-
-    def _forget(self, now: float) -> None:
-        # Only failures inside the window count; dropping the rest keeps memory bounded under IP rotation.
-        since = now - self.window_s
-        for key in list(self._failures):
-            self._failures[key] = [t for t in self._failures[key] if t > since]
-            if not self._failures[key]:
-                del self._failures[key]
-        self._all_failures = [t for t in self._all_failures if t > since]
-        self._locked_until = {k: t for k, t in self._locked_until.items() if t > now}
-
-    def attempt(self, key: str, password: str, encoded: str, now: float | None = None) -> LoginResult:
-        """Check `password` against `encoded` for client `key` (an IP, or "unknown")."""
-        key = key or "unknown"
-        # Verifying under the lock serialises attempts, so parallel guesses cannot slip past the count.
-        with self._lock:
-            now = self._clock() if now is None else now
-            self._forget(now)
-            if self._everyone_locked_until > now:
-                return LoginResult(False, "too many failed attempts on this server; try again in "
-                                   f"{_minutes(self._everyone_locked_until - now)} min", self._everyone_locked_until)
-            if key in self._locked_until:
-                until = self._locked_until[key]
-                return LoginResult(False, f"too many failed attempts; try again in {_minutes(until - now)} min", until)
-
-            if verify_password(password, encoded):
-                self._failures.pop(key, None)
-                return LoginResult(True, "logged in")
-
-            failures = self._failures.setdefault(key, [])
-            failures.append(now)
-            self._all_failures.append(now)
-            if len(self._all_failures) >= self.overall:
-                self._everyone_locked_until = now + self.lock_s
-                self._all_failures.clear()
-                return LoginResult(False, "wrong password; too many failed attempts on this server; try again in "
-                                   f"{_minutes(self.lock_s)} min", self._everyone_locked_until)
-            if len(failures) >= self.per_key:
-                self._locked_until[key] = now + self.lock_s
-                del self._failures[key]
-                return LoginResult(False, f"wrong password; too many failed attempts; try again in "
-                                   f"{_minutes(self.lock_s)} min", now + self.lock_s)
-            left = self.per_key - len(failures)
-            return LoginResult(False, f"wrong password ({left} attempt{'s' if left != 1 else ''} left)")
+def viewer_auth_configured(env: Mapping[str, str] | None = None, secrets: Mapping | None = None) -> bool:
+    """True when every page asks for a login (a viewer password, or a usable [auth] SSO section). Serving
+    the dashboard beyond this machine without it would show everything to anyone who reaches the port."""
+    return operator_config(env, secrets).viewer_auth
 
 
 GUARD = LoginGuard()
@@ -295,6 +271,15 @@ class OperatorSession:
         self.last_seen = now
 
 
+class ViewerSession(OperatorSession):
+    """A viewer password login, kept in st.session_state under VIEWER_SESSION_KEY."""
+
+
+def _valid(session, encoded: str | None, config: OperatorConfig, now: float) -> bool:
+    return (encoded is not None and session.credential == _fingerprint(encoded)
+            and not session.expired(now, config.session_minutes))
+
+
 def log_in(session_state: MutableMapping, config: OperatorConfig, key: str, password: str,
            now: float | None = None, guard: LoginGuard | None = None) -> LoginResult:
     """Try the operator password; on success the session becomes an operator session."""
@@ -302,49 +287,81 @@ def log_in(session_state: MutableMapping, config: OperatorConfig, key: str, pass
         return LoginResult(False, config.hint or "password login is not configured")
     if not password:
         return LoginResult(False, "enter the operator password")   # an empty submit costs no attempt
+    result = (guard or GUARD).attempt(key, password, config.password_hash, now=now)   # None: the guard's clock
     now = time.time() if now is None else now
-    result = (guard or GUARD).attempt(key, password, config.password_hash, now=now)
     if result.ok:
         session_state[SESSION_KEY] = OperatorSession(config.operator_name, now, now, _fingerprint(config.password_hash))
     return result
 
 
+def log_in_viewer(session_state: MutableMapping, config: OperatorConfig, key: str, password: str,
+                  now: float | None = None, guard: LoginGuard | None = None) -> LoginResult:
+    """The login form in front of every page: the viewer password makes a viewer, the operator password
+    an operator (who may view too). One attempt against the guard, whichever hash it is checked against."""
+    hashes = [h for h in (config.viewer_password_hash, config.password_hash) if h]
+    if not hashes:
+        return LoginResult(False, "password login is not configured")
+    if not password:
+        return LoginResult(False, "enter the password")
+    result = (guard or GUARD).attempt(key, password, hashes, now=now)
+    now = time.time() if now is None else now
+    if result.ok:
+        encoded = hashes[result.matched]
+        if encoded == config.password_hash:
+            session_state[SESSION_KEY] = OperatorSession(config.operator_name, now, now, _fingerprint(encoded))
+        else:
+            session_state[VIEWER_SESSION_KEY] = ViewerSession("viewer", now, now, _fingerprint(encoded))
+    return result
+
+
 def log_out(session_state: MutableMapping) -> None:
-    """End the password session (an OIDC login ends with st.logout)."""
+    """End the password sessions, operator and viewer (an OIDC login ends with st.logout)."""
     session_state.pop(SESSION_KEY, None)
+    session_state.pop(VIEWER_SESSION_KEY, None)
 
 
 def current_actor(session_state: MutableMapping, config: OperatorConfig, user=None, now: float | None = None) -> Actor:
-    """Who is looking: the password operator, an OIDC user (operator when listed), or the anonymous viewer.
-    `user` is st.user or anything with is_logged_in and email; read from Streamlit when None and OIDC is on."""
+    """Who is looking: the password operator or viewer, an SSO user (operator when listed, viewer when
+    allowed to view), or nobody logged in: VIEWER when viewer login is off, ANONYMOUS (sees nothing) when
+    it is on. `user` is st.user or anything with is_logged_in and email; read from Streamlit when None
+    and SSO is on."""
     now = time.time() if now is None else now
-    session = session_state.get(SESSION_KEY)
-    if session is not None:
-        if (isinstance(session, OperatorSession) and config.password_hash is not None
-                and session.credential == _fingerprint(config.password_hash)
-                and not session.expired(now, config.session_minutes)):
+    for key, kind, encoded, role in ((SESSION_KEY, OperatorSession, config.password_hash, "operator"),
+                                     (VIEWER_SESSION_KEY, ViewerSession, config.viewer_password_hash, "viewer")):
+        session = session_state.get(key)
+        if session is None:
+            continue
+        if isinstance(session, kind) and _valid(session, encoded, config, now):
             session.touch(now)
-            return Actor(session.name, role="operator", via="password")
-        log_out(session_state)
+            return Actor(session.name, role=role, via="password")
+        session_state.pop(key, None)      # expired, or its password changed or was switched off
 
+    nobody = ANONYMOUS if config.viewer_auth else VIEWER
     if not config.oidc:
-        return VIEWER
+        return nobody
     if user is None:
         import streamlit as st
         user = st.user
     if not getattr(user, "is_logged_in", False):
-        return VIEWER
+        return nobody
     email = str(getattr(user, "email", None) or "").strip()
-    if not email:
-        return Actor("signed-in user", via="oidc")
-    # An identity provider that says the address is unverified does not get to grant the role.
-    verified = getattr(user, "email_verified", None) is not False
-    role = "operator" if verified and email.lower() in config.operator_emails else "viewer"
-    return Actor(email, role=role, via="oidc")
+    # An identity provider that says the address is unverified does not get to grant a role by it.
+    verified = bool(email) and getattr(user, "email_verified", None) is not False
+    if verified and email.lower() in config.operator_emails:
+        return Actor(email, role="operator", via="oidc")
+    if config.may_view_email(email if verified else ""):
+        return Actor(email or "signed-in user", role="viewer", via="oidc")
+    return Actor(email or "signed-in user", role="anonymous", via="oidc")
+
+
+def may_view(actor: Actor) -> bool:
+    """The pages are shown to viewers and operators; ANONYMOUS exists only while viewer login is on."""
+    return actor.role in ("viewer", "operator")
 
 
 __all__ = [
-    "ABSOLUTE_SESSION_S", "GUARD", "HINT", "SESSION_KEY", "LoginGuard", "LoginResult", "OperatorConfig",
-    "OperatorSession", "current_actor", "generate_demo_password", "hash_password", "log_in", "log_out",
-    "oidc_provider", "operator_config", "verify_password",
+    "ABSOLUTE_SESSION_S", "GUARD", "HINT", "SESSION_KEY", "VIEWER_SESSION_KEY", "LoginGuard", "LoginResult",
+    "OperatorConfig", "OperatorSession", "ViewerSession", "current_actor", "generate_demo_password", "hash_password",
+    "log_in", "log_in_viewer", "log_out", "may_view", "oidc_provider", "operator_config", "verify_password",
+    "viewer_auth_configured",
 ]
