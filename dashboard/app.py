@@ -11,10 +11,15 @@ import streamlit as st
 # even without the editable install.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dashboard.actions.ui import operator_sidebar  # noqa: E402 - needs the sys.path line above
+from dashboard.actions.ui import operator_sidebar, viewer_gate  # noqa: E402 - needs the sys.path line above
 from dashboard.demo_switch import demo_switch  # noqa: E402
 
 st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
+
+# With viewer login configured, nothing but the login form runs until someone logs in: no page, no
+# navigation (page names), no sidebar.
+if not viewer_gate():
+    st.stop()
 
 PAGES = Path(__file__).parent / "app_pages"
 

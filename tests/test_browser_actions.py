@@ -178,3 +178,74 @@ def test_the_advisor_recommends_the_demo_indexes_and_one_is_created_from_the_dat
         plan = con.execute("EXPLAIN QUERY PLAN SELECT id FROM orders WHERE customer_id = 7").fetchall()
     assert plan[0][-1].startswith("SEARCH orders USING") and "INDEX ix_orders_customer_id" in plan[0][-1]
     assert [r[:2] for r in audit_rows(demo["data"])][-1] == ("database.create_index", "done")
+
+
+# -- viewer login --------------------------------------------------------------------------------------
+
+VIEWER_PASSWORD = "viewer password 1"
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A dashboard on a seeded store with a viewer password: every page asks for it."""
+    import urllib.request
+
+    from seed_store import seed_store
+    from test_browser import _command, _stop_group
+
+    from dashboard.actions.access import hash_password
+
+    tmp = tmp_path_factory.mktemp("gated")
+    seed_store(tmp / "perfdeck.duckdb", days=1)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "PERFDECK_"))}
+    env.update(PERFDECK_DB=str(tmp / "perfdeck.duckdb"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               PERFDECK_VIEWER_PASSWORD_HASH=hash_password(VIEWER_PASSWORD))
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(_command(port), cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dashboard did not start:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.3)
+        yield {"url": url, "data": tmp}
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def test_a_viewer_logs_in_and_sees_the_pages_but_no_preview(gated):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        # A spoofed header, as any local client can send: it must not become the login's client key.
+        page = browser.new_context(extra_http_headers={"X-Forwarded-For": "203.0.113.9"}).new_page()
+        page.goto(f"{gated['url']}/caches")
+        page.get_by_text("Log in to view this dashboard.").wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stSidebarNavLink"]').count() == 0
+        assert page.get_by_role("heading", name="Caches").count() == 0
+        page.get_by_role("textbox", name="Password").fill(VIEWER_PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        # The login run drew no navigation, so the app opens on its default page.
+        page.get_by_role("heading", name="Overview").wait_for(timeout=60_000)
+        page.locator('[data-testid="stSidebar"]').get_by_text("Viewer · viewer").wait_for()
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Actions").click()
+        page.get_by_role("heading", name="Actions").wait_for(timeout=30_000)
+        page.get_by_role("radio", name="perfdeck store").click()
+        page.get_by_text("Purge old raw data ·").wait_for(timeout=30_000)
+        page.get_by_text("Previewing and running actions needs the operator role").first.wait_for(timeout=30_000)
+        assert page.get_by_role("button", name="Preview").count() == 0
+        no_exception(page)
+        browser.close()
+    with connection.read(gated["data"] / "perfdeck.duckdb", timeout=30) as con:
+        rows = con.execute("SELECT action, outcome, params FROM action_audit ORDER BY id").fetchall()
+    assert [r[:2] for r in rows] == [("viewer.login", "done")]
+    assert json.loads(rows[0][2])["client"].startswith("session:")     # not ip:203.0.113.9
