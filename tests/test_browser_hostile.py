@@ -1,0 +1,93 @@
+"""End to end in Chromium: a store full of hostile names (markdown images and links, raw HTML, javascript:
+URLs, bidi characters, icon shortcodes) in endpoints, services, caches, deploy versions, models and
+users. Every page is opened: the browser asks nothing of any other origin, and no link or image in the
+DOM points where the data said."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _command, _free_port, _settle, _stop_group, sync_api
+from test_names_as_text import EVIL, seed_hostile
+
+pytestmark = pytest.mark.browser
+
+FAVICON_CDN = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/"
+PAGES = ["Overview", "Caches", "Database", "Host", "Cost", "Compare", "Alerts", "Ingest"]
+# Links and images of the page, with where they point (SVG links too: Plotly draws <a> in its SVG).
+LINKS_JS = """() => [...document.querySelectorAll('a, img, image, iframe, [src], [href]')].map(e =>
+    [e.tagName, e.getAttribute('href') || e.getAttribute('xlink:href') || e.getAttribute('src') || ''])"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser-hostile")
+    store = tmp / "perfdeck.duckdb"
+    seed_hostile(store, tmp / "spool")
+    port = _free_port()
+    env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+           "PERFDECK_CONFIG": str(tmp / "none.toml")}
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dashboard did not start:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _open_everything(page) -> None:
+    """Open every expander, so their labels and contents are rendered too."""
+    summaries = page.locator('[data-testid="stExpander"] summary')
+    for i in range(summaries.count()):
+        summaries.nth(i).click()
+    page.wait_for_timeout(500)
+
+
+def test_hostile_names_reach_no_other_origin_and_make_no_links(server, tmp_path):
+    requested: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1500, "height": 1200})
+        page = context.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server)
+        _settle(page)
+        found = {}
+        for title in PAGES:
+            page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+            page.wait_for_function(
+                "t => [...document.querySelectorAll('h1')].some(h => h.innerText.trim() === t)", arg=title,
+                timeout=60_000)
+            _settle(page)
+            _open_everything(page)
+            _settle(page)
+            assert page.locator('[data-testid="stException"]').count() == 0, title
+            found[title] = [(tag, ref) for tag, ref in page.evaluate(LINKS_JS)
+                            if EVIL in ref or ref.strip().lower().startswith("javascript:")]
+            if title == "Overview":
+                overview = page.locator('[data-testid="stMain"]').inner_text()
+        browser.close()
+    outside = sorted({u for u in requested if not u.startswith((server, "data:", "blob:"))})
+    assert not [u for u in outside if EVIL in u or "javascript:" in u], outside
+    # The one other origin: Streamlit fetches a :material/...: page icon as the favicon from Google's font
+    # CDN (the app's own icon, not the data's). Anything else from elsewhere is a regression.
+    assert [u for u in outside if not u.startswith(FAVICON_CDN)] == [], outside
+    assert {t: f for t, f in found.items() if f} == {}
+    assert f"<a href=http://{EVIL}/link>click</a>" in overview      # the names are there, as text
