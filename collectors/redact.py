@@ -117,11 +117,13 @@ def redact(text, *known) -> str:
 
 
 def redact_value(value):
-    """`value` with every str inside it (dicts, lists, tuples) redacted; other values as they are."""
+    """`value` with every str inside it (dicts, lists, tuples) redacted, and the value of a secret-looking
+    key masked whatever it is; other values as they are."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}
+        return {k: MASK if isinstance(k, str) and re.fullmatch(_KEY, k, re.IGNORECASE) else redact_value(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(redact_value(v) for v in value)
     return value

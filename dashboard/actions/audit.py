@@ -15,7 +15,8 @@ from collectors.store import utcnow, write
 
 
 def _json(value) -> str | None:
-    return None if value is None else redact(json.dumps(redact_value(value), sort_keys=True, default=str))
+    # Each value redacted on its own: redacting the JSON text could swallow its quotes and braces.
+    return None if value is None else json.dumps(redact_value(value), sort_keys=True, default=str)
 
 
 def start(db, *, actor, action: str, target: str | None, params: dict, preview: str | None) -> int:

@@ -67,6 +67,9 @@ def _client(name: str) -> Iterator[redis.Redis]:
             from exc
     except redis.RedisError as exc:
         raise ActionError(f"Redis {name!r} ({target.shown}) refused: {_one_line(exc, target.url)}") from exc
+    except (TypeError, ValueError) as exc:     # an option in the URL the client does not take ("?Password=")
+        raise ActionError(f"Redis {name!r} ({target.shown}): its URL cannot be used: "
+                          f"{_one_line(exc, target.url)}") from exc
     finally:
         client.close()
 
