@@ -58,12 +58,19 @@ def demo(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(demo):
+def chromium():
+    """One Chromium for the module: Playwright's sync API runs one instance per thread."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
-        yield context.new_page()
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(demo, chromium):
+    context = chromium.new_context(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
+    yield context.new_page()
+    context.close()
 
 
 def audit_rows(data: Path) -> list[tuple]:
@@ -223,11 +230,11 @@ def gated(tmp_path_factory):
         log.close()
 
 
-def test_a_viewer_logs_in_and_sees_the_pages_but_no_preview(gated):
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        # A spoofed header, as any local client can send: it must not become the login's client key.
-        page = browser.new_context(extra_http_headers={"X-Forwarded-For": "203.0.113.9"}).new_page()
+def test_a_viewer_logs_in_and_sees_the_pages_but_no_preview(gated, chromium):
+    # A spoofed header, as any local client can send: it must not become the login's client key.
+    context = chromium.new_context(extra_http_headers={"X-Forwarded-For": "203.0.113.9"})
+    try:
+        page = context.new_page()
         page.goto(f"{gated['url']}/caches")
         page.get_by_text("Log in to view this dashboard.").wait_for(timeout=60_000)
         assert page.locator('[data-testid="stSidebarNavLink"]').count() == 0
@@ -244,7 +251,8 @@ def test_a_viewer_logs_in_and_sees_the_pages_but_no_preview(gated):
         page.get_by_text("Previewing and running actions needs the operator role").first.wait_for(timeout=30_000)
         assert page.get_by_role("button", name="Preview").count() == 0
         no_exception(page)
-        browser.close()
+    finally:
+        context.close()
     with connection.read(gated["data"] / "perfdeck.duckdb", timeout=30) as con:
         rows = con.execute("SELECT action, outcome, params FROM action_audit ORDER BY id").fetchall()
     assert [r[:2] for r in rows] == [("viewer.login", "done")]
