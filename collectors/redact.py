@@ -21,9 +21,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MASK = "***"
 
-# A scheme:// and what follows up to whitespace or the next scheme:// (not up to a quote or a bracket:
-# an unencoded password may hold one).
-_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>(?:(?![A-Za-z][A-Za-z0-9+.\-]*://)\S)*)")
+# A scheme:// and what follows up to whitespace or a "," or ";" that starts the next one (a list of
+# URLs); not up to a quote, a bracket or a "://": an unencoded password may hold any of them.
+_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>(?:(?![,;][A-Za-z][A-Za-z0-9+.\-]*://)\S)*)")
 # userinfo "user:password@", the password running up to the last "@" before the query: passwords are
 # often written unencoded, and masking too much is better than leaking the end of one.
 _USERINFO = re.compile(r"^(?P<user>[^:/?#@\[\]]*):(?P<password>[^?#]*)@(?P<host>[^@?#]*)")
