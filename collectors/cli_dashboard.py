@@ -140,6 +140,9 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
 
     env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()),
                PERFDECK_SPOOL=str(Path(os.environ.get("PERFDECK_SPOOL") or "data/spool").resolve()))
+    # Streamlit's server would put a loopback peer's X-Forwarded-For in place of its address, letting any
+    # local client pick its login key; perfdeck reads the header itself, from PERFDECK_TRUSTED_PROXIES only.
+    env.setdefault("FORWARDED_ALLOW_IPS", "")
     config_file = Path(os.environ.get("PERFDECK_CONFIG") or config.DEFAULT_PATH)
     if config_file.exists():
         env["PERFDECK_CONFIG"] = str(config_file.resolve())
