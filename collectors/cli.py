@@ -45,10 +45,11 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
         prices = PriceBook.load(config.cost_settings(cfg).prices_file)
         alerts, health = from_config(connection.db_path(db), cfg)
         limits = config.ingest_limits(cfg)
+        samplers = config.build_samplers(cfg)
     except (ValueError, PriceFileError) as exc:
         raise click.ClickException(str(exc)) from None
     collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval,
-                          samplers=config.build_samplers(cfg), advise_every=advise_every,
+                          samplers=samplers, advise_every=advise_every,
                           advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices,
                           alerts=alerts, health=health, limits=limits)
     if once:

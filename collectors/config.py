@@ -84,12 +84,18 @@ def build_samplers(config: dict) -> list:
     if host.get("enabled", True):
         from collectors.samplers.system import HostSampler
         samplers.append(HostSampler(interval=float(host.get("interval", 10)), processes=host.get("processes", [])))
-    for entry in config.get("redis", []):
-        from collectors.samplers.redis import RedisSampler
-        samplers.append(RedisSampler(**entry))
-    for entry in config.get("database", []):
-        from collectors.samplers.database import DatabaseSampler
-        samplers.append(DatabaseSampler(**{k: v for k, v in entry.items() if k != "advise"}))
+    for kind, entry in [("redis", e) for e in config.get("redis", [])] + [("database", e) for e in config.get("database", [])]:
+        try:
+            if kind == "redis":
+                from collectors.samplers.redis import RedisSampler
+                samplers.append(RedisSampler(**entry))
+            else:
+                from collectors.samplers.database import DatabaseSampler
+                samplers.append(DatabaseSampler(**{k: v for k, v in entry.items() if k != "advise"}))
+        except Exception as exc:   # a URL its library cannot parse: the error quotes it, password and all
+            from collectors.redact import redact
+            raise ValueError(redact(f"[[{kind}]] {entry.get('name')!r}: {type(exc).__name__}: {exc}",
+                                    str(entry.get("url", "")))) from None
     return samplers
 
 

@@ -18,6 +18,7 @@ import queue
 import signal
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from collectors.pricing import PriceBook
+from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
 from collectors.store import connection, migrate, utcnow
@@ -360,12 +362,14 @@ class Collector:
             result = fn(*args, **kwargs)
         except Exception as exc:
             # A target that stays down fails the same way every tick: one traceback, then one line each.
-            if self._last_failure.get(what) == str(exc):
-                log.warning("%s failed again: %s", what, exc)
+            # Errors quote URLs and DSNs (a Redis or database target's): no secret reaches a log line.
+            text = redact(str(exc))
+            if self._last_failure.get(what) == text:
+                log.warning("%s failed again: %s", what, text)
             else:
-                log.exception("%s failed", what)
-            self._last_failure[what] = str(exc)
-            self._errors.append(f"{what}: {exc}")
+                log.error("%s failed: %s", what, redact("".join(traceback.format_exception(exc)).rstrip()))
+            self._last_failure[what] = text
+            self._errors.append(f"{what}: {text}")
             return default
         self._last_failure.pop(what, None)
         return result

@@ -216,3 +216,37 @@ def test_no_secret_survives_anywhere(private_redis, tmp_path, monkeypatch, caplo
     assert f"postgresql+psycopg://app:***@127.0.0.1:{down}/app" in everything
     assert everything.count("redis://app:***@127.0.0.1:") >= 3        # components, audit rows, exports
     assert sorted(s for s in SECRETS if s in everything) == []
+
+
+def test_collector_errors_and_their_tracebacks_never_log_a_secret(tmp_path, caplog):
+    """Everything the daemon's jobs raise is logged and kept through one place: redacted there."""
+    import logging
+
+    from collectors.daemon import Collector
+
+    collector = Collector(tmp_path / "perfdeck.duckdb", spool_dir=tmp_path / "spool")
+
+    def fails():
+        raise ConnectionError("could not connect to postgresql://app:s3cret-pw@db:5432/app?sslpassword=k3y")
+
+    with caplog.at_level(logging.WARNING, logger="perfdeck.daemon"):
+        for _ in range(2):                                      # the traceback, then the one-line repeat
+            collector._isolated("database sampler", fails)
+    assert "s3cret-pw" not in caplog.text and "k3y" not in caplog.text
+    assert "postgresql://app:***@db:5432/app" in caplog.text and "Traceback" in caplog.text
+    assert not any("s3cret-pw" in e for e in collector._errors)
+
+
+def test_a_target_the_collector_cannot_build_is_one_line_without_its_password(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "perfdeck.toml"
+    config.write_text('[host]\nenabled = false\n[[database]]\nname = "app"\n'
+                      'url = "mysql+nodriver://app:s3cret-pw@db/app"\n')
+    out = subprocess.run([sys.executable, "-m", "collectors.cli", "collect", "--once", "--db",
+                          str(tmp_path / "s.duckdb"), "--spool", str(tmp_path / "spool"), "--config", str(config)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("Error: [[database]] 'app': NoSuchModuleError")
+    assert "Traceback" not in out.stderr and "s3cret-pw" not in out.stderr

@@ -34,6 +34,7 @@ from collectors.advisor.model import (
     Recommendation,
     Statement,
 )
+from collectors.redact import redact
 from collectors.store.connection import utcnow
 
 CONNECT_TIMEOUT_S = 5
@@ -116,7 +117,7 @@ def advise(url: str, statements: list[Statement] | None = None, *, store_workloa
     dialect = dialect_of(url)
     with connect(url) as conn:
         method = _Method(conn, dialect, settings)
-        report = Report(target or make_url(url).render_as_string(hide_password=True), method.name)
+        report = Report(target or redact(url), method.name)
         if statements is None:
             server = workload.from_pg_stat_statements(conn) if dialect == "postgres" else []
             statements = workload.merge(server, list(store_workload), min_ms_per_day=settings.min_ms_per_day,

@@ -20,7 +20,7 @@ from pathlib import Path
 from redis import RedisError
 
 from collectors import control
-from collectors.samplers.redis import redact
+from collectors.redact import redact
 from collectors.sdk.control import is_name
 from collectors.store import db_path
 from dashboard.actions.framework import (
@@ -59,7 +59,7 @@ def shown(url: str) -> str:
 
 
 def _unreachable(url: str, exc: Exception) -> TargetUnavailable:
-    return TargetUnavailable(f"control channel {shown(url)} is unreachable: {type(exc).__name__}: {exc}")
+    return TargetUnavailable(redact(f"control channel {shown(url)} is unreachable: {type(exc).__name__}: {exc}", url))
 
 
 def fresh_listeners() -> list[dict]:

@@ -30,6 +30,7 @@ from dashboard.actions.framework import (
     run_action,
 )
 from dashboard.actions.login_guard import RefusalAudit, client_key
+from dashboard.widgets import as_text
 
 CLIENT_SESSION_KEY = "perfdeck_client_session"
 
@@ -201,7 +202,7 @@ def action_panel(action: Action, *, key: str, preset: dict | None = None, title:
         _confirm_and_run(action, params, preview, actor, key, state)
     if state.get("outcome"):
         kind, text = state["outcome"]
-        {"success": st.success, "error": st.error, "warning": st.warning}[kind](text)
+        {"success": st.success, "error": st.error, "warning": st.warning}[kind](as_text(text))
 
 
 def _fields(action: Action, key: str, preset: dict, actor: Actor) -> dict | None:
@@ -225,7 +226,7 @@ def _field(action: Action, field: Field, params: dict, key: str, preset: dict, a
         try:
             options = field_options(action, field, params, actor=actor)
         except ActionError as exc:
-            st.error(str(exc))
+            st.error(as_text(exc))
             return _UNAVAILABLE
         if options is None:                 # not applicable here (e.g. schema on SQLite)
             return _SKIP
@@ -248,9 +249,10 @@ def _field(action: Action, field: Field, params: dict, key: str, preset: dict, a
 
 def _show_preview(preview) -> None:
     with st.container(border=True):
-        st.markdown(f":material/preview: **Preview** · {preview.summary}")
+        # Summaries and warnings name caches, keys, tables and targets: text, never markdown.
+        st.markdown(f":material/preview: **Preview** · {as_text(preview.summary)}")
         for warning in preview.warnings:
-            st.warning(warning, icon=":material/warning:")
+            st.warning(as_text(warning), icon=":material/warning:")
         for statement in preview.statements:
             st.code(statement, language="sql", wrap_lines=True)
         if preview.rows:
