@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dashboard.actions.ui import operator_sidebar, viewer_gate  # noqa: E402 - needs the sys.path line above
 from dashboard.demo_switch import demo_switch  # noqa: E402
 
-st.set_page_config(layout="wide", page_title="perfdeck", page_icon=":material/speed:")
+# Its own icon file: a :material/...: page icon makes every viewer's browser fetch it from Google's CDN.
+st.set_page_config(layout="wide", page_title="perfdeck", page_icon=str(Path(__file__).parent / "assets" / "icon.png"))
 
 # With viewer login configured, nothing but the login form runs until someone logs in: no page, no
 # navigation (page names), no sidebar.
