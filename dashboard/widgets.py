@@ -47,12 +47,13 @@ HOW_TO_GET_DATA = (
 # (st.markdown, callouts, captions, badges, expander labels, tooltips) the characters that start markup
 # mid-line are backslash-escaped (emphasis, code, links and images, HTML, $maths$, ~strike~, entities),
 # and at the start of a line the ones that open a block (heading, quote, list). Streamlit looks for
-# :material/icons:, :emoji: and :colour[directives] after unescaping, so a colon is followed by a
-# zero-width space instead; the same space breaks GFM's autolinks ("http://", "www.", "a@b.c").
+# :material/icons:, :emoji: and :colour[directives] after unescaping, so a colon followed by anything but
+# a space gets a zero-width space after it; the same space breaks GFM's autolinks ("http://", "www.", "a@b.c").
 _MARKDOWN = re.compile(r"([\\`*_\[\]<$~&])")
 _BLOCK = re.compile(r"^(\s*\d*)([#>+\-=|]|(?<=\d)[.)])")
 _ZWSP = "\u200b"
 _AUTOLINK = re.compile(r"(?i)(www)(\.)|(@)")
+_COLON = re.compile(r":(?=\S)")    # only a colon something follows can open an icon, a directive or a URL
 
 
 def as_text(value) -> str:
@@ -60,7 +61,7 @@ def as_text(value) -> str:
     text = _MARKDOWN.sub(r"\\\1", _HIDDEN.sub("\ufffd", " ".join(str(value).splitlines())))
     text = _BLOCK.sub(lambda m: m[1] + "\\" + m[2], text)
     text = _AUTOLINK.sub(lambda m: (m[1] + _ZWSP + m[2]) if m[1] else m[3] + _ZWSP, text)
-    return text.replace(":", ":" + _ZWSP)
+    return _COLON.sub(":" + _ZWSP, text)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ def query(db, sql: str, params=()) -> list[tuple]:
         con.close()
 
 
+def shown_text(markdown: str) -> str:
+    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
+
+
 def run_app(script: str):
     """Run a dashboard script in Streamlit's AppTest and fail on any exception it shows."""
     from streamlit.testing.v1 import AppTest

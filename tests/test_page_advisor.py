@@ -3,14 +3,13 @@ recommendations and findings, creating and dropping an index on a real SQLite ta
 an operator, and the estimate-vs-measured table once an advised index exists."""
 from __future__ import annotations
 
-import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import query, run_app
+from helpers import query, run_app, shown_text
 from streamlit.testing.v1 import AppTest
 from test_queries_advisor import advice_row, audit_row, create, plain, run_row, seed_advisor
 
@@ -24,10 +23,6 @@ PASSWORD = "correct horse battery"
 FP = "SELECT * FROM orders WHERE customer_id = ?"
 CREATE_KEY = "advisor:shop:None:orders:customer_id"      # the create panel of shop's orders (customer_id)
 DROP_KEY = "advisor:shop:None:ix_orders_status"
-
-def shown_text(markdown: str) -> str:
-    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 
@@ -175,7 +170,7 @@ def test_an_operator_creates_the_advised_index_and_drops_the_unused_one(env, mon
     assert 'CREATE INDEX "ix_orders_customer_id" ON "orders" ("customer_id")' in [c.value for c in at.code]
     button(at, f"{CREATE_KEY}:run").click().run()
     assert not at.exception, at.exception
-    assert at.success[-1].value.startswith("Created index 'ix_orders_customer_id'")
+    assert shown_text(at.success[-1].value).startswith("Created index 'ix_orders_customer_id'")
     assert "ix_orders_customer_id" in sqlite_indexes(shop)
     assert query(store, "SELECT action, target, outcome, params->>'name' FROM action_audit "
                         "WHERE action LIKE 'database.%'") == [

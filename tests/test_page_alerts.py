@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import query
+from helpers import query, shown_text
 from streamlit.testing.v1 import AppTest
 
 from collectors.health import ASSESSED_COLUMNS
@@ -135,13 +135,13 @@ def test_an_operator_silences_a_rule_from_the_page(seeded, monkeypatch):
     at.text_input(key="alerts-silence:reason").input("rolling back").run()
     next(b for b in at.button if b.key == "alerts-silence:preview").click().run()
     assert not at.exception, at.exception
-    preview = next(m.value for m in at.markdown if m.value.startswith(":material/preview:"))
+    preview = shown_text(next(m.value for m in at.markdown if m.value.startswith(":material/preview:")))
     assert preview.startswith(":material/preview: **Preview** · Will mute rule request_p95_ms for target "
                               "shop-api /search until ")
     assert preview.endswith(" UTC (1 alert currently firing would stop notifying).")
     next(b for b in at.button if b.key == "alerts-silence:run").click().run()
     assert not at.exception, at.exception
-    assert at.success[0].value.startswith("Silence #2: rule request_p95_ms for target shop-api /search muted until")
+    assert shown_text(at.success[0].value).startswith("Silence #2: rule request_p95_ms for target shop-api /search muted until")
     [(rule, target, reason, by, hours)] = query(seeded, """
         SELECT rule, target, reason, created_by, date_diff('hour', starts_at, ends_at) FROM silences WHERE id = 2""")
     assert (rule, target, reason, by, hours) == ("request_p95_ms", "shop-api /search", "rolling back", "operator", 2)

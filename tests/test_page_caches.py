@@ -1,11 +1,10 @@
 """AppTest of the Caches page on a seeded store, an empty store and the router."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from helpers import run_app
+from helpers import run_app, shown_text
 from seed_samples import seed_samples
 from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
@@ -15,10 +14,6 @@ from collectors.store import migrate, write
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "caches.py")
 APP = str(ROOT / "dashboard" / "app.py")
-
-def shown_text(markdown: str) -> str:
-    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 

@@ -2,12 +2,11 @@
 undid it (tests/seed_store.py); deploy mode, two-window mode, the headline, the table and the charts."""
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from helpers import run_app
+from helpers import run_app, shown_text
 from seed_store import DEPLOYS, REGRESSION, seed_store
 from streamlit.testing.v1 import AppTest
 
@@ -16,10 +15,6 @@ from dashboard.app_pages.compare import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "compare.py")
-
-def shown_text(markdown: str) -> str:
-    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 

@@ -2,7 +2,6 @@
 prices each call) → DuckDB."""
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from genai_prices import Usage, calc_price
-from helpers import run_app
+from helpers import run_app, shown_text
 
 from collectors import sdk
 from collectors.daemon import Collector
@@ -19,10 +18,6 @@ from collectors.store import migrate, write
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "cost.py")
 SUBHEADERS = ["Where the money goes", "Cost per request", "What caching saved", "Budgets", "Users"]
-
-def shown_text(markdown: str) -> str:
-    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 

@@ -1,13 +1,12 @@
 """AppTest of the Overview page (and the router) on real seeded / empty / missing store files."""
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import clear_health_env, run_app
+from helpers import clear_health_env, run_app, shown_text
 from seed_health import seed_health, seed_healthy
 from seed_pipeline import seed_pipeline
 from seed_store import seed_store
@@ -21,10 +20,6 @@ from dashboard.widgets import fmt_ms
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "overview.py")
 APP = str(ROOT / "dashboard" / "app.py")
-
-def shown_text(markdown: str) -> str:
-    """Markdown as the viewer reads it: escapes and zero-width spaces out (names are escaped as text)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
 
 
 
