@@ -89,7 +89,9 @@ def demo_action():
 
         def execute(self, params: dict, preview: Preview, progress) -> Result:
             state = write_switch(switch_path(), params["slow"])
-            return Result(describe(state), figures={"slow": state["slow"]})
+            # The audit row is read later: what was deployed, not how long ago.
+            return Result("Deployed v1.9.0 (slow build)." if state["slow"] else "Rolled back to v1.8.0.",
+                          figures={"slow": state["slow"]})
 
     return DemoDeploy()
 

@@ -95,6 +95,12 @@ def _audit(db) -> list[tuple]:
     return query(db, "SELECT actor, action, target, outcome FROM action_audit WHERE action LIKE 'demo.%' ORDER BY id")
 
 
+def _audit_results(db) -> list[str | None]:
+    from tests.helpers import query
+
+    return [r for (r,) in query(db, "SELECT result FROM action_audit WHERE action = 'demo.deploy' ORDER BY id")]
+
+
 def _button(at, label: str):
     return next(b for b in at.sidebar.button if b.label == label)
 
@@ -128,6 +134,7 @@ def test_an_operator_confirms_the_switch_and_it_is_audited(demo_dashboard, migra
     assert read_switch(demo_dashboard / SWITCH_FILE)["slow"] is True
     assert at.sidebar.toggle[0].value is True and not at.sidebar.info
     assert at.sidebar.caption[0].value == "v1.9.0 (slow build) deployed under a minute ago."
+    assert _audit_results(migrated_store) == ["Deployed v1.9.0 (slow build)."]   # read later: no "ago"
     write_switch(demo_dashboard / SWITCH_FILE, False)    # flipped elsewhere (another tab): the file wins
     at.run()
     assert at.sidebar.toggle[0].value is False
