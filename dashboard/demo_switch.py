@@ -121,7 +121,7 @@ def demo_switch() -> None:
 
     def request() -> None:
         slow = st.session_state[TOGGLE_KEY]
-        params, preview = make_preview(action, {"slow": slow})
+        params, preview = make_preview(action, {"slow": slow}, actor=actor)
         st.session_state[PENDING_KEY] = (slow, preview)
 
     st.sidebar.toggle(LABEL, key=TOGGLE_KEY, help=HELP, disabled=not actor.is_operator, on_change=request)

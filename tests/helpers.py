@@ -8,6 +8,10 @@ import time
 
 import duckdb
 
+from dashboard.actions.framework import Actor
+
+OPERATOR = Actor("test-operator", role="operator", via="test")   # who tests preview and run actions as
+
 
 def count(db, table: str, where: str = "TRUE") -> int:
     con = duckdb.connect(str(db), read_only=True)

@@ -26,7 +26,7 @@ from dashboard.actions import (
     run_action,
 )
 from dashboard.actions.app_cache import ClearAppCache, channels
-from tests.helpers import NamespacedCache, query, wait_for
+from tests.helpers import OPERATOR, NamespacedCache, query, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = os.uname().nodename
@@ -88,7 +88,7 @@ def test_clear_a_namespace_in_two_processes_end_to_end(spool, migrated_store, op
         [target, namespace] = action.fields()
         assert (target.kind, target.options({}), namespace.kind, namespace.default) == ("choice", ["product"], "text", "")
 
-        params, preview = make_preview(action, {"target": " product ", "namespace": "detail"})
+        params, preview = make_preview(action, {"target": " product ", "namespace": "detail"}, actor=OPERATOR)
         assert params == {"target": "product", "namespace": "detail"}
         assert preview.summary == ("2 processes (services shop, worker) have cache 'product' registered; "
                                    "they will clear namespace 'detail'")
@@ -122,7 +122,7 @@ def test_a_viewer_is_refused_and_nothing_is_broadcast(spool, migrated_store):
     sdk.configure(service="shop", transport=url, flush_interval=60)
     wait_listening(url, os.getpid())
     action = ClearAppCache()
-    params, preview = make_preview(action, {"target": "product", "namespace": ""})
+    params, preview = make_preview(action, {"target": "product", "namespace": ""}, actor=OPERATOR)
     assert params == {"target": "product", "namespace": None}
     assert preview.summary == "1 process (service shop) has cache 'product' registered; it will clear the whole cache"
     with pytest.raises(NotAuthorized, match="operator role"):
@@ -150,9 +150,9 @@ def test_a_viewer_is_refused_and_nothing_is_broadcast(spool, migrated_store):
 def test_names_that_are_not_plain_are_refused(spool, migrated_store, operator, target, namespace, message):
     action = ClearAppCache()
     with pytest.raises(InvalidInput) as refused:
-        make_preview(action, {"target": target, "namespace": namespace})
+        make_preview(action, {"target": target, "namespace": namespace}, actor=OPERATOR)
     assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
-    fine, preview = make_preview(action, {"target": "product", "namespace": None})   # nobody has it: harmless
+    fine, preview = make_preview(action, {"target": "product", "namespace": None}, actor=OPERATOR)   # nobody has it: harmless
     with pytest.raises(InvalidInput):
         run_action(action, {"target": target, "namespace": namespace}, preview, actor=operator, db=migrated_store)
     [row] = audit_rows(migrated_store)
@@ -166,7 +166,7 @@ def test_no_process_has_the_cache(spool, migrated_store, operator):
     sdk.configure(service="shop", transport=url, flush_interval=60)
     wait_listening(url, os.getpid())
     action = ClearAppCache()
-    params, preview = make_preview(action, {"target": "ghost", "namespace": None})
+    params, preview = make_preview(action, {"target": "ghost", "namespace": None}, actor=OPERATOR)
     assert preview.summary == "No running process has cache 'ghost' registered; nothing will be cleared"
     assert (preview.warnings, preview.statements, preview.rows, preview.count) == (
         ["none of the 1 listening processes registered 'ghost'"], [], [], 0)
@@ -197,7 +197,7 @@ def test_a_failing_handler_and_a_silent_process_are_reported(spool, migrated_sto
     wait_listening(url, os.getpid())
     announce_silent_process(spool)
     action = ClearAppCache()
-    params, preview = make_preview(action, {"target": "product", "namespace": None})
+    params, preview = make_preview(action, {"target": "product", "namespace": None}, actor=OPERATOR)
     assert preview.count == 2
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
     assert result.summary == (f"0 of 2 processes cleared 'product' (whole cache): 0 entries; 1 did not answer "
@@ -211,7 +211,7 @@ def test_nobody_answering_fails_with_one_line(spool, migrated_store, operator, m
     monkeypatch.setattr(app_cache, "WAIT_S", 0.5)
     announce_silent_process(spool)
     action = ClearAppCache()
-    params, preview = make_preview(action, {"target": "product", "namespace": "detail"})
+    params, preview = make_preview(action, {"target": "product", "namespace": "detail"}, actor=OPERATOR)
     with pytest.raises(ActionError) as failed:
         run_action(action, params, preview, actor=operator, db=migrated_store)
     assert str(failed.value) == ("none of the 1 process with cache 'product' answered within 0.5 s (busy or "
@@ -229,7 +229,7 @@ def test_redis_channel_end_to_end(redis_url, spool, migrated_store, operator, mo
     wait_listening(redis_url, os.getpid())
     action = ClearAppCache()
     assert action.available() is None
-    params, preview = make_preview(action, {"target": "product", "namespace": None})
+    params, preview = make_preview(action, {"target": "product", "namespace": None}, actor=OPERATOR)
     assert preview.statements == [f"broadcast clear_cache cache='product' namespace=None on {redis_url}"]
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
     assert result.summary == "1 of 1 process cleared 'product' (whole cache): 8 entries"
@@ -245,12 +245,12 @@ def test_handlers_that_cannot_count(spool, migrated_store, operator):
     sdk.configure(service="shop", transport=url, flush_interval=60)
     wait_listening(url, os.getpid())
     action = ClearAppCache()
-    params, preview = make_preview(action, {"target": "prices", "namespace": None})
+    params, preview = make_preview(action, {"target": "prices", "namespace": None}, actor=OPERATOR)
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
     assert result.summary == "1 of 1 process cleared 'prices' (whole cache); 1 without an entry count"
     assert result.figures == {"acknowledged": 1, "expected": 1, "entries_cleared": 0, "errors": 0}
     sdk.register_cache("product", lambda namespace: None)
-    params, preview = make_preview(action, {"target": "product", "namespace": None})
+    params, preview = make_preview(action, {"target": "product", "namespace": None}, actor=OPERATOR)
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
     # One process, two handlers: one count unknown makes the process's count unknown.
     assert result.summary == "1 of 1 process cleared 'product' (whole cache); 1 without an entry count"
@@ -265,7 +265,7 @@ def test_redis_down_is_target_unavailable(monkeypatch):
     assert str(down.value).startswith("control channel redis://127.0.0.1:1/0 is unreachable: ConnectionError: ")
     assert "\n" not in str(down.value)
     with pytest.raises(TargetUnavailable):
-        make_preview(action, {"target": "product", "namespace": None})
+        make_preview(action, {"target": "product", "namespace": None}, actor=OPERATOR)
 
 
 def test_channels_come_from_the_environment(spool, tmp_path, monkeypatch):

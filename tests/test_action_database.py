@@ -12,7 +12,7 @@ import pytest
 from dashboard.actions import Aborted, InvalidInput, NotAuthorized, Progress, TargetUnavailable, make_preview, run_action
 from dashboard.actions.database_actions import ALL_TABLES, Analyze, CreateIndex, DropIndex, ResetStatements, Vacuum
 from dashboard.actions.framework import ActionError
-from tests.helpers import query
+from tests.helpers import OPERATOR, query
 from tests.pg import pg_cluster, pg_cluster_no_pgss  # noqa: F401  (the session fixtures)
 
 DB = "perfdeck_db_actions"
@@ -43,7 +43,7 @@ def targets(monkeypatch, tmp_path, pg_db, lite):
 def act(migrated_store, operator):
     """Preview then run an action as the operator, auditing into the migrated store: (preview, result)."""
     def act(action, params, confirmation=None, progress=None):
-        preview = make_preview(action, params)[1]
+        preview = make_preview(action, params, actor=OPERATOR)[1]
         return preview, run_action(action, params, preview, actor=operator, confirmation=confirmation,
                                    progress=progress, db=migrated_store)
     return act
@@ -66,7 +66,7 @@ def lite_sql(path, *statements: str) -> list[tuple]:
 def refusal(action, params, error=InvalidInput) -> str:
     """The one line make_preview refuses `params` with."""
     with pytest.raises(error) as exc:
-        make_preview(action, params)
+        make_preview(action, params, actor=OPERATOR)
     return str(exc.value)
 
 
@@ -92,7 +92,8 @@ def test_analyze_one_postgres_table_then_the_whole_database(targets, act, migrat
     # a preview is only good for the params it was made for
     one = {"target": "pg", "schema": "public", "table": "an_one"}
     with pytest.raises(InvalidInput, match=r"^the preview was made for other parameters \(or the catalogue changed\)"):
-        run_action(Analyze(), {**one, "table": "an_two"}, make_preview(Analyze(), one)[1], actor=operator, db=migrated_store)
+        run_action(Analyze(), {**one, "table": "an_two"}, make_preview(Analyze(), one, actor=OPERATOR)[1],
+                   actor=operator, db=migrated_store)
     assert sql(targets, last) == [("an_one", False), ("an_two", False)]
     preview, result = act(Analyze(), one)
     assert preview.statements == ['ANALYZE "public"."an_one"']
@@ -117,7 +118,7 @@ def test_analyze_sqlite_fills_sqlite_stat1(targets, lite, act, migrated_store, o
     assert preview.rows == [{"table": "items", "rows estimate": 100, "dead rows": None, "size bytes": 8192,
                              "last analyze": None, "last vacuum": None}]
     assert lite_sql(lite, "SELECT tbl, idx, stat FROM sqlite_stat1") == [("items", "ix_items_kind", "100 50")]
-    preview = make_preview(Analyze(), {"target": "lite", "table": ALL_TABLES})[1]
+    preview = make_preview(Analyze(), {"target": "lite", "table": ALL_TABLES}, actor=OPERATOR)[1]
     lite.unlink()                     # a missing file is an unreachable target, and is never created
     with pytest.raises(TargetUnavailable) as exc:
         run_action(Analyze(), {"target": "lite", "table": ALL_TABLES}, preview, actor=operator, db=migrated_store)
@@ -160,9 +161,9 @@ def test_vacuum_sqlite_gives_back_the_free_pages(targets, lite, act, migrated_st
 
 def test_reset_pg_stat_statements_forgets_every_entry(targets, act, migrated_store, operator):
     sql(targets, "CREATE TABLE IF NOT EXISTS pgss_t (id int)", "SELECT * FROM pgss_t WHERE id = 1")
-    make_preview(ResetStatements(), {"target": "pg"})    # our own catalogue queries get their entries once
+    make_preview(ResetStatements(), {"target": "pg"}, actor=OPERATOR)    # our own catalogue queries get their entries once
     entries = sql(targets, "SELECT count(*) FROM pg_stat_statements")[0][0]    # the action's count query too
-    preview = make_preview(ResetStatements(), {"target": "pg"})[1]
+    preview = make_preview(ResetStatements(), {"target": "pg"}, actor=OPERATOR)[1]
     assert (preview.count, preview.confirm, preview.statements) == (entries, "pg", ["SELECT pg_stat_statements_reset()"])
     with pytest.raises(NotAuthorized, match="type 'pg' to confirm"):
         run_action(ResetStatements(), {"target": "pg"}, preview, actor=operator, confirmation="yes", db=migrated_store)
@@ -203,8 +204,8 @@ def test_create_index_on_a_mixed_case_table_in_a_mixed_case_schema(targets, act)
     assert refusal(CreateIndex(), {**params, "columns": ["CustomerId"]}) == \
         "index 'ix_Orders_CustomerId_Region' on (CustomerId, Region) already covers (CustomerId)"
     # a different leading column is no duplicate; a unique index is not covered by a plain one
-    assert make_preview(CreateIndex(), {**params, "columns": ["Region"]})[0]["name"] == "ix_Orders_Region"
-    assert make_preview(CreateIndex(), {**params, "unique": True})[1].statements == [
+    assert make_preview(CreateIndex(), {**params, "columns": ["Region"]}, actor=OPERATOR)[0]["name"] == "ix_Orders_Region"
+    assert make_preview(CreateIndex(), {**params, "unique": True}, actor=OPERATOR)[1].statements == [
         'CREATE UNIQUE INDEX CONCURRENTLY "ix_Orders_CustomerId_Region_2" ON "Sales"."Orders" ("CustomerId", "Region")']
 
 
@@ -241,9 +242,10 @@ def test_create_index_refuses_bad_definitions_and_picks_free_names(targets):
     assert sql(targets, "SELECT count(*) FROM pg_indexes WHERE tablename = 'defs'") == [(0,)]
     long = "t" * 60                  # ix_<table>_<cols> is trimmed to 63 bytes, then _2 while taken
     sql(targets, f"CREATE TABLE {long} (alpha int, beta int)")
-    assert make_preview(CreateIndex(), {**base, "table": long, "columns": ["alpha", "beta"]})[0]["name"] == "ix_" + long
+    params = {**base, "table": long}
+    assert make_preview(CreateIndex(), {**params, "columns": ["alpha", "beta"]}, actor=OPERATOR)[0]["name"] == "ix_" + long
     sql(targets, f"CREATE TABLE ix_{long} (x int)")
-    assert make_preview(CreateIndex(), {**base, "table": long, "columns": ["alpha"]})[0]["name"] == f"ix_{long[2:]}_2"
+    assert make_preview(CreateIndex(), {**params, "columns": ["alpha"]}, actor=OPERATOR)[0]["name"] == f"ix_{long[2:]}_2"
 
 
 def test_a_failed_or_aborted_create_index_leaves_no_index_behind(targets, act, migrated_store):
@@ -293,7 +295,7 @@ def test_drop_index_refuses_a_primary_key_and_drops_a_plain_index(targets, migra
         assert index not in droppable({"target": "pg", "schema": "public"})
     assert "ix_drop_v" in droppable({"target": "pg", "schema": "public"})
     params = {"target": "pg", "schema": "public", "index": "ix_drop_v"}
-    preview = make_preview(DropIndex(), params)[1]
+    preview = make_preview(DropIndex(), params, actor=OPERATOR)[1]
     assert (preview.statements, preview.confirm) == (['DROP INDEX CONCURRENTLY "public"."ix_drop_v"'], "ix_drop_v")
     size = sql(targets, "SELECT pg_relation_size('ix_drop_v')")[0][0]
     assert (preview.rows[0]["definition"], preview.rows[0]["size bytes"]) == (
@@ -326,7 +328,7 @@ def test_injection_attempts_are_refused_and_nothing_runs(targets, lite, migrated
         (Analyze(), {"target": "nope", "table": "orders"}, "no database named 'nope' is configured; configured: lite, pg"),
         (Analyze(), {"target": "pg=postgresql://x"}, "no database named 'pg=postgresql://x' is configured; configured: lite, pg"),
     ]
-    good = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "orders"})[1]
+    good = make_preview(Analyze(), {"target": "pg", "schema": "public", "table": "orders"}, actor=OPERATOR)[1]
     for action, params, message in attempts:
         assert refusal(action, params) == message
         with pytest.raises(InvalidInput):             # run with someone else's preview: refused and audited
@@ -342,7 +344,7 @@ def test_unsupported_dialects_missing_pg_stat_statements_and_plain_urls(targets,
     plain = f"postgresql://postgres@127.0.0.1:{targets.port}/{DB}"             # no driver named: psycopg 3 it is
     monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"my=mysql+pymysql://u@127.0.0.1/shop,lite=sqlite:///{lite},"
                                                  f"pg={plain},bare={bare},unloaded={pg_cluster_no_pgss.url}")
-    assert make_preview(Analyze(), {"target": "pg", "table": None})[1].statements == ["ANALYZE"]
+    assert make_preview(Analyze(), {"target": "pg", "table": None}, actor=OPERATOR)[1].statements == ["ANALYZE"]
     assert refusal(Analyze(), {"target": "my", "table": "orders"}) == "Analyze is not supported for mysql (database 'my')"
     assert refusal(ResetStatements(), {"target": "lite"}) == \
         "Reset pg_stat_statements is not supported for sqlite (database 'lite')"
@@ -361,7 +363,7 @@ def test_unsupported_dialects_missing_pg_stat_statements_and_plain_urls(targets,
 def test_a_database_stopped_mid_action_fails_cleanly_and_is_audited(targets, migrated_store, operator):
     sql(targets, "CREATE TABLE mid AS SELECT g AS id, g AS v FROM generate_series(1, 1000) g")
     params = {"target": "pg", "schema": "public", "table": "mid", "columns": ["v"]}
-    preview = make_preview(CreateIndex(), params)[1]
+    preview = make_preview(CreateIndex(), params, actor=OPERATOR)[1]
     stopped = []
 
     def stop_server(progress):        # called just before the CREATE INDEX statement is sent

@@ -27,7 +27,7 @@ from dashboard.actions import (
     run_action,
 )
 from dashboard.actions.redis_actions import BumpCacheVersion, DeleteKeys, FlushDatabase, check_pattern, literal_prefix
-from tests.helpers import query
+from tests.helpers import OPERATOR, query
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM_WARNING = ("this database holds perfdeck's transport stream perfdeck:batches: 1 batch waits in it unread "
@@ -109,7 +109,7 @@ def test_delete_removes_exactly_the_previewed_namespace(cache, migrated_store, o
     expected_bytes = sum(cache.memory_usage(k) for k in cache.scan_iter(match="products:*", count=1000))
     action = DeleteKeys()
 
-    params, preview = make_preview(action, {"target": "cache", "pattern": "products:*"})
+    params, preview = make_preview(action, {"target": "cache", "pattern": "products:*"}, actor=OPERATOR)
     assert params == {"target": "cache", "pattern": "products:*"}
     assert preview.count == 1800
     assert preview.confirm == "products:*"
@@ -143,7 +143,7 @@ def test_delete_removes_exactly_the_previewed_namespace(cache, migrated_store, o
 
 def test_delete_with_nothing_matching_removes_nothing(cache, migrated_store, operator):
     _fill(cache)
-    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "orders:*"})
+    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "orders:*"}, actor=OPERATOR)
     assert (preview.count, preview.rows, preview.data["estimated_bytes"]) == (0, [], 0)
     assert preview.summary.startswith("No keys match 'orders:*' in cache (db ")
     result = run_action(DeleteKeys(), params, preview, actor=operator, confirmation="orders:*", db=migrated_store)
@@ -153,7 +153,7 @@ def test_delete_with_nothing_matching_removes_nothing(cache, migrated_store, ope
 
 def test_abort_lands_between_whole_batches(cache, migrated_store, operator):
     _fill(cache)
-    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "products:*"})
+    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "products:*"}, actor=OPERATOR)
     # Abort asked for while the first batch runs: it lands at the next step, after that whole batch.
     progress = Progress(on_update=lambda p: p.abort())
 
@@ -174,7 +174,7 @@ def test_redis_killed_mid_delete_is_target_unavailable(own_server, monkeypatch, 
     client.config_set("requirepass", "s3cret")
     client = redis.Redis(port=port, password="s3cret")
     client.mset({f"jobs:{i}": i for i in range(1800)})
-    params, preview = make_preview(DeleteKeys(), {"target": "gone", "pattern": "jobs:*"})
+    params, preview = make_preview(DeleteKeys(), {"target": "gone", "pattern": "jobs:*"}, actor=OPERATOR)
     assert preview.count == 1800
 
     def kill_before_second_batch(p: Progress) -> None:
@@ -202,7 +202,7 @@ def test_unreachable_redis_refuses_preview_in_one_line(own_server, monkeypatch):
                            (BumpCacheVersion(), {"target": "gone", "cache": "products"})):
         with pytest.raises(TargetUnavailable, match=rf"^Redis 'gone' \(redis://127.0.0.1:{port}/2\) is unavailable: "
                                                     rf"Error \d+ connecting to 127.0.0.1:{port}\. Connection refused\.$"):
-            make_preview(action, params)
+            make_preview(action, params, actor=OPERATOR)
     # The cache field's help says so instead of failing the page.
     assert BumpCacheVersion().fields()[1].help == ("the name passed to cached('<name>', ...). "
                                                    "Caches bumped before: gone: not reachable")
@@ -210,7 +210,7 @@ def test_unreachable_redis_refuses_preview_in_one_line(own_server, monkeypatch):
 
 def test_viewer_is_refused_and_audited(cache, migrated_store):
     _fill(cache)
-    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "carts:*"})
+    params, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "carts:*"}, actor=OPERATOR)
     with pytest.raises(NotAuthorized, match="operator role"):
         run_action(DeleteKeys(), params, preview, actor=VIEWER, confirmation="carts:*", db=migrated_store)
     assert _count(cache, "carts:*") == 1200
@@ -236,10 +236,10 @@ def test_bad_patterns_are_refused_and_audited(cache, migrated_store, operator, p
     _fill(cache)
     params = {"target": "cache", "pattern": pattern}
     with pytest.raises(InvalidInput) as err:
-        make_preview(DeleteKeys(), params)
+        make_preview(DeleteKeys(), params, actor=OPERATOR)
     assert str(err.value) == message
     # A hand-made preview does not get past run_action's own check either.
-    _, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "carts:*"})
+    _, preview = make_preview(DeleteKeys(), {"target": "cache", "pattern": "carts:*"}, actor=OPERATOR)
     with pytest.raises(InvalidInput):
         run_action(DeleteKeys(), params, preview, actor=operator, confirmation="carts:*", db=migrated_store)
     [row] = _audit(migrated_store)
@@ -260,7 +260,7 @@ def test_unknown_target_is_refused(cache):
     for action, params in ((DeleteKeys(), {"target": "nope", "pattern": "a:*"}), (FlushDatabase(), {"target": "nope"}),
                            (BumpCacheVersion(), {"target": "redis://127.0.0.1:6379/0", "cache": "products"})):
         with pytest.raises(InvalidInput, match=r"^no Redis named '.+' is configured; configured: cache$"):
-            make_preview(action, params)
+            make_preview(action, params, actor=OPERATOR)
 
 
 # ------------------------------------------------------------------ flush
@@ -273,9 +273,9 @@ def test_flush_needs_the_target_name_typed(own_server, monkeypatch, migrated_sto
     db3.xadd("perfdeck:batches", {"id": "b1"})
     db4.mset({f"other:{i}": i for i in range(30)})
     action = FlushDatabase()
-    assert make_preview(action, {"target": "other"})[1].warnings == []      # the stream is in db 3, not 4
+    assert make_preview(action, {"target": "other"}, actor=OPERATOR)[1].warnings == []      # the stream is in db 3, not 4
 
-    params, preview = make_preview(action, {"target": "queue"})
+    params, preview = make_preview(action, {"target": "queue"}, actor=OPERATOR)
     assert (preview.count, preview.confirm, preview.statements) == (701, "queue", ["FLUSHDB ASYNC"])
     assert preview.warnings == [STREAM_WARNING]
     assert preview.rows[0]["db"] == 3 and preview.rows[0]["keys"] == 701 and preview.rows[0]["used_memory"] > 0
@@ -314,7 +314,7 @@ def test_bump_makes_cached_miss_in_another_client(cache, redis_url, migrated_sto
     assert old_key.startswith("products:v0:")
     action = BumpCacheVersion()
 
-    params, preview = make_preview(action, {"target": "cache", "cache": "products"})
+    params, preview = make_preview(action, {"target": "cache", "cache": "products"}, actor=OPERATOR)
     assert preview.summary == ("products: version 0 -> 1. Every process using cached('products') misses within "
                                "~2 s; old entries expire by their ttl")
     assert (preview.statements, preview.count, preview.confirm, preview.warnings) == (
@@ -328,7 +328,7 @@ def test_bump_makes_cached_miss_in_another_client(cache, redis_url, migrated_sto
     assert product_page.cache_key(7).startswith("products:v1:")
     assert 0 < cache.ttl(old_key) <= 300                    # the old entry is left to expire
 
-    _, preview = make_preview(action, params)
+    _, preview = make_preview(action, params, actor=OPERATOR)
     result = run_action(action, params, preview, actor=operator, db=migrated_store)
     assert result.summary == "products: version 1 -> 2"
     assert [r["figures"] for r in _audit(migrated_store)] == [{"old_version": 0, "new_version": 1},
@@ -360,7 +360,7 @@ def test_bump_reaches_another_process(cache, redis_url, migrated_store, operator
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().split() == ["ready", "1"]
-        params, preview = make_preview(BumpCacheVersion(), {"target": "cache", "cache": "pages"})
+        params, preview = make_preview(BumpCacheVersion(), {"target": "cache", "cache": "pages"}, actor=OPERATOR)
         run_action(BumpCacheVersion(), params, preview, actor=operator, db=migrated_store)
         proc.stdin.write("go\n")
         proc.stdin.flush()
@@ -371,15 +371,15 @@ def test_bump_reaches_another_process(cache, redis_url, migrated_store, operator
 
 
 def test_bump_of_a_cache_never_seen_warns_and_bad_names_are_refused(cache, migrated_store, operator):
-    _, preview = make_preview(BumpCacheVersion(), {"target": "cache", "cache": "prodcuts"})
+    _, preview = make_preview(BumpCacheVersion(), {"target": "cache", "cache": "prodcuts"}, actor=OPERATOR)
     assert preview.warnings == ["no version key and no entries for 'prodcuts': is it the name passed to cached()?"]
     for name in ("products:*", "a b", "x\r\nFLUSHALL", "", "p" * 201, None):
         with pytest.raises(InvalidInput, match=r"^give the cache's name as passed to cached\(\): up to 200 letters, "
                                                r"digits, and _ - \. :$"):
-            make_preview(BumpCacheVersion(), {"target": "cache", "cache": name})
+            make_preview(BumpCacheVersion(), {"target": "cache", "cache": name}, actor=OPERATOR)
     cache.set("perfdeck:cache_version:broken", "abc")
     with pytest.raises(ActionError, match=r"^perfdeck:cache_version:broken holds b'abc', not a version number$"):
-        make_preview(BumpCacheVersion(), {"target": "cache", "cache": "broken"})
+        make_preview(BumpCacheVersion(), {"target": "cache", "cache": "broken"}, actor=OPERATOR)
 
 
 # ------------------------------------------------------------------ fields and availability

@@ -12,7 +12,7 @@ from collectors.store import read, utcnow, write
 from dashboard.actions import VIEWER, Aborted, InvalidInput, NotAuthorized, Progress, make_preview, run_action
 from dashboard.actions.store_actions import CompactStore, PurgeRawData
 from dashboard.queries import audit_facets, audit_log
-from tests.helpers import count, query
+from tests.helpers import OPERATOR, count, query
 from tests.seed_store import seed_store
 
 
@@ -31,7 +31,7 @@ def audit_rows(db) -> list[dict]:
 
 def test_purge_deletes_exactly_what_the_preview_counted(seeded, operator):
     action = PurgeRawData(seeded)
-    params, preview = make_preview(action, {"days": 1})
+    params, preview = make_preview(action, {"days": 1}, actor=OPERATOR)
     cutoff = utcnow() - timedelta(days=1)
     older = count(seeded, "request_events", f"ts < TIMESTAMP '{cutoff:%Y-%m-%d %H:%M:%S}'")
     assert older > 10_000 and preview.rows[0] == {"table": "request_events", "rows to delete": preview.count}
@@ -53,7 +53,7 @@ def test_purge_deletes_exactly_what_the_preview_counted(seeded, operator):
 
 def test_a_viewer_is_refused_and_the_refusal_is_audited(seeded):
     action = PurgeRawData(seeded)
-    params, preview = make_preview(action, {"days": 1})
+    params, preview = make_preview(action, {"days": 1}, actor=OPERATOR)
     before = count(seeded, "request_events")
     with pytest.raises(NotAuthorized, match="operator role"):
         run_action(action, params, preview, actor=VIEWER, confirmation="perfdeck.duckdb", db=seeded)
@@ -64,7 +64,7 @@ def test_a_viewer_is_refused_and_the_refusal_is_audited(seeded):
 
 def test_a_destructive_action_needs_the_typed_confirmation(seeded, operator):
     action = PurgeRawData(seeded)
-    params, preview = make_preview(action, {"days": 1})
+    params, preview = make_preview(action, {"days": 1}, actor=OPERATOR)
     before = count(seeded, "request_events")
     for typed in (None, "", "perfdeck", "PERFDECK.DUCKDB"):
         with pytest.raises(NotAuthorized, match="type 'perfdeck.duckdb' to confirm"):
@@ -76,7 +76,7 @@ def test_a_destructive_action_needs_the_typed_confirmation(seeded, operator):
 @pytest.mark.parametrize("days", [0, -3, 1.5, "7; DROP TABLE request_events", None, True, 100_000])
 def test_bad_parameters_are_refused_with_a_clear_message(seeded, operator, days):
     with pytest.raises(InvalidInput, match="days must be a whole number from 1 to 3650"):
-        make_preview(PurgeRawData(seeded), {"days": days})
+        make_preview(PurgeRawData(seeded), {"days": days}, actor=OPERATOR)
 
 
 def test_run_without_a_preview_is_refused(seeded, operator):
@@ -89,7 +89,7 @@ def test_abort_between_tables_leaves_whole_tables_and_an_aborted_row(seeded, ope
         con.execute("INSERT INTO sdk_health (ts, service, host, pid, dropped, send_errors) "
                     "VALUES (?, 'api', 'web-1', 1, 0, 0)", [utcnow() - timedelta(days=2)])
     action = PurgeRawData(seeded)
-    params, preview = make_preview(action, {"days": 1})
+    params, preview = make_preview(action, {"days": 1}, actor=OPERATOR)
     assert preview.data["counts"]["sdk_health"] == 1
 
     def abort_after_first_table(p: Progress) -> None:
@@ -111,7 +111,7 @@ def test_compact_merges_duplicate_rollup_rows_and_keeps_the_sums(seeded, operato
         con.execute("INSERT INTO latency_hist SELECT * FROM latency_hist LIMIT 500")
         total = con.execute("SELECT sum(count) FROM latency_hist").fetchone()[0]
     action = CompactStore(seeded)
-    params, preview = make_preview(action, {})
+    params, preview = make_preview(action, {}, actor=OPERATOR)
     assert preview.count == 500 and preview.confirm is None
     result = run_action(action, params, preview, actor=operator, db=seeded)
     assert result.figures["rows_merged"] == 500
@@ -127,7 +127,7 @@ def test_store_actions_say_when_there_is_no_store(tmp_path):
 
 def test_audit_queries_filter_and_list_facets(seeded, operator):
     action = CompactStore(seeded)
-    params, preview = make_preview(action, {})
+    params, preview = make_preview(action, {}, actor=OPERATOR)
     run_action(action, params, preview, actor=operator, db=seeded)
     with pytest.raises(NotAuthorized):
         run_action(action, params, preview, actor=VIEWER, db=seeded)
@@ -152,7 +152,7 @@ def test_a_target_gone_between_preview_and_run_is_an_audited_failure(migrated_st
     with sqlite3.connect(path) as con:
         con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER)")
     monkeypatch.setenv("PERFDECK_DATABASE_URLS", f"app=sqlite:///{path}")
-    params, preview = make_preview(Analyze(), {"target": "app", "table": "orders"})
+    params, preview = make_preview(Analyze(), {"target": "app", "table": "orders"}, actor=OPERATOR)
     path.unlink()
     with pytest.raises(ActionError):
         run_action(Analyze(), params, preview, actor=operator, db=migrated_store)

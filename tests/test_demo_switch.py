@@ -19,7 +19,7 @@ from collectors.demo.workload import (
     slow_search_delay_ms,
 )
 from dashboard.demo_switch import LABEL, SWITCH_FILE, describe, read_switch, switch_path, write_switch
-from tests.helpers import wait_for
+from tests.helpers import OPERATOR, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +171,12 @@ def test_the_action_refuses_a_viewer_and_audits_it(demo_dashboard, migrated_stor
     from dashboard.demo_switch import demo_action
 
     action = demo_action()
-    params, preview = make_preview(action, {"slow": True})
+    params, preview = make_preview(action, {"slow": True}, actor=OPERATOR)
     with pytest.raises(NotAuthorized):
         run_action(action, params, preview, actor=VIEWER)
     assert not (demo_dashboard / SWITCH_FILE).exists()
     with pytest.raises(InvalidInput):
-        make_preview(action, {"slow": "yes"})
+        make_preview(action, {"slow": "yes"}, actor=OPERATOR)
     run_action(action, params, preview, actor=operator)
     assert read_switch(demo_dashboard / SWITCH_FILE)["slow"] is True
     assert _audit(migrated_store) == [("anonymous", "demo.deploy", "demo:shop", "refused"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import query, shown_text
+from helpers import OPERATOR, query, shown_text
 from streamlit.testing.v1 import AppTest
 
 from collectors.health import ASSESSED_COLUMNS
@@ -153,7 +153,7 @@ def test_an_operator_silences_a_rule_from_the_page(seeded, monkeypatch):
 def test_silence_then_end_it_through_the_framework(seeded, operator):
     action = SilenceAlerts(seeded)            # no actor given: the silence names the audit row's actor
     params, preview = make_preview(action, {"rule": "request_p95_ms", "target": "(every target)", "hours": 3,
-                                            "reason": None})
+                                            "reason": None}, actor=OPERATOR)
     assert params == {"rule": "request_p95_ms", "target": None, "hours": 3, "reason": None}
     assert preview.summary.startswith("Will mute rule request_p95_ms for every target until ")
     assert preview.count == 1 and [r["target"] for r in preview.rows] == ["shop-api /search"]
@@ -170,7 +170,7 @@ def test_silence_then_end_it_through_the_framework(seeded, operator):
     end = EndSilence(seeded)
     labels = end.fields()[0].options({})
     assert labels[0].startswith("#2 · rule request_p95_ms for every target · until ")
-    params, preview = make_preview(end, {"silence": labels[0]})
+    params, preview = make_preview(end, {"silence": labels[0]}, actor=OPERATOR)
     assert params == {"silence": 2}
     assert preview.summary.startswith("Will end silence #2 (rule request_p95_ms for every target, set by "
                                       "test-operator until ")
@@ -178,14 +178,14 @@ def test_silence_then_end_it_through_the_framework(seeded, operator):
     run_action(end, params, preview, actor=operator, db=seeded)
     assert query(seeded, "SELECT cancelled_at IS NOT NULL FROM silences WHERE id = 2") == [(True,)]
     with pytest.raises(InvalidInput, match="silence #2 is not active"):
-        make_preview(end, {"silence": 2})
+        make_preview(end, {"silence": 2}, actor=OPERATOR)
     assert query(seeded, "SELECT action, outcome FROM action_audit ORDER BY id") == [
         ("alerts.silence", "done"), ("alerts.unsilence", "done")]
 
 
 def test_a_viewer_cannot_silence_and_the_refusal_is_audited(seeded):
     action = SilenceAlerts(seeded)
-    params, preview = make_preview(action, {"rule": "*", "target": None, "hours": 1})
+    params, preview = make_preview(action, {"rule": "*", "target": None, "hours": 1}, actor=OPERATOR)
     assert preview.summary.startswith("Will mute every rule for every target until ")
     with pytest.raises(NotAuthorized):
         run_action(action, params, preview, actor=VIEWER, db=seeded)
@@ -202,7 +202,7 @@ def test_a_viewer_cannot_silence_and_the_refusal_is_audited(seeded):
 ])
 def test_bad_silence_parameters_are_refused(seeded, params, error):
     with pytest.raises(InvalidInput, match=error):
-        make_preview(SilenceAlerts(seeded), params)
+        make_preview(SilenceAlerts(seeded), params, actor=OPERATOR)
 
 
 def test_the_silence_actions_are_on_the_actions_page():

@@ -23,7 +23,7 @@ from collectors.sdk.transport.spool import SUFFIX, SpoolTransport
 from collectors.sources import STALE_TMP_S, RedisSource, SpoolSource
 from dashboard.actions import make_preview, run_action
 from dashboard.actions.redis_actions import FlushDatabase
-from tests.helpers import count, query
+from tests.helpers import OPERATOR, count, query
 
 EVENTS = 10          # request events per test batch
 
@@ -336,9 +336,9 @@ def test_flush_database_preview_counts_the_unread_batches_it_loses(own_redis, tm
     send(url, 3)
     assert len(source.fetch(1, 1 << 20)) == 1      # one delivered and not yet committed: unread all the same
     action = FlushDatabase()
-    assert make_preview(action, {"target": "cache"})[1].warnings == []
+    assert make_preview(action, {"target": "cache"}, actor=OPERATOR)[1].warnings == []
 
-    params, preview = make_preview(action, {"target": "queue"})
+    params, preview = make_preview(action, {"target": "queue"}, actor=OPERATOR)
     assert preview.warnings == [f"this database holds perfdeck's transport stream {STREAM}: 3 batches wait in it "
                                 "unread by the collector; flushing loses them"]
     run_action(action, params, preview, actor=operator, confirmation="queue", db=migrated_store)
@@ -346,6 +346,6 @@ def test_flush_database_preview_counts_the_unread_batches_it_loses(own_redis, tm
     send(url)                                       # the collector reading that database goes on
     assert len(source.fetch(10, 1 << 20)) == 1
     assert source.take_notes() == Counter({("stream", "group_recreated"): 1})
-    _, preview = make_preview(action, {"target": "queue"})
+    _, preview = make_preview(action, {"target": "queue"}, actor=OPERATOR)
     assert preview.warnings == [f"this database holds perfdeck's transport stream {STREAM}: 1 batch waits in it "
                                 "unread by the collector; flushing loses it"]

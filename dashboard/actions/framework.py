@@ -185,11 +185,10 @@ def _refuse_viewer(action: Action, params: dict, actor: Actor, db, what: str) ->
     raise NotAuthorized(f"{what} needs the operator role; log in as operator")
 
 
-def make_preview(action: Action, params: dict, *, actor: Actor | None = None, db=None) -> tuple[dict, Preview]:
+def make_preview(action: Action, params: dict, *, actor: Actor, db=None) -> tuple[dict, Preview]:
     """Check the params and dry-run the action; it changes nothing, but it reads the target, so an
     `actor` who is not an operator gets NotAuthorized (audited in the store `db`) before anything is read."""
-    if actor is not None:
-        _refuse_viewer(action, params, actor, db, "previewing")
+    _refuse_viewer(action, params, actor, db, "previewing")
     params = action.check(params)
     return params, action.preview(params)
 
