@@ -91,20 +91,25 @@ class Filters:
 
 def sidebar_filters() -> Filters:
     """Time range, service and auto-refresh pickers in the sidebar; bound to the URL so a view
-    can be shared as a link."""
+    can be shared as a link and survives a page change:
+    `?range=Last+7+days&service=api`, or `?range=Custom+range&range_from=2026-12-01T10:00&range_to=2026-12-01T12:00`.
+    A value in the URL that names no range, service or time is dropped, and a caption says so."""
     sb = st.sidebar
     sb.header("Filters")
+    names = [ALL_SERVICES, *service_names()]
+    ignored = _invalid_url_values(names)
     label = sb.selectbox(
         "Time range", [*RANGES, CUSTOM], index=list(RANGES).index(DEFAULT_RANGE),
         key="range", bind="query-params",
     )
     rng = _custom_range(sb) if label == CUSTOM else TimeRange(label, span=RANGES[label])
-    names = [ALL_SERVICES, *service_names()]
     service = sb.selectbox("Service", names, key="service", bind="query-params")
     refresh = sb.selectbox(
         "Auto-refresh", list(REFRESH), format_func=REFRESH.get, key="refresh",
         help="Re-query the store on a timer; the filters above stay as they are.",
     )
+    if ignored:
+        sb.caption(f"Ignored from the link: {', '.join(ignored)} (not a known value).")
     return Filters(
         range=rng,
         service=None if service in (None, ALL_SERVICES) else service,
@@ -112,13 +117,40 @@ def sidebar_filters() -> Filters:
     )
 
 
+def _url_time(text: str) -> datetime | None:
+    """A custom range's end as the URL carries it (ISO 8601, `2026-12-01T10:00`); None if it is not one."""
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None)
+    except ValueError:
+        return None
+
+
+def _invalid_url_values(services: list[str]) -> list[str]:
+    """Names of the filter parameters in the URL whose value would be ignored. Services are only
+    judged when the store answered (an empty list means it could not say)."""
+    qp = st.query_params
+    bad = []
+    if "range" in qp and qp["range"] not in (*RANGES, CUSTOM):
+        bad.append("range")
+    bad += [k for k in ("range_from", "range_to") if qp.get(k) and _url_time(qp[k]) is None]
+    if "service" in qp and len(services) > 1 and qp["service"] not in services:
+        bad.append("service")
+    return bad
+
+
 def _custom_range(sb) -> TimeRange:
     now = utcnow().replace(second=0, microsecond=0)
-    # Defaults go through session state once, so the inputs don't reset as "now" moves.
-    st.session_state.setdefault("range_from", now - timedelta(hours=24))
-    st.session_state.setdefault("range_to", now)
-    start = sb.datetime_input("From (UTC)", key="range_from", format="YYYY-MM-DD")
-    end = sb.datetime_input("To (UTC)", key="range_to", format="YYYY-MM-DD")
+    # Defaults go through session state once, so the inputs don't reset as "now" moves; an end
+    # given in the URL (a shared link, or the previous page) wins over the default.
+    url = st.query_params
+    if _url_time(url.get("range_from", "")) is None:
+        st.session_state.setdefault("range_from", now - timedelta(hours=24))
+    if _url_time(url.get("range_to", "")) is None:
+        st.session_state.setdefault("range_to", now)
+    start = sb.datetime_input("From (UTC)", key="range_from", format="YYYY-MM-DD",
+                              bind="query-params", persist_state="session")
+    end = sb.datetime_input("To (UTC)", key="range_to", format="YYYY-MM-DD",
+                            bind="query-params", persist_state="session")
     start, end = start or now - timedelta(hours=24), end or now
     if start >= end:
         sb.warning("“From” is after “To”: showing the range the other way round.")
