@@ -82,8 +82,9 @@ def test_escalation_keeps_one_alert_and_the_throttle_holds_its_message(tmp_path)
                       frame(p95(900, "warning"))])
     assert kinds(ticks) == [[("firing", "firing")], [("escalated", None)], [("updated", None)], [("updated", None)]]
     last = ticks[-1][0].alert
-    # Severity is the worst reached and stays there; the peak is the highest p95.
-    assert (last.severity, last.threshold, last.peak_value, last.value) == ("critical", 1000, 1240, 900)
+    # Severity, threshold and value are the latest reading; the peak fields keep the worst.
+    assert (last.severity, last.threshold, last.value) == ("warning", 500, 900)
+    assert (last.peak_severity, last.peak_value) == ("critical", 1240)
     assert len(eng.firing) == 1 and last.started_at == T0
 
 
@@ -101,7 +102,10 @@ def test_it_resolves_at_the_first_tick_below_min_severity(tmp_path):
     resolved = ticks[3][0].alert
     assert (resolved.state, resolved.started_at, resolved.resolved_at) == ("resolved", T0 + 2 * MIN, T0 + 3 * MIN)
     assert resolved.note == "p95 of /search 300 ms > 200 ms degraded" and resolved.value == 300
-    assert resolved.message == "p95 of /search 800 ms > 500 ms warning"    # what was wrong stays on the row
+    # The row says what resolved it; what was wrong is in the peak fields.
+    assert (resolved.severity, resolved.threshold, resolved.message) == (
+        "degraded", 200, "p95 of /search 300 ms > 200 ms degraded")
+    assert (resolved.peak_severity, resolved.peak_value) == ("warning", 800)
     assert eng.firing == {} and list(eng.pending) == [("request_p95_ms", "shop-api /search")]
 
 
@@ -174,7 +178,9 @@ def test_a_missing_check_resolves_after_for_with_no_data(tmp_path):
                             [("resolved", "resolved")]]
     alert = ticks[-1][0].alert
     assert alert.note == "no data since 12:03 UTC" and alert.resolved_at == T0 + 5 * MIN
-    assert alert.message == "no data since 12:03 UTC; worst: p95 of /search 800 ms > 500 ms warning"
+    # No evaluation resolved it: the row keeps its last reading, and says there was no data since.
+    assert alert.message == "no data since 12:03 UTC; last: p95 of /search 800 ms > 500 ms warning"
+    assert (alert.severity, alert.value, alert.threshold) == ("warning", 800, 500)
     assert alert.updated_at == T0 + 2 * MIN       # the last evaluation that saw it
 
 
@@ -195,12 +201,13 @@ def test_tick_writes_the_exact_rows(migrated_store):
     for i, row in enumerate(series):
         eng.tick(frame(row, hit_rate(0.95, "healthy")), T0 + i * MIN)
     rows = query(migrated_store, """
-        SELECT rule, target, service, subject, state, severity, value, threshold, peak_value, started_at,
-               resolved_at, updated_at, notified_at, notifications, silenced, message
+        SELECT rule, target, service, subject, state, severity, value, threshold, peak_value, peak_severity,
+               started_at, resolved_at, updated_at, notified_at, notifications, silenced, message
         FROM alerts""")
-    assert rows == [("request_p95_ms", "shop-api /search", "shop-api", "/search", "resolved", "critical", 120.0,
-                     1000.0, 1240.0, T0 + MIN, T0 + 4 * MIN, T0 + 3 * MIN, T0 + 4 * MIN, 2, False,
-                     "p95 of /search 1,240 ms > 1,000 ms critical")]     # its worst moment
+    # Now: the evaluation that resolved it; the worst moment: the peak columns.
+    assert rows == [("request_p95_ms", "shop-api /search", "shop-api", "/search", "resolved", "healthy", 120.0,
+                     200.0, 1240.0, "critical", T0 + MIN, T0 + 4 * MIN, T0 + 4 * MIN, T0 + 4 * MIN, 2, False,
+                     "p95 of /search 120 ms ≤ 200 ms target")]
 
 
 def test_a_restarted_engine_neither_duplicates_nor_forgets(migrated_store):
@@ -337,5 +344,58 @@ def test_the_demo_slow_build_gives_one_alert_that_escalates_then_resolves(migrat
     for i, ms in enumerate(ramp):
         eng.tick(frame(p95(ms, severity(ms))), T0 + i * timedelta(seconds=30))
     assert sent == [("firing", 1), ("resolved", 1)]
-    assert query(migrated_store, "SELECT severity, peak_value, started_at, resolved_at FROM alerts") == [
+    assert query(migrated_store, "SELECT peak_severity, peak_value, started_at, resolved_at FROM alerts") == [
         ("critical", 1650.0, T0 + timedelta(seconds=120), T0 + timedelta(seconds=30 * 30))]
+
+
+def test_each_row_says_one_reading_while_it_escalates_then_eases(migrated_store):
+    """warning -> critical -> warning -> resolved through the real engine on a DuckDB file: at every step the
+    row's severity, value, threshold and message come from the same evaluation, and the peak columns keep
+    the worst; the escalated and resolved messages say the same."""
+    sent = []
+    eng = AlertEngine(migrated_store, AlertSettings(for_s=0, throttle_s=0))
+    eng.notifier = type("Sink", (), {"send": lambda self, kind, alerts: sent.append((kind, alerts))})()
+    columns = "state, severity, value, threshold, message, peak_severity, peak_value"
+    steps = [(p95(800, "warning"), ("firing", "warning", 800.0, 500.0, "p95 of /search 800 ms > 500 ms warning",
+                                    "warning", 800.0)),
+             (p95(1240, "critical"), ("firing", "critical", 1240.0, 1000.0,
+                                      "p95 of /search 1,240 ms > 1,000 ms critical", "critical", 1240.0)),
+             (p95(918.7, "warning"), ("firing", "warning", 918.7, 500.0, "p95 of /search 919 ms > 500 ms warning",
+                                      "critical", 1240.0)),
+             (p95(150, "healthy"), ("resolved", "healthy", 150.0, 200.0, "p95 of /search 150 ms ≤ 200 ms target",
+                                    "critical", 1240.0))]
+    for i, (row, expected) in enumerate(steps):
+        eng.tick(frame(row), T0 + i * MIN)
+        assert query(migrated_store, f"SELECT {columns} FROM alerts") == [expected], f"step {i}"
+    assert [kind for kind, _ in sent] == ["firing", "escalated", "resolved"]
+    from collectors.health.notify import alert_line
+    escalated, resolved = sent[1][1][0], sent[2][1][0]
+    assert alert_line("escalated", escalated) == (
+        "critical — request_p95_ms shop-api /search: p95 of /search 1,240 ms > 1,000 ms critical (since 12:00 UTC)")
+    assert alert_line("resolved", resolved) == (
+        "request_p95_ms shop-api /search: p95 of /search 150 ms ≤ 200 ms target (was critical since 12:00 UTC, "
+        "resolved 12:03 UTC)")
+    assert (resolved["severity"], resolved["value"], resolved["threshold"], resolved["peak_severity"],
+            resolved["peak_value"]) == ("healthy", 150, 200, "critical", 1240)
+
+
+def test_a_restarted_engine_keeps_the_peak_severity_after_easing(migrated_store):
+    first = AlertEngine(migrated_store, AlertSettings(for_s=0))
+    first.tick(frame(p95(1240, "critical")), T0)
+    first.tick(frame(p95(800, "warning")), T0 + MIN)
+    restarted = AlertEngine(migrated_store, AlertSettings(for_s=0))
+    [t] = restarted.tick(frame(p95(1100, "critical")), T0 + 2 * MIN)
+    assert t.kind == "updated"              # critical again, not a new worst: no second escalation
+    assert query(migrated_store, "SELECT severity, value, threshold, peak_severity, peak_value FROM alerts") == [
+        ("critical", 1100.0, 1000.0, "critical", 1240.0)]
+
+
+def test_the_migration_takes_the_peak_severity_of_old_rows_from_severity(store):
+    from collectors.store.migrations import MIGRATIONS, m008_alert_peak_severity
+    with write(store) as con:
+        for migration in MIGRATIONS[:MIGRATIONS.index(m008_alert_peak_severity)]:
+            migration(con)
+        con.execute("""INSERT INTO alerts (rule, target, severity, state, value, started_at)
+                       VALUES ('request_p95_ms', 'shop-api /search', 'critical', 'resolved', 120, ?)""", [T0])
+        m008_alert_peak_severity(con)
+    assert query(store, "SELECT severity, peak_severity FROM alerts") == [("critical", "critical")]

@@ -7,13 +7,16 @@ target) at a time. A check "breaches" when its severity is at least `min_severit
     breach first seen at t0         -> pending (memory only)
     still breaching at now - t0 >= for -> FIRING: one alerts row, started_at = the time it fired
     stops breaching before that     -> forgotten: a single spike never fires
-    FIRING, each evaluation         -> value, peak_value, updated_at; severity only rises
-                                       (warning -> critical is 'escalated', same row)
+    FIRING, each evaluation         -> severity, value, threshold, message, updated_at: the current
+                                       reading; peak_value, peak_severity: the worst so far (a new worst
+                                       severity, warning -> critical, is 'escalated', same row)
     FIRING, assessed below min_severity         -> RESOLVED at once (resolved_at = now)
-    FIRING, not assessed at all (no traffic) for `for` -> RESOLVED, message "no data since ..."
+    FIRING, not assessed at all (no traffic) for `for` -> RESOLVED, message "no data since ...; last: ..."
 
-While it fires, `message` is the latest assessment's; once resolved, the one of its worst moment (the
-row then says what went wrong, beside `severity` and `peak_value`).
+A row says one thing at a time: `severity`, `value`, `threshold` (the level of that severity) and
+`message` always come from the same evaluation, the latest one (once resolved: the one that resolved it,
+e.g. healthy, 150 against the 200 ms target). The worst moment has columns of its own: `peak_value` (the
+highest value, the lowest for hit rates) and `peak_severity` (the worst severity reached).
 
 Notifications are decided here and sent off-thread by the Notifier (collectors.health.notify):
 - throttle: per rule and target, at most one firing or escalated message per throttle window, counted
@@ -57,12 +60,13 @@ class Alert:
     subject: str | None
     severity: str
     value: float | None
-    threshold: float | None          # the level crossed (the critical level once escalated)
-    message: str
+    threshold: float | None          # the level of `severity` (crossed, or the target once healthy)
+    message: str                     # severity, value, threshold and message: one evaluation, the latest
     started_at: datetime
     updated_at: datetime
     peak_value: float | None = None
-    peak_message: str | None = None  # the message of the worst moment: the row's message once resolved
+    peak_severity: str | None = None  # the worst severity reached
+    peak_message: str | None = None  # the message of the worst moment (memory only)
     lower_is_worse: bool = False     # hit rates: the peak is the lowest value
     id: int | None = None
     state: str = "firing"
@@ -80,8 +84,8 @@ class Alert:
     def as_dict(self) -> dict:
         """What a notification carries."""
         return {k: getattr(self, k) for k in ("id", "rule", "target", "service", "subject", "severity", "value",
-                                               "threshold", "peak_value", "message", "started_at", "resolved_at",
-                                               "note")}
+                                               "threshold", "peak_value", "peak_severity", "message", "started_at",
+                                               "resolved_at", "note")}
 
 
 @dataclass(frozen=True)
@@ -153,17 +157,18 @@ class AlertEngine:
         rows = con.execute("""
             SELECT id, rule, target, service, subject, severity, value, threshold, message, started_at,
                    coalesce(updated_at, started_at), peak_value, coalesce(silenced, false),
-                   coalesce(notifications, 0), notified_at
+                   coalesce(notifications, 0), notified_at, coalesce(peak_severity, severity)
             FROM alerts
             WHERE state = 'firing'
             ORDER BY id
         """).fetchall()
         for (id_, rule, target_, service, subject, severity, value, threshold, message, started_at, updated_at,
-             peak, silenced, notifications, notified_at) in rows:
+             peak, silenced, notifications, notified_at, peak_severity) in rows:
             self.firing[(rule, target_)] = Alert(
                 rule, target_, service, subject, severity, value, threshold, message or "", started_at, updated_at,
-                peak, message, lower_is_worse=peak is not None and threshold is not None and peak < threshold, id=id_,
-                silenced=silenced, notifications=notifications, notified_at=notified_at)
+                peak, peak_severity, message, id=id_,
+                lower_is_worse=peak is not None and threshold is not None and peak < threshold, silenced=silenced,
+                notifications=notifications, notified_at=notified_at)
         for rule, target_, last in con.execute("""
             SELECT rule, target, max(notified_at)
             FROM alerts
@@ -198,14 +203,16 @@ class AlertEngine:
             if key in breaching:
                 continue
             if key in seen:
-                transitions.append(self._resolve(alert, now, silences, note=seen[key]["message"],
-                                                 value=_number(seen[key]["value"])))
+                self._set_current(alert, seen[key])
+                alert.updated_at = now
+                transitions.append(self._resolve(alert, now, silences, note=alert.message))
                 continue
             alert.missing_since = alert.missing_since or now
             if (now - alert.missing_since).total_seconds() >= self.for_s(alert.rule):
+                # No evaluation to take: the row keeps the last one it had, and says so.
                 note = f"no data since {alert.missing_since:%H:%M} UTC"
-                alert.peak_message = f"{note}; worst: {alert.peak_message or alert.message}"
-                transitions.append(self._resolve(alert, now, silences, note=note, value=alert.value))
+                alert.message = f"{note}; last: {alert.message}"
+                transitions.append(self._resolve(alert, now, silences, note=note))
             else:
                 transitions.append(self._decide("updated", alert, now, silences))
         return sorted(transitions, key=lambda t: t.alert.key)
@@ -225,27 +232,33 @@ class AlertEngine:
     def _fire(self, key, row: dict, now: datetime, silences) -> Transition:
         value, level = _number(row["value"]), _number(row["level"])
         alert = Alert(key[0], key[1], row["service"], row["subject"], row["severity"], value, level, row["message"],
-                      started_at=now, updated_at=now, peak_value=value, peak_message=row["message"],
-                      lower_is_worse=value is not None and level is not None and value < level)
+                      started_at=now, updated_at=now, peak_value=value, peak_severity=row["severity"],
+                      peak_message=row["message"], lower_is_worse=value is not None and level is not None and value < level)
         self.firing[key] = alert
         return self._decide("firing", alert, now, silences)
 
+    @staticmethod
+    def _set_current(alert: Alert, row: dict) -> None:
+        """The row's current fields, all four from this one assessed row."""
+        alert.severity, alert.value, alert.threshold, alert.message = (
+            row["severity"], _number(row["value"]), _number(row["level"]), row["message"])
+
     def _update(self, alert: Alert, row: dict, now: datetime, silences) -> Transition:
-        value = _number(row["value"])
-        alert.value, alert.message, alert.updated_at, alert.missing_since = value, row["message"], now, None
-        escalated = severity_rank(row["severity"]) > severity_rank(alert.severity)
+        self._set_current(alert, row)
+        alert.updated_at, alert.missing_since = now, None
+        value = alert.value
+        escalated = severity_rank(row["severity"]) > severity_rank(alert.peak_severity or row["severity"])
+        if escalated:
+            alert.peak_severity = row["severity"]
         if value is not None:
             worse = min if alert.lower_is_worse else max
             peak = value if alert.peak_value is None else worse(alert.peak_value, value)
             if peak != alert.peak_value or escalated:
                 alert.peak_value, alert.peak_message = peak, row["message"]
-        if escalated:
-            alert.severity, alert.threshold = row["severity"], _number(row["level"])
         return self._decide("escalated" if escalated else "updated", alert, now, silences)
 
-    def _resolve(self, alert: Alert, now: datetime, silences, *, note: str, value: float | None) -> Transition:
-        alert.state, alert.resolved_at, alert.note, alert.value = "resolved", now, note, value
-        alert.message = alert.peak_message or alert.message
+    def _resolve(self, alert: Alert, now: datetime, silences, *, note: str) -> Transition:
+        alert.state, alert.resolved_at, alert.note = "resolved", now, note
         del self.firing[alert.key]
         return self._decide("resolved", alert, now, silences)
 
@@ -294,21 +307,22 @@ class AlertEngine:
                 a.id = con.execute("""
                     INSERT INTO alerts (rule, target, severity, state, value, message, started_at, resolved_at,
                                         notified_at, service, subject, threshold, peak_value, updated_at, silenced,
-                                        notifications)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                        notifications, peak_severity)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     RETURNING id
                 """, [a.rule, a.target, a.severity, a.state, a.value, a.message, a.started_at, a.resolved_at,
                       a.notified_at, a.service, a.subject, a.threshold, a.peak_value, a.updated_at, a.silenced,
-                      a.notifications]).fetchone()[0]
+                      a.notifications, a.peak_severity]).fetchone()[0]
                 self.firing[a.key].id = a.id
             elif a.id is not None:
                 updates.append([a.severity, a.state, a.value, a.message, a.resolved_at, a.notified_at, a.threshold,
-                                a.peak_value, a.updated_at, a.silenced, a.notifications, a.id])
+                                a.peak_value, a.peak_severity, a.updated_at, a.silenced, a.notifications, a.id])
         if updates:
             con.executemany("""
                 UPDATE alerts
                 SET severity = ?, state = ?, value = ?, message = ?, resolved_at = ?, notified_at = ?,
-                    threshold = ?, peak_value = ?, updated_at = ?, silenced = ?, notifications = ?
+                    threshold = ?, peak_value = ?, peak_severity = ?, updated_at = ?, silenced = ?,
+                    notifications = ?
                 WHERE id = ?
             """, updates)
 

@@ -52,7 +52,9 @@ def alert_line(kind: str, alert: dict, *, with_rule: bool = True) -> str:
     1,240 ms > 1,000 ms critical (since 12:04 UTC)"."""
     what = f"{alert['rule']} {alert['target']}" if with_rule else alert["target"]
     if kind == "resolved":
-        return (f"{what}: {alert.get('note') or alert['message']} (was {alert['severity']} since "
+        # Now (the evaluation that resolved it), then the worst it reached: never one mixed with the other.
+        worst_ = alert.get("peak_severity") or alert["severity"]
+        return (f"{what}: {alert.get('note') or alert['message']} (was {worst_} since "
                 f"{_hhmm(alert['started_at'])}, resolved {_hhmm(alert.get('resolved_at'))})")
     return f"{alert['severity']} — {what}: {alert['message']} (since {_hhmm(alert['started_at'])})"
 

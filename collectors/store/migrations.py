@@ -336,9 +336,19 @@ def m007_pipeline_health(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m008_alert_peak_severity(con: duckdb.DuckDBPyConnection) -> None:
+    # An alert row says one thing: severity, value, threshold and message are the latest evaluation's,
+    # and the worst moment has columns of its own. Until now `severity` held the highest reached, so it
+    # is the peak of the rows written before.
+    con.execute("""
+        ALTER TABLE alerts ADD COLUMN peak_severity VARCHAR;     -- worst severity reached while firing
+        UPDATE alerts SET peak_severity = severity;
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
-                                                                  m007_pipeline_health]
+                                                                  m007_pipeline_health, m008_alert_peak_severity]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,7 +1,8 @@
 """Alerts, silences and notifications, for the Alerts page and its CSVs.
 
-An alert is one row from firing to resolved (collectors.health.alerts): `severity` is the worst it
-reached, `peak_value` its worst value, `notifications` how many messages carried it."""
+An alert is one row from firing to resolved (collectors.health.alerts): `severity`, `value`,
+`threshold` and `message` are its latest evaluation (once resolved, the one that resolved it);
+`peak_severity` and `peak_value` the worst it reached; `notifications` how many messages carried it."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -14,7 +15,8 @@ from dashboard.queries._run import run_query
 
 ACTIVE_ALERTS_SQL = """
 SELECT id, severity, rule, target, started_at, date_diff('second', started_at, $now) AS firing_s, value,
-       peak_value, threshold, message, silenced, notifications, notified_at, updated_at, service, subject
+       peak_value, coalesce(peak_severity, severity) AS peak_severity, threshold, message, silenced, notifications,
+       notified_at, updated_at, service, subject
 FROM alerts
 WHERE state = 'firing'
 ORDER BY list_position($severities, severity) DESC, started_at, rule, target
@@ -28,14 +30,15 @@ def active_alerts(con: duckdb.DuckDBPyConnection, *, now: datetime) -> pd.DataFr
 
 
 ALERT_HISTORY_SQL = """
-SELECT id, started_at, resolved_at, state, severity, rule, target, value, peak_value, threshold, message,
+SELECT id, started_at, resolved_at, state, severity, rule, target, value, peak_value,
+       coalesce(peak_severity, severity) AS peak_severity, threshold, message,
        date_diff('second', started_at, coalesce(resolved_at, updated_at, started_at)) AS duration_s,
        silenced, notifications, notified_at, service, subject
 FROM alerts
 WHERE started_at < $until
   AND coalesce(resolved_at, $until) >= $since
   AND ($rule IS NULL OR rule = $rule)
-  AND ($severity IS NULL OR severity = $severity)
+  AND ($severity IS NULL OR coalesce(peak_severity, severity) = $severity)
   AND ($state IS NULL OR state = $state)
   AND ($target IS NULL OR target = $target)
 ORDER BY started_at DESC, id DESC
@@ -46,7 +49,7 @@ def alert_history(con: duckdb.DuckDBPyConnection, *, since: datetime, until: dat
                   severity: str | None = None, state: str | None = None, target: str | None = None,
                   max_rows: int = 5_000) -> pd.DataFrame:
     """Alerts that were firing at some point in [since, until), newest first, optionally for one rule,
-    severity (the worst reached), state (firing | resolved) or target."""
+    severity (the worst reached: peak_severity), state (firing | resolved) or target."""
     params = {"since": since, "until": until, "rule": rule, "severity": severity, "state": state, "target": target}
     df, _ = run_query(ALERT_HISTORY_SQL, params, max_rows=max_rows, con=con)
     return df
@@ -57,7 +60,7 @@ SELECT 'rule' AS facet, rule AS value FROM alerts GROUP BY rule
 UNION ALL
 SELECT 'target', target FROM alerts GROUP BY target
 UNION ALL
-SELECT 'severity', severity FROM alerts GROUP BY severity
+SELECT 'severity', coalesce(peak_severity, severity) FROM alerts GROUP BY ALL
 UNION ALL
 SELECT 'state', state FROM alerts GROUP BY state
 ORDER BY facet, value
@@ -65,7 +68,7 @@ ORDER BY facet, value
 
 
 def alert_facets(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """[facet, value]: every rule, target, severity and state in the history, for the page's filters."""
+    """[facet, value]: every rule, target, worst severity (peak_severity) and state in the history, for the page's filters."""
     df, _ = run_query(ALERT_FACETS_SQL, con=con)
     return df
 
