@@ -53,12 +53,16 @@ def seeded(migrated_store, monkeypatch):
             (t, "webhook", "firing", 1, [1], "delivered", 1, None),
             (t + timedelta(minutes=1), "webhook", "firing", 1, [2], "dead_letter", 4, "HTTPError: HTTP Error 500"),
             (t + timedelta(minutes=6), "log", "resolved", 1, [2], "logged", 1, None)])
-    monkeypatch.setenv("PERFDECK_DB", str(migrated_store))
+    return _page_env(migrated_store, monkeypatch)
+
+
+def _page_env(store, monkeypatch):
+    monkeypatch.setenv("PERFDECK_DB", str(store))
     for var in ("PERFDECK_OPERATOR_PASSWORD_HASH", "PERFDECK_OPERATOR_EMAILS", "PERFDECK_CONFIG",
                 "PERFDECK_ALERT_WEBHOOK", "PERFDECK_ALERT_FOR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(migrated_store.parent)       # no perfdeck.toml, no .streamlit/secrets.toml here
-    return migrated_store
+    monkeypatch.chdir(store.parent)       # no perfdeck.toml, no .streamlit/secrets.toml here
+    return store
 
 
 def frames(at: AppTest) -> dict[str, pd.DataFrame]:
@@ -81,15 +85,15 @@ def test_the_page_shows_firing_silences_history_and_notifications(seeded, monkey
     tables = frames(at)
     assert list(tables) == ["alerts-firing", "alert-silences", "alert-history", "alert-notifications"]
     firing = tables["alerts-firing"]
-    assert firing[["severity", "target", "value", "peak_value", "threshold"]].values.tolist() == [
-        ["critical", "shop-api /search", 1100.0, 1300.0, 1000.0]]
+    assert firing[["severity", "target", "value", "threshold", "peak_severity", "peak_value"]].values.tolist() == [
+        ["critical", "shop-api /search", "1,100", "1,000", "critical", "1,300"]]
     assert firing["firing"].tolist() == ["2 h"]
     assert tables["alert-silences"][["rule", "target", "reason", "firing"]].values.tolist() == [
         ["cache_hit_rate", "(every target)", "cache warm-up", 0]]
     history = tables["alert-history"]
-    assert history[["state", "severity", "target", "duration"]].values.tolist() == [
-        ["resolved", "warning", "shop-api /cart", "5 min"],
-        ["firing", "critical", "shop-api /search", "6 min"]]     # firing: up to its last evaluation
+    assert history[["state", "severity", "peak_severity", "target", "duration"]].values.tolist() == [
+        ["resolved", "healthy", "warning", "shop-api /cart", "5 min"],
+        ["firing", "critical", "critical", "shop-api /search", "6 min"]]     # firing: up to its last evaluation
     assert {m.label: m.value for m in at.metric} == {"Delivered": "1", "Dead letters": "1", "Logged": "1"}
     assert tables["alert-notifications"]["outcome"].tolist() == ["logged", "dead_letter", "delivered"]
     assert not at.success
@@ -207,3 +211,35 @@ def test_bad_silence_parameters_are_refused(seeded, params, error):
 
 def test_the_silence_actions_are_on_the_actions_page():
     assert AREAS["Alerts"] == [SilenceAlerts, EndSilence]
+
+
+def test_the_page_shows_now_and_worst_side_by_side_readably(migrated_store, monkeypatch):
+    """An alert that escalated then eased: each table says the current reading (severity, value, threshold
+    and message agreeing) beside the worst one; missing numbers read "—", durations "8.2 min"."""
+    t = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    engine = AlertEngine(migrated_store, AlertSettings(for_s=0))
+    engine.tick(frame(check("/search", "warning", 700)), t)
+    engine.tick(frame(check("/search", "critical", 1240)), t + timedelta(minutes=2))
+    engine.tick(frame(check("/search", "warning", 820)), t + timedelta(minutes=4))
+    engine.tick(frame(check("/search", "healthy", 150)), t + timedelta(seconds=492))      # 8.2 min
+    no_value = dict(check("/queue", "warning", 0), value=None, message="queue depth unknown: no samples")
+    engine.tick(frame(no_value), t + timedelta(minutes=30))
+    engine.tick(frame(no_value, check("/cart", "critical", 1500)), t + timedelta(minutes=40))
+    engine.tick(frame(no_value, check("/cart", "warning", 640)), t + timedelta(minutes=41))
+    _page_env(migrated_store, monkeypatch)
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    columns = ["target", "severity", "value", "threshold", "message", "peak_severity", "peak_value"]
+    assert frames(at)["alerts-firing"][columns].values.tolist() == [      # worst now first, then the oldest
+        ["shop-api /queue", "warning", "—", "500", "queue depth unknown: no samples", "warning", "—"],
+        ["shop-api /cart", "warning", "640", "500", "p95 of /cart 640 ms > 500 ms warning", "critical", "1,500"]]
+    history = frames(at)["alert-history"]
+    assert history[["state", "duration", *columns]].values.tolist() == [
+        ["firing", "1 min", "shop-api /cart", "warning", "640", "500", "p95 of /cart 640 ms > 500 ms warning",
+         "critical", "1,500"],
+        ["firing", "11 min", "shop-api /queue", "warning", "—", "500", "queue depth unknown: no samples", "warning",
+         "—"],
+        ["resolved", "8.2 min", "shop-api /search", "healthy", "150", "200", "p95 of /search 150 ms ≤ 200 ms healthy",
+         "critical", "1,240"]]
+    assert "None" not in history.astype(str).to_numpy().ravel().tolist()

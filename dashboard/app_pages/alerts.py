@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
@@ -19,13 +20,15 @@ st.title("Alerts")
 
 NUM, TEXT, WHEN = st.column_config.NumberColumn, st.column_config.TextColumn, st.column_config.DatetimeColumn
 COLUMNS = {
-    "severity": TEXT("Severity"), "state": TEXT("State"), "rule": TEXT("Rule"), "target": TEXT("Target"),
+    "severity": TEXT("Severity now"), "state": TEXT("State"), "rule": TEXT("Rule"), "target": TEXT("Target"),
     "started_at": WHEN("Fired (UTC)", format="YYYY-MM-DD HH:mm"),
     "resolved_at": WHEN("Resolved (UTC)", format="YYYY-MM-DD HH:mm"), "firing": TEXT("Firing for"),
-    "duration": TEXT("Lasted"), "value": NUM("Value", format="%.4g"),
-    "peak_value": NUM("Worst", format="%.4g", help="The worst value seen while it fired"),
-    "threshold": NUM("Threshold", format="%.4g", help="The level crossed (the critical one once escalated)"),
-    "message": TEXT("Message", width="large"),
+    "duration": TEXT("Lasted"), "value": TEXT("Value now", help="The latest evaluation (once resolved: the one "
+                                                                "that resolved it)"),
+    "threshold": TEXT("Threshold", help="The level of the severity now (the target once healthy)"),
+    "message": TEXT("Message", width="large", help="The latest evaluation, as severity, value and threshold say"),
+    "peak_severity": TEXT("Worst severity", help="The worst severity reached while it fired"),
+    "peak_value": TEXT("Worst value", help="The worst value seen while it fired (the lowest for hit rates)"),
     "silenced": st.column_config.CheckboxColumn("Silenced"),
     "notifications": NUM("Messages", help="Notifications that carried this alert"),
 }
@@ -42,6 +45,28 @@ NOTIFICATION_COLUMNS = {
 SPANS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
          "Last 400 days": timedelta(days=400)}
 ALL = "All"
+
+
+def number(x) -> str:
+    """91.87, 1,240, 0.42; "—" when there is none."""
+    if x is None or pd.isna(x):
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def duration(seconds) -> str:
+    """45 s, 8.2 min, 3.5 h, 2.1 d; "—" when there is none."""
+    if seconds is None or pd.isna(seconds):
+        return "—"
+    s = max(0.0, float(seconds))
+    unit, size = next(((u, n) for u, n in (("d", 86400), ("h", 3600), ("min", 60)) if s >= n), ("s", 1))
+    return f"{round(s / size, 1):g} {unit}"
+
+
+def readable(df: pd.DataFrame) -> pd.DataFrame:
+    """Values as text: current and worst side by side, "—" (never "None") where there is none."""
+    return df.assign(**{c: df[c].map(number) for c in ("value", "threshold", "peak_value")},
+                     **{c: df[c].fillna("—") for c in ("severity", "peak_severity", "message")})
 
 
 def span(seconds: float) -> str:
@@ -74,9 +99,10 @@ def current(now) -> None:
     if active.empty:
         st.success("No alerts firing.", icon=":material/check_circle:")
     else:
-        shown = active.assign(firing=active["firing_s"].map(widgets.lasted))
-        widgets.table(shown[["severity", "rule", "target", "started_at", "firing", "value", "peak_value", "threshold",
-                             "message", "silenced", "notifications"]], "alerts-firing", column_config=COLUMNS)
+        shown = readable(active).assign(firing=active["firing_s"].map(duration))
+        widgets.table(shown[["severity", "value", "threshold", "message", "peak_severity", "peak_value", "rule",
+                             "target", "started_at", "firing", "silenced", "notifications"]], "alerts-firing",
+                      column_config=COLUMNS)
     st.subheader("Silences")
     if silences.empty:
         st.caption("No silence is active.")
@@ -97,8 +123,9 @@ def history(now) -> tuple:
     values = facets["facets"].groupby("facet")["value"].apply(list).to_dict()
     cols = st.columns(5)
     label = cols[0].selectbox("When", list(SPANS), index=1, key="alerts-span")
-    picked = {facet: cols[i + 1].selectbox(facet.title(), [ALL, *values.get(facet, [])], key=f"alerts-{facet}")
-              for i, facet in enumerate(("rule", "severity", "state", "target"))}
+    titles = {"rule": "Rule", "severity": "Worst severity", "state": "State", "target": "Target"}
+    picked = {facet: cols[i + 1].selectbox(title, [ALL, *values.get(facet, [])], key=f"alerts-{facet}")
+              for i, (facet, title) in enumerate(titles.items())}
     since, until = now - SPANS[label], now + timedelta(minutes=1)
     data = widgets.load({"history": q.alert_history}, since=since, until=until,
                         **{f: None if v == ALL else v for f, v in picked.items()})
@@ -107,10 +134,10 @@ def history(now) -> tuple:
         if df.empty:
             st.caption("No alerts in this range.")
         else:
-            shown = df.assign(duration=df["duration_s"].map(widgets.lasted))
-            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "severity", "rule", "target",
-                                 "value", "peak_value", "threshold", "message", "silenced", "notifications"]],
-                          "alert-history", column_config=COLUMNS)
+            shown = readable(df).assign(duration=df["duration_s"].map(duration))
+            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "rule", "target", "severity",
+                                 "value", "threshold", "message", "peak_severity", "peak_value", "silenced",
+                                 "notifications"]], "alert-history", column_config=COLUMNS)
     return since, until, label
 
 
