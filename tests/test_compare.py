@@ -19,7 +19,7 @@ from collectors.health import ASSESSED_COLUMNS
 from collectors.store import read, utcnow, write
 from collectors.store.histogram import BUCKET_SQL
 from dashboard.queries import compare_windows, deploy_windows, regression_checks
-from dashboard.queries.compare import COLUMNS, describe
+from dashboard.queries.compare import COLUMNS, THRESHOLD, describe, verdict
 
 NOW = utcnow().replace(second=0, microsecond=0)
 T0 = NOW - timedelta(hours=3)                     # before: [T0, T0+1h), deploy at T0+1h, after: [T0+1h, T0+2h)
@@ -294,3 +294,137 @@ def test_deploy_cli_defaults_and_redis(tmp_path, monkeypatch, redis_url):
     assert "queued deploy search v7" in result.output and "redis://" in result.output
     Collector(db, spool_dir=spool, redis_url=redis_url).ingest_pending()
     assert [r[:2] for r in query(db, "SELECT service, version FROM deploys")] == [("search", "v7")]
+
+
+# --- The verdict follows the p95, not the body --------------------------------------------------------
+def tail_events() -> pd.DataFrame:
+    """shop /tail: after the deploy a typical request is 20 % faster but one in ten takes about 900 ms
+    (the p95 about 5× higher): Mann–Whitney sees a faster body. catalog /noise: the same law on both
+    sides."""
+    rng = [np.random.default_rng(seed) for seed in (11, 12, 13, 14, 15)]
+    law = {"mean": np.log(80), "sigma": 0.5, "size": N}
+    after = rng[1].lognormal(**law) * 0.8
+    tail = rng[4].random(N) < 0.10
+    after[tail] = rng[4].lognormal(np.log(900), 0.3, tail.sum())
+    return pd.concat([
+        _events("shop", "/tail", BEFORE, rng[0].lognormal(**law)),
+        _events("shop", "/tail", AFTER, after),
+        _events("catalog", "/noise", BEFORE, rng[2].lognormal(**law)),
+        _events("catalog", "/noise", AFTER, rng[3].lognormal(**law)),
+    ], ignore_index=True)
+
+
+@pytest.fixture
+def tail_store(store):
+    return seed(store, tail_events())
+
+
+def test_a_slower_tail_is_a_regression_though_the_body_is_faster(tail_store):
+    with read(tail_store) as con:
+        rows = by_endpoint(compare_windows(con, before=BEFORE, after=AFTER, now=NOW))
+    tail, noise = rows["/tail"], rows["/noise"]
+    assert tail["p95_ratio"] == pytest.approx(5, rel=0.2) and tail["ci_low"] > THRESHOLD
+    assert tail["p50_ratio"] < 1 and tail["p_value"] > 0.5 and tail["body"] == "faster"
+    assert tail["verdict"] == "regression" and not tail["open"]
+    assert noise["ci_low"] < 1 < noise["ci_high"] and noise["body"] == "same"
+    assert noise["verdict"] == "no change"
+    assert "body: faster" in describe(tail) and "so far" not in describe(tail)
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (1.11, 3.0, "regression"), (1.05, 3.0, "no change"), (0.5, 0.9, "improvement"), (0.5, 0.95, "no change"),
+    (float("nan"), float("nan"), "too few requests")])
+def test_verdict_is_the_interval_against_the_threshold(low, high, expected):
+    assert verdict(low, high) == expected
+
+
+def test_compare_cli_gates_on_the_tail(tail_store):
+    args = ["--before", window_arg(BEFORE), "--after", window_arg(AFTER), "--db", str(tail_store)]
+    tail = CliRunner().invoke(compare, [*args, "--service", "shop"])
+    assert tail.exit_code == 1, tail.output
+    line = tail.output.splitlines()[2]
+    assert line.startswith("/tail") and " faster " in line and line.endswith("regression")
+    noise = CliRunner().invoke(compare, [*args, "--service", "catalog"])
+    assert noise.exit_code == 0, noise.output
+    assert noise.output.splitlines()[1].split()[-3:] == ["body", "p", "verdict"]
+    row = noise.output.splitlines()[2].split()
+    assert row[0] == "/noise" and row[-4] == "same" and row[-2:] == ["no", "change"]
+
+
+def test_a_deploy_5_minutes_old_is_compared_on_the_data_so_far(store):
+    now = utcnow()
+    at = now - timedelta(minutes=5)
+    rng = np.random.default_rng(7)
+    events = pd.concat([_events("shop", "/new", (at - timedelta(hours=1), at), rng.lognormal(np.log(80), 0.5, 3000)),
+                        _events("shop", "/new", (at, now - timedelta(seconds=5)), rng.lognormal(np.log(80), 0.5, 300) * 3)],
+                       ignore_index=True)
+    seed(store, events, deploys=[("shop", "v5", at)])
+    with read(store) as con:
+        d = deploy_windows(con, version="v5").iloc[0]
+        rows = compare_windows(con, before=(d.before_start, d.before_end), after=(d.after_start, d.after_end))
+        alert = regression_checks(con, now=utcnow())
+    assert not d.complete
+    assert rows[["endpoint", "verdict", "open"]].values.tolist() == [["/new", "regression", True]]
+    assert describe(rows.iloc[0]).endswith(", so far)")
+    assert alert.empty                      # the alert waits for the whole after window
+    result = CliRunner().invoke(compare, ["--deploy", "v5", "--db", str(store)])
+    assert result.exit_code == 1, result.output
+    assert "after window is still open" in result.output.splitlines()[0]
+    assert "regressed significantly on the data so far" in result.output.splitlines()[-1]
+
+
+# --- Reports: markdown, html, json ------------------------------------------------------------------
+HOSTILE = "/a|b <script>alert(1)</script> [x](https://evil.example/) *bold*"
+
+
+@pytest.fixture
+def hostile_store(store):
+    events = make_events()
+    slow = events[events.endpoint == "/slow"].assign(endpoint=HOSTILE)
+    return seed(store, pd.concat([events, slow], ignore_index=True))
+
+
+def report(path, fmt: str, *extra) -> tuple[int, str]:
+    result = CliRunner().invoke(compare, ["--before", window_arg(BEFORE), "--after", window_arg(AFTER),
+                                          "--format", fmt, "--db", str(path), *extra])
+    return result.exit_code, result.output
+
+
+def test_markdown_report_escapes_names(hostile_store):
+    code, out = report(hostile_store, "markdown")
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("### perfdeck compare: all services")
+    assert lines[2].startswith("**2 endpoints regressed significantly")
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + 4 and table[1] == "|" + "---|" * 12
+    assert all(line.count(" | ") == 11 for line in table[:1] + table[2:])     # no cell broken by a |
+    assert "<script>" not in out and "&lt;script&gt;" in out and "](https" not in out
+    assert "\\[x\\]\\(https:\u200b//evil" in out and "\\*bold\\*" in out
+    assert "regression" in out and "whole 95 % interval" in out
+
+
+def test_html_report_is_one_self_contained_file(hostile_store, tmp_path):
+    path = tmp_path / "compare.html"
+    code, out = report(hostile_store, "html", "--output", str(path))
+    assert code == 1 and f"written to {path}" in out
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<svg" in page and page.count("<circle") == 4            # the forest plot: one dot per judged ratio
+    assert "<script" not in page and "&lt;script&gt;" in page
+    import re
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "@import" not in page and "url(" not in page
+    assert "2 endpoints regressed significantly" in page
+
+
+def test_json_format_is_the_json_flag(seeded):
+    code, out = report(seeded, "json")
+    legacy = CliRunner().invoke(compare, ["--before", window_arg(BEFORE), "--after", window_arg(AFTER), "--json",
+                                          "--db", str(seeded)])
+    assert code == legacy.exit_code == 1 and out == legacy.output
+    rows = json.loads(out)
+    assert set(rows[0]) == set(COLUMNS) and rows[0]["body"] == "slower" and rows[0]["open"] is False
+    both = CliRunner().invoke(compare, ["--before", "-2h..-1h", "--after", "-1h..now", "--json", "--format", "html",
+                                        "--db", str(seeded)])
+    assert both.exit_code == 2 and "not both" in both.output

@@ -8,9 +8,21 @@ bootstrap confidence interval and a Mann–Whitney test (collectors.health.stats
 or on the histogram's bucket values, where equal buckets count as ties (differences under ~2 % are
 not seen, which only makes the test more cautious). The `method` column says which.
 
-A regression is significant when all three hold: p < alpha (after slower), the CI's low end > 1 and
-the p95 ratio >= min_ratio. An improvement is the mirror image. Rows come regressions first,
-largest p95 ratio first, then the rest by p95 ratio."""
+The verdict follows the quantile it reports, the p95: an endpoint is a "regression" when the whole
+95 % bootstrap CI of its p95 ratio (after / before) lies above the threshold (THRESHOLD, ×1.10 unless
+`min_ratio` says otherwise), an "improvement" when the whole CI lies below 1 / threshold, else "no
+change"; "too few requests" when a window has fewer than `min_requests`. The p99 is shown but does
+not decide: its interval rests on 1 % of the requests and is too wide to gate on in an hour's window.
+The Mann–Whitney test no longer decides either: it measures the body of the distribution (is a
+typical request slower?), which can move the other way from the tail (a deploy that makes most
+requests faster and the slowest 5 % five times slower). Its one-sided p-value (after slower) stays in
+`p_value` and its reading, at `alpha`, in `body`: "slower", "faster" or "same".
+
+A window that had not ended `OPEN_MARGIN` before `now` (a deploy minutes old, a window to "now") is
+compared on the data so far and its rows say so: `open` is True. The verdict is the same function
+(`verdict`) for the Compare page, `perfdeck compare` (exit 1 on a regression) and the deploy
+regression alert (`regression_checks`, which only judges deploys whose after window has ended).
+Rows come regressions first, largest p95 ratio first, then the rest by p95 ratio."""
 from __future__ import annotations
 
 import math
@@ -29,8 +41,24 @@ from dashboard.queries._run import run_query
 QUANTILES = ((0.50, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms"))
 COLUMNS = ["service", "endpoint", "before_n", "after_n",
            "before_p50_ms", "before_p95_ms", "before_p99_ms", "after_p50_ms", "after_p95_ms", "after_p99_ms",
-           "p95_ratio", "ci_low", "ci_high", "p50_ratio", "p_value", "method", "verdict"]
+           "p95_ratio", "ci_low", "ci_high", "p50_ratio", "p_value", "body", "method", "open", "verdict"]
 VERDICTS = ("regression", "improvement", "no change", "too few requests")
+THRESHOLD = 1.10                      # a regression: the p95 ratio's whole CI above this
+ALPHA = 0.01                          # the Mann–Whitney test's level, for the `body` column only
+OPEN_MARGIN = timedelta(minutes=1)    # a window ending later than now - this is still open (ingest lag)
+
+
+def verdict(ci_low: float, ci_high: float, threshold: float = THRESHOLD) -> str:
+    """The verdict for a p95 ratio's confidence interval: "regression" when it lies wholly above
+    `threshold`, "improvement" when wholly below 1 / threshold, else "no change" (a missing
+    interval: "too few requests")."""
+    if ci_low is None or ci_high is None or pd.isna(ci_low) or pd.isna(ci_high):
+        return "too few requests"
+    if ci_low > threshold:
+        return "regression"
+    if ci_high < 1 / threshold:
+        return "improvement"
+    return "no change"
 
 RAW_SUMMARY_SQL = """
 WITH raw AS (
@@ -129,18 +157,14 @@ def _row(before: stats.Grouped, after: stats.Grouped, pct_before: dict, pct_afte
     row["p95_ratio"] = pct_after["p95_ms"] / pct_before["p95_ms"] if pct_before["p95_ms"] > 0 else math.nan
     row["p50_ratio"] = pct_after["p50_ms"] / pct_before["p50_ms"] if pct_before["p50_ms"] > 0 else math.nan
     if min(before.n, after.n) < min_requests:
-        return row | {"ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "verdict": "too few requests"}
+        return row | {"ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "body": None,
+                      "verdict": "too few requests"}
     ci = stats.bootstrap_ratio(before, after, 0.95, seed=seed, interpolate=interpolate)
     slower = stats.mann_whitney(before, after, alternative="greater").p_value
     faster = stats.mann_whitney(before, after, alternative="less").p_value
-    ratio = row["p95_ratio"]
-    if slower < alpha and ci.low > 1 and ratio >= min_ratio:
-        verdict = "regression"
-    elif faster < alpha and ci.high < 1 and ratio <= 1 / min_ratio:
-        verdict = "improvement"
-    else:
-        verdict = "no change"
-    return row | {"ci_low": ci.low, "ci_high": ci.high, "p_value": slower, "verdict": verdict}
+    body = "slower" if slower < alpha else "faster" if faster < alpha else "same"
+    return row | {"ci_low": ci.low, "ci_high": ci.high, "p_value": slower, "body": body,
+                  "verdict": verdict(ci.low, ci.high, min_ratio)}
 
 
 def compare_windows(
@@ -150,8 +174,8 @@ def compare_windows(
     after: tuple[datetime, datetime],
     service: str | None = None,
     min_requests: int = 20,
-    alpha: float = 0.01,
-    min_ratio: float = 1.10,
+    alpha: float = ALPHA,
+    min_ratio: float = THRESHOLD,
     seed: int = 0,
     max_sample: int = stats.MAX_SAMPLE,
     now: datetime | None = None,
@@ -159,7 +183,9 @@ def compare_windows(
     """One row per (service, endpoint) with requests in both windows [start, end) (naive UTC):
     COLUMNS (see the module doc). Raises ValueError for a window that does not end after it starts."""
     before, after = _window(before, "before"), _window(after, "after")
-    raw_from = (now or utcnow()) - timedelta(days=retention_days()["raw"])
+    now = now or utcnow()
+    still_open = max(before[1], after[1]) > now - OPEN_MARGIN
+    raw_from = now - timedelta(days=retention_days()["raw"])
     raw_allowed = min(before[0], after[0]) >= raw_from
     sides = [_side(con, *w, service, raw_allowed=raw_allowed, seed=seed, cap=max_sample) for w in (before, after)]
     settings = {"min_requests": min_requests, "alpha": alpha, "min_ratio": min_ratio, "seed": seed}
@@ -178,7 +204,7 @@ def compare_windows(
             row |= {"before_n": groups[0].n, "after_n": groups[1].n, "method": "histogram"}
         else:
             continue
-        rows.append({"service": key[0], "endpoint": key[1]} | row)
+        rows.append({"service": key[0], "endpoint": key[1], "open": still_open} | row)
     df = pd.DataFrame(rows, columns=COLUMNS)
     if df.empty:
         return df
@@ -246,14 +272,14 @@ def regression_checks(
     *,
     now: datetime,
     span: timedelta | float = timedelta(hours=1),
-    alpha: float = 0.01,
-    min_ratio: float = 1.10,
+    alpha: float = ALPHA,
+    min_ratio: float = THRESHOLD,
     min_requests: int = 20,
 ) -> pd.DataFrame:
     """Health rows (ASSESSED_COLUMNS, component "Regressions", check "deploy_regression") for the
     endpoints of each service whose latest deploy's after window ended within the last `span`:
-    "warning" for a significant regression, "healthy" otherwise. So a deploy is judged once its
-    after window is complete, and its rows stay for `span` (long enough for an alert's `for`)."""
+    "warning" for a regression (`verdict`: the p95 ratio's CI above `min_ratio`), "healthy" otherwise.
+    So a deploy is judged once its after window is complete, and its rows stay for `span` (long enough for an alert's `for`)."""
     span = span if isinstance(span, timedelta) else timedelta(seconds=float(span))
     deploys = deploy_windows(con, span=span, since=now - 2 * span, now=now)
     due = deploys[deploys["complete"] & (deploys["after_end"] > pd.Timestamp(now - span))]
@@ -272,10 +298,13 @@ def regression_checks(
 
 
 # --- Words for a row, shared by the Compare page, the CLI and the health messages -------------------
+MISSING = "—"     # a value that is not there (too few requests), wherever a row is shown
+
+
 def fmt_ms(ms: float | None) -> str:
     """'0.8 ms', '74.2 ms', '447 ms', '1.73 s' (also the Overview's cards)."""
     if ms is None or pd.isna(ms):
-        return "–"
+        return MISSING
     if ms >= 1000:
         return f"{ms / 1000:,.2f} s"
     return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
@@ -283,22 +312,38 @@ def fmt_ms(ms: float | None) -> str:
 
 def fmt_ratio(x: float) -> str:
     if x is None or pd.isna(x):
-        return "–"
+        return MISSING
     return f"×{x:,.1f}" if x >= 10 else f"×{x:.2f}"
 
 
 def fmt_p(p: float) -> str:
     if p is None or pd.isna(p):
-        return "p –"
+        return f"p {MISSING}"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
+def fmt_ci(row) -> str:
+    """'×10.9–×14.0', or MISSING without an interval."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return MISSING
+    return f"{fmt_ratio(row['ci_low'])}–{fmt_ratio(row['ci_high'])}"
+
+
 def describe(row) -> str:
-    """'/search p95 100 ms → 1.24 s (×12.4, 95 % CI ×10.9–×14.0, p < 0.001)' for a compare row."""
-    ci = (f", 95 % CI {fmt_ratio(row['ci_low'])}–{fmt_ratio(row['ci_high'])}, {fmt_p(row['p_value'])}"
+    """'/search p95 100 ms → 1.24 s (×12.4, 95 % CI ×10.9–×14.0; body: slower, p < 0.001)' for a
+    compare row; ', so far' when a window was still open."""
+    ci = (f", 95 % CI {fmt_ci(row)}; body: {row['body']}, {fmt_p(row['p_value'])}"
           if not pd.isna(row["ci_low"]) else "")
+    so_far = ", so far" if row.get("open") else ""
     return (f"{row['endpoint']} p95 {fmt_ms(row['before_p95_ms'])} → {fmt_ms(row['after_p95_ms'])} "
-            f"({fmt_ratio(row['p95_ratio'])}{ci})")
+            f"({fmt_ratio(row['p95_ratio'])}{ci}{so_far})")
+
+
+RULE = (f"An endpoint is a **regression** when the whole 95 % interval of its p95 ratio (after / before) lies "
+        f"above ×{THRESHOLD:.2f}, an **improvement** when it lies below ×{1 / THRESHOLD:.2f}, else **no change**. "
+        f"The p99 is shown but does not decide (its interval is too wide). The Mann–Whitney test describes the "
+        f"**body** (is a typical request slower or faster, at p < {ALPHA}); it does not decide, because the body "
+        f"and the tail can move in opposite directions.")
 
 
 SAMPLE_NOTE = (f"On raw events the test and the interval use at most {stats.MAX_SAMPLE:,} durations per endpoint "
