@@ -168,3 +168,50 @@ def test_chart_builders_take_deploys():
     shaded = charts.shade_windows(charts.latency_chart(frame.head(0), deploys), {
         "before": (now - timedelta(hours=2), now - timedelta(hours=1)), "after": (now - timedelta(hours=1), now)})
     assert [s.type for s in shaded.layout.shapes] == ["line", "rect", "rect"]
+
+
+# --- The verdict follows the p95; missing values; the latency chart -------------------------------------
+def two_windows_on(path, monkeypatch, before, after) -> AppTest:
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["compare_mode"] = "Two windows"
+    for key, value in zip(("cmp_before_from", "cmp_before_to", "cmp_after_from", "cmp_after_to"), (*before, *after)):
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_slower_tail_is_flagged_though_the_body_is_faster(store, monkeypatch):
+    from test_compare import AFTER, BEFORE, seed, tail_events
+    at = two_windows_on(seed(store, tail_events()), monkeypatch, BEFORE, AFTER)
+    assert at.error[0].value.startswith("**1 endpoint regressed significantly.** Worst: /tail p95 ")
+    assert "body: faster" in at.error[0].value
+    rows = at.dataframe[0].value.set_index("endpoint")
+    assert rows.loc["/tail", "verdict"] == "regression" and rows.loc["/tail", "body"] == "faster"
+    assert rows.loc["/noise", "verdict"] == "no change" and rows.loc["/noise", "body"] == "same"
+    assert any("whole 95 % interval of its p95 ratio" in c.value for c in at.caption)     # the rule, on the page
+
+
+def test_only_noise_is_no_change(store, monkeypatch):
+    from test_compare import AFTER, BEFORE, seed, tail_events
+    events = tail_events()
+    at = two_windows_on(seed(store, events[events.service == "catalog"]), monkeypatch, BEFORE, AFTER)
+    assert not at.error and "No significant regression" in at.success[0].value
+    table = at.dataframe[0].value
+    assert table[["endpoint", "body", "verdict"]].values.tolist() == [["/noise", "same", "no change"]]
+
+
+def test_too_few_requests_show_a_dash_and_p95_is_drawn_over_p99(store, monkeypatch):
+    import json
+
+    from test_compare import AFTER, BEFORE, make_events, seed
+    at = two_windows_on(seed(store, make_events()), monkeypatch, BEFORE, AFTER)
+    rare = at.dataframe[0].value.set_index("endpoint").loc["/rare"]
+    assert rare["verdict"] == "too few requests"
+    assert (rare["ci"], rare["p_value"], rare["body"]) == ("—", "—", "—")
+    shown = at.dataframe[0].value.set_index("endpoint").loc["/slow"]
+    assert shown["ci"].startswith("×1.") and shown["p_value"] == "< 0.001"
+    latency = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
+    assert [t["name"] for t in latency][-1] == "p95"
+    assert next(t for t in latency if t["name"] == "p99")["line"]["dash"] == "dot"

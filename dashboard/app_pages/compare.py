@@ -9,7 +9,7 @@ import streamlit as st
 import dashboard.queries as q
 from collectors.store import utcnow
 from dashboard import charts, widgets
-from dashboard.queries.compare import SAMPLE_NOTE, describe
+from dashboard.queries.compare import MISSING, RULE, SAMPLE_NOTE, describe, fmt_ci, fmt_p
 
 st.title("Compare")
 filters = widgets.sidebar_filters()
@@ -22,9 +22,11 @@ NUM, TEXT, RATIO = st.column_config.NumberColumn, st.column_config.TextColumn, "
 COLUMNS = {
     "service": TEXT("Service"), "endpoint": TEXT("Endpoint"), "verdict": TEXT("Verdict"),
     "p95_ratio": NUM("p95 ratio", format=RATIO, help="p95 after / p95 before"),
-    "ci_low": NUM("CI low", format=RATIO, help="95 % bootstrap confidence interval of the p95 ratio"),
-    "ci_high": NUM("CI high", format=RATIO, help="95 % bootstrap confidence interval of the p95 ratio"),
-    "p_value": NUM("p-value", format="%.2g", help="Mann–Whitney U test, one-sided: is after slower?"),
+    "ci": TEXT("95 % CI", help="95 % bootstrap confidence interval of the p95 ratio: the verdict is a "
+                               "regression when all of it lies above ×1.10"),
+    "body": TEXT("Body", help="Mann–Whitney U test at p < 0.01: is a typical request slower or faster? "
+                              "Shown beside the verdict, it does not decide it"),
+    "p_value": TEXT("p-value", help="Mann–Whitney U test, one-sided: is after slower?"),
     **{f"{side}_{p}_ms": NUM(f"{p} {side} (ms)", format="%.1f")
        for p in ("p95", "p50", "p99") for side in ("before", "after")},
     "p50_ratio": NUM("p50 ratio", format=RATIO),
@@ -32,6 +34,16 @@ COLUMNS = {
     "method": TEXT("Data", help="raw: every request's duration; histogram: per-minute log buckets (about 1 %), "
                                 "used where raw events are no longer kept"),
 }
+
+
+def shown(rows: pd.DataFrame) -> pd.DataFrame:
+    """The table as read: the interval as one text column, missing values as a dash, not "None"."""
+    out = rows.assign(ci=[fmt_ci(r) for r in rows.to_dict("records")],
+                      p_value=rows["p_value"].map(lambda p: fmt_p(p).removeprefix("p ").removeprefix("= ")),
+                      body=rows["body"].fillna(MISSING))
+    return out[list(COLUMNS)]
+
+
 def new_comparison() -> None:
     """Other windows: the latency chart starts again on the worst endpoint of the new comparison."""
     st.session_state.pop("compare_endpoint", None)
@@ -92,11 +104,11 @@ def headline(rows: pd.DataFrame) -> None:
         st.error(f"**{len(bad)} endpoint{'s' if len(bad) != 1 else ''} regressed significantly.** "
                  f"Worst: {widgets.as_text(describe(bad.iloc[0]))}", icon=":material/trending_up:")
     better = (rows["verdict"] == "improvement").sum()
-    notes = [f"{better} improved significantly." if better else "",
+    notes = ["A window is still open: compared on the data so far." if rows["open"].any() else "",
+             f"{better} improved significantly." if better else "",
              "Some endpoints are compared from histograms (raw events are no longer kept for a window)."
              if (rows["method"] == "histogram").any() else ""]
-    st.caption(" ".join(n for n in notes if n) + " A regression is significant when p < 0.01, the interval "
-               "lies above ×1 and the p95 grew by at least 10 %. " + SAMPLE_NOTE)
+    st.caption(" ".join(n for n in notes if n) + " " + RULE + " " + SAMPLE_NOTE)
 
 
 def latency(rows: pd.DataFrame, before: tuple, after: tuple, service: str | None) -> None:
@@ -113,6 +125,9 @@ def latency(rows: pd.DataFrame, before: tuple, after: tuple, service: str | None
         return
     fig = charts.latency_chart(data["latency"], marks["deploys"], x_range=(since, until), log_y=log_y,
                                title=f"Latency percentiles: {endpoint or 'all endpoints'}")
+    # p95 drawn last and solid, p99 dotted: where the two meet (a narrow tail), the p95 stays in sight.
+    fig.data = tuple(sorted(fig.data, key=lambda t: t.name == "p95"))
+    fig.update_traces(selector={"name": "p99"}, line={"dash": "dot", "width": 1.5})
     widgets.chart(charts.shade_windows(fig, {"before": before, "after": after}), data["latency"], "compare-latency")
 
 
@@ -135,7 +150,8 @@ def body() -> None:
                 icon=":material/info:")
         return
     headline(rows)
-    widgets.table(rows[list(COLUMNS)], "compare", column_config=COLUMNS)
+    st.dataframe(shown(rows), hide_index=True, column_config=COLUMNS)
+    widgets.csv_download(rows, "compare")          # the numbers, as the query gives them
     st.plotly_chart(charts.ratio_chart(rows), key="chart-compare-ratio")
     latency(rows, before, after, service)
 
