@@ -1,6 +1,7 @@
 """End to end: `perfdeck dashboard` on a seeded store, driven by Debian's Chromium."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -65,12 +66,20 @@ def server(tmp_path_factory):
     seed_samples(store)  # caches, Redis (one down), databases and hosts for the other pages
     seed_llm_calls(store)
     seed_pipeline(store, now=datetime.now(UTC).replace(tzinfo=None))   # losses for the Ingest page
-    port = _free_port()
     env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
            "PERFDECK_DAILY_BUDGET": "2", "PERFDECK_MONTHLY_BUDGET": "40"}
+    with serve_dashboard(tmp, env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_dashboard(tmp: Path, env: dict, cwd: Path = ROOT):
+    """`perfdeck dashboard` on a free port with `env`, logging to tmp/server.log; yields its URL once it
+    answers, and stops its whole process group at the end."""
+    port = _free_port()
     log = (tmp / "server.log").open("w")  # closed once the server is stopped
     # Own process group: `perfdeck dashboard` starts streamlit as a child, and both must go at the end.
-    proc = subprocess.Popen(_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(_command(port), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -195,39 +195,19 @@ VIEWER_PASSWORD = "viewer password 1"
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory):
     """A dashboard on a seeded store with a viewer password: every page asks for it."""
-    import urllib.request
 
     from seed_store import seed_store
-    from test_browser import _command, _stop_group
+    from test_browser import serve_dashboard
 
     from dashboard.actions.access import hash_password
 
     tmp = tmp_path_factory.mktemp("gated")
     seed_store(tmp / "perfdeck.duckdb", days=1)
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "PERFDECK_"))}
     env.update(PERFDECK_DB=str(tmp / "perfdeck.duckdb"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                PERFDECK_VIEWER_PASSWORD_HASH=hash_password(VIEWER_PASSWORD))
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(_command(port), cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dashboard did not start:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.3)
+    with serve_dashboard(tmp, env, cwd=tmp) as url:
         yield {"url": url, "data": tmp}
-    finally:
-        _stop_group(proc)
-        log.close()
 
 
 def test_a_viewer_logs_in_and_sees_the_pages_but_no_preview(gated, chromium):

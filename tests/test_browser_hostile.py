@@ -5,12 +5,9 @@ DOM points where the data said."""
 from __future__ import annotations
 
 import os
-import subprocess
-import time
-import urllib.request
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _command, _free_port, _settle, _stop_group, sync_api
+from test_browser import CHROMIUM, CHROMIUM_ARGS, _settle, serve_dashboard, sync_api
 from test_names_as_text import EVIL, seed_hostile
 
 pytestmark = pytest.mark.browser
@@ -26,29 +23,10 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser-hostile")
     store = tmp / "perfdeck.duckdb"
     seed_hostile(store, tmp / "spool")
-    port = _free_port()
     env = {**os.environ, "PERFDECK_DB": str(store), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
            "PERFDECK_CONFIG": str(tmp / "none.toml")}
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dashboard did not start:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.3)
+    with serve_dashboard(tmp, env) as url:
         yield url
-    finally:
-        _stop_group(proc)
-        log.close()
 
 
 def _open_everything(page) -> None:
