@@ -255,7 +255,8 @@ def compare(before, after, version, span, service, alpha, min_ratio, min_request
                 service = d.service
                 title = f"{d.service} {d.version} deployed {d.ts:%Y-%m-%d %H:%M} UTC"
                 if not d.complete:
-                    title += f" (the after window is still open: {now - d.ts} of {span})"
+                    title += (f" (the after window is still open: {(now - d.ts).total_seconds() / 60:.0f} of "
+                              f"{span.total_seconds() / 60:.0f} min)")
             else:
                 windows = parse_window(before, "before", now), parse_window(after, "after", now)
                 title = service or "all services"
