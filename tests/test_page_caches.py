@@ -58,11 +58,31 @@ def test_service_filter_applies_to_app_caches(seeded):
 
 
 def test_hit_rate_chart_has_threshold_lines(seeded):
-    import json
     at = run()
-    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
-    lines = [s for s in chart["layout"]["shapes"] if s.get("y0") == s.get("y1") and s.get("yref") != "paper"]
-    assert sorted(s["y0"] for s in lines) == [0.5, 0.8, 0.9]
+    assert _level_lines(at) == [0.5, 0.8, 0.9]                 # the packaged cache_hit_rate levels
+
+
+def _level_lines(at, index: int = 0) -> list[float]:
+    import json
+    chart = json.loads(at.get("plotly_chart")[index].proto.spec)
+    return sorted(s["y0"] for s in chart["layout"].get("shapes", [])
+                  if s.get("y0") == s.get("y1") and s.get("yref") != "paper")
+
+
+def test_hit_rate_lines_are_the_levels_the_checks_use(seeded, tmp_path, monkeypatch):
+    """One source for every level: an override in thresholds.toml moves the chart's lines too."""
+    thresholds = tmp_path / "thresholds.toml"
+    thresholds.write_text('[[cache_hit_rate.overrides]]\nservice = "worker"\ncache = "report_cache"\n'
+                          "target = 0.55\nwarning = 0.40\ncritical = 0.25\n")
+    monkeypatch.setenv("PERFDECK_THRESHOLDS", str(thresholds))
+    at = run()
+    at.sidebar.selectbox(key="service").select("worker").run()
+    assert not at.exception, at.exception
+    assert _level_lines(at) == [0.25, 0.40, 0.55]
+
+    at.sidebar.selectbox(key="service").select("All services").run()   # caches with different levels
+    assert _level_lines(at) == []
+    assert any("different hit-rate levels" in c.value for c in at.caption)
 
 
 def test_router_runs_caches(seeded):

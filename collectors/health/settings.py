@@ -79,3 +79,12 @@ def alert_settings(config: dict) -> AlertSettings:
         min_severity=severity, webhook_url=str(raw.get("webhook_url") or "").strip() or None,
         webhook_retries=max(0, retries), thresholds_file=thresholds, deploy_regressions=bool(regressions),
         regression_span_s=spans.get("regression_span", defaults.regression_span_s))
+
+
+def configured_thresholds(config_path: str | None = None):
+    """The thresholds in force for the config at `config_path` (default $PERFDECK_CONFIG or perfdeck.toml):
+    the packaged defaults, the [alerts] thresholds_file, the environment. What checks and charts share."""
+    from collectors import config
+    from collectors.health.thresholds import load_thresholds
+
+    return load_thresholds(alert_settings(config.load(config_path)).thresholds_file)

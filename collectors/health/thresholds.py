@@ -98,6 +98,16 @@ class Threshold:
                 best, rank = override.levels, r
         return best
 
+    def lines_for(self, pairs) -> tuple[tuple[str, float], ...]:
+        """A chart's threshold lines for the (service, subject) pairs it draws: (name, level) for target,
+        warning and critical when they all resolve to the same levels; none when they differ (one set of
+        lines would be wrong for some of them)."""
+        found = {self.levels_for(service, subject) for service, subject in pairs}
+        if len(found) != 1:
+            return ()
+        (lv,) = found
+        return ("target", lv.target), ("warning", lv.warning), ("critical", lv.critical)
+
     def severity(self, value: float, levels: Levels | None = None) -> str:
         """critical at or beyond the critical level, warning at or beyond the warning level,
         degraded beyond the target, else healthy ("beyond": above, or below when bad = below)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard.queries as q
+from collectors.health.settings import configured_thresholds
 from dashboard import charts, widgets
 from dashboard.actions.app_cache import ClearAppCache
 from dashboard.actions.ui import action_panel
@@ -47,6 +48,20 @@ HOW_TO = ("App caches report through `sdk.record_cache(...)` (or the Redis integ
           "or in `PERFDECK_REDIS_URLS`.")
 
 
+def hit_rate_lines(pairs) -> tuple[tuple[str, float], ...]:
+    """The cache_hit_rate levels the health checks use for these (service, cache) pairs: lines only when
+    they share one set (overrides per cache can differ), said in a caption otherwise."""
+    try:
+        lines = configured_thresholds()["cache_hit_rate"].lines_for(pairs)
+    except ValueError as exc:   # a broken thresholds file: the Overview says so; here, no lines
+        st.caption(f"Hit-rate levels not drawn: {widgets.as_text(exc)}")
+        return ()
+    if not lines:
+        st.caption("The caches drawn have different hit-rate levels (overrides in thresholds.toml): "
+                   "no level lines; the health checks judge each against its own.")
+    return lines
+
+
 def app_caches(data: dict, x_range, deploys) -> None:
     st.subheader("App caches")
     if data["summary"].empty:
@@ -57,7 +72,8 @@ def app_caches(data: dict, x_range, deploys) -> None:
     by = "cache" if data["summary"]["service"].nunique() == 1 else ["service", "cache"]
     widgets.chart(charts.add_action_markers(charts.time_lines(
         over_time, {"hit_rate": "hit rate"}, by=by, title="Hit rate", y_title="hits / lookups",
-        y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, deploys=deploys, x_range=x_range,
+        y_format="percent", y_range=(0, 1.05), deploys=deploys, x_range=x_range,
+        hlines=hit_rate_lines(data["summary"][["service", "cache"]].itertuples(index=False, name=None)),
     ), data["actions"]), over_time, "app-caches-over-time")
     left, right = st.columns(2)
     with left:
@@ -83,7 +99,8 @@ def redis(data: dict, x_range, actions, deploys) -> None:
     lines = {"by": "instance", "x_range": x_range, "deploys": deploys}
     widgets.chart(charts.add_action_markers(charts.time_lines(
         over_time, {"hit_rate": "hit rate"}, title="Keyspace hit rate", y_title="hits / lookups",
-        y_format="percent", y_range=(0, 1.05), hlines=q.HIT_RATE_THRESHOLDS, **lines,
+        y_format="percent", y_range=(0, 1.05), **lines,
+        hlines=hit_rate_lines((None, instance) for instance in data["summary"]["instance"]),
     ), actions), over_time, "redis-over-time")
     left, right = st.columns(2)
     left.plotly_chart(charts.time_lines(over_time, {"ops_per_sec": "ops / s"}, title="Commands per second",

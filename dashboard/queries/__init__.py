@@ -19,7 +19,6 @@ from dashboard.queries.alerts import (
 )
 from dashboard.queries.audit import audit_facets, audit_log, cache_actions
 from dashboard.queries.caches import (
-    HIT_RATE_THRESHOLDS,
     app_cache_namespaces,
     app_cache_over_time,
     app_cache_summary,
@@ -73,7 +72,6 @@ from dashboard.queries.samplers import component_status
 from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_time
 
 __all__ = [
-    "HIT_RATE_THRESHOLDS",
     "active_alerts",
     "active_silences",
     "advisor_runs",

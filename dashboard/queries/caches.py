@@ -12,10 +12,6 @@ import pandas as pd
 from dashboard.queries._run import bucket_seconds, run_query
 from dashboard.queries.samplers import label_sql
 
-# Hit-rate lines drawn on the charts: (name, fraction). Code constants until the settings module
-# (STYLE 9) exists; then they become Settings with env overrides.
-HIT_RATE_THRESHOLDS = (("target", 0.90), ("warning", 0.80), ("critical", 0.50))
-
 APP_CACHE_SUMMARY_SQL = """
 SELECT service,
        cache,

@@ -231,9 +231,7 @@ def health_checks(
     perfdeck.toml). A broken thresholds file raises its ThresholdsError (a ValueError)."""
     from collectors import config
     from collectors.health.assess import current_health
-    from collectors.health.settings import alert_settings
-    from collectors.health.thresholds import load_thresholds
+    from collectors.health.settings import configured_thresholds
 
-    cfg = config.load(config_path)
-    thresholds = load_thresholds(alert_settings(cfg).thresholds_file)
-    return current_health(con, now=until, window_s=window_s, thresholds=thresholds, cost=config.cost_settings(cfg))
+    return current_health(con, now=until, window_s=window_s, thresholds=configured_thresholds(config_path),
+                          cost=config.cost_settings(config.load(config_path)))
