@@ -25,7 +25,6 @@ to watch, with environment overrides. Every key is optional:
     prices_file = "prices.toml"    # price overrides per model (collectors.pricing), beside this file
     daily_budget = 40.0            # USD; budgets and the target are drawn on the Cost page
     monthly_budget = 1000.0
-    target_per_query = 0.10        # USD per request (seed 003's production target)
     compute_usd_per_core_hour = 0.04   # adds CPU of the watched processes to the cost of a query
 
     [ingest]
@@ -34,8 +33,9 @@ to watch, with environment overrides. Every key is optional:
 
 Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
 URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database);
-PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET, PERFDECK_TARGET_PER_QUERY and
-PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys; PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE."""
+PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET and
+PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys (the target per request is the cost_per_query_usd
+threshold's); PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE."""
 from __future__ import annotations
 
 import os
@@ -128,10 +128,12 @@ def section(config: dict, name: str, env: dict[str, str]) -> dict:
     return table
 
 
-TARGET_PER_QUERY_USD = 0.10     # seed 003: "< $0.10 per query" in production
 _COST_ENV = {"prices_file": "PERFDECK_PRICES_FILE", "daily_budget": "PERFDECK_DAILY_BUDGET",
-             "monthly_budget": "PERFDECK_MONTHLY_BUDGET", "target_per_query": "PERFDECK_TARGET_PER_QUERY",
+             "monthly_budget": "PERFDECK_MONTHLY_BUDGET",
              "compute_usd_per_core_hour": "PERFDECK_COMPUTE_USD_PER_CORE_HOUR"}
+# The target per request is the cost_per_query_usd threshold's (one level, one place): the old key says where.
+_MOVED = ("[cost] target_per_query (or PERFDECK_TARGET_PER_QUERY) moved to the health thresholds: set target "
+          "under [cost_per_query_usd] in thresholds.toml, or PERFDECK_COST_PER_QUERY_USD_TARGET")
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,13 @@ class CostSettings:
     prices_file: Path                        # price overrides (may not exist: then genai-prices alone)
     daily_budget: float | None = None        # USD; None: no budget
     monthly_budget: float | None = None
-    target_per_query: float = TARGET_PER_QUERY_USD
     compute_usd_per_core_hour: float | None = None   # None: cost per query is LLM spend alone
 
 
 def cost_settings(config: dict) -> CostSettings:
     """The [cost] table, environment first. A relative prices_file is beside the config file."""
+    if "target_per_query" in config.get("cost", {}) or os.environ.get("PERFDECK_TARGET_PER_QUERY", "").strip():
+        raise ValueError(_MOVED)
     cost = section(config, "cost", _COST_ENV)
 
     def money(key: str) -> float | None:
@@ -161,9 +164,7 @@ def cost_settings(config: dict) -> CostSettings:
     prices = Path(cost.get("prices_file") or "prices.toml")
     if not prices.is_absolute():
         prices = Path(config.get("_path") or DEFAULT_PATH).parent / prices
-    target = money("target_per_query")
-    return CostSettings(prices, money("daily_budget"), money("monthly_budget"),
-                        TARGET_PER_QUERY_USD if target is None else target, money("compute_usd_per_core_hour"))
+    return CostSettings(prices, money("daily_budget"), money("monthly_budget"), money("compute_usd_per_core_hour"))
 
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")

@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from genai_prices import Usage, calc_price
 from helpers import run_app, shown_text
 
@@ -133,7 +134,19 @@ def test_without_budgets_the_page_says_how_to_set_them(seeded, monkeypatch):
 def test_bad_cost_settings_are_a_clear_error(seeded, monkeypatch):
     monkeypatch.setenv("PERFDECK_DAILY_BUDGET", "lots")
     at = run_app(PAGE)
-    assert "daily_budget must be a number" in at.error[0].value
+    assert "daily_budget must be a number" in shown_text(at.error[0].value)
+
+
+def test_the_target_per_request_is_the_cost_threshold(seeded, monkeypatch):
+    """One level in one place: the chart's target is the one the cost_per_query_usd check uses."""
+    monkeypatch.setenv("PERFDECK_COST_PER_QUERY_USD_TARGET", "0.05")
+    at = run_app(PAGE)
+    assert any("target $0.05" in (m.help or "") + str(m.value) + str(m.delta) for m in at.metric), \
+        [(m.label, m.value, m.delta, m.help) for m in at.metric]
+    monkeypatch.setenv("PERFDECK_TARGET_PER_QUERY", "0.2")     # the old setting says where it went
+    st.cache_data.clear()                                      # the page keeps its settings a minute
+    at = run_app(PAGE)
+    assert "moved to the health thresholds" in shown_text(at.error[0].value)
 
 
 def test_empty_store_says_how_to_record_calls(tmp_path, monkeypatch):

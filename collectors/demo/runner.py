@@ -110,8 +110,7 @@ def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
     cost = config.cost_settings(cfg)       # the Cost page's budgets, as the collector has them
     env.update({name: str(value) for name, value in (
         ("PERFDECK_DAILY_BUDGET", cost.daily_budget), ("PERFDECK_MONTHLY_BUDGET", cost.monthly_budget),
-        ("PERFDECK_COMPUTE_USD_PER_CORE_HOUR", cost.compute_usd_per_core_hour),
-        ("PERFDECK_TARGET_PER_QUERY", cost.target_per_query)) if value is not None})
+        ("PERFDECK_COMPUTE_USD_PER_CORE_HOUR", cost.compute_usd_per_core_hour)) if value is not None})
     password = None
     if not operator_config().enabled and is_loopback(dashboard_address()):
         password, env["PERFDECK_OPERATOR_PASSWORD_HASH"] = generate_demo_password()

@@ -9,6 +9,7 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
+from collectors.health.settings import configured_thresholds
 from collectors.store import db_path, utcnow
 from collectors.store.connection import DEFAULT_DB
 from dashboard import charts, widgets
@@ -198,8 +199,10 @@ def body() -> None:
     scope = {"since": since, "until": until, "service": filters.service}
     try:
         cost = settings()
+        # The target the cost_per_query_usd check judges this service by: one level, drawn and judged alike.
+        target = configured_thresholds()["cost_per_query_usd"].levels_for(filters.service, None).target
     except ValueError as exc:
-        st.error(f"The `[cost]` settings cannot be used: {exc}", icon=":material/error:")
+        st.error(f"The cost settings cannot be used: {widgets.as_text(exc)}", icon=":material/error:")
         return
     bucket_s = q.bucket_seconds(since, until)
     data = widgets.load({"totals": q.cost_totals, "models": q.model_usage, "unpriced": q.unpriced_models,
@@ -219,9 +222,9 @@ def body() -> None:
         widgets.no_data_yet(f"No LLM calls in this time range. {HOW_TO}")
         return
     unpriced_note(t, data["unpriced"], cost.prices_file)
-    headline(t, per_req["overall"].iloc[0], budget["budget"], cost.target_per_query)
+    headline(t, per_req["overall"].iloc[0], budget["budget"], target)
     spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until), data["deploys"])
-    per_request(per_req["requests"], expensive["expensive"], cost.target_per_query,
+    per_request(per_req["requests"], expensive["expensive"], target,
                 cost.compute_usd_per_core_hour is not None)
     savings(t, data["saved"])
     budgets(budget["budget"], cost, filters.service)
