@@ -154,7 +154,7 @@ class Collector:
             if len(good) != 1:
                 self._split[source.name] = len(items)   # the source hands them again, oldest first
                 raise
-            return self._write_failed(source, *good[0], exc)
+            return self._write_failed(source, good[0][0], exc)
         # Committed: now, and only now, the source may forget them.
         notes.clear()
         source.ack([item for item, _ in good])
@@ -169,7 +169,7 @@ class Collector:
         self._mark_dirty([b for _, b in good])
         return report
 
-    def _write_failed(self, source, item: Item, batch, exc: Exception) -> Report:
+    def _write_failed(self, source, item: Item, exc: Exception) -> Report:
         """A batch whose write failed on its own: tried again next tick, quarantined after MAX_WRITE_TRIES
         (what validation let through and the store refuses must not stop what comes after it)."""
         key = (source.name, item.name)
