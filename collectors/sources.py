@@ -209,9 +209,6 @@ class SpoolSource:
         except Exception as exc:          # a status must never stop the daemon
             return _status(error=f"{type(exc).__name__}: {exc}")
 
-    def pending(self) -> int:
-        return self.status()["pending"] or 0
-
     def close(self) -> None:
         pass
 
@@ -345,9 +342,6 @@ class RedisSource:
             return _status(int(length), age, int(length), int(pel["pending"]))
         except Exception as exc:          # Redis down or refusing: say so, never stop the daemon
             return _status(error=f"{type(exc).__name__}: {exc}")
-
-    def pending(self) -> int:
-        return int(self.client.xlen(self.stream))
 
     def close(self) -> None:
         self.client.close()
