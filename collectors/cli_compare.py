@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
+from collectors import formatting as fmt
 from collectors.cli_options import CONTEXT, db_option, parse_span
 
 
@@ -80,18 +81,16 @@ def _deploy(con, version: str, service: str | None, span: timedelta, now: dateti
 
 
 def _table(df) -> str:
-    from dashboard.queries.compare import MISSING, fmt_ms, fmt_p, fmt_ratio
-
     several = df["service"].nunique() > 1
     head = ["endpoint", "before n", "after n", "p95 before", "p95 after", "p95 ratio [95 % CI]", "body", "p",
             "verdict"]
     lines = []
     for r in df.itertuples(index=False):
-        ci = f" [{fmt_ratio(r.ci_low)}–{fmt_ratio(r.ci_high)}]" if r.ci_low == r.ci_low else ""
-        lines.append([f"{r.service} {r.endpoint}" if several else r.endpoint, f"{r.before_n:,}", f"{r.after_n:,}",
-                      fmt_ms(r.before_p95_ms), fmt_ms(r.after_p95_ms), fmt_ratio(r.p95_ratio) + ci,
-                      r.body if isinstance(r.body, str) else MISSING,
-                      fmt_p(r.p_value).removeprefix("p ").removeprefix("= "), r.verdict])
+        ci = "" if fmt.missing(r.ci_low) else f" [{fmt.ratio_range(r.ci_low, r.ci_high)}]"
+        lines.append([f"{r.service} {r.endpoint}" if several else r.endpoint, fmt.count(r.before_n),
+                      fmt.count(r.after_n), fmt.ms(r.before_p95_ms), fmt.ms(r.after_p95_ms), fmt.ratio(r.p95_ratio) + ci,
+                      r.body if isinstance(r.body, str) else fmt.MISSING,
+                      fmt.p_value(r.p_value).removeprefix("p ").removeprefix("= "), r.verdict])
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
     right = {1, 2, 3, 4}
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
@@ -124,14 +123,12 @@ def md_text(text) -> str:
 
 
 def _cells(df) -> tuple[list[str], list[list[str]]]:
-    from dashboard.queries.compare import MISSING, fmt_ci, fmt_ms, fmt_p, fmt_ratio
-
     head = ["Service", "Endpoint", "Requests before", "Requests after", "p95 before", "p95 after", "p99 before",
             "p99 after", "p95 ratio", "95 % CI", "Body (Mann–Whitney)", "Verdict"]
-    rows = [[r["service"], r["endpoint"], f"{r['before_n']:,}", f"{r['after_n']:,}", fmt_ms(r["before_p95_ms"]),
-             fmt_ms(r["after_p95_ms"]), fmt_ms(r["before_p99_ms"]), fmt_ms(r["after_p99_ms"]),
-             fmt_ratio(r["p95_ratio"]), fmt_ci(r),
-             f"{r['body']}, {fmt_p(r['p_value'])}" if isinstance(r["body"], str) else MISSING, r["verdict"]]
+    rows = [[r["service"], r["endpoint"], fmt.count(r["before_n"]), fmt.count(r["after_n"]),
+             fmt.ms(r["before_p95_ms"]), fmt.ms(r["after_p95_ms"]), fmt.ms(r["before_p99_ms"]), fmt.ms(r["after_p99_ms"]),
+             fmt.ratio(r["p95_ratio"]), fmt.ratio_range(r["ci_low"], r["ci_high"]),
+             f"{r['body']}, {fmt.p_value(r['p_value'])}" if isinstance(r["body"], str) else fmt.MISSING, r["verdict"]]
             for r in df.to_dict("records")]
     return head, rows
 

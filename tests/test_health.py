@@ -15,8 +15,9 @@ from seed_health import EXPECTED, seed_health, spend
 from seed_pipeline import seed_pipeline
 
 from collectors.cli_health import health
+from collectors.formatting import value as format_value
 from collectors.health import ASSESSED_COLUMNS
-from collectors.health.assess import assess, components, current_health, format_value, overall
+from collectors.health.assess import assess, components, current_health, overall
 from collectors.health.thresholds import load_thresholds
 from collectors.store import migrate, read, utcnow, write
 from dashboard.queries import budget_status, health_checks, health_measurements
@@ -177,7 +178,7 @@ def test_all_healthy_has_no_reasons():
 @pytest.mark.parametrize(("value", "unit", "text"), [
     (740.0, "ms", "740 ms"), (1240.4, "ms", "1,240 ms"), (2.25, "ms", "2.25 ms"), (12.34, "s", "12.3 s"),
     (0.62, "ratio", "62 %"), (0.0125, "ratio", "1.25 %"), (91.0, "percent", "91 %"), (0.1, "usd", "$0.10"),
-    (0.12345, "usd", "$0.1235"), (12.5, "usd", "$12.50"), (12000, "entries", "12,000 entries"), (0, "up", "down"),
+    (0.12345, "usd", "$0.123"), (12.5, "usd", "$12.50"), (12000, "entries", "12,000 entries"), (0, "up", "down"),
 ])
 def test_values_in_messages(value, unit, text):
     assert format_value(value, unit) == text

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
+from collectors.formatting import value as format_value
 from collectors.health import ASSESSED_COLUMNS, SEVERITIES, UNKNOWN, severity_rank, worst
 from collectors.health.thresholds import COMPONENTS, Threshold, Thresholds, load_thresholds
 from collectors.store import utcnow
@@ -20,47 +21,6 @@ from dashboard.queries.health import health_measurements
 
 COMPONENT_COLUMNS = ["component", "severity", "checks", "reason"]
 NOTHING_JUDGED = "nothing had enough data in the window to be judged"
-
-
-def _number(v: float) -> str:
-    """740 -> "740", 1240 -> "1,240", 62.5 -> "62.5", 2.25 -> "2.25": about three significant digits."""
-    if abs(v) >= 100:
-        return f"{v:,.0f}"
-    text = f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _duration(seconds: float, *, whole: bool = False) -> str:
-    """45 -> "45 s", 490 -> "8.2 min", 1200 -> "20 min", 9000 -> "2.5 h", 302400 -> "3.5 d"; under two
-    minutes in seconds, whole ones when `whole` (how long ago: "58 s", not "58.4 s")."""
-    for unit, size, at_least in (("d", 86400, 2 * 86400), ("h", 3600, 2 * 3600), ("min", 60, 120)):
-        if abs(seconds) >= at_least:
-            n = seconds / size
-            return f"{n:,.0f} {unit}" if abs(n) >= 10 else f"{n:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{seconds:.0f} s" if whole else f"{_number(seconds)} s"
-
-
-def format_value(value: float, unit: str) -> str:
-    """A value in its unit, as messages show it: "740 ms", "62 %" (a ratio), "$0.12", "12,000 entries",
-    "8.2 min" (s and age, past two minutes), "1,200" (a count)."""
-    if unit == "ratio":
-        return f"{_number(value * 100)} %"
-    if unit == "percent":
-        return f"{_number(value)} %"
-    if unit == "usd":
-        if abs(value) >= 1:
-            return f"${value:,.2f}"
-        text = f"{value:.4f}".rstrip("0")
-        return f"${text}{'0' * max(0, 2 - len(text.split('.')[1]))}"
-    if unit == "entries":
-        return f"{value:,.0f} entries"
-    if unit == "up":
-        return "up" if value >= 1 else "down"
-    if unit == "count":
-        return f"{value:,.0f}"
-    if unit in ("s", "age"):
-        return _duration(value, whole=unit == "age")
-    return f"{_number(value)} {unit}"
 
 
 def describe(threshold: Threshold, subject: str, value: float, severity: str, level: float, *,
@@ -168,4 +128,4 @@ def current_health(
 
 
 __all__ = ["COMPONENT_COLUMNS", "NOTHING_JUDGED", "SEVERITIES", "UNKNOWN", "assess", "components", "current_health",
-           "describe", "format_value", "overall"]
+           "describe", "overall"]

@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from collectors import formatting as fmt
 from collectors.health import ASSESSED_COLUMNS, stats
 from collectors.store import utcnow
 from collectors.store.histogram import GAMMA
@@ -298,45 +299,15 @@ def regression_checks(
 
 
 # --- Words for a row, shared by the Compare page, the CLI and the health messages -------------------
-MISSING = "—"     # a value that is not there (too few requests), wherever a row is shown
-
-
-def fmt_ms(ms: float | None) -> str:
-    """'0.8 ms', '74.2 ms', '447 ms', '1.73 s' (also the Overview's cards)."""
-    if ms is None or pd.isna(ms):
-        return MISSING
-    if ms >= 1000:
-        return f"{ms / 1000:,.2f} s"
-    return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
-
-
-def fmt_ratio(x: float) -> str:
-    if x is None or pd.isna(x):
-        return MISSING
-    return f"×{x:,.1f}" if x >= 10 else f"×{x:.2f}"
-
-
-def fmt_p(p: float) -> str:
-    if p is None or pd.isna(p):
-        return f"p {MISSING}"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def fmt_ci(row) -> str:
-    """'×10.9–×14.0', or MISSING without an interval."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
-        return MISSING
-    return f"{fmt_ratio(row['ci_low'])}–{fmt_ratio(row['ci_high'])}"
-
-
 def describe(row) -> str:
     """'/search p95 100 ms → 1.24 s (×12.4, 95 % CI ×10.9–×14.0; body: slower, p < 0.001)' for a
     compare row; ', so far' when a window was still open."""
-    ci = (f", 95 % CI {fmt_ci(row)}; body: {row['body']}, {fmt_p(row['p_value'])}"
+    ci = (f", 95 % CI {fmt.ratio_range(row['ci_low'], row['ci_high'])}; body: {row['body']}, "
+          f"{fmt.p_value(row['p_value'])}"
           if not pd.isna(row["ci_low"]) else "")
     so_far = ", so far" if row.get("open") else ""
-    return (f"{row['endpoint']} p95 {fmt_ms(row['before_p95_ms'])} → {fmt_ms(row['after_p95_ms'])} "
-            f"({fmt_ratio(row['p95_ratio'])}{ci}{so_far})")
+    return (f"{row['endpoint']} p95 {fmt.ms(row['before_p95_ms'])} → {fmt.ms(row['after_p95_ms'])} "
+            f"({fmt.ratio(row['p95_ratio'])}{ci}{so_far})")
 
 
 RULE = (f"An endpoint is a **regression** when the whole 95 % interval of its p95 ratio (after / before) lies "
