@@ -17,9 +17,8 @@ import streamlit as st
 
 from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
-from dashboard import queries
+from dashboard import columns, queries
 from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
-from dashboard.queries.compare import fmt_ms  # noqa: F401 - pages format durations as widgets.fmt_ms
 
 CACHE_TTL_S = 10
 # Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
@@ -211,18 +210,6 @@ def range_caption(since: datetime, until: datetime) -> None:
     st.caption(f"{since:%Y-%m-%d %H:%M} → {until:%Y-%m-%d %H:%M} UTC · updated {utcnow():%H:%M:%S} UTC")
 
 
-def lasted(seconds) -> str:
-    """'45 s', '27 min', '2 h 5 min', '3 d 4 h': the two largest units, rounded down."""
-    if pd.isna(seconds):
-        return "–"
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s} s"
-    units = [(s // 86400, "d"), (s % 86400 // 3600, "h"), (s % 3600 // 60, "min")]
-    first = next(i for i, (n, _) in enumerate(units) if n)
-    return " ".join(f"{n} {unit}" for n, unit in units[first:first + 2] if n)
-
-
 def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") -> None:
     """A download button for `df` as `perfdeck-<name>.csv`; time columns get a `_utc` suffix so
     the file says what its timestamps are. Text is redacted: no page's CSV carries a secret."""
@@ -233,12 +220,14 @@ def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") ->
     )
 
 
-def table(df: pd.DataFrame, name: str, **dataframe_kwargs: Any) -> None:
-    """Every table goes through here: shown with its CSV download, and a note when cut off."""
-    st.dataframe(df, hide_index=True, **dataframe_kwargs)
+def table(df: pd.DataFrame, name: str, *, csv: pd.DataFrame | None = None, **dataframe_kwargs: Any) -> None:
+    """Every table goes through here: shown readable (see `dashboard.columns`), with its CSV download of
+    the raw values (`csv` when the frame shown already holds text), and a note when cut off."""
+    shown, config = columns.readable(df, dataframe_kwargs.pop("column_config", None) or {})
+    st.dataframe(shown, hide_index=True, column_config=config, **dataframe_kwargs)
     if df.attrs.get("truncated"):
         st.caption(f"Showing the first {len(df):,} rows.")
-    csv_download(df, name)
+    csv_download(df if csv is None else csv, name)
 
 
 def down_components(df: pd.DataFrame, what: str) -> None:

@@ -86,7 +86,7 @@ def test_the_page_shows_firing_silences_history_and_notifications(seeded, monkey
     assert list(tables) == ["alerts-firing", "alert-silences", "alert-history", "alert-notifications"]
     firing = tables["alerts-firing"]
     assert firing[["severity", "target", "value", "threshold", "peak_severity", "peak_value"]].values.tolist() == [
-        ["critical", "shop-api /search", "1,100", "1,000", "critical", "1,300"]]
+        ["critical", "shop-api /search", "1,100 ms", "1,000 ms", "critical", "1,300 ms"]]
     assert firing["firing"].tolist() == ["2 h"]
     assert tables["alert-silences"][["rule", "target", "reason", "firing"]].values.tolist() == [
         ["cache_hit_rate", "(every target)", "cache warm-up", 0]]
@@ -232,14 +232,14 @@ def test_the_page_shows_now_and_worst_side_by_side_readably(migrated_store, monk
     assert not at.exception, at.exception
     columns = ["target", "severity", "value", "threshold", "message", "peak_severity", "peak_value"]
     assert frames(at)["alerts-firing"][columns].values.tolist() == [      # worst now first, then the oldest
-        ["shop-api /queue", "warning", "—", "500", "queue depth unknown: no samples", "warning", "—"],
-        ["shop-api /cart", "warning", "640", "500", "p95 of /cart 640 ms > 500 ms warning", "critical", "1,500"]]
+        ["shop-api /queue", "warning", "—", "500 ms", "queue depth unknown: no samples", "warning", "—"],
+        ["shop-api /cart", "warning", "640 ms", "500 ms", "p95 of /cart 640 ms > 500 ms warning", "critical", "1,500 ms"]]
     history = frames(at)["alert-history"]
     assert history[["state", "duration", *columns]].values.tolist() == [
-        ["firing", "1 min", "shop-api /cart", "warning", "640", "500", "p95 of /cart 640 ms > 500 ms warning",
-         "critical", "1,500"],
-        ["firing", "11 min", "shop-api /queue", "warning", "—", "500", "queue depth unknown: no samples", "warning",
+        ["firing", "60 s", "shop-api /cart", "warning", "640 ms", "500 ms", "p95 of /cart 640 ms > 500 ms warning",
+         "critical", "1,500 ms"],
+        ["firing", "11 min", "shop-api /queue", "warning", "—", "500 ms", "queue depth unknown: no samples", "warning",
          "—"],
-        ["resolved", "8.2 min", "shop-api /search", "healthy", "150", "200", "p95 of /search 150 ms ≤ 200 ms healthy",
-         "critical", "1,240"]]
+        ["resolved", "8.2 min", "shop-api /search", "healthy", "150 ms", "200 ms", "p95 of /search 150 ms ≤ 200 ms healthy",
+         "critical", "1,240 ms"]]
     assert "None" not in history.astype(str).to_numpy().ravel().tolist()

@@ -9,20 +9,20 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
+from collectors import formatting as fmt
 from collectors.health.notify import host_of
-from collectors.health.settings import AlertSettings, alert_settings
+from collectors.health.settings import AlertSettings, alert_settings, configured_thresholds
 from collectors.store import utcnow
-from dashboard import widgets
+from dashboard import columns, widgets
 from dashboard.actions.alert_actions import EVERY_TARGET, EndSilence, SilenceAlerts
 from dashboard.actions.ui import action_panel
 
 st.title("Alerts")
 
-NUM, TEXT, WHEN = st.column_config.NumberColumn, st.column_config.TextColumn, st.column_config.DatetimeColumn
+TEXT, WHEN = columns.text, columns.when
 COLUMNS = {
     "severity": TEXT("Severity now"), "state": TEXT("State"), "rule": TEXT("Rule"), "target": TEXT("Target"),
-    "started_at": WHEN("Fired (UTC)", format="YYYY-MM-DD HH:mm"),
-    "resolved_at": WHEN("Resolved (UTC)", format="YYYY-MM-DD HH:mm"), "firing": TEXT("Firing for"),
+    "started_at": WHEN("Fired (UTC)"), "resolved_at": WHEN("Resolved (UTC)"), "firing": TEXT("Firing for"),
     "duration": TEXT("Lasted"), "value": TEXT("Value now", help="The latest evaluation (once resolved: the one "
                                                                 "that resolved it)"),
     "threshold": TEXT("Threshold", help="The level of the severity now (the target once healthy)"),
@@ -30,43 +30,37 @@ COLUMNS = {
     "peak_severity": TEXT("Worst severity", help="The worst severity reached while it fired"),
     "peak_value": TEXT("Worst value", help="The worst value seen while it fired (the lowest for hit rates)"),
     "silenced": st.column_config.CheckboxColumn("Silenced"),
-    "notifications": NUM("Messages", help="Notifications that carried this alert"),
+    "notifications": columns.count("Messages", help="Notifications that carried this alert"),
 }
 SILENCE_COLUMNS = {
-    "id": NUM("#"), "rule": TEXT("Rule"), "target": TEXT("Target"),
-    "starts_at": WHEN("From (UTC)", format="YYYY-MM-DD HH:mm"),
-    "ends_at": WHEN("Until (UTC)", format="YYYY-MM-DD HH:mm"),
-    "reason": TEXT("Reason"), "created_by": TEXT("By"), "firing": NUM("Firing alerts it mutes"),
+    "id": columns.count("#"), "rule": TEXT("Rule"), "target": TEXT("Target"),
+    "starts_at": WHEN("From (UTC)"), "ends_at": WHEN("Until (UTC)"),
+    "reason": TEXT("Reason"), "created_by": TEXT("By"), "firing": columns.count("Firing alerts it mutes"),
 }
 NOTIFICATION_COLUMNS = {
-    "ts": WHEN("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"), "kind": TEXT("Kind"), "channel": TEXT("Channel"),
-    "outcome": TEXT("Outcome"), "alerts": NUM("Alerts"), "attempts": NUM("Attempts"), "error": TEXT("Error"),
+    "ts": WHEN("Time (UTC)", seconds=True), "kind": TEXT("Kind"), "channel": TEXT("Channel"),
+    "outcome": TEXT("Outcome"), "alerts": columns.count("Alerts"), "attempts": columns.count("Attempts"),
+    "error": TEXT("Error"),
 }
 SPANS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
          "Last 400 days": timedelta(days=400)}
 ALL = "All"
 
 
-def number(x) -> str:
-    """91.87, 1,240, 0.42; "—" when there is none."""
-    if x is None or pd.isna(x):
-        return "—"
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
-
-
-def duration(seconds) -> str:
-    """45 s, 8.2 min, 3.5 h, 2.1 d; "—" when there is none."""
-    if seconds is None or pd.isna(seconds):
-        return "—"
-    s = max(0.0, float(seconds))
-    unit, size = next(((u, n) for u, n in (("d", 86400), ("h", 3600), ("min", 60)) if s >= n), ("s", 1))
-    return f"{round(s / size, 1):g} {unit}"
+@st.cache_data(ttl=60, show_spinner=False)
+def units() -> dict[str, str]:
+    """Each rule's unit, so values read as its messages do ("740 ms", "62 %")."""
+    try:
+        return {name: threshold.unit for name, threshold in configured_thresholds().items()}
+    except ValueError:      # a broken thresholds file: the values as plain numbers
+        return {}
 
 
 def readable(df: pd.DataFrame) -> pd.DataFrame:
-    """Values as text: current and worst side by side, "—" (never "None") where there is none."""
-    return df.assign(**{c: df[c].map(number) for c in ("value", "threshold", "peak_value")},
-                     **{c: df[c].fillna("—") for c in ("severity", "peak_severity", "message")})
+    """Values as text in their rule's unit: current and worst side by side."""
+    unit = df["rule"].map(units()).fillna("")
+    return df.assign(**{c: [fmt.value(v, u) if u else fmt.number(v) for v, u in zip(df[c], unit)]
+                        for c in ("value", "threshold", "peak_value")})
 
 
 def span(seconds: float) -> str:
@@ -99,10 +93,10 @@ def current(now) -> None:
     if active.empty:
         st.success("No alerts firing.", icon=":material/check_circle:")
     else:
-        shown = readable(active).assign(firing=active["firing_s"].map(duration))
+        shown = readable(active).assign(firing=active["firing_s"].map(fmt.duration))
         widgets.table(shown[["severity", "value", "threshold", "message", "peak_severity", "peak_value", "rule",
                              "target", "started_at", "firing", "silenced", "notifications"]], "alerts-firing",
-                      column_config=COLUMNS)
+                      column_config=COLUMNS, csv=active)
     st.subheader("Silences")
     if silences.empty:
         st.caption("No silence is active.")
@@ -134,10 +128,10 @@ def history(now) -> tuple:
         if df.empty:
             st.caption("No alerts in this range.")
         else:
-            shown = readable(df).assign(duration=df["duration_s"].map(duration))
+            shown = readable(df).assign(duration=df["duration_s"].map(fmt.duration))
             widgets.table(shown[["started_at", "resolved_at", "duration", "state", "rule", "target", "severity",
                                  "value", "threshold", "message", "peak_severity", "peak_value", "silenced",
-                                 "notifications"]], "alert-history", column_config=COLUMNS)
+                                 "notifications"]], "alert-history", column_config=COLUMNS, csv=df)
     return since, until, label
 
 

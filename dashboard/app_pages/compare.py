@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
+from collectors import formatting as fmt
 from collectors.store import utcnow
-from dashboard import charts, widgets
-from dashboard.queries.compare import MISSING, RULE, SAMPLE_NOTE, describe, fmt_ci, fmt_p
+from dashboard import charts, columns, widgets
+from dashboard.queries.compare import RULE, SAMPLE_NOTE, describe
 
 st.title("Compare")
 filters = widgets.sidebar_filters()
@@ -18,29 +19,26 @@ DEPLOY, WINDOWS = "Before/after a deploy", "Two windows"
 SPANS = {"15 min": timedelta(minutes=15), "1 h": timedelta(hours=1), "6 h": timedelta(hours=6),
          "24 h": timedelta(hours=24)}
 ALL = "All endpoints"
-NUM, TEXT, RATIO = st.column_config.NumberColumn, st.column_config.TextColumn, "×%.2f"
 COLUMNS = {
-    "service": TEXT("Service"), "endpoint": TEXT("Endpoint"), "verdict": TEXT("Verdict"),
-    "p95_ratio": NUM("p95 ratio", format=RATIO, help="p95 after / p95 before"),
-    "ci": TEXT("95 % CI", help="95 % bootstrap confidence interval of the p95 ratio: the verdict is a "
+    "service": columns.text("Service"), "endpoint": columns.text("Endpoint"), "verdict": columns.text("Verdict"),
+    "p95_ratio": columns.ratio("p95 ratio", help="p95 after / p95 before"),
+    "ci": columns.text("95 % CI", help="95 % bootstrap confidence interval of the p95 ratio: the verdict is a "
                                "regression when all of it lies above ×1.10"),
-    "body": TEXT("Body", help="Mann–Whitney U test at p < 0.01: is a typical request slower or faster? "
+    "body": columns.text("Body", help="Mann–Whitney U test at p < 0.01: is a typical request slower or faster? "
                               "Shown beside the verdict, it does not decide it"),
-    "p_value": TEXT("p-value", help="Mann–Whitney U test, one-sided: is after slower?"),
-    **{f"{side}_{p}_ms": NUM(f"{p} {side} (ms)", format="%.1f")
-       for p in ("p95", "p50", "p99") for side in ("before", "after")},
-    "p50_ratio": NUM("p50 ratio", format=RATIO),
-    "before_n": NUM("Requests before", format="localized"), "after_n": NUM("Requests after", format="localized"),
-    "method": TEXT("Data", help="raw: every request's duration; histogram: per-minute log buckets (about 1 %), "
+    "p_value": columns.text("p-value", help="Mann–Whitney U test, one-sided: is after slower?"),
+    **{f"{side}_{p}_ms": columns.ms(f"{p} {side} (ms)") for p in ("p95", "p50", "p99") for side in ("before", "after")},
+    "p50_ratio": columns.ratio("p50 ratio"),
+    "before_n": columns.count("Requests before"), "after_n": columns.count("Requests after"),
+    "method": columns.text("Data", help="raw: every request's duration; histogram: per-minute log buckets (about 1 %), "
                                 "used where raw events are no longer kept"),
 }
 
 
 def shown(rows: pd.DataFrame) -> pd.DataFrame:
-    """The table as read: the interval as one text column, missing values as a dash, not "None"."""
-    out = rows.assign(ci=[fmt_ci(r) for r in rows.to_dict("records")],
-                      p_value=rows["p_value"].map(lambda p: fmt_p(p).removeprefix("p ").removeprefix("= ")),
-                      body=rows["body"].fillna(MISSING))
+    """The table as read: the interval and the p-value as text."""
+    out = rows.assign(ci=[fmt.ratio_range(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
+                      p_value=rows["p_value"].map(lambda p: fmt.p_value(p).removeprefix("p ").removeprefix("= ")))
     return out[list(COLUMNS)]
 
 
@@ -72,8 +70,8 @@ def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
     d = deploys.iloc[picked or 0]
     if not d.complete:
         open_s = (utcnow() - d.ts).total_seconds()
-        st.caption(f"The after window is still open: {widgets.lasted(open_s)} of its "
-                   f"{widgets.lasted(SPANS[span].total_seconds())} so far.")
+        st.caption(f"The after window is still open: {fmt.duration(open_s, whole=True)} of its "
+                   f"{fmt.duration(SPANS[span].total_seconds())} so far.")
     return (d.before_start, d.before_end), (d.after_start, d.after_end), d.service, f"{d.version} of {d.service}"
 
 
@@ -150,8 +148,7 @@ def body() -> None:
                 icon=":material/info:")
         return
     headline(rows)
-    st.dataframe(shown(rows), hide_index=True, column_config=COLUMNS)
-    widgets.csv_download(rows, "compare")          # the numbers, as the query gives them
+    widgets.table(shown(rows), "compare", column_config=COLUMNS, csv=rows)   # the CSV: numbers as queried
     st.plotly_chart(charts.ratio_chart(rows), key="chart-compare-ratio")
     latency(rows, before, after, service)
 
