@@ -2,6 +2,7 @@
 undid it (tests/seed_store.py); deploy mode, two-window mode, the headline, the table and the charts."""
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def test_deploy_mode_lists_deploys_newest_first_and_flags_the_regression(seeded)
     assert "95 % CI ×" in headline and "p < 0.001" in shown_text(headline)
     table = at.dataframe[0].value
     assert table.iloc[0]["endpoint"] == "POST /checkout" and table.iloc[0]["verdict"] == "regression"
-    assert table.iloc[0]["p95_ratio"] == pytest.approx(REGRESSION[2], rel=0.2)
+    # Its p95 rests on ~100 requests a side at night, so the seeded factor is checked against the interval shown.
+    low, high = map(float, re.findall(r"×([\d.]+)", table.iloc[0]["ci"]))
+    assert low <= REGRESSION[2] <= high and low > 1.10
     assert (table["verdict"].iloc[1:] != "regression").all()
     assert len(at.get("plotly_chart")) == 2       # the ratio forest plot and the latency across both windows
     assert {b.key for b in at.download_button} >= {"csv-compare", "csv-compare-latency"}
