@@ -4,18 +4,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import streamlit as st
 from helpers import clear_health_env, run_app, shown_text
 from seed_health import seed_health, seed_healthy
 from seed_pipeline import seed_pipeline
-from seed_store import seed_store
+from seed_store import seed_store, store_events
 from streamlit.testing.v1 import AppTest
 
+from collectors import formatting as fmt
 from collectors.health import ASSESSED_COLUMNS
 from collectors.store import migrate, read, utcnow, write
-from dashboard.queries import totals
-from dashboard.widgets import fmt_ms
+from dashboard.queries import endpoint_percentiles, totals
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "overview.py")
@@ -64,10 +65,13 @@ def test_overview_shows_metrics_table_and_charts(seeded):
     assert list(metrics) == ["Requests / s", "Error rate", "p50", "p95", "p99"]
     with read(path) as con:
         expected = totals(con, since=since, until=until).iloc[0]
+        endpoints = endpoint_percentiles(con, since=since, until=until)
     assert expected["requests"] == ((events.ts >= since) & (events.ts < until)).sum()
     assert metrics["Requests / s"] == f"{expected['requests_per_s']:,.2f}"
-    assert metrics["p50"] == fmt_ms(expected["p50_ms"])
-    assert metrics["Error rate"] == f"{expected['error_rate']:.2%}"
+    # The typical request's p50: each endpoint's p50 weighted by its requests, not all requests pooled.
+    typical = (endpoints["p50_ms"] * endpoints["requests"]).sum() / endpoints["requests"].sum()
+    assert metrics["p50"] == fmt.ms(typical) != fmt.ms(expected["p50_ms"])
+    assert metrics["Error rate"] == fmt.percent(expected["error_rate"])
     table = endpoints_table(at)
     assert len(table) == 7
     assert {"GET /products", "POST /checkout", "task build_report"} <= set(table["endpoint"])
@@ -76,6 +80,34 @@ def test_overview_shows_metrics_table_and_charts(seeded):
         "csv-endpoints", "csv-latency-over-time", "csv-traffic-over-time"}
     assert len(at.get("plotly_chart")) == 2
     assert not notices(at)
+
+
+def test_a_shift_in_traffic_mix_alone_does_not_move_the_headline_latency(tmp_path, monkeypatch):
+    """The previous hour: 900 fast requests (10 ms) and 100 slow (500 ms); this hour the other way round.
+    Pooled, the p50 jumps from 10 to 500 ms; each endpoint is as fast as before, so the headline says so."""
+    until = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    def hour(start, fast, slow):
+        ts = [start + timedelta(seconds=3.6 * i) for i in range(fast + slow)]
+        return pd.DataFrame({"ts": ts, "service": "api", "endpoint": ["/fast"] * fast + ["/slow"] * slow,
+                             "status": 200, "duration_ms": [10.0] * fast + [500.0] * slow})
+    path = tmp_path / "perfdeck.duckdb"
+    with write(path) as con:
+        migrate(con)
+        store_events(con, pd.concat([hour(until - timedelta(hours=2), 900, 100), hour(until - timedelta(hours=1), 100, 900)]))
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    with read(path) as con:
+        pooled = [totals(con, since=until - timedelta(hours=h), until=until - timedelta(hours=h - 1)).iloc[0]["p50_ms"]
+                  for h in (2, 1)]
+    assert pooled[1] / pooled[0] > 40                          # what the headline used to show: +4,900 %
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["range"] = "Custom range"
+    at.session_state["range_from"], at.session_state["range_to"] = until - timedelta(hours=1), until
+    at.run()
+    assert not at.exception, at.exception
+    p50 = next(m for m in at.metric if m.label == "p50")
+    typical = 0.1 * pooled[0] + 0.9 * pooled[1]                 # the endpoints' p50s weighted by this hour's mix
+    assert (p50.value, p50.delta) == (fmt.ms(typical), "no change")
+    assert "weighted by its requests" in p50.help
 
 
 def test_service_filter_and_endpoint_picker(seeded):

@@ -8,21 +8,22 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
+from collectors import formatting as fmt
 from collectors.health.assess import components, overall
 from collectors.health.settings import alert_settings
-from dashboard import charts, widgets
+from dashboard import charts, columns, widgets
 
 st.title("Overview")
 filters = widgets.sidebar_filters()
 
 ENDPOINT_COLUMNS = {
-    "service": st.column_config.TextColumn("Service"),
-    "endpoint": st.column_config.TextColumn("Endpoint"),
-    "requests": st.column_config.NumberColumn("Requests", format="localized"),
-    "error_rate": st.column_config.NumberColumn("Error rate", format="percent", help="Share of requests that failed"),
-    "p50_ms": st.column_config.NumberColumn("p50 (ms)", format="%.1f"),
-    "p95_ms": st.column_config.NumberColumn("p95 (ms)", format="%.1f"),
-    "p99_ms": st.column_config.NumberColumn("p99 (ms)", format="%.1f"),
+    "service": columns.text("Service"),
+    "endpoint": columns.text("Endpoint"),
+    "requests": columns.count("Requests"),
+    "error_rate": columns.percent("Error rate", help="Share of requests that failed"),
+    "p50_ms": columns.ms("p50 (ms)"),
+    "p95_ms": columns.ms("p95 (ms)"),
+    "p99_ms": columns.ms("p99 (ms)"),
 }
 # severity: (callout, badge colour, icon)
 SEVERITY_STYLE = {
@@ -35,15 +36,14 @@ SHOWN_REASONS = 3
 as_text = widgets.as_text   # messages name services, endpoints, caches and sources as recorded
 
 CHECK_COLUMNS = {
-    "severity": st.column_config.TextColumn("Severity"),
-    "component": st.column_config.TextColumn("Component"),
-    "message": st.column_config.TextColumn("Check", width="large"),
-    "service": st.column_config.TextColumn("Service"),
-    "subject": st.column_config.TextColumn("Subject"),
-    "check": st.column_config.TextColumn("Threshold", help="Its name in thresholds.toml"),
-    "value": st.column_config.NumberColumn("Value", format="%.4g"),
-    "unit": st.column_config.TextColumn("Unit"),
-    "level": st.column_config.NumberColumn("Level", format="%.4g", help="The level crossed, or the target"),
+    "severity": columns.text("Severity"),
+    "component": columns.text("Component"),
+    "message": columns.text("Check", width="large"),
+    "service": columns.text("Service"),
+    "subject": columns.text("Subject"),
+    "check": columns.text("Check name", help="Its name in thresholds.toml"),
+    "value": columns.text("Value"),
+    "level": columns.text("Level", help="The level crossed, or the target"),
 }
 
 
@@ -76,30 +76,39 @@ def health_banner() -> None:
             st.badge(f"{as_text(row.component)}: {row.severity}", icon=badge_icon, color=colour, help=as_text(row.reason))
     with st.expander(f"All checks ({len(checks)}) over the last {span} to {until:%H:%M:%S} UTC, "
                      "not the range picked in the sidebar"):
-        widgets.table(checks, "health-checks", column_config=CHECK_COLUMNS, column_order=list(CHECK_COLUMNS))
+        shown = checks.assign(value=[fmt.value(v, u) for v, u in zip(checks["value"], checks["unit"])],
+                              level=[fmt.value(v, u) for v, u in zip(checks["level"], checks["unit"])])
+        widgets.table(shown, "health-checks", column_config=CHECK_COLUMNS, column_order=list(CHECK_COLUMNS), csv=checks)
 
 
-def headline(now: pd.Series, before: pd.Series | None) -> None:
+TYPICAL_HELP = ("{p} of a typical request: each endpoint's {p} weighted by its requests in the range (all "
+                "requests pooled would swing with the traffic mix). The change applies this range's mix to the "
+                "previous period's endpoints, so it moves only when endpoints get faster or slower.")
+
+
+def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typical_before: pd.Series) -> None:
     """Five metrics, each with its change against the previous period of the same length."""
-    cards = [  # column, label, value, help, change format, bad when it goes up
-        ("requests_per_s", "Requests / s", f"{now.requests_per_s:,.2f}",
-         f"{now.requests:,} requests; averaged since the first one in the range", None, False),
-        ("error_rate", "Error rate", f"{now.error_rate:.2%}", f"{now.errors:,} failed (status ≥ 500)",
-         lambda d, _: f"{d * 100:+.2f} pts", True),
-        *((c, c[:3], widgets.fmt_ms(now[c]), f"{c[:3]} over all requests in the range", None, True)
+    cards = [  # label, value now, value before, shown, help, change format, bad when it goes up
+        ("Requests / s", now.requests_per_s, None if before is None else before.requests_per_s,
+         f"{now.requests_per_s:,.2f}", f"{now.requests:,} requests; averaged since the first one in the range",
+         None, False),
+        ("Error rate", now.error_rate, None if before is None else before.error_rate, fmt.percent(now.error_rate),
+         f"{now.errors:,} failed (status ≥ 500)", lambda d, _: f"{d * 100:+.2f} pts", True),
+        *((c[:3], typical[c], typical_before[c], fmt.ms(typical[c]), TYPICAL_HELP.format(p=c[:3]), None, True)
           for c in ("p50_ms", "p95_ms", "p99_ms")),
     ]
-    for col, (name, label, value, help_, fmt, bad_up) in zip(st.columns(5), cards):
+    for col, (label, value, previous, shown, help_, change, bad_up) in zip(st.columns(5), cards):
         delta, colour, arrow = None, "off", "auto"
-        if before is not None and pd.notna(before[name]) and pd.notna(now[name]) and before[name]:
-            change = now[name] - before[name]
-            if abs(change / before[name]) < 0.0005:
+        if not fmt.missing(previous) and not fmt.missing(value) and previous:
+            difference = value - previous
+            if abs(difference / previous) < 0.0005:
                 delta, arrow = "no change", "off"
             else:
-                delta = (fmt or (lambda d, b: f"{d / b:+.1%}"))(change, before[name])
+                delta = (change or (lambda d, b: f"{d / b:+.1%}"))(difference, previous)
                 colour = "inverse" if bad_up else "off"
-        col.metric(label, value, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
-    st.caption("Changes are against the previous period of the same length.")
+        col.metric(label, shown, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
+    st.caption("Changes are against the previous period of the same length; latency for a typical request "
+               "(hover the ⓘ).")
 
 
 def body() -> None:
@@ -121,10 +130,12 @@ def body() -> None:
         else:
             widgets.no_data_yet("The store is empty.")
         return
-    previous = widgets.load({"totals": q.totals}, since=since - (until - since), until=since,
-                            service=filters.service)
+    previous = widgets.load({"totals": q.totals, "percentiles": q.endpoint_percentiles},
+                            since=since - (until - since), until=since, service=filters.service)
     before = previous["totals"].iloc[0] if previous and not previous["totals"].empty else None
-    headline(data["totals"].iloc[0], before)
+    endpoints_before = previous["percentiles"] if previous else data["percentiles"].iloc[:0]
+    headline(data["totals"].iloc[0], before, q.typical_percentiles(data["percentiles"]),
+             q.typical_percentiles(endpoints_before, mix=data["percentiles"]))
 
     st.subheader("Endpoints")
     endpoints = data["percentiles"].merge(
@@ -151,8 +162,7 @@ def body() -> None:
     widgets.csv_download(data["rate"], "traffic-over-time", label="Download chart data (CSV)")
     if not data["deploys"].empty:
         with st.expander(f"Deploys in this range ({len(data['deploys'])})"):
-            widgets.table(data["deploys"], "deploys", column_config={
-                "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss")})
+            widgets.table(data["deploys"], "deploys", column_config={"ts": columns.when("Time (UTC)", seconds=True)})
 
 
 widgets.live(body, filters)

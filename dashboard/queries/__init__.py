@@ -56,7 +56,7 @@ from dashboard.queries.database import (
 )
 from dashboard.queries.health import health_checks, health_measurements
 from dashboard.queries.host import host_disks, host_over_time, hosts, processes_latest, processes_over_time
-from dashboard.queries.latency import endpoint_percentiles, latency_over_time
+from dashboard.queries.latency import endpoint_percentiles, latency_over_time, typical_percentiles
 from dashboard.queries.pipeline import (
     collector_rejects,
     ingest_sources,
@@ -140,6 +140,7 @@ __all__ = [
     "source_notes",
     "totals",
     "traffic_over_time",
+    "typical_percentiles",
     "unpriced_models",
     "user_costs",
 ]

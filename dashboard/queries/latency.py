@@ -103,3 +103,21 @@ def latency_over_time(
     df, _ = run_query(LATENCY_OVER_TIME_SQL, params, con=con)
     df.attrs["bucket_seconds"] = step
     return df
+
+
+def typical_percentiles(endpoints: pd.DataFrame, mix: pd.DataFrame | None = None) -> pd.Series:
+    """p50/p95/p99 of a typical request, from `endpoint_percentiles` rows: each endpoint's percentile
+    weighted by its share of the requests. A pooled p50 flips between a fast and a slow endpoint as
+    the traffic mix moves; this moves only when endpoints get faster or slower, or busier.
+
+    With `mix` (another period's `endpoint_percentiles`), its requests are the weights: the previous
+    period judged with this period's traffic mix, so the change between the two is latency alone.
+    Endpoints in only one of the two are left out."""
+    columns = [name for _, name in QUANTILES]
+    weights = endpoints if mix is None else endpoints.drop(columns="requests").merge(
+        mix[["service", "endpoint", "requests"]], on=["service", "endpoint"])
+    weights = weights.dropna(subset=columns)
+    if weights.empty or not weights["requests"].sum():
+        return pd.Series(float("nan"), index=columns)
+    share = weights["requests"] / weights["requests"].sum()
+    return weights[columns].mul(share, axis=0).sum()
