@@ -12,6 +12,7 @@ import streamlit as st
 from genai_prices import Usage, calc_price
 from helpers import run_app, shown_text
 
+from collectors import formatting as fmt
 from collectors import sdk
 from collectors.daemon import Collector
 from collectors.store import migrate, write
@@ -78,7 +79,7 @@ def test_cost_page_answers_the_four_questions(seeded):
     assert at.title[0].value == "Cost"
     assert [h.value for h in at.subheader] == SUBHEADERS
     # spend: exactly what genai-prices says, cache hits not paid
-    assert metric(at, "LLM spend").value == f"${seeded:,.2f}"
+    assert metric(at, "LLM spend").value == fmt.money(seeded)
     # unpriced calls are said, with how to price them
     [warning] = at.warning
     assert "4 calls (3,600 tokens) have no price" in warning.value and "acme-local-7b (4)" in shown_text(warning.value)

@@ -9,53 +9,43 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
+from collectors.formatting import money
 from collectors.health.settings import configured_thresholds
 from collectors.store import db_path, utcnow
 from collectors.store.connection import DEFAULT_DB
-from dashboard import charts, widgets
+from dashboard import charts, columns, widgets
 
 st.title("Cost")
 filters = widgets.sidebar_filters()
 
-NUM, TEXT, USD = st.column_config.NumberColumn, st.column_config.TextColumn, "$%.4f"
-WHEN = st.column_config.DatetimeColumn
+TEXT, COUNT, USD, WHEN = columns.text, columns.count, columns.usd, columns.when
 COLUMNS = {
     "service": TEXT("Service"), "endpoint": TEXT("Endpoint"), "provider": TEXT("Provider"), "model": TEXT("Model"),
-    "requests": NUM("Requests", format="localized"),
-    "llm_requests": NUM("With LLM calls", format="localized", help="Requests that made at least one LLM call"),
-    "calls": NUM("Calls", format="localized"), "cache_hit_calls": NUM("From cache", format="localized",
-                                                                     help="Calls answered by the app's own cache"),
-    "calls_per_request": NUM("Calls / request", format="%.2f"),
-    "mean_usd": NUM("Mean", format=USD), "p50_usd": NUM("p50", format=USD), "p95_usd": NUM("p95", format=USD),
-    "max_usd": NUM("Max", format=USD), "total_usd": NUM("Total", format="$%.2f"),
-    "compute_usd": NUM("Compute", format="$%.6f", help="CPU of the watched processes × the configured $/core-hour"),
-    "spend_usd": NUM("Spend", format="$%.4f"), "saved_usd": NUM("Saved", format="$%.4f"),
-    "cost_usd": NUM("Cost", format="$%.6f"), "cost_per_call_usd": NUM("Per call", format="$%.6f"),
-    "input_tokens": NUM("Input tokens", format="localized"), "output_tokens": NUM("Output tokens", format="localized"),
-    "cached_input_tokens": NUM("Cached input", format="localized", help="Input read from the provider's prompt cache"),
-    "cache_write_tokens": NUM("Cache writes", format="localized"), "tokens": NUM("Tokens", format="localized"),
-    "avg_latency_ms": NUM("Mean latency (ms)", format="%.0f"),
-    "output_tokens_per_s": NUM("Output tokens / s", format="%.0f"),
-    "price_version": TEXT("Priced with"), "unpriced_calls": NUM("Unpriced", format="localized"),
-    "user_id": TEXT("User"), "last_call": WHEN("Last call (UTC)", format="YYYY-MM-DD HH:mm"),
-    "ts": WHEN("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"), "request_id": TEXT("Request"),
-    "duration_ms": NUM("Duration (ms)", format="%.0f"), "models": TEXT("Models"),
-    "latency_ms": NUM("Latency (ms)", format="%.0f"), "cache_hit": st.column_config.CheckboxColumn("From cache"),
-    "hit_rate": NUM("Hit rate", format="percent"),
-    "saved_result_cache_usd": NUM("Saved: answered from cache", format="$%.4f"),
-    "saved_cache_read_usd": NUM("Saved: prompt-cache reads", format="$%.4f"),
-    "first_seen": WHEN("First seen (UTC)", format="YYYY-MM-DD HH:mm"),
-    "last_seen": WHEN("Last seen (UTC)", format="YYYY-MM-DD HH:mm"),
+    "requests": COUNT("Requests"), "llm_requests": COUNT("With LLM calls", help="Requests that made at least one LLM call"),
+    "calls": COUNT("Calls"), "cache_hit_calls": COUNT("From cache", help="Calls answered by the app's own cache"),
+    "calls_per_request": columns.decimal("Calls / request"),
+    "mean_usd": USD("Mean"), "p50_usd": USD("p50"), "p95_usd": USD("p95"), "max_usd": USD("Max"),
+    "total_usd": USD("Total", decimals=2),
+    "compute_usd": USD("Compute", decimals=6, help="CPU of the watched processes × the configured $/core-hour"),
+    "spend_usd": USD("Spend", help="Priced calls only: empty when none was priced"), "saved_usd": USD("Saved"),
+    "cost_usd": USD("Cost", decimals=6), "cost_per_call_usd": USD("Per call", decimals=6),
+    "input_tokens": COUNT("Input tokens"), "output_tokens": COUNT("Output tokens"),
+    "cached_input_tokens": COUNT("Cached input", help="Input read from the provider's prompt cache"),
+    "cache_write_tokens": COUNT("Cache writes"), "tokens": COUNT("Tokens"),
+    "avg_latency_ms": columns.ms("Mean latency (ms)", decimals=0),
+    "output_tokens_per_s": columns.decimal("Output tokens / s", decimals=0),
+    "price_version": TEXT("Priced with"), "unpriced_calls": COUNT("Unpriced"),
+    "user_id": TEXT("User"), "last_call": WHEN("Last call (UTC)"),
+    "ts": WHEN("Time (UTC)", seconds=True), "request_id": TEXT("Request"),
+    "duration_ms": columns.ms("Duration (ms)", decimals=0), "models": TEXT("Models"),
+    "latency_ms": columns.ms("Latency (ms)", decimals=0), "cache_hit": st.column_config.CheckboxColumn("From cache"),
+    "hit_rate": columns.percent("Hit rate"),
+    "saved_result_cache_usd": USD("Saved: answered from cache"), "saved_cache_read_usd": USD("Saved: prompt-cache reads"),
+    "first_seen": WHEN("First seen (UTC)"), "last_seen": WHEN("Last seen (UTC)"),
 }
 HOW_TO = ("LLM calls are recorded by `sdk.record_llm_call(...)` or the OpenAI / Anthropic integrations "
           "(`collectors.integrations.llm`), and priced as the collector ingests them.")
 GROUPINGS = {"Model": "model", "Endpoint": "endpoint", "Service": "service"}
-
-
-def money(x: float | None, digits: int = 2) -> str:
-    if x is None or pd.isna(x):
-        return "–"
-    return f"${x:,.{digits}f}" if abs(x) >= 0.01 or x == 0 else f"${x:,.6f}"
 
 
 def shown(df: pd.DataFrame) -> dict:
@@ -90,9 +80,9 @@ def headline(t: pd.Series, overall: pd.Series, budget: pd.DataFrame, target: flo
     p95 = overall.p95_usd if overall.requests else None
     cards = [
         ("LLM spend", money(t.spend_usd), f"{t.calls:,} calls, {t.unpriced_calls:,} unpriced", None),
-        ("p95 per request", money(p95, 4),
+        ("p95 per request", money(p95),
          f"Over the {overall.requests:,} requests of the endpoints that call an LLM: mean "
-         f"{money(overall.mean_usd, 4)}, p50 {money(overall.p50_usd, 4)}, max {money(overall.max_usd, 4)}; "
+         f"{money(overall.mean_usd)}, p50 {money(overall.p50_usd)}, max {money(overall.max_usd)}; "
          f"target {money(target)}",
          None if p95 is None else "over target" if p95 > target else "within target"),
         ("Saved by caching", money(t.saved_result_cache_usd + t.saved_cache_read_usd),

@@ -135,8 +135,9 @@ SELECT provider,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        CAST(sum(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
        CAST(coalesce(sum(cache_write_tokens), 0) AS BIGINT) AS cache_write_tokens,
-       CAST(coalesce(sum(cost_usd), 0) AS DOUBLE) AS spend_usd,
-       CAST(coalesce(sum(saved_usd), 0) AS DOUBLE) AS saved_usd,
+       -- Unknown (NULL) for a model no call of which was priced: not $0.
+       CAST(sum(cost_usd) AS DOUBLE) AS spend_usd,
+       CAST(sum(saved_usd) AS DOUBLE) AS saved_usd,
        -- The model's own latency: a result-cache hit never reached it.
        avg(latency_ms) FILTER (WHERE NOT cache_hit) AS avg_latency_ms,
        {TOKENS_PER_S} AS output_tokens_per_s,
@@ -146,7 +147,7 @@ SELECT provider,
 FROM llm_calls
 WHERE {RANGE}
 GROUP BY provider, model
-ORDER BY spend_usd DESC, calls DESC, provider, model
+ORDER BY spend_usd DESC NULLS LAST, calls DESC, provider, model
 """
 
 
