@@ -42,7 +42,7 @@ def demo_store(tmp_path_factory):
     sdk.configure(service="shop-api", transport=f"spool:{data / 'spool'}")
     stop = threading.Event()
     threading.Timer(2.0, stop.set).start()
-    live = run_live(Shop(engine, version=VERSION_AFTER), stop, lambda _ts: 25.0)
+    live = run_live(Shop(engine, version=VERSION_AFTER, seed=101), stop, lambda _ts: 25.0)   # as the demo: its own seed
     sdk.shutdown()
     engine.dispose()
     collector = Collector(data / "perfdeck.duckdb", spool_dir=data / "spool")
@@ -204,6 +204,7 @@ def test_perfdeck_demo_command_end_to_end(tmp_path):
     assert f"dashboard at http://localhost:{port}" in text
     assert re.search(r"operator password for this run: \S{16,}", text)     # served on loopback
     assert "perfdeck demo: stopped" in text
+    assert re.search(r"made up [\d,]+ host samples", text), text
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
     assert not list((data / "spool").glob("*.batch"))      # everything flushed was ingested
@@ -363,6 +364,7 @@ def test_warming_fills_the_caches_and_records_nothing(demo_store):
 
 def test_gap_fill_after_the_slow_build_resumes_at_the_version_after(demo_store, tmp_path):
     from collectors.demo.runner import last_deploy_version
+    from collectors.demo.workload import VERSION_ROLLBACK, VERSION_SLOW, running_version
 
     engine = open_database(demo_store["data"] / "shop.sqlite")
     end = time.time()
@@ -376,7 +378,152 @@ def test_gap_fill_after_the_slow_build_resumes_at_the_version_after(demo_store, 
         deploys = con.execute("SELECT service, version, epoch(ts) FROM deploys").fetchall()
     finally:
         con.close()
-    assert [(s, v) for s, v, _ in deploys] == [("shop-api", VERSION_AFTER)]
+    # a rollback from the slow build, labelled as one (a plain v1.8.0 would stand for the first deploy)
+    assert [(s, v) for s, v, _ in deploys] == [("shop-api", VERSION_ROLLBACK)]
     assert deploys[0][2] == pytest.approx(end - 600)        # at the start of the gap, before its traffic
-    assert last_deploy_version(tmp_path / "perfdeck.duckdb") == VERSION_AFTER
+    assert last_deploy_version(tmp_path / "perfdeck.duckdb") == VERSION_ROLLBACK
+    assert running_version(VERSION_ROLLBACK) == VERSION_AFTER and running_version(VERSION_SLOW) == VERSION_SLOW
     assert last_deploy_version(tmp_path / "missing.duckdb") is None
+
+
+# -- durations drawn per endpoint, the host's history, its own processes, the rollback marker ----------------
+def test_durations_spread_like_production(demo_store):
+    rows = demo_store["con"].execute("""
+        SELECT service, endpoint, count(*), count(DISTINCT duration_ms), quantile_cont(duration_ms, 0.5),
+               quantile_cont(duration_ms, 0.95), quantile_cont(duration_ms, 0.99)
+        FROM request_events GROUP BY ALL HAVING count(*) >= 300""").fetchall()
+    assert {e for _, e, *_ in rows} >= {"/products/{id}", "/search", "/customers/{id}/orders", "/recommendations"}
+    for service, endpoint, n, distinct, p50, p95, p99 in rows:
+        assert distinct > 0.99 * n, (endpoint, n, distinct)         # no replayed durations repeating
+        assert p95 > 1.3 * p50 and p99 > 1.05 * p95, (endpoint, p50, p95, p99)
+
+
+def test_a_request_lasts_at_least_its_llm_calls(demo_store):
+    joined, shorter = demo_store["con"].execute("""
+        WITH calls AS (SELECT request_id, sum(latency_ms) AS llm_ms FROM llm_calls GROUP BY request_id)
+        SELECT count(*), count(*) FILTER (WHERE r.duration_ms < c.llm_ms)
+        FROM request_events r JOIN calls c USING (request_id)""").fetchone()
+    assert joined > 100 and shorter == 0
+
+
+def test_search_stays_under_the_default_target_until_the_slow_build():
+    """/search keeps the default p95 target (200 ms): its 3-minute windows at the live floor's rate
+    (36 requests) must stay under it, so the demo opens healthy; v1.7.3 is well over 3x faster."""
+    import random
+
+    import numpy as np
+
+    from collectors.demo.live import LIVE_MIN_SHOP_RPS
+    from collectors.demo.workload import VERSION_BEFORE, own_ms
+
+    rng = random.Random(3)
+    per_window = round(LIVE_MIN_SHOP_RPS * 180 * SHOP_ENDPOINTS["search"][2])
+    assert per_window >= 20                                          # assessed (min_samples)
+    p95s = np.array([np.quantile([own_ms("search", VERSION_AFTER, [], rng) for _ in range(per_window)], 0.95)
+                     for _ in range(3000)])
+    assert np.median(p95s) < 130 and (p95s > 200).mean() < 0.005, (np.median(p95s), (p95s > 200).mean())
+    before = np.median([own_ms("search", VERSION_BEFORE, [], rng) for _ in range(5000)])
+    after = np.median([own_ms("search", VERSION_AFTER, [], rng) for _ in range(5000)])
+    assert after > 3 * before
+
+
+def test_host_history_is_labelled_and_covers_the_span(tmp_path):
+    from collectors.demo.host import MARK, backfill_host, host_history
+    from collectors.samplers.system import METRICS, HostSampler
+    from dashboard.queries.host import host_over_time, processes_latest
+
+    end = time.time()
+    rows = host_history("box", end - DAY, end, pids=[os.getpid()])
+    assert rows and all(r[1] == "box" and MARK in r[3].split(",") for r in rows)
+    assert {r[2] for r in rows} <= set(METRICS) and {"cpu.percent", "mem.percent", "proc.rss_bytes"} <= {r[2] for r in rows}
+    cpu = [r[4] for r in rows if r[2] == "cpu.percent"]
+    assert len(cpu) == 1440 and 0 < min(cpu) < max(cpu) <= 100
+
+    collector = Collector(tmp_path / "perfdeck.duckdb", spool_dir=tmp_path / "spool", samplers=[HostSampler()])
+    assert backfill_host(collector, end - DAY, end, pids=[os.getpid()]) > 1440 * 10
+    assert backfill_host(Collector(tmp_path / "other.duckdb", spool_dir=tmp_path / "spool"), end - DAY, end) == 0
+    from datetime import datetime, timezone
+    since = datetime.fromtimestamp(end - DAY, timezone.utc).replace(tzinfo=None)
+    until = datetime.fromtimestamp(end, timezone.utc).replace(tzinfo=None)
+    con = duckdb.connect(str(tmp_path / "perfdeck.duckdb"), read_only=True)
+    try:
+        over_time = host_over_time(con, since=since, until=until)
+        procs = processes_latest(con, since=since, until=until)
+    finally:
+        con.close()
+    assert over_time["cpu_percent"].notna().sum() >= 0.9 * len(over_time) > 50     # the Host page's 24 h chart
+    assert list(procs["pid"]) == [os.getpid()]
+
+
+def test_the_demo_watches_its_own_processes_only(tmp_path, no_user_config):
+    from collectors import config
+    from collectors.demo.runner import demo_config, watch_own_processes
+
+    cfg = demo_config(tmp_path / "demo")
+    assert not cfg["host"].get("processes")                          # no command-line patterns
+    collector = Collector(tmp_path / "perfdeck.duckdb", spool_dir=tmp_path / "spool",
+                          samplers=config.build_samplers(cfg))
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleeper + ["collectors.demo.live"])
+    foreign = subprocess.Popen(sleeper + ["streamlit", "run", "someone_elses_app.py"])   # not the demo's
+    try:
+        assert watch_own_processes(collector, ours, None) == [ours.pid]
+        host = next(t.sampler for t in collector.sampler_threads if t.sampler.kind == "host")
+        from datetime import datetime
+        labels = {r[3] for rows in host.collect(datetime.now()) for r in rows.rows if r[2].startswith("proc.")}
+    finally:
+        for proc in (ours, foreign):
+            proc.kill()
+            proc.wait()
+    pids = {int(label.split("pid=")[1]) for label in labels}
+    assert pids == {os.getpid(), ours.pid}
+
+
+def test_compare_after_a_rollback_still_means_the_first_deploy(tmp_path):
+    from click.testing import CliRunner
+
+    from collectors.cli import main
+    from collectors.demo.live import SlowSwitch
+    from collectors.demo.workload import VERSION_ROLLBACK, VERSION_SLOW
+    from dashboard.demo_switch import SWITCH_FILE, write_switch
+
+    data = tmp_path / "demo"
+    engine = open_database(data / "shop.sqlite")
+    end = time.time() - 3600
+    report = backfill(data, days=0.1, end=end, engine=engine, progress=lambda _line: None)
+    clock = type("Clock", (), {"now": end + 60, "__call__": lambda self: self.now})()
+    sdk.configure(service="shop-api", transport=f"spool:{data / 'spool'}", clock=clock, control=False)
+    shop = Shop(engine, version=VERSION_AFTER, seed=3, clock=clock)
+    switch = SlowSwitch(data / SWITCH_FILE, shop, history_version=VERSION_AFTER)
+    write_switch(data / SWITCH_FILE, True, now=clock.now)
+    assert switch.poll(force=True)
+
+    def searches(start: float) -> None:                  # traffic on both sides of the rollback
+        for i in range(25):
+            clock.now = start + 10 * i
+            shop.serve("search")
+
+    searches(end + 300)
+    clock.now = end + 900
+    write_switch(data / SWITCH_FILE, False, now=clock.now)
+    assert switch.poll(force=True)
+    searches(end + 901)
+    sdk.shutdown()
+    engine.dispose()
+    Collector(data / "perfdeck.duckdb", spool_dir=data / "spool").run_once()
+    con = duckdb.connect(str(data / "perfdeck.duckdb"), read_only=True)
+    try:
+        marks = con.execute("SELECT version FROM deploys WHERE service = 'shop-api' ORDER BY ts").fetchall()
+    finally:
+        con.close()
+    assert [v for (v,) in marks] == ["v1.7.3", VERSION_AFTER, VERSION_SLOW, VERSION_ROLLBACK]
+
+    def deployed(version: str) -> str:
+        result = CliRunner().invoke(main, ["compare", "--deploy", version, "--span", "10m",
+                                           "--db", str(data / "perfdeck.duckdb")])
+        assert result.exit_code in (0, 1), result.output
+        return re.search(r"deployed (\d{4}-\d\d-\d\d \d\d:\d\d)", result.output).group(1)
+
+    minute = lambda ts: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))    # noqa: E731
+    assert deployed(VERSION_AFTER) == minute(report.deploy_at)      # the deploy that brought the regression
+    assert deployed(VERSION_ROLLBACK) == minute(end + 900)

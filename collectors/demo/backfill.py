@@ -9,11 +9,12 @@ How it stays fast and honest: running every simulated request for real would tak
 miss on /customers/{id}/orders is a ~10 ms full scan). So each endpoint runs for real on a sample,
 spread evenly over the simulated span and paced by a wall-clock budget (cheap endpoints get many real
 runs, expensive ones fewer, every endpoint at least a few). Every real run is recorded as it
-happened and keeps its trace (durations, queries, cache outcomes, LLM calls). Every other simulated
-request is a replay of one of the recent real traces of the same endpoint and version, drawn at
-random, with a new request id, user and time. So every duration recorded comes from a real measurement
-on this machine (plus the workload's labelled stand-in latencies: LLM provider, payment, SMTP,
-network), and cache hit rates are the hit rates the real runs saw."""
+happened and keeps its trace (queries, cache outcomes, LLM calls, stand-in waits). Every other
+simulated request is a replay of one of the recent real traces of the same endpoint and version, drawn
+at random, with a new request id, user and time: its query and cache events are the real run's
+measurements, and its duration is drawn afresh like every request's (collectors.demo.workload.LATENCY
+and MISS_COST for its real cache outcomes, its stand-in waits with a little jitter). So cache hit
+rates and query times are what the real runs saw here, and no two requests share a duration."""
 from __future__ import annotations
 
 import math
@@ -25,7 +26,15 @@ from pathlib import Path
 from time import perf_counter
 
 from collectors import sdk
-from collectors.demo.workload import VERSION_AFTER, VERSION_BEFORE, Shop, Worker, open_database, replay
+from collectors.demo.workload import (
+    VERSION_AFTER,
+    VERSION_BEFORE,
+    VERSION_ROLLBACK,
+    Shop,
+    Worker,
+    open_database,
+    replay,
+)
 
 DAY = 86_400.0
 MIN_POOL = 12           # real runs per endpoint and version before replays start
@@ -94,8 +103,9 @@ def _events(trace) -> int:
 
 def backfill_service(app, service: str, rate, *, start: float, end: float, transport: str,
                      real_budget_s: float, deploy_at: float | None = None, first_version: str | None = None,
-                     progress=print, stop=None, seed: int = 11) -> ServiceReport:
-    """Fast-forward `app` from `start` to `end` (epoch seconds) as `service`."""
+                     first_marker: str | None = None, progress=print, stop=None, seed: int = 11) -> ServiceReport:
+    """Fast-forward `app` from `start` to `end` (epoch seconds) as `service`, running `first_version`
+    from the start (marked as a deploy of `first_marker`, default `first_version`)."""
     rng = random.Random(seed)
     clock = SimClock(start)
     sdk.configure(service=service, transport=transport, flush_interval=0.5, max_buffer=2_000_000, clock=clock)
@@ -106,7 +116,7 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
     pools: dict[tuple[str, str], deque] = {}
     if first_version:
         app.version = first_version
-        sdk.mark_deploy(first_version)
+        sdk.mark_deploy(first_marker or first_version)
     span = end - start
     t, next_report, wall0 = start, 0.1, perf_counter()
     while True:
@@ -132,7 +142,7 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
             report.real += 1
         else:
             trace = pool[rng.randrange(len(pool))]
-            replay(trace, f"{rng.getrandbits(64):016x}", app.user())
+            replay(trace, f"{rng.getrandbits(64):016x}", app.user(), version=app.version, rng=rng)
         report.requests += 1
         report.events += _events(trace)
         if report.requests % 2048 == 0:
@@ -155,8 +165,8 @@ def backfill(data_dir: Path, *, days: float, end: float | None = None, start: fl
     before `end`, which defaults to now). With `with_deploy`, the shop starts at VERSION_BEFORE and a
     deploy of VERSION_AFTER happens about a day before the end (or 35 % of the span if shorter); else
     it runs VERSION_AFTER throughout (the gap-fill of a re-run), marked at its start with
-    `mark_resume` (a demo stopped while it ran the slow build resumes its history at VERSION_AFTER:
-    the demo switch never reaches the backfill). Leaves the SDK configured with the
+    `mark_resume` (a demo stopped while it ran the slow build resumes its history at VERSION_AFTER,
+    marked VERSION_ROLLBACK: the demo switch never reaches the backfill). Leaves the SDK configured with the
     simulated clock: the caller reconfigures it (or calls sdk.shutdown())."""
     data_dir = Path(data_dir)
     end = time.time() if end is None else end
@@ -175,6 +185,7 @@ def backfill(data_dir: Path, *, days: float, end: float | None = None, start: fl
         shop, "shop-api", shop_rate, start=start, end=end, transport=transport,
         real_budget_s=real_budget_s * 0.85, deploy_at=deploy_at,
         first_version=VERSION_BEFORE if with_deploy else VERSION_AFTER if mark_resume else None,
+        first_marker=VERSION_ROLLBACK if mark_resume and not with_deploy else None,
         progress=progress, stop=stop))
     if not (stop is not None and stop.is_set()):
         worker = Worker(engine)

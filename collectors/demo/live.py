@@ -12,7 +12,8 @@ While it serves, the app's in-process caches are registered with sdk.register_ca
 dashboard's "Clear an in-process cache" action reaches them (the backfill's throwaway apps are not).
 
 The live shop also follows the dashboard's demo switch (SlowSwitch): "Deploy a slow build" deploys
-VERSION_SLOW, switching it off rolls back to VERSION_AFTER, each with a deploy marker.
+VERSION_SLOW, switching it off rolls back to VERSION_AFTER, each with a deploy marker (the rollback's
+labelled VERSION_ROLLBACK).
 
 Live shop traffic never drops below LIVE_MIN_SHOP_RPS, even at night: the health checks assess an
 endpoint only with enough requests in their 3-minute window (min_samples), and the demo's switch must
@@ -45,15 +46,17 @@ class SlowSwitch:
     """Applies the dashboard's demo switch (dashboard.demo_switch: a JSON file) to the live shop.
 
     On: the shop runs VERSION_SLOW from now on (its /search wait ramps up from `slow_since`), with a
-    deploy marker. Off: back to VERSION_AFTER, with a marker (the rollback). At start the file's state
-    is applied too; it is marked, as a new deploy, only when it differs from `history_version`, the
-    version the store's history ends with (None: unknown, never marked). A restarted demo thus keeps a
-    slow build and its ramp without a second marker."""
+    deploy marker. Off: back to VERSION_AFTER, with a VERSION_ROLLBACK marker (the rollback: a plain
+    VERSION_AFTER marker would stand for the original deploy in Compare). At start the file's state
+    is applied too; it is marked, as a new deploy, only when it differs from the version the store's
+    history ends with (`history_version`, a deploy marker; None: unknown, never marked). A restarted
+    demo thus keeps a slow build and its ramp without a second marker."""
 
     def __init__(self, path: Path, shop, *, history_version: str | None = None):
-        from collectors.demo.workload import VERSION_AFTER, VERSION_SLOW
+        from collectors.demo.workload import VERSION_AFTER, VERSION_SLOW, running_version
 
         self.path, self.shop = Path(path), shop
+        history_version = running_version(history_version)
         self.slow = False
         self._checked = time.monotonic()
         self._stamp = self._stat()
@@ -87,13 +90,13 @@ class SlowSwitch:
         return True
 
     def _apply(self, slow: bool, *, since: float, mark: bool = True) -> None:
-        from collectors.demo.workload import VERSION_AFTER, VERSION_SLOW
+        from collectors.demo.workload import VERSION_AFTER, VERSION_ROLLBACK, VERSION_SLOW
 
         self.slow = slow
         self.shop.version = VERSION_SLOW if slow else VERSION_AFTER
         self.shop.slow_since = since if slow else None
         if mark:
-            sdk.mark_deploy(self.shop.version)
+            sdk.mark_deploy(VERSION_SLOW if slow else VERSION_ROLLBACK)
 
 
 def live_caches(app) -> list:

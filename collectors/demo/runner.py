@@ -144,15 +144,44 @@ DEMO_ALERTS = {"window": "3m", "for": "1m", "interval": "30s"}
 DEMO_THRESHOLDS = Path(__file__).resolve().with_name("thresholds.toml")
 
 
+def watch_own_processes(collector, *procs) -> list[int]:
+    """Have the collector's host sampler watch these processes of ours (Popen objects or pids) by pid:
+    the demo's own process is watched anyway, its children (dashboard, live worker) join it here. By
+    pid, not by command line: a "streamlit run" pattern would watch every user's dashboard on the
+    machine. Returns the pids added."""
+    from collectors.samplers.system import HostSampler
+
+    pids = [p if isinstance(p, int) else p.pid for p in procs if p is not None]
+    for thread in collector.sampler_threads:
+        if isinstance(thread.sampler, HostSampler):
+            # a new set, not update(): the sampler's thread may be iterating over the old one
+            thread.sampler.pids = thread.sampler.pids | set(pids)
+    return pids
+
+
+def backfill_host_quietly(collector, start: float, end: float, pids: list[int]) -> None:
+    """collectors.demo.host.backfill_host, saying what it did; a failure is said, never raised (the
+    Host page then only has the live samples)."""
+    from collectors.demo.host import backfill_host
+
+    try:
+        n = backfill_host(collector, start, end, pids=pids)
+    except Exception as exc:   # noqa: BLE001 - made-up history is a nicety; the demo goes on without it
+        say(f"perfdeck demo: no host history ({type(exc).__name__}: {exc})")
+        return
+    if n:
+        say(f"perfdeck demo: made up {n:,} host samples for the backfilled span (labelled demo=backfill)")
+
+
 def demo_config(data_dir: Path) -> dict:
-    """The host (with the demo's own processes), the shop's SQLite database, and any Redis or
+    """The host (its processes: the ones perfdeck.toml names; the demo adds its own by pid, see
+    watch_own_processes), the shop's SQLite database, and any Redis or
     database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS; the demo's
     budgets, alert timing and thresholds file where perfdeck.toml does not set them (the
     environment overrides both when the settings are read)."""
     from collectors import config
 
     cfg = config.load()
-    cfg["host"].setdefault("processes", ["cmd:collectors\\.demo\\.live", "cmd:streamlit run"])
     for key, value in DEMO_COST.items():
         cfg.setdefault("cost", {}).setdefault(key, value)
     alerts = cfg.setdefault("alerts", {})
@@ -169,7 +198,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     from collectors.daemon import Collector
     from collectors.demo.backfill import DAY, backfill
     from collectors.demo.live import SlowSwitch, live_shop_rate, run_live
-    from collectors.demo.workload import VERSION_AFTER, Shop, open_database
+    from collectors.demo.workload import VERSION_AFTER, Shop, open_database, running_version
     from collectors.health.alerts import from_config
     from collectors.pricing import PriceBook
     from dashboard.demo_switch import SWITCH_FILE
@@ -186,7 +215,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    collector = collector_thread = dash = worker = engine = None
+    collector = collector_thread = dash = worker = engine = host_thread = None
     code = 0
     try:
         last, last_version = last_event_ts(db), last_deploy_version(db)
@@ -204,6 +233,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             port = resolve_port(port)
             env, password = dashboard_targets(data_dir)
             dash = start_dashboard(db, port, env)
+            watch_own_processes(collector, dash)
             say(f"perfdeck demo: dashboard at http://localhost:{port} — Ctrl-C to stop")
             if password:
                 say(f"perfdeck demo: operator password for this run: {password} "
@@ -220,7 +250,13 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         say(f"perfdeck demo: data in {data_dir} (store {db.name}, spool {spool.name}/, shop.sqlite)")
 
         now = time.time()
-        history_version = last_version or VERSION_AFTER          # what the history ends with, once filled
+        history_version = running_version(last_version) or VERSION_AFTER    # what the history ends with, once filled
+        if backfill_days > 0 and (last is None or now - last > GAP_FILL_MIN_S):
+            # Made-up host samples for the same span (labelled demo=backfill), alongside the requests.
+            host_from = now - backfill_days * DAY if last is None else max(last, now - backfill_days * DAY)
+            host_thread = threading.Thread(target=backfill_host_quietly, name="perfdeck-demo-host",
+                                           args=(collector, host_from, now, [os.getpid()] + ([dash.pid] if dash else [])))
+            host_thread.start()
         if last is None:
             say(f"perfdeck demo: backfilling {backfill_days:g} days of history in fast-forward")
             report = backfill(data_dir, days=backfill_days, end=now, engine=engine, stop=stop, progress=say)
@@ -240,6 +276,8 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
                 f"{report.requests:,} requests, {report.events:,} events ({real:,} requests run for real, "
                 f"the rest replayed from them; {report.dropped} dropped)"
                 + (" — interrupted" if report.interrupted else ""))
+        if host_thread is not None:
+            host_thread.join()
         collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
 
         if not stop.is_set():
@@ -248,6 +286,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             shop.warm_caches()
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
             worker = start_live_worker(data_dir)
+            watch_own_processes(collector, worker)
             say(f"perfdeck demo: live traffic running (started {time.monotonic() - t0:.1f} s ago)")
             # A switch left on over a history that ends at VERSION_AFTER is deployed (and marked) again.
             switch = SlowSwitch(data_dir / SWITCH_FILE, shop, history_version=history_version)

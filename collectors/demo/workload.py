@@ -9,13 +9,16 @@
 - A stand-in LLM client (FakeLLMClient) returning realistic token counts and a realistic latency, with
   a response cache in front of it.
 
-What is real and what is not: every SQL statement, cache lookup and Python step runs and is timed on
-this machine. What cannot happen here is simulated, and labelled where it is drawn: the LLM provider's
-latency (FakeLLMClient draws it from a lognormal instead of sleeping), the network / web-server
-overhead around a request (a small lognormal), a payment provider's and an SMTP server's latency, the
-time a worker job waited in its queue (there is no real queue; recorded as the job's `wait_ms` tag),
-and the slow build's wait for a database connection (VERSION_SLOW). A request's recorded duration is
-the measured time of its real work plus its simulated parts, nothing else.
+What is real and what is drawn: every SQL statement, cache lookup and Python step runs on this machine,
+and the query and cache events record their measured times. A request's recorded *duration* is drawn
+(seeded): its own time (web server, Python, database round trips) from the per-endpoint, per-version
+distribution of LATENCY, plus MISS_COST for each cache miss it really had (a miss does the slow work
+behind the cache), plus its stand-in waits (`Trace.external_ms`): the LLM provider's latency
+(FakeLLMClient), a payment provider's or an SMTP server's, and the slow build's wait for a database
+connection (VERSION_SLOW). Drawing the own time keeps the demo's latencies the same on a fast laptop
+and a slow VM (measured, v1.8.0's /search alone took 60 ms on one machine and 300 ms on another) and
+gives every request its own duration, so percentiles spread (p50 < p95 < p99) as in production. The
+time a worker job waited in its queue is drawn too (there is no real queue; its `wait_ms` tag).
 
 Each served request also returns a `Trace` of the events it recorded, which the fast-forward backfill
 (collectors.demo.backfill) replays to fill days of history without re-running every query."""
@@ -53,6 +56,10 @@ VERSION_BEFORE, VERSION_AFTER = "v1.7.3", "v1.8.0"
 # /search, so each minute a search waits longer for one, up to SLOW_SEARCH_MAX_MS after SLOW_RAMP_MINUTES.
 # That wait is simulated (no pool, no sleep): added to the recorded duration like the LLM latency.
 VERSION_SLOW = "v1.9.0"
+# A rollback from the slow build runs VERSION_AFTER again, but its deploy marker says so: a second
+# plain "v1.8.0" marker would become the one `perfdeck compare --deploy v1.8.0` and the Compare page
+# pick (the newest of a version), hiding the deploy that brought the regression.
+VERSION_ROLLBACK = f"{VERSION_AFTER}-rollback"
 SLOW_SEARCH_MAX_MS = 1600.0
 SLOW_RAMP_MINUTES = 4.0
 
@@ -72,10 +79,69 @@ WORKER_ENDPOINTS = {
 }
 
 
+def running_version(marker: str | None) -> str | None:
+    """The version a shop runs after the deploy marker `marker` (a rollback runs VERSION_AFTER)."""
+    return VERSION_AFTER if marker == VERSION_ROLLBACK else marker
+
+
 def slow_search_delay_ms(minutes_on: float) -> float:
     """The slow build's connection wait in /search, before jitter: 0 when deployed, rising linearly
     to SLOW_SEARCH_MAX_MS at SLOW_RAMP_MINUTES and staying there."""
     return SLOW_SEARCH_MAX_MS * min(1.0, max(0.0, minutes_on) / SLOW_RAMP_MINUTES)
+
+
+# -- request durations ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """A request's own time, in ms: a lognormal body (median, sigma) and, with probability `tail`, a
+    slow one `tail_x` times as long (itself lognormal, sigma 0.35): a GC pause, a cold connection."""
+    median: float
+    sigma: float
+    tail: float = 0.01
+    tail_x: float = 3.0
+
+    def draw(self, rng: random.Random) -> float:
+        ms = rng.lognormvariate(math.log(self.median), self.sigma)
+        if rng.random() < self.tail:
+            ms *= rng.lognormvariate(math.log(self.tail_x), 0.35)
+        return ms
+
+
+# (endpoint name, version) -> the request's own time; version None: any version not listed. The one
+# table of the demo's latencies (the stand-in waits and the cache misses come on top, see MISS_COST).
+# /search at v1.8.0 must stay under the default p95 target (200 ms) in 3-minute windows: its p95 is
+# ~105 ms, a window's p95 over 200 ms about once in 700. v1.7.3's cheap search is ~3.5x faster.
+LATENCY: dict[tuple[str, str | None], Latency] = {
+    ("product", None): Latency(7.0, 0.40),
+    ("customer_orders", None): Latency(12.0, 0.40),
+    ("search", VERSION_BEFORE): Latency(16.0, 0.35),
+    ("search", None): Latency(56.0, 0.35, tail=0.005, tail_x=2.5),
+    ("recommendations", None): Latency(30.0, 0.40),       # + its LLM calls
+    ("checkout", None): Latency(35.0, 0.35),              # + the payment provider
+    ("health", None): Latency(1.5, 0.30, tail=0.005),
+    ("send_receipt", None): Latency(12.0, 0.40),          # + the SMTP hand-off
+    ("summarize_reviews", None): Latency(20.0, 0.40),     # + its LLM call
+    ("daily_sales_report", None): Latency(210.0, 0.25, tail=0.02, tail_x=2.0),
+}
+# (cache, namespace) -> (median ms, sigma) a miss adds: the work behind the cache (orders: a full scan).
+MISS_COST: dict[tuple[str, str], tuple[float, float]] = {
+    ("product_lru", "product"): (3.0, 0.40),
+    ("customer_lru", "profile"): (2.0, 0.40),
+    ("customer_lru", "orders"): (45.0, 0.35),
+}
+
+
+def latency_for(name: str, version: str) -> Latency:
+    return LATENCY.get((name, version)) or LATENCY[name, None]
+
+
+def own_ms(name: str, version: str, cache: list, rng: random.Random) -> float:
+    """A request's drawn own time: its endpoint's body, plus the cost of each of its cache misses."""
+    ms = latency_for(name, version).draw(rng)
+    for cache_name, hit, _lookup_ms, namespace in cache:
+        if not hit and (cost := MISS_COST.get((cache_name, namespace))):
+            ms += rng.lognormvariate(math.log(cost[0]), cost[1])
+    return ms
 
 
 # Simulated queue wait of a worker job before it starts, lognormal (median ms, sigma): receipts and
@@ -159,27 +225,41 @@ _MISS = object()
 @dataclass(slots=True)
 class Trace:
     """Everything one request recorded, so the backfill can replay it."""
+    name: str                                          # the endpoint's key in SHOP_ENDPOINTS / WORKER_ENDPOINTS
     endpoint: str
     method: str
     status: int = 200
-    duration_ms: float = 0.0
-    real_ms: float = 0.0                               # the measured part of duration_ms
+    duration_ms: float = 0.0                           # drawn own time + external_ms
+    real_ms: float = 0.0                               # how long its real work took here (not recorded)
+    external_ms: float = 0.0                           # its stand-in waits: LLM, payment, SMTP, slow build
     queries: list = field(default_factory=list)        # (sql, ms)
     cache: list = field(default_factory=list)          # (cache, hit, lookup_ms, namespace)
     llm: list = field(default_factory=list)            # kwargs of sdk.record_llm_call minus ids/user
     tags: dict = field(default_factory=dict)           # extra tags of the request, e.g. a job's wait_ms
 
 
-def replay(trace: Trace, request_id: str, user: str | None) -> None:
-    """Record `trace` again as a new request (new id and user; the clock gives the new time)."""
+def replay(trace: Trace, request_id: str, user: str | None, *, version: str, rng: random.Random) -> float:
+    """Record `trace` again as a new request (new id and user; the clock gives the new time): the same
+    cache, query and LLM events, a new own time drawn for `version`, and its stand-in waits scaled by a
+    small jitter, each LLM call's latency drawn again for its model, tokens and cache outcome. Returns the duration recorded."""
     for cache, hit, ms, namespace in trace.cache:
         sdk.record_cache(cache, hit, ms, namespace=namespace)
     for sql, ms in trace.queries:
         sdk.record_query(sql, ms, database="shop")
-    for call in trace.llm:
+    external = trace.external_ms
+    if external:
+        llm = [call | {"latency_ms": llm_latency_ms(call["model"], call["output_tokens"], call["cache_hit"], rng)}
+               for call in trace.llm]
+        rest = max(0.0, external - sum(call["latency_ms"] for call in trace.llm))     # payment, SMTP
+        external = rest * rng.lognormvariate(0.0, 0.2) + sum(call["latency_ms"] for call in llm)
+    else:
+        llm = trace.llm
+    for call in llm:
         sdk.record_llm_call(request_id=request_id, user=user, **call)
-    sdk.record_request(trace.endpoint, trace.duration_ms, trace.status, trace.method,
+    duration = own_ms(trace.name, version, trace.cache, rng) + external
+    sdk.record_request(trace.endpoint, duration, trace.status, trace.method,
                        request_id=request_id, user=user, **trace.tags)
+    return duration
 
 
 # -- the stand-in LLM ----------------------------------------------------------------------------
@@ -191,6 +271,14 @@ MODELS = {
     "claude-sonnet-4": ("anthropic", 1900.0),
     "acme-local-7b": (None, 450.0),          # self-hosted, unknown to any price list
 }
+
+
+def llm_latency_ms(model: str, output_tokens: int, cache_hit: bool, rng: random.Random) -> float:
+    """The stand-in provider's latency: lognormal around the model's median scaled by the output
+    length; an answer from our own response cache takes ~1.5 ms."""
+    if cache_hit:
+        return rng.lognormvariate(math.log(1.5), 0.4)
+    return rng.lognormvariate(math.log(MODELS[model][1] * (0.4 + output_tokens / 500)), 0.35)
 
 
 class FakeLLMClient:
@@ -214,17 +302,17 @@ class FakeLLMClient:
         """One completion; records it and returns the (simulated) latency in ms."""
         rng = self.rng
         cached, hit = self.cache.get(model, prompt_key, trace)
-        provider, median = MODELS[model]
+        provider = MODELS[model][0]
         if hit:
             input_tokens, output_tokens = cached
-            latency = rng.lognormvariate(math.log(1.5), 0.4)  # answered from our own cache
+            latency = llm_latency_ms(model, output_tokens, True, rng)     # answered from our own cache
             call = dict(model=model, provider=provider, input_tokens=input_tokens, output_tokens=output_tokens,
                         cached_input_tokens=0, endpoint=endpoint, cache_hit=True, latency_ms=latency)
         else:
             input_tokens = int(min(3000, max(300, rng.lognormvariate(math.log(900), 0.55))))
             output_tokens = int(min(600, max(50, rng.lognormvariate(math.log(180), 0.6))))
             cached_input = int(input_tokens * rng.choice((0.0, 0.0, 0.25, 0.5, 0.8)))
-            latency = rng.lognormvariate(math.log(median * (0.4 + output_tokens / 500)), 0.35)
+            latency = llm_latency_ms(model, output_tokens, False, rng)
             self.cache.put(model, prompt_key, (input_tokens, output_tokens))
             call = dict(model=model, provider=provider, input_tokens=input_tokens, output_tokens=output_tokens,
                         cached_input_tokens=cached_input, endpoint=endpoint, cache_hit=False, latency_ms=latency)
@@ -332,7 +420,7 @@ class App:
     def serve(self, name: str, *, user: str | None = None, request_id: str | None = None) -> Trace:
         """Run one request for real, record it, and return its trace."""
         path, method, _ = self.endpoints[name]
-        trace = Trace(path, method)
+        trace = Trace(name, path, method)
         wait_ms = self.queue_wait_ms(name)
         if wait_ms is not None:
             trace.tags["wait_ms"] = round(wait_ms, 1)
@@ -340,13 +428,11 @@ class App:
         request_id = request_id or f"{self.rng.getrandbits(64):016x}"
         t0 = perf_counter()
         try:
-            simulated_ms = getattr(self, "do_" + name)(trace, user)
+            trace.external_ms = getattr(self, "do_" + name)(trace, user)
         except Exception:
-            simulated_ms, trace.status = 0.0, 500
+            trace.external_ms, trace.status = 0.0, 500
         trace.real_ms = (perf_counter() - t0) * 1000.0
-        # Simulated network + web-server overhead: no real HTTP hop happens in the demo.
-        simulated_ms += self.rng.lognormvariate(math.log(1.2), 0.5)
-        trace.duration_ms = trace.real_ms + simulated_ms
+        trace.duration_ms = own_ms(name, self.version, trace.cache, self.rng) + trace.external_ms
         for call in trace.llm:
             sdk.record_llm_call(request_id=request_id, user=user, **call)
         sdk.record_request(path, trace.duration_ms, trace.status, method, request_id=request_id, user=user,
