@@ -41,6 +41,11 @@ def percent(label: str, help: str | None = None, **kwargs) -> dict:
     return _Column.NumberColumn(label, help=help, format="percent", **kwargs)
 
 
+def percent100(label: str, help: str | None = None, **kwargs) -> dict:
+    """A percentage already out of 100 (the advisor's gains, CPU %) shown as 25 %."""
+    return _Column.NumberColumn(label, help=help, format="%.0f %%", **kwargs)
+
+
 def ratio(label: str, help: str | None = None, **kwargs) -> dict:
     return _Column.NumberColumn(label, help=help, format="×%.2f", **kwargs)
 

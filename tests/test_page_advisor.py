@@ -117,7 +117,7 @@ def test_a_run_shows_its_recommendations_findings_and_one_expander_each(env):
     row = advice.iloc[0]
     assert (row["statement"], row["table"], plain(row["columns"]), row["est_improvement_pct"]) == (
         "CREATE INDEX ON orders (customer_id)", "orders", ["customer_id"], 92.0)
-    assert (row["time_saved"], row["calls_day"], row["mean_ms"], plain(row["queries"])) == ("1.5 h", 12_000, 30.0, [FP])
+    assert (row["time_saved"], row["calls_day"], row["mean_ms"], plain(row["queries"])) == ("90 min", 12_000, 30.0, [FP])
     found = frame(at, "dropped_at")
     assert found[["kind", "index_name", "size_bytes"]].values.tolist() == [["unused", "ix_orders_status", 4096]]
     assert [shown_text(e) for e in expanders(at)] == ["Create index on orders (customer_id)",

@@ -5,75 +5,75 @@ import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
+from collectors import formatting as fmt
 from collectors.redact import redact
 from collectors.samplers.database import pg_stat_statements_hint
 from collectors.store import utcnow
-from dashboard import charts, widgets
+from dashboard import charts, columns, widgets
 from dashboard.actions.database_actions import CreateIndex, DropIndex
 from dashboard.actions.ui import action_panel
 
 st.title("Database")
 filters = widgets.sidebar_filters()
 
-NUM, TEXT = st.column_config.NumberColumn, st.column_config.TextColumn
+TEXT, COUNT, MS, WHEN = columns.text, columns.count, columns.ms, columns.when
 SOURCES = {"sdk": "Your services (SDK)", "pg": "PostgreSQL (pg_stat_statements)"}
 ORDERS = {"total": "Total time", "mean": "Mean time", "calls": "Calls"}
 QUERY_COLUMNS = {
     "service": TEXT("Service"), "target": TEXT("Database"), "database": TEXT("Database"),
     "fingerprint": TEXT("Statement", width="large", help="Literals replaced by ?"),
     "sample_sql": TEXT("Example", width="medium"), "query": TEXT("Statement", width="large"),
-    "calls": NUM("Calls", format="localized"), "total_ms": NUM("Total (ms)", format="localized"),
-    "mean_ms": NUM("Mean (ms)", format="%.2f"), "p95_ms": NUM("p95 (ms)", format="%.2f", help="From the SDK's histograms"),
-    "max_ms": NUM("Max (ms)", format="%.1f"), "rows": NUM("Rows", format="localized"),
-    "cache_hit_ratio": NUM("Buffer hits", format="percent", help="shared blocks hit / (hit + read)"),
-    "queryid": NUM("queryid", format="plain"),
+    "calls": COUNT("Calls"), "total_ms": COUNT("Total (ms)"),
+    # One precision for the statement's latencies, so its max never reads below its p95.
+    "mean_ms": MS("Mean (ms)", decimals=2), "p95_ms": MS("p95 (ms)", decimals=2, help="From the SDK's histograms"),
+    "max_ms": MS("Max (ms)", decimals=2), "rows": COUNT("Rows"),
+    "cache_hit_ratio": columns.percent("Buffer hits", help="shared blocks hit / (hit + read)"),
+    "queryid": st.column_config.NumberColumn("queryid", format="plain"),
 }
 TARGET_COLUMNS = {
     "target": TEXT("Database"), "pgss_enabled": st.column_config.CheckboxColumn("pg_stat_statements"),
-    "cache_hit_ratio": NUM("Buffer cache hit ratio", format="percent", help="Since the statistics were last reset"),
-    "connections": NUM("Connections"), "max_connections": NUM("Max connections"),
-    "size_bytes": NUM("Size", format="bytes"), "file_size_bytes": NUM("File size (SQLite)", format="bytes"),
-    "last_sample": st.column_config.DatetimeColumn("Last sample (UTC)", format="YYYY-MM-DD HH:mm"),
+    "cache_hit_ratio": columns.percent("Buffer cache hit ratio", help="Since the statistics were last reset"),
+    "connections": COUNT("Connections"), "max_connections": COUNT("Max connections"),
+    "size_bytes": columns.size("Size"), "file_size_bytes": columns.size("File size (SQLite)"),
+    "last_sample": WHEN("Last sample (UTC)"),
 }
 SEQ_COLUMNS = {
     "target": TEXT("Database"), "table": TEXT("Table"),
     "flagged": st.column_config.CheckboxColumn("Needs a look", help=(
         f"More sequential than index scans on a table of at least {q.database.SEQ_SCAN_MIN_ROWS:,} rows")),
-    "seq_scans": NUM("Seq scans", format="localized", help="In this time range"),
-    "idx_scans": NUM("Index scans", format="localized", help="In this time range"),
-    "seq_share": NUM("Seq share", format="percent"),
-    "seq_rows_read": NUM("Rows read by seq scans", format="compact"),
-    "live_rows": NUM("Live rows", format="localized"), "dead_rows": NUM("Dead rows", format="localized"),
-    "size_bytes": NUM("Size", format="bytes"),
+    "seq_scans": COUNT("Seq scans", help="In this time range"),
+    "idx_scans": COUNT("Index scans", help="In this time range"),
+    "seq_share": columns.percent("Seq share"),
+    "seq_rows_read": COUNT("Rows read by seq scans"),
+    "live_rows": COUNT("Live rows"), "dead_rows": COUNT("Dead rows"),
+    "size_bytes": columns.size("Size"),
 }
 QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms",
                "rows", "cache_hit_ratio", "database", "sample_sql", "queryid"]
-WHEN = st.column_config.DatetimeColumn
-PCT = "%.0f%%"      # the advisor's percentages are 0-100, not fractions
 ADVICE_COLUMNS = {
     "status": TEXT("Status", help="open, or when it was created from perfdeck (UTC)"),
     "statement": TEXT("Index to create", width="large"),
-    "est_improvement_pct": NUM("Estimated gain", format=PCT, help=(
+    "est_improvement_pct": columns.percent100("Estimated gain", help=(
         "How much cheaper the statements it helps get, weighted by the time each takes today")),
     "time_saved": TEXT("Time saved / day", help="Estimated from the calls per day and their mean latency"),
-    "calls_day": NUM("Calls / day", format="localized"),
-    "mean_ms": NUM("Mean now (ms)", format="%.2f", help="Calls-weighted mean latency of the statements it helps"),
+    "calls_day": COUNT("Calls / day"),
+    "mean_ms": MS("Mean now (ms)", decimals=2, help="Calls-weighted mean latency of the statements it helps"),
     "queries": st.column_config.ListColumn("Statements it helps", width="medium"),
 }
 FINDING_COLUMNS = {
     "kind": TEXT("Finding"), "index_name": TEXT("Index"), "table": TEXT("Table"),
-    "columns": st.column_config.ListColumn("Columns"), "size_bytes": NUM("Size", format="bytes"),
+    "columns": st.column_config.ListColumn("Columns"), "size_bytes": columns.size("Size"),
     "detail": TEXT("Why", width="medium"), "statement": TEXT("To drop it", width="medium"),
-    "dropped_at": WHEN("Dropped (UTC)", format="YYYY-MM-DD HH:mm", help="Empty: not dropped from perfdeck yet"),
+    "dropped_at": WHEN("Dropped (UTC)", help="Empty: not dropped from perfdeck yet"),
 }
 VERIFY_COLUMNS = {
-    "created_at": WHEN("Created (UTC)", format="YYYY-MM-DD HH:mm"), "index_name": TEXT("Index"),
+    "created_at": WHEN("Created (UTC)"), "index_name": TEXT("Index"),
     "table": TEXT("Table"), "columns": st.column_config.ListColumn("Columns"),
-    "est_improvement_pct": NUM("Estimated gain", format=PCT, help="What the advisor promised before it was created"),
-    "measured_improvement_pct": NUM("Measured gain", format=PCT, help="1 - mean after / mean before"),
-    "mean_ms_before": NUM("Mean before (ms)", format="%.2f", help="The 24 hours before it was created"),
-    "mean_ms_after": NUM("Mean since (ms)", format="%.2f", help="Since it was built"),
-    "calls_before": NUM("Calls before", format="localized"), "calls_after": NUM("Calls since", format="localized"),
+    "est_improvement_pct": columns.percent100("Estimated gain", help="What the advisor promised before it was created"),
+    "measured_improvement_pct": columns.percent100("Measured gain", help="1 - mean after / mean before"),
+    "mean_ms_before": MS("Mean before (ms)", decimals=2, help="The 24 hours before it was created"),
+    "mean_ms_after": MS("Mean since (ms)", decimals=2, help="Since it was built"),
+    "calls_before": COUNT("Calls before"), "calls_after": COUNT("Calls since"),
     "queries": st.column_config.ListColumn("Statements measured", width="large"),
 }
 NO_RUN_YET = ("No index advice yet: the collector runs the advisor hourly on every configured database, "
@@ -106,16 +106,6 @@ def top_queries(since, until, targets) -> None:
                   column_order=[c for c in QUERY_COLUMN_ORDER if c in data["queries"]])
 
 
-def per_day(ms: float) -> str:
-    """Time saved per day in the unit that reads best: 850 ms, 12.5 s, 4.2 min, 1.5 h."""
-    if pd.isna(ms):
-        return "–"
-    for unit, size in (("h", 3_600_000), ("min", 60_000), ("s", 1_000)):
-        if ms >= size:
-            return f"{ms / size:,.1f} {unit}"
-    return f"{ms:,.0f} ms"
-
-
 def qualified(df: pd.DataFrame) -> pd.Series:
     """schema.table where the advisor named a schema (PostgreSQL), else the table."""
     return df["table_schema"].map(lambda schema: f"{schema}." if isinstance(schema, str) else "") + df["table_name"]
@@ -123,9 +113,8 @@ def qualified(df: pd.DataFrame) -> pd.Series:
 
 def run_summary(run) -> None:
     """One caption line for a target's latest advisor run; a warning when it failed."""
-    minutes = max(0, int((utcnow() - run.ts).total_seconds() // 60))
-    ago = f"{minutes} min ago" if minutes < 120 else f"{minutes // 60} h ago"
-    parts = [f"Last run {run.ts:%Y-%m-%d %H:%M} UTC ({ago})", q.advisor.METHODS.get(run.method, run.method)]
+    ago = fmt.duration(max(0.0, (utcnow() - run.ts).total_seconds()), whole=True)
+    parts = [f"Last run {run.ts:%Y-%m-%d %H:%M} UTC ({ago} ago)", q.advisor.METHODS.get(run.method, run.method)]
     if pd.notna(run.statements) and pd.notna(run.analysed):
         parts.append(f"{int(run.analysed):,} of {int(run.statements):,} statements analysed")
     if pd.notna(run.seconds):
@@ -154,7 +143,7 @@ def recommendations(advice: pd.DataFrame) -> None:
         st.success("No index is worth creating: the statements the advisor analysed are served well by the "
                    "indexes there are.", icon=":material/check_circle:")
         return
-    shown = advice.assign(table=qualified(advice), time_saved=advice["time_saved_ms_day"].map(per_day),
+    shown = advice.assign(table=qualified(advice), time_saved=(advice["time_saved_ms_day"] / 1000).map(fmt.duration),
                           status=advice["created_at"].map(lambda t: f"created {t:%Y-%m-%d %H:%M}" if pd.notna(t) else "open"))
     widgets.table(shown, "index-recommendations", column_config=ADVICE_COLUMNS, column_order=list(ADVICE_COLUMNS))
     for row in advice[advice["created_at"].isna()].itertuples(index=False):
