@@ -318,7 +318,11 @@ def operator_hash(password_stdin) -> None:
 @click.option("--no-dashboard", is_flag=True, help="Run the workload and the collector only.")
 @click.option("--no-auth", is_flag=True,
               help="With $STREAMLIT_SERVER_ADDRESS set to a non-loopback address: serve it with no viewer login.")
-def demo(data_dir, port, days, no_dashboard, no_auth) -> None:
+@click.option("--redis", "redis_url", default=None, metavar="URL",
+              help="Also cache the shop's products in this Redis (keys demo_products:*) and sample it.")
+@click.option("--postgres", "postgres_url", default=None, metavar="URL",
+              help="Also read order histories from this PostgreSQL (schema perfdeck_demo), sample and advise it.")
+def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -> None:
     """Backfill days of history from a real instrumented workload, keep it running live, collect it,
     and serve the dashboard on it (on 127.0.0.1; $STREAMLIT_SERVER_ADDRESS for other machines, which
     needs viewer login or --no-auth). Ctrl-C stops everything."""
@@ -329,7 +333,8 @@ def demo(data_dir, port, days, no_dashboard, no_auth) -> None:
         warning = exposure(resolve_address(None), no_auth)
         if warning:
             click.echo(f"perfdeck demo: {warning}", err=True)
-    sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard))
+    sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard,
+                 redis_url=redis_url, postgres_url=postgres_url))
 
 
 # The dashboard's launch, health, alerts and regressions live in modules of their own; they import the

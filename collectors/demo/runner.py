@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from collectors import sdk
+from collectors.redact import redact
 
 GAP_FILL_MIN_S = 120.0
 DEFAULT_PORT = 8501
@@ -89,7 +90,8 @@ def start_dashboard(db: Path, port: int, env: dict) -> subprocess.Popen:
     return subprocess.Popen(dashboard_command(port, address=dashboard_address()), env=dashboard_env(db) | env)
 
 
-def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
+def dashboard_targets(data_dir: Path, *, redis_url: str | None = None,
+                      postgres_url: str | None = None) -> tuple[dict, str | None]:
     """The demo dashboard's environment, so its actions reach the demo's spool (its app caches) and
     the shop database next to whatever is configured, its health and alerts use the collector's
     thresholds and timing, and its sidebar shows the demo switch ($PERFDECK_DEMO_DIR); and on a
@@ -97,12 +99,17 @@ def dashboard_targets(data_dir: Path) -> tuple[dict, str | None]:
     printed, never written anywhere)."""
     from collectors import config
     from collectors.cli_dashboard import is_loopback
+    from collectors.demo.workload import PG_DATABASE, REDIS_NAME, sqlalchemy_url
     from collectors.health.settings import alert_settings
     from dashboard.actions.access import generate_demo_password, operator_config
 
     shop = f"shop=sqlite:///{data_dir / 'shop.sqlite'}"
+    pg = f"{PG_DATABASE}={sqlalchemy_url(postgres_url)}" if postgres_url else None
     env = {"PERFDECK_SPOOL": str(data_dir / "spool"), "PERFDECK_DEMO_DIR": str(data_dir),
-           "PERFDECK_DATABASE_URLS": ",".join(filter(None, [os.environ.get("PERFDECK_DATABASE_URLS"), shop]))}
+           "PERFDECK_DATABASE_URLS": ",".join(filter(None, [os.environ.get("PERFDECK_DATABASE_URLS"), shop, pg]))}
+    if redis_url:
+        env["PERFDECK_REDIS_URLS"] = ",".join(filter(None, [os.environ.get("PERFDECK_REDIS_URLS"),
+                                                            f"{REDIS_NAME}={redis_url}"]))
     cfg = demo_config(data_dir)
     alerts = alert_settings(cfg)
     env.update({"PERFDECK_THRESHOLDS": str(alerts.thresholds_file), "PERFDECK_ALERT_WINDOW": f"{alerts.window_s:g}s",
@@ -173,7 +180,7 @@ def backfill_host_quietly(collector, start: float, end: float, pids: list[int]) 
         say(f"perfdeck demo: made up {n:,} host samples for the backfilled span (labelled demo=backfill)")
 
 
-def demo_config(data_dir: Path) -> dict:
+def demo_config(data_dir: Path, *, redis_url: str | None = None, postgres_url: str | None = None) -> dict:
     """The host (its processes: the ones perfdeck.toml names; the demo adds its own by pid, see
     watch_own_processes), the shop's SQLite database, and any Redis or
     database named in perfdeck.toml / $PERFDECK_REDIS_URLS / $PERFDECK_DATABASE_URLS; the demo's
@@ -189,11 +196,21 @@ def demo_config(data_dir: Path) -> dict:
         alerts.setdefault(key, value)
     alerts.setdefault("thresholds_file", str(DEMO_THRESHOLDS))
     cfg["database"].append({"name": "shop", "url": f"sqlite:///{data_dir / 'shop.sqlite'}"})
+    if redis_url or postgres_url:       # `perfdeck demo --redis URL --postgres URL`: sampled and advised too
+        from collectors.demo.workload import PG_DATABASE, REDIS_NAME, sqlalchemy_url
+
+        if redis_url:
+            cfg.setdefault("redis", []).append({"name": REDIS_NAME, "url": redis_url})
+        if postgres_url:
+            cfg["database"].append({"name": PG_DATABASE, "url": sqlalchemy_url(postgres_url)})
     return cfg
 
 
-def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True) -> int:
-    """Run the demo until SIGINT/SIGTERM; returns the exit code."""
+def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True,
+        redis_url: str | None = None, postgres_url: str | None = None) -> int:
+    """Run the demo until SIGINT/SIGTERM; returns the exit code. With `redis_url` / `postgres_url`
+    the live shop also keeps its products in that Redis and reads order histories from that
+    PostgreSQL (schema perfdeck_demo), and the collector samples both."""
     from collectors import config
     from collectors.daemon import Collector
     from collectors.demo.backfill import DAY, backfill
@@ -215,12 +232,32 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    collector = collector_thread = dash = worker = engine = host_thread = None
+    collector = collector_thread = dash = worker = engine = host_thread = pg = None
     code = 0
     try:
         last, last_version = last_event_ts(db), last_deploy_version(db)
         engine = open_database(data_dir / "shop.sqlite")   # before the collector samples it
-        cfg = demo_config(data_dir)
+        pg = redis = None
+        if postgres_url:
+            from collectors.demo.workload import open_postgres
+
+            try:
+                pg = open_postgres(postgres_url)    # before the collector samples it
+            except Exception as exc:   # noqa: BLE001 - said, with the URL's secrets masked
+                say(f"perfdeck demo: cannot use PostgreSQL {redact(postgres_url)}: {redact(exc, postgres_url)}")
+                return 2
+            say(f"perfdeck demo: order histories also on PostgreSQL {redact(postgres_url)} (schema perfdeck_demo)")
+        if redis_url:
+            from collectors.demo.workload import open_redis
+
+            redis = open_redis(redis_url)
+            try:
+                redis.ping()                        # refused now rather than silently later
+            except Exception as exc:   # noqa: BLE001 - said, with the URL's secrets masked
+                say(f"perfdeck demo: cannot use Redis {redact(redis_url)}: {redact(exc, redis_url)}")
+                return 2
+            say(f"perfdeck demo: products also cached in Redis {redact(redis_url)}")
+        cfg = demo_config(data_dir, redis_url=redis_url, postgres_url=postgres_url)
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
         alerts, health = from_config(db, cfg)      # the demo's 3 min window, 1 min for, every 30 s
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
@@ -231,7 +268,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector_thread.start()
         if dashboard:
             port = resolve_port(port)
-            env, password = dashboard_targets(data_dir)
+            env, password = dashboard_targets(data_dir, redis_url=redis_url, postgres_url=postgres_url)
             dash = start_dashboard(db, port, env)
             watch_own_processes(collector, dash)
             say(f"perfdeck demo: dashboard at http://localhost:{port} — Ctrl-C to stop")
@@ -281,7 +318,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
 
         if not stop.is_set():
-            shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()))
+            shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()), postgres=pg, redis=redis)
             sdk.shutdown()                   # the backfill's last events go out; warming the caches is not traffic
             shop.warm_caches()
             sdk.configure(service="shop-api", transport=f"spool:{spool}")   # real clock from here on
@@ -314,6 +351,8 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         stop_process(dash, "dashboard")
         if engine is not None:
             engine.dispose()
+        if pg is not None:
+            pg.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         say("perfdeck demo: stopped")

@@ -382,6 +382,53 @@ def _create(conn, seed: int) -> None:
     conn.exec_driver_sql("ANALYZE")
 
 
+# -- optional real servers: `perfdeck demo --postgres URL --redis URL` ---------------------------------
+PG_SCHEMA = "perfdeck_demo"          # the demo's tables on a PostgreSQL it is pointed at, nothing else touched
+PG_DATABASE = "demo-pg"              # its name in the SDK's query events, the sampler and the advisor
+REDIS_NAME = "demo-redis"            # the Redis instance's name for its sampler
+REDIS_CACHE = "demo_products"        # the product cache kept in that Redis (keys "demo_products:v<N>:...")
+PG_ORDERS = 100_000
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A PostgreSQL URL as SQLAlchemy should open it here: with the psycopg (3) driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def open_postgres(url: str):
+    """Create (once) the shop's order history in schema PG_SCHEMA of the PostgreSQL at `url`, without
+    an index on orders.customer_id (as on SQLite), and return an engine instrumented as PG_DATABASE."""
+    engine = create_engine(sqlalchemy_url(url), pool_size=2, max_overflow=2, pool_pre_ping=True,
+                           connect_args={"connect_timeout": 5, "application_name": "perfdeck-demo"})
+    with engine.begin() as conn:
+        have = conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{PG_SCHEMA}.orders"}).scalar()
+        if have is None:
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+            conn.execute(text(f"CREATE TABLE {PG_SCHEMA}.orders (id integer PRIMARY KEY, customer_id integer NOT NULL,"
+                              " product_id integer NOT NULL, quantity integer NOT NULL, amount numeric(10, 2) NOT NULL,"
+                              " status text NOT NULL, created_at timestamptz NOT NULL)"))
+            # Heavy customers order more (a skewed draw), as in the SQLite shop.
+            conn.execute(text(f"""INSERT INTO {PG_SCHEMA}.orders
+                SELECT g, 1 + floor(power(random(), 3) * {N_CUSTOMERS})::int, 1 + floor(power(random(), 2) * {N_PRODUCTS})::int,
+                       1 + floor(random() * 3)::int, round((5 + random() * 120)::numeric, 2),
+                       CASE WHEN random() < 0.95 THEN 'shipped' ELSE 'paid' END,
+                       now() - random() * interval '700 days'
+                FROM generate_series(1, {PG_ORDERS}) g"""))
+            conn.execute(text(f"ANALYZE {PG_SCHEMA}.orders"))
+    instrument_sqlalchemy(engine, database=PG_DATABASE)      # after seeding: the seed is not app traffic
+    return engine
+
+
+def open_redis(url: str):
+    """A redis-py client for the demo's product cache (short timeouts: a Redis down slows no request)."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+
 # -- the apps ------------------------------------------------------------------------------------
 class App:
     """Common part of the shop and the worker: timing, simulated overheads, traces."""
@@ -445,9 +492,24 @@ class Shop(App):
 
     endpoints = SHOP_ENDPOINTS
 
-    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE, clock=time.time):
+    def __init__(self, engine, *, seed: int = 1, version: str = VERSION_BEFORE, clock=time.time,
+                 postgres=None, redis=None):
         super().__init__(engine, seed=seed, version=version, clock=clock)
         self.slow_since: float | None = None     # when VERSION_SLOW was deployed (by the demo switch)
+        # Optional real servers (live traffic only): an engine from open_postgres, a client from open_redis.
+        self.postgres = postgres
+        self._redis_product = None
+        if redis is not None:
+            from collectors.integrations.redis import cached
+
+            @cached(REDIS_CACHE, ttl=300, client=redis, namespace="product", key=lambda pid, trace: str(pid))
+            def product_row(pid: int, trace: Trace):
+                with self.engine.connect() as conn:
+                    rows = self._q(conn, "SELECT id, name, category, price, stock FROM products WHERE id = :id",
+                                   {"id": pid}, trace)
+                return tuple(rows[0]) if rows else ()
+
+            self._redis_product = product_row
         self.products = ZipfKeys(N_PRODUCTS + 60, 1.05, self.np_rng)    # ids past N_PRODUCTS: real 404s
         self.customers = ZipfKeys(N_CUSTOMERS, 1.15, self.np_rng)   # support looks at busy accounts
         self.prompts = ZipfKeys(3000, 1.0, self.np_rng)
@@ -472,9 +534,12 @@ class Shop(App):
     def _product(self, conn, pid: int, trace: Trace):
         row, hit = self.product_cache.get("product", pid, trace)
         if not hit:
-            rows = self._q(conn, "SELECT id, name, category, price, stock FROM products WHERE id = :id",
-                           {"id": pid}, trace)
-            row = tuple(rows[0]) if rows else ()
+            if self._redis_product is not None:      # the second tier, in Redis (records its own lookups)
+                row = self._redis_product(pid, trace)
+            else:
+                rows = self._q(conn, "SELECT id, name, category, price, stock FROM products WHERE id = :id",
+                               {"id": pid}, trace)
+                row = tuple(rows[0]) if rows else ()
             self.product_cache.put("product", pid, row)
         return row
 
@@ -486,7 +551,19 @@ class Shop(App):
                                  " WHERE customer_id = :cid ORDER BY created_at DESC", {"cid": cid}, trace)
             rows = [tuple(r) for r in rows[:50]]
             self.customer_cache.put("orders", cid, rows)
+            if self.postgres is not None:
+                self._pg_order_history(cid)
         return rows
+
+    def _pg_order_history(self, cid: int) -> None:
+        """The order history's copy on PostgreSQL, read like the SQLite one (a full scan there too: no
+        index on customer_id). A PostgreSQL that fails costs this request nothing but the attempt."""
+        try:
+            with self.postgres.connect() as conn:
+                conn.execute(text(f"SELECT id, product_id, quantity, amount, status, created_at FROM {PG_SCHEMA}.orders"
+                                  " WHERE customer_id = :cid ORDER BY created_at DESC LIMIT 50"), {"cid": cid}).fetchall()
+        except Exception:   # noqa: BLE001 - the demo's optional server must not break its shop
+            pass
 
     def do_product(self, trace: Trace, user: str) -> float:
         with self.engine.connect() as conn:
