@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 
+import pandas as pd
 import streamlit as st
 
 from collectors.store import connection
@@ -30,6 +31,7 @@ from dashboard.actions.framework import (
     run_action,
 )
 from dashboard.actions.login_guard import RefusalAudit, client_key
+from dashboard.columns import readable
 from dashboard.widgets import as_text
 
 CLIENT_SESSION_KEY = "perfdeck_client_session"
@@ -256,7 +258,8 @@ def _show_preview(preview) -> None:
         for statement in preview.statements:
             st.code(statement, language="sql", wrap_lines=True)
         if preview.rows:
-            st.dataframe(preview.rows, hide_index=True)
+            rows, config = readable(pd.DataFrame(preview.rows), {})
+            st.dataframe(rows, hide_index=True, column_config=config)
 
 
 def _confirm_and_run(action: Action, params: dict, preview, actor: Actor, key: str, state: dict) -> None:

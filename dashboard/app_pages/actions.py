@@ -8,7 +8,7 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors.store import utcnow
-from dashboard import widgets
+from dashboard import columns, widgets
 from dashboard.actions import catalog
 from dashboard.actions.ui import action_panel
 
@@ -23,13 +23,12 @@ name = st.selectbox("Action", list(actions), format_func=lambda n: actions[n].ti
 with st.container(border=True):
     action_panel(actions[name](), key=f"action-{name}")
 
+TEXT = columns.text
 AUDIT_COLUMNS = {
-    "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-    "actor": "Who", "action": "Action", "target": "Target", "outcome": "Outcome",
-    "duration_ms": st.column_config.NumberColumn("Duration (ms)", format="%.0f"),
-    "result": st.column_config.TextColumn("Result", width="large"), "error": "Error",
-    "params": "Parameters", "preview": st.column_config.TextColumn("Preview", width="medium"),
-    "figures": "Figures",
+    "ts": columns.when("Time (UTC)", seconds=True), "actor": TEXT("Who"), "action": TEXT("Action"),
+    "target": TEXT("Target"), "outcome": TEXT("Outcome"), "duration_ms": columns.ms("Duration (ms)", decimals=0),
+    "result": TEXT("Result", width="large"), "error": TEXT("Error"), "params": TEXT("Parameters"),
+    "preview": TEXT("Preview", width="medium"), "figures": TEXT("Figures"),
 }
 SPANS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
          "Last 400 days": timedelta(days=400)}

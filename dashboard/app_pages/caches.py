@@ -5,43 +5,39 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors.health.settings import configured_thresholds
-from dashboard import charts, widgets
+from dashboard import charts, columns, widgets
 from dashboard.actions.app_cache import ClearAppCache
 from dashboard.actions.ui import action_panel
 
 st.title("Caches")
 filters = widgets.sidebar_filters()
 
-NUM = st.column_config.NumberColumn
-PCT = {"hit_rate": NUM("Hit rate", format="percent", help="hits / (hits + misses) over the range")}
+TEXT, COUNT, SIZE, WHEN = columns.text, columns.count, columns.size, columns.when
+PCT = {"hit_rate": columns.percent("Hit rate", help="hits / (hits + misses) over the range")}
 APP_COLUMNS = {
-    "service": st.column_config.TextColumn("Service"), "cache": st.column_config.TextColumn("Cache"),
-    "lookups": NUM("Lookups", format="localized"), **PCT,
-    "hits": NUM("Hits", format="localized"), "misses": NUM("Misses", format="localized"),
-    "mean_lookup_ms": NUM("Mean lookup (ms)", format="%.3f"), "max_lookup_ms": NUM("Max lookup (ms)", format="%.2f"),
+    "service": TEXT("Service"), "cache": TEXT("Cache"), "lookups": COUNT("Lookups"), **PCT,
+    "hits": COUNT("Hits"), "misses": COUNT("Misses"),
+    # One precision for both, so a max never reads below its mean.
+    "mean_lookup_ms": columns.ms("Mean lookup (ms)", decimals=3), "max_lookup_ms": columns.ms("Max lookup (ms)", decimals=3),
 }
 REDIS_COLUMNS = {
-    "instance": st.column_config.TextColumn("Instance"), **PCT,
-    "ops_per_sec": NUM("Ops / s", format="%.1f", help="Mean over the range"),
-    "used_memory": NUM("Memory used", format="bytes", help="Latest sample"),
-    "used_memory_peak": NUM("Peak", format="bytes"),
-    "maxmemory": NUM("maxmemory", format="bytes", help="Empty when there is no limit"),
-    "evicted_per_sec": NUM("Evictions / s", format="%.2f", help="Mean over the range"),
-    "mem_fragmentation_ratio": NUM("Fragmentation", format="%.2f"),
-    "connected_clients": NUM("Clients"), "keys": NUM("Keys", format="localized"),
-    "last_sample": st.column_config.DatetimeColumn("Last sample (UTC)", format="YYYY-MM-DD HH:mm"),
+    "instance": TEXT("Instance"), **PCT,
+    "ops_per_sec": columns.decimal("Ops / s", decimals=1, help="Mean over the range"),
+    "used_memory": SIZE("Memory used", help="Latest sample"), "used_memory_peak": SIZE("Peak"),
+    "maxmemory": SIZE("maxmemory", help="Empty when there is no limit"),
+    "evicted_per_sec": columns.decimal("Evictions / s", help="Mean over the range"),
+    "mem_fragmentation_ratio": columns.decimal("Fragmentation"),
+    "connected_clients": COUNT("Clients"), "keys": COUNT("Keys"), "last_sample": WHEN("Last sample (UTC)"),
 }
 NAMESPACE_COLUMNS = {
-    "instance": "Instance", "namespace": "Namespace",
-    "estimated_bytes": NUM("Estimated memory", format="bytes", help="Sampled bytes scaled by DBSIZE / sampled keys"),
-    "sampled_keys": NUM("Sampled keys", format="localized"),
-    "ttl_share": NUM("Keys with a TTL", format="percent"), "mean_ttl_sec": NUM("Mean TTL (s)", format="%.0f"),
-    "sampled_at": st.column_config.DatetimeColumn("Sampled (UTC)", format="YYYY-MM-DD HH:mm"),
+    "instance": TEXT("Instance"), "namespace": TEXT("Namespace"),
+    "estimated_bytes": SIZE("Estimated memory", help="Sampled bytes scaled by DBSIZE / sampled keys"),
+    "sampled_keys": COUNT("Sampled keys"), "ttl_share": columns.percent("Keys with a TTL"),
+    "mean_ttl_sec": COUNT("Mean TTL (s)"), "sampled_at": WHEN("Sampled (UTC)"),
 }
 SLOWLOG_COLUMNS = {
-    "ts": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-    "instance": "Instance", "duration_ms": NUM("Duration (ms)", format="%.1f"),
-    "command": st.column_config.TextColumn("Command", width="large"), "client": "Client",
+    "ts": WHEN("Time (UTC)", seconds=True), "instance": TEXT("Instance"),
+    "duration_ms": columns.ms("Duration (ms)"), "command": TEXT("Command", width="large"), "client": TEXT("Client"),
 }
 HOW_TO = ("App caches report through `sdk.record_cache(...)` (or the Redis integration's `cached()` "
           "decorator); Redis instances are sampled when listed under `[[redis]]` in perfdeck.toml "

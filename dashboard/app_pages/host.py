@@ -4,23 +4,23 @@ from __future__ import annotations
 import streamlit as st
 
 import dashboard.queries as q
-from dashboard import charts, widgets
+from dashboard import charts, columns, widgets
 
 st.title("Host")
 filters = widgets.sidebar_filters()
 
-NUM, TEXT = st.column_config.NumberColumn, st.column_config.TextColumn
+TEXT, SIZE = columns.text, columns.size
 ALL_HOSTS = "All hosts"
 DISK_COLUMNS = {
     "host": TEXT("Host"), "mount": TEXT("Mount"),
     "used_percent": st.column_config.ProgressColumn("Used", format="%.1f %%", min_value=0, max_value=100),
-    "used_bytes": NUM("Used", format="bytes"), "total_bytes": NUM("Size", format="bytes"),
+    "used_bytes": SIZE("Used"), "total_bytes": SIZE("Size"),
 }
 PROCESS_COLUMNS = {
-    "host": TEXT("Host"), "process": TEXT("Process"), "pid": NUM("PID", format="%d"),
-    "cpu_percent": NUM("CPU %", format="%.1f", help="100 = one core busy"), "rss_bytes": NUM("RSS", format="bytes"),
-    "threads": NUM("Threads"), "open_files": NUM("Open files"),
-    "last_seen": st.column_config.DatetimeColumn("Last sample (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+    "host": TEXT("Host"), "process": TEXT("Process"), "pid": st.column_config.NumberColumn("PID", format="%d"),
+    "cpu_percent": columns.decimal("CPU %", decimals=1, help="100 = one core busy"), "rss_bytes": SIZE("RSS"),
+    "threads": columns.count("Threads"), "open_files": columns.count("Open files"),
+    "last_seen": columns.when("Last sample (UTC)", seconds=True),
 }
 HOW_TO = ("`perfdeck collect` samples this machine (the `[host]` section of perfdeck.toml picks the "
           "processes to watch); run it on each host you want here.")

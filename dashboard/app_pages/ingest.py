@@ -9,48 +9,44 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
-from collectors.health.assess import format_value
+from collectors import formatting as fmt
 from collectors.health.settings import alert_settings
-from dashboard import widgets
+from dashboard import columns, widgets
 
 st.title("Ingest")
 st.caption("perfdeck loses nothing silently: every event an SDK dropped or refused, every row the collector "
            "rejected and every batch it quarantined is counted here, by service, reason and source.")
 filters = widgets.sidebar_filters()
 
-NUM, TEXT, WHEN = st.column_config.NumberColumn, st.column_config.TextColumn, st.column_config.DatetimeColumn
-COUNT = {"format": "localized"}
+TEXT, COUNT = columns.text, columns.count
 # A source's latest report is state, not history: looked for in the day before the range's end.
 SOURCE_LOOKBACK = timedelta(days=1)
 COLLECTOR_LATE_S = 60    # the collector reports every ~10 s: past this, say it is not reporting
 
 COLUMNS = {
-    "severity": TEXT("Severity"), "message": TEXT("Check", width="large"), "check": TEXT("Threshold"),
+    "severity": TEXT("Severity"), "message": TEXT("Check", width="large"),
+    "check": TEXT("Check name", help="Its name in thresholds.toml"),
     "source": TEXT("Source"), "waiting": TEXT("Waiting", help="Batches waiting to be ingested"),
     "lag": TEXT("Ingest lag", help="Age of the oldest waiting batch"),
     "length": TEXT("Stream length", help="Entries in the Redis stream (XLEN)"),
     "unacked": TEXT("Unacknowledged", help="Stream entries delivered to a collector, not yet acknowledged"),
     "reported": TEXT("Last report", help="When the collector last reported this source (about every 10 s)"),
     "error": TEXT("Error", width="large"),
-    "service": TEXT("Service", width="medium"), "batches": NUM("Batches", **COUNT), "events": NUM("Events", **COUNT),
+    "service": TEXT("Service", width="medium"), "batches": COUNT("Batches"), "events": COUNT("Events"),
     "last": TEXT("Last batch", help="Before the end of the range"),
-    "dropped": NUM("Dropped by SDK", help="Buffer or retry backlog full: lost", **COUNT),
-    "send_errors": NUM("Send errors", help="Failed sends, retried: lost only once they turn into drops", **COUNT),
-    "sdk_rejected": NUM("Refused by SDK", help="Invalid values refused at record time", **COUNT),
-    "collector_rejected": NUM("Rejected by collector", help="Rows dropped from good batches", **COUNT),
-    "kind": TEXT("Kind"), "reason": TEXT("Reason", width="medium"), "rows": NUM("Rows", **COUNT),
-    "count": NUM("Count", **COUNT), "ts": WHEN("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-    "name": TEXT("Batch"), "first_seen": WHEN("First (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-    "last_seen": WHEN("Last (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+    "dropped": COUNT("Dropped by SDK", help="Buffer or retry backlog full: lost"),
+    "send_errors": COUNT("Send errors", help="Failed sends, retried: lost only once they turn into drops"),
+    "sdk_rejected": COUNT("Refused by SDK", help="Invalid values refused at record time"),
+    "collector_rejected": COUNT("Rejected by collector", help="Rows dropped from good batches"),
+    "kind": TEXT("Kind"), "reason": TEXT("Reason", width="medium"), "rows": COUNT("Rows"),
+    "count": COUNT("Count"), "ts": columns.when("Time (UTC)", seconds=True),
+    "name": TEXT("Batch"), "first_seen": columns.when("First (UTC)", seconds=True),
+    "last_seen": columns.when("Last (UTC)", seconds=True),
 }
 
 
 def age(seconds) -> str:
-    return "—" if pd.isna(seconds) else format_value(float(seconds), "age")
-
-
-def count(n) -> str:
-    return "—" if pd.isna(n) else f"{int(n):,}"
+    return fmt.duration(seconds, whole=True)
 
 
 def show(df: pd.DataFrame, name: str, shown: list[str], empty: str) -> None:
@@ -75,7 +71,7 @@ def checks_now() -> None:
         st.stop()
     checks = data["checks"][data["checks"]["component"] == "Ingest"]
     bad = checks[checks["severity"] != "healthy"]
-    span = format_value(window_s, "s")
+    span = fmt.duration(window_s)
     if checks.empty:
         st.caption(f"No ingest check had data in the last {span}.")
     elif bad.empty:
@@ -101,9 +97,9 @@ def sources(until) -> None:
     if latest > COLLECTOR_LATE_S:
         st.warning(f"The collector last reported {age(latest)} before the end of the range: nothing it "
                    "would ingest is being stored.", icon=":material/warning:")
-    shown = df.assign(waiting=df["pending"].map(count), lag=df["oldest_pending_s"].map(age),
-                      length=df["stream_length"].map(count), unacked=df["stream_pending"].map(count),
-                      reported=df["report_age_s"].map(lambda s: f"{age(s)} ago"), error=df["error"].fillna("—"))
+    shown = df.assign(waiting=df["pending"].map(fmt.count), lag=df["oldest_pending_s"].map(age),
+                      length=df["stream_length"].map(fmt.count), unacked=df["stream_pending"].map(fmt.count),
+                      reported=df["report_age_s"].map(lambda s: f"{age(s)} ago"))
     show(shown, "ingest-sources", ["source", "waiting", "lag", "length", "unacked", "reported", "error"], "")
 
 
@@ -115,7 +111,7 @@ def losses(since, until) -> None:
         return
     per_service = q.service_losses(None, **scope, batches=data["batches"], sdk=data["sdk"], rejects=data["rejects"])
     st.subheader("Services")
-    show(per_service.assign(last=per_service["silent_s"].map(lambda s: "—" if pd.isna(s) else f"{age(s)} ago")),
+    show(per_service.assign(last=per_service["silent_s"].map(lambda s: fmt.MISSING if fmt.missing(s) else f"{age(s)} ago")),
          "ingest-services", ["service", "batches", "events", "last", "dropped", "send_errors", "sdk_rejected",
                              "collector_rejected"], "No batch arrived in this range.")
     st.subheader("Refused by the SDKs")
