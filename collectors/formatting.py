@@ -29,13 +29,13 @@ def number(x) -> str:
     """About three significant digits, thousands separated: 740, 1,240, 62.5, 2.25, 0.0042."""
     if missing(x):
         return MISSING
-    v = float(x)
+    v = float(x) if abs(float(x)) >= 5e-7 else 0.0
     if abs(v) >= 100:
         return f"{v:,.0f}"
     if abs(v) >= 0.01 or v == 0:
         text = f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
-    else:
-        text = f"{v:.{2 - math.floor(math.log10(abs(v)))}f}"
+    else:   # three significant digits, down to a millionth
+        text = f"{v:.{min(6, 2 - math.floor(math.log10(abs(v))))}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
@@ -72,10 +72,10 @@ def money(x) -> str:
     ('$0.0118', '$0.00141'), so a small cost never reads as $0.00."""
     if missing(x):
         return MISSING
-    v = float(x)
+    v = float(x) if abs(float(x)) >= 5e-9 else 0.0
     if abs(v) >= 1 or v == 0:
         return f"${v:,.2f}"
-    text = f"{abs(v):.{2 - math.floor(math.log10(abs(v)))}f}"
+    text = f"{abs(v):.{min(8, 2 - math.floor(math.log10(abs(v))))}f}"    # down to a millionth of a cent
     text = text[:4] + text[4:].rstrip("0")          # "0.120" -> "0.12", never fewer than two decimals
     return f"${text}" if v > 0 else f"-${text}"
 
