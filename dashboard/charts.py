@@ -72,48 +72,226 @@ def _log_ticks(values: pd.Series) -> dict:
     return {"tickvals": ticks, "ticktext": [_ms_label(t) for t in ticks]} if len(ticks) >= 2 else {}
 
 
+# --- The time axis: what the data covers ------------------------------------------------------------
+CLIP_BELOW = 0.8    # data spanning less than this share of the picked range: the axis spans the data
+PAD_SHARE = 0.02    # padding on each side, a share of the data's span (of the range for a single point)
+
+
+def _naive(t) -> pd.Timestamp:
+    """A time as naive UTC, the form of every timestamp in the store."""
+    t = pd.Timestamp(t)
+    return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
+
+
+def _times(values) -> pd.Series:
+    times = pd.to_datetime(pd.Series(values), errors="coerce").dropna()
+    if times.empty:
+        return pd.Series(dtype="datetime64[ns]")
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return times
+
+
+def _amount(span: pd.Timedelta, whole: pd.Timedelta) -> str:
+    """The data's span in the unit of the picked range: '4.0 of 30 days', '3.5 of 24 hours', '20 of 60 min'."""
+    for unit, seconds, least in (("days", 86400, 2), ("hours", 3600, 3), ("min", 60, 0)):
+        if whole.total_seconds() >= least * seconds:
+            part, total = span.total_seconds() / seconds, whole.total_seconds() / seconds
+            return f"{part:.1f} of {total:.3g} {unit}" if part < 10 else f"{part:.0f} of {total:.3g} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _stamp(t: pd.Timestamp, whole: pd.Timedelta) -> str:
+    return f"{t:%b} {t.day} {t:%H:%M}" if whole >= pd.Timedelta(days=1) else f"{t:%H:%M}"
+
+
+def fit_time_axis(
+    fig: go.Figure, times, x_range: tuple[datetime, datetime] | None, *,
+    deploys: pd.DataFrame | None = None, bar_width: pd.Timedelta | None = None,
+) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The one rule of every time chart's x axis; returns the span shown (None: Plotly's autorange).
+
+    The axis spans the picked range, unless the data (`times`) covers clearly less of it: then it spans
+    the data with a little padding, and the axis title says what the data covers ("data from Nov 29
+    09:00, 4.0 of 30 days"). No data: the picked range, as it was. Deploys outside the span shown are
+    not drawn (`add_deploy_markers` is given the span); the title counts them, so none vanishes unsaid."""
+    if x_range is None:
+        return None
+    start, end = _naive(x_range[0]), _naive(x_range[1])
+    whole = end - start
+    shown, note = (start, end), ""
+    times = _times(times)
+    if not times.empty and whole > pd.Timedelta(0):
+        lo, hi = times.min(), times.max()
+        span = hi - lo
+        if span < CLIP_BELOW * whole:
+            pad = max(span * PAD_SHARE if span > pd.Timedelta(0) else whole * PAD_SHARE,
+                      (bar_width or pd.Timedelta(0)) * 0.6)
+            shown = (lo - pad, hi + pad)
+            reaches_end = end - hi <= max(whole * 0.05, pad)
+            if span == pd.Timedelta(0):
+                note = f"data only at {_stamp(lo, whole)}"
+            else:
+                when = f"from {_stamp(lo, whole)}" if reaches_end else f"{_stamp(lo, whole)} to {_stamp(hi, whole)}"
+                note = f"data only {when}: {_amount(span, whole)}"
+            if deploys is not None and not deploys.empty:
+                ts = _times(deploys["ts"])
+                outside = int(((ts < shown[0]) | (ts > shown[1])).sum())
+                if outside:
+                    note += f" · {outside} deploy{'s' if outside > 1 else ''} outside it not drawn"
+    fig.update_xaxes(range=list(shown))
+    if note:
+        fig.for_each_xaxis(lambda axis: axis.update(title_text=f"{TIME_AXIS}<br><span style='font-size:11px'>"
+                                                               f"{note}</span>")
+                           if axis.title.text == TIME_AXIS else None)
+    return shown
+
+
+def _shown_span(fig: go.Figure, x_range, extra: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The span the x axis shows: the range given, else the one set on the figure, else what is drawn."""
+    if x_range is None and fig.layout.xaxis.range:
+        x_range = fig.layout.xaxis.range
+    if x_range is not None:
+        return _naive(x_range[0]), _naive(x_range[1])
+    times = pd.concat([_times(t.x) for t in fig.data if getattr(t, "x", None) is not None and len(t.x)]
+                      + [_times(extra)])
+    return times.min(), times.max()
+
+
+# --- Deploy and action markers ------------------------------------------------------------------------
+# A label beside a marker line is kept only where it provably overprints nothing: measured (generously)
+# at the narrowest plot area the pages draw, a half-width column. A wider plot only moves labels apart.
+NARROW_PLOT_PX = 360      # a half-width chart with threshold labels in its right margin
+WIDE_PLOT_PX = 3000       # a full-width chart on a very wide screen
+LABEL_CHAR_PX = 6.0      # an 11 px character, on the wide side (measured: 4.9 px on average)
+LABEL_PAD_PX = 6         # background box and a little air
+LABEL_GAP_PX = 6         # from its own line (clear of the marker's triangle)
+LABEL_ROW_PX = 19
+LABEL_ROWS = 2
+MAX_LABELS = 4           # more marks than this: hover only
+LABEL_MAX_CHARS = 24
+MARKER_AXIS = "y9"       # an invisible 0..1 axis over the first plot, for the hover markers
+
+
+def _label_px(text: str) -> float:
+    return LABEL_CHAR_PX * len(text) + LABEL_PAD_PX
+
+
+def label_extent(fraction: float, text: str, anchor: str, width: float = NARROW_PLOT_PX) -> tuple[float, float]:
+    """Where a label sits (px from the plot's left edge) beside a line at `fraction` of the axis."""
+    x, w = fraction * width, _label_px(text)
+    return (x + LABEL_GAP_PX, x + LABEL_GAP_PX + w) if anchor == "left" else (x - LABEL_GAP_PX - w, x - LABEL_GAP_PX)
+
+
+def _crosses(distance: float, text: str, anchor: str) -> bool:
+    """Whether a line `distance` (share of the axis) from a label's own line runs through the label at
+    some plot width from NARROW_PLOT_PX to WIDE_PLOT_PX: unlike labels, lines get into a label as the
+    plot widens (one just beside its own line moves out from under the label's gap, into its text)."""
+    if (distance > 0) != (anchor == "left") or distance == 0:
+        return False
+    near, far = LABEL_GAP_PX - 3, LABEL_GAP_PX + _label_px(text) + 3
+    return abs(distance) * WIDE_PLOT_PX >= near and abs(distance) * NARROW_PLOT_PX <= far
+
+
+def place_labels(fractions: list[float], texts: list[str]) -> list[tuple[int, str] | None]:
+    """(row, anchor) for each label, or None where it can't go: no label overlaps another label or
+    leaves the plot at NARROW_PLOT_PX (and so at any wider plot: labels only move apart), and no other
+    mark's line runs through it at any width up to WIDE_PLOT_PX."""
+    if len(fractions) > MAX_LABELS:
+        return [None] * len(fractions)
+    taken: list[list[tuple[float, float]]] = [[] for _ in range(LABEL_ROWS)]
+    out: list[tuple[int, str] | None] = [None] * len(fractions)
+    for i in sorted(range(len(fractions)), key=lambda k: fractions[k]):
+        for anchor in ("left", "right"):
+            lo, hi = label_extent(fractions[i], texts[i], anchor)
+            if lo < 0 or hi > NARROW_PLOT_PX or any(_crosses(fractions[j] - fractions[i], texts[i], anchor)
+                                                     for j in range(len(fractions)) if j != i):
+                continue
+            row = next((r for r in range(LABEL_ROWS)
+                        if all(hi + 4 <= a or lo >= b + 4 for a, b in taken[r])), None)
+            if row is not None:
+                taken[row].append((lo, hi))
+                out[i] = (row, anchor)
+                break
+    return out
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= LABEL_MAX_CHARS else text[:LABEL_MAX_CHARS - 1] + "\u2026"
+
+
+def _marks(fig: go.Figure, rows: pd.DataFrame, x_range, *, labels: list[str], hovers: list[str], name: str,
+           colour: str, dash: str, top: bool) -> go.Figure:
+    """Full-height lines at `rows["ts"]`, a hover marker on each (top or bottom edge) and, where
+    `place_labels` finds room, a short label; marks outside the span shown are left out."""
+    start, end = _shown_span(fig, x_range, rows["ts"])
+    ts = _times(rows["ts"]).reindex(rows.index)
+    inside = ((ts >= start) & (ts <= end)).to_numpy()
+    rows, ts = rows[inside], ts[inside]
+    labels = [x for x, keep in zip(labels, inside) if keep]
+    hovers = [x for x, keep in zip(hovers, inside) if keep]
+    if rows.empty:
+        return fig
+    for t in ts:
+        fig.add_shape(type="line", x0=t, x1=t, y0=0, y1=1, xref="x", yref="paper",
+                      line={"color": colour, "width": 1, "dash": dash}, layer="below")
+    fig.update_layout({f"yaxis{MARKER_AXIS[1:]}": {"overlaying": "y", "range": [0, 1], "visible": False,
+                                                   "fixedrange": True}})
+    fig.add_trace(go.Scatter(
+        x=list(ts), y=[1 if top else 0] * len(ts), yaxis=MARKER_AXIS, mode="markers", name=name,
+        showlegend=False, cliponaxis=False, hovertext=hovers, hoverinfo="text",
+        marker={"symbol": "triangle-down" if top else "triangle-up", "size": 10, "color": colour,
+                "line": {"width": 1, "color": "white"}},
+    ))
+    span = (end - start) or pd.Timedelta(seconds=1)
+    fractions = [(t - start) / span for t in ts]
+    for t, text, hover, spot in zip(ts, labels, hovers, place_labels(fractions, labels)):
+        if spot is None:
+            continue
+        row, anchor = spot
+        fig.add_annotation(
+            x=t, y=1 if top else 0, xref="x", yref="paper", text=plot_text(text), showarrow=False,
+            xanchor=anchor, yanchor="top" if top else "bottom",
+            xshift=LABEL_GAP_PX if anchor == "left" else -LABEL_GAP_PX,
+            yshift=-row * LABEL_ROW_PX if top else row * LABEL_ROW_PX,
+            font={"size": 11, "color": colour}, bgcolor="rgba(255,255,255,0.8)", hovertext=hover,
+        )
+    return fig
+
+
 def add_deploy_markers(
     fig: go.Figure, deploys: pd.DataFrame | None, x_range: tuple[datetime, datetime] | None = None,
 ) -> go.Figure:
-    """Dashed vertical line per deploy across all subplots, labelled with its version."""
+    """A dashed vertical line per deploy inside the span shown (`x_range`, else the figure's), with a
+    marker at its top whose hover names service, version, host and time. Up to MAX_LABELS deploys also
+    get a short version label beside the line, each only where it overprints nothing."""
     if deploys is None or deploys.empty:
         return fig
     several_services = deploys["service"].nunique() > 1
-    start, end = x_range or (deploys["ts"].min(), deploys["ts"].max())
-    span = (end - start) or pd.Timedelta(seconds=1)
-    for i, row in enumerate(deploys.itertuples(index=False)):
-        near_right = (row.ts - start) / span > 0.85  # label on the left of its line, not cut off
-        label = plot_text(f"{row.service} {row.version}" if several_services else row.version)
-        fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
-                      line={"color": DEPLOY_COLOUR, "width": 1, "dash": "dash"}, layer="below")
+    labels, hovers = [], []
+    for row in deploys.itertuples(index=False):
+        labels.append(_short(f"{row.service} {row.version}" if several_services else str(row.version)))
         host = f" on {plot_text(row.host)}" if isinstance(row.host, str) and row.host else ""
-        fig.add_annotation(
-            # Three staggered rows so labels of close deploys don't print over each other.
-            x=row.ts, y=1 - 0.07 * (i % 3), xref="x", yref="paper", text=label, showarrow=False,
-            xanchor="right" if near_right else "left", yanchor="top", xshift=-3 if near_right else 3,
-            font={"size": 11, "color": DEPLOY_COLOUR},
-            bgcolor="rgba(255,255,255,0.8)",
-            hovertext=f"deploy {plot_text(row.service)} {plot_text(row.version)}{host}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC",
-        )
-    return fig
+        hovers.append(f"deploy {plot_text(row.service)} {plot_text(row.version)}{host}<br>"
+                      f"{_naive(row.ts):%Y-%m-%d %H:%M:%S} UTC")
+    return _marks(fig, deploys, x_range, labels=labels, hovers=hovers, name="deploys", colour=DEPLOY_COLOUR,
+                  dash="dash", top=True)
 
 
 ACTION_COLOUR = "#7B2CBF"
 
 
 def add_action_markers(fig: go.Figure, actions: pd.DataFrame | None) -> go.Figure:
-    """Dotted vertical line per maintenance action (from `queries.cache_actions`), labelled at the
-    bottom so it reads apart from the deploys labelled at the top."""
+    """A dotted vertical line per maintenance action (from `queries.cache_actions`) inside the span the
+    figure shows, with a marker at its foot (hover: action, target, time) and, for a few, a short label
+    at the bottom where it overprints nothing, so it reads apart from the deploys marked at the top."""
     if actions is None or actions.empty:
         return fig
-    for i, row in enumerate(actions.itertuples(index=False)):
-        fig.add_shape(type="line", x0=row.ts, x1=row.ts, y0=0, y1=1, xref="x", yref="paper",
-                      line={"color": ACTION_COLOUR, "width": 1, "dash": "dot"}, layer="below")
-        fig.add_annotation(x=row.ts, y=0.02 + 0.07 * (i % 2), xref="x", yref="paper", text=plot_text(row.label),
-                           showarrow=False, xanchor="left", yanchor="bottom", xshift=3,
-                           font={"size": 11, "color": ACTION_COLOUR}, bgcolor="rgba(255,255,255,0.8)",
-                           hovertext=f"{plot_text(row.action)} {plot_text(row.target)}<br>{row.ts:%Y-%m-%d %H:%M:%S} UTC")
-    return fig
+    labels = [_short(str(row.label)) for row in actions.itertuples(index=False)]
+    hovers = [f"{plot_text(row.action)} {plot_text(row.target)}<br>{_naive(row.ts):%Y-%m-%d %H:%M:%S} UTC"
+              for row in actions.itertuples(index=False)]
+    return _marks(fig, actions, None, labels=labels, hovers=hovers, name="actions", colour=ACTION_COLOUR,
+                  dash="dot", top=False)
 
 
 def latency_chart(
@@ -132,7 +310,8 @@ def latency_chart(
                 x=df["time"], y=df[col], name=name, mode="lines", line={"color": colour, "width": 2},
                 hovertemplate="%{y:,.1f} ms",
             ))
-    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_xaxes(title_text=TIME_AXIS)
+    shown = fit_time_axis(fig, df["time"], x_range, deploys=deploys)
     if log_y:
         cols = [c for c in PERCENTILE_STYLE if c in df]
         ticks = _log_ticks(df[cols].stack() if cols else pd.Series(dtype=float))
@@ -142,7 +321,7 @@ def latency_chart(
     _layout(fig, title, 380)
     if df.empty:
         _no_data(fig)
-    return add_deploy_markers(fig, deploys, x_range)
+    return add_deploy_markers(fig, deploys, shown)
 
 
 def traffic_chart(
@@ -166,12 +345,12 @@ def traffic_chart(
     ), row=2, col=1)
     fig.update_yaxes(title_text="requests / s", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="errors (% of requests)", tickformat=".1%", rangemode="tozero", row=2, col=1)
-    fig.update_xaxes(range=x_range)
     fig.update_xaxes(title_text=TIME_AXIS, row=2, col=1)
+    shown = fit_time_axis(fig, df["time"], x_range, deploys=deploys)
     _layout(fig, title, 440)
     if df.empty:
         _no_data(fig)
-    return add_deploy_markers(fig, deploys, x_range)
+    return add_deploy_markers(fig, deploys, shown)
 
 
 # --- Sampler pages (Caches, Database, Host) ---------------------------------------------------
@@ -190,6 +369,30 @@ Y_FORMATS = {
     "number": (",.3~r", "", "%{y:,.3g}"),
     "usd": ("$,.4~r", "", "$%{y:,.4~r}"),
 }
+
+
+# Measured in the dashboard's browser: title 21 px high, subtitle 15 px under it at 39-54 px from the top,
+# a legend row 24-29 px, an entry 47 px plus 5.2 px per character. A half-width figure is 512-560 px.
+TITLE_TOP_PX = 8
+TITLE_PX = 30
+SUBTITLE_PX = 24
+LEGEND_ROW_PX = 26
+LEGEND_CHAR_PX = 5.8     # on the wide side
+LEGEND_ITEM_PX = 50
+HALF_FIGURE_PX = 512
+Y_AXIS_PX = 75           # left margin a y axis takes (tick labels and title), on the wide side
+
+
+def legend_rows(names: list[str], width: float = NARROW_PLOT_PX) -> int:
+    """Rows a horizontal legend takes when it may be `width` px wide (the plot's width, in Plotly),
+    generously measured, wrapping like Plotly's."""
+    rows, used = (1 if names else 0), 0.0
+    for name in names:
+        w = LEGEND_ITEM_PX + LEGEND_CHAR_PX * len(html.unescape(name or ""))
+        if used and used + w > width:
+            rows, used = rows + 1, 0.0
+        used += w
+    return rows
 
 
 def time_lines(
@@ -244,22 +447,33 @@ def time_lines(
                       annotation={"text": f"{name} {y:.0%}" if y_format == "percent" else f"{name} {y:g}",
                                   "font": {"size": 10, "color": colour}, "xanchor": "left", "x": 1,
                                   "yanchor": "middle"})
-    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_xaxes(title_text=TIME_AXIS)
+    shown = fit_time_axis(fig, df["time"] if "time" in df else [], x_range, deploys=deploys)
     if log_y:
         fig.update_yaxes(type="log", title_text=f"{y_title} (log scale)", ticksuffix=suffix)
     else:
         fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix,
                          **({"range": list(y_range)} if y_range else {"rangemode": "tozero"}))
     _layout(fig, title, height)
-    # Title (and what the line styles mean) on top, the legend in a row of its own under it.
-    fig.update_layout(title={"subtitle": {"text": subtitle, "font": {"size": 11}}, "y": 0.98, "yanchor": "top"},
-                      legend={"x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
-                      # Threshold labels sit in the right margin, clear of the newest data.
-                      margin={"t": 95 if len(fig.data) > 4 else 80, "r": 75 if hlines else 10})
+    # Stacked from the top edge, each at a fixed distance from it: the title, what the line styles mean,
+    # then the legend, which grows downwards into room kept for as many rows as it takes at half width.
+    # (A legend anchored on the plot grows upwards, into the subtitle, as soon as it wraps.)
+    legend_top = TITLE_TOP_PX + TITLE_PX + (SUBTITLE_PX if subtitle else 0)
+    right = 75 if hlines else 10
+    rows = legend_rows([t.name for t in fig.data if t.showlegend is not False], HALF_FIGURE_PX - Y_AXIS_PX - right)
+    # Rows kept for a narrow legend come on top of the plot's height, not out of it.
+    height += max(rows - 1, 0) * LEGEND_ROW_PX
+    fig.update_layout(
+        height=height,
+        title={"subtitle": {"text": subtitle, "font": {"size": 11}}, "yref": "container",
+               "y": 1 - TITLE_TOP_PX / height, "yanchor": "top"},
+        legend={"x": 0, "xanchor": "left", "yref": "container", "y": 1 - legend_top / height, "yanchor": "top"},
+        # Threshold labels sit in the right margin, clear of the newest data.
+        margin={"t": legend_top + max(rows, 1) * LEGEND_ROW_PX + 6, "r": right})
     fig.update_xaxes(tickangle=0)
     if df.empty or not fig.data:
         _no_data(fig)
-    return add_deploy_markers(fig, deploys, x_range)
+    return add_deploy_markers(fig, deploys, shown)
 
 
 def _colour(i: int) -> str:
@@ -276,10 +490,11 @@ def stacked_area(
     for i, (name, part) in enumerate(df.groupby(stack, sort=True)):
         fig.add_trace(go.Scatter(x=part["time"], y=part[y], name=plot_text(name), mode="lines", stackgroup="one",
                                  line={"width": 1, "color": _colour(i)}, hovertemplate="%{y:,.1f}"))
-    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_xaxes(title_text=TIME_AXIS)
+    shown = fit_time_axis(fig, df["time"] if "time" in df else [], x_range, deploys=deploys)
     fig.update_yaxes(title_text=y_title, rangemode="tozero")
     _layout(fig, title, height)
-    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, x_range)
+    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, shown)
 
 
 def bars(
@@ -327,11 +542,15 @@ def stacked_bars(
     for name, value in hlines:
         fig.add_hline(y=value, line={"color": THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR), "width": 1.5, "dash": "dot"},
                       annotation={"text": name, "font": {"size": 10}, "xanchor": "left", "x": 0})
-    fig.update_xaxes(title_text=TIME_AXIS, range=x_range)
+    fig.update_xaxes(title_text=TIME_AXIS)
+    times = _times(df["time"]) if "time" in df else pd.Series(dtype="datetime64[ns]")
+    steps = times.drop_duplicates().sort_values().diff().dropna()
+    shown = fit_time_axis(fig, times, x_range, deploys=deploys,
+                          bar_width=steps.min() if not steps.empty else None)
     fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix, rangemode="tozero")
     _layout(fig, title, height)
     fig.update_layout(barmode="stack", hovermode="x unified")
-    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, x_range)
+    return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, shown)
 
 
 # --- Compare -----------------------------------------------------------------------------------------
