@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from collectors import formatting as fmt
 from collectors.cli_options import CONTEXT, db_option, format_option, parse_span, reading, since_option
 
 __all__ = ["main", "parse_span"]
@@ -243,12 +244,12 @@ def _print_report(report) -> None:
         click.echo("No index is worth creating.")
     for r in report.recommendations:
         click.echo(f"\n{r.create_sql};\n  estimated {r.est_improvement_pct:.0f} % cheaper, saves "
-                   f"{r.time_saved_ms_per_day / 1000:,.1f} s/day over {r.calls_per_day:,.0f} calls/day, "
+                   f"{fmt.duration(r.time_saved_ms_per_day / 1000)}/day over {fmt.count(r.calls_per_day)} calls/day, "
                    f"for {len(r.queries)} statement{'s' if len(r.queries) != 1 else ''}:")
         for q in r.queries:
             click.echo(f"    {q[:160]}")
     for f in report.findings:
-        size = f"{f.size_bytes / 1e6:,.1f} MB" if f.size_bytes is not None else "size unknown"
+        size = fmt.size(f.size_bytes) if f.size_bytes is not None else "size unknown"
         click.echo(f"\n{f.kind} index {f.index} on {f.table} ({', '.join(f.columns)}), {size}: {f.detail}\n  {f.drop_sql};")
     for text, reason in report.failed:
         click.echo(f"\nnot analysed ({reason}): {text[:160]}", err=True)

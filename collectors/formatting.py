@@ -55,11 +55,13 @@ def ms(x) -> str:
 
 
 def duration(seconds, *, whole: bool = False) -> str:
-    """How long: 45 -> '45 s', 490 -> '8.2 min', 1200 -> '20 min', 9000 -> '2.5 h', 302400 -> '3.5 d'.
-    Under two minutes in seconds (whole ones when `whole`: how long ago, '58 s' not '58.4 s')."""
+    """How long: 0.42 -> '420 ms', 45 -> '45 s', 490 -> '8.2 min', 1200 -> '20 min', 9000 -> '2.5 h', 302400
+    -> '3.5 d'. Under two minutes in seconds (whole ones when `whole`: how long ago, '58 s' not '58.4 s')."""
     if missing(seconds):
         return MISSING
     s = float(seconds)
+    if abs(s) < 1 and not whole and s:
+        return ms(s * 1000)
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if abs(s) >= 2 * size:
             n = s / size

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from collectors import formatting as fmt
 from collectors.integrations.redis import cached
 from dashboard.actions import (
     VIEWER,
@@ -128,7 +129,7 @@ def test_delete_removes_exactly_the_previewed_namespace(cache, migrated_store, o
     assert result.figures == {"keys_removed": 1800, "bytes_freed": expected_bytes}
     assert expected_bytes > 1800 * 50
     assert result.summary == (f"Removed 1,800 keys matching 'products:*' from cache "
-                              f"(~{expected_bytes / 1e6:,.1f} MB freed)")
+                              f"(~{fmt.size(expected_bytes)} freed)")
     assert steps == [(0, 1800), (500, 1800), (1000, 1800), (1500, 1800)]   # before each batch of <= 500
     assert (_count(cache, "products:*"), _count(cache, "sessions:*"), _count(cache, "carts:*")) == (0, 2000, 1200)
     assert cache.xlen("perfdeck:batches") == 1

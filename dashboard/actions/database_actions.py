@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 
+from collectors import formatting as fmt
 from dashboard.actions import db_catalog as cat
 from dashboard.actions.framework import (
     Aborted,
@@ -38,9 +39,7 @@ _INDEX_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # names an operator types:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"
+    return "size unknown" if n is None else fmt.size(n)
 
 
 def _rows_and_size(info: cat.TableInfo) -> str:
@@ -174,7 +173,7 @@ class Analyze(DatabaseAction):
                        data={"params": params, "statements": [statement], "what": what, "size_bytes": size})
 
     def _result(self, con, params, preview, before, seconds) -> Result:
-        return Result(f"Analyzed {preview.data['what']} in {seconds:,.1f} s.", {"duration_s": round(seconds, 3)})
+        return Result(f"Analyzed {preview.data['what']} in {fmt.duration(seconds)}.", {"duration_s": round(seconds, 3)})
 
 
 class Vacuum(Analyze):
@@ -213,7 +212,7 @@ class Vacuum(Analyze):
         before = preview.data["size_bytes"]
         after = cat.database_size(con) if params["table"] is None else \
             cat.table(con, params["schema"], params["table"]).size_bytes
-        return Result(f"Vacuumed {preview.data['what']} in {seconds:,.1f} s: {_size(before)} -> {_size(after)}.",
+        return Result(f"Vacuumed {preview.data['what']} in {fmt.duration(seconds)}: {_size(before)} -> {_size(after)}.",
                       {"size_bytes_before": before, "size_bytes_after": after, "duration_s": round(seconds, 3)})
 
 
@@ -333,7 +332,7 @@ class CreateIndex(DatabaseAction):
             note = self._clean_up(target, schema, name, preview.data["cleanup"])
             kind = TargetUnavailable if isinstance(exc, TargetUnavailable) else ActionError
             raise kind(f"creating index {name!r} failed: {exc}; {note}") from exc
-        return Result(f"Created index {name!r} ({_size(size)}) in {seconds:,.1f} s.",
+        return Result(f"Created index {name!r} ({_size(size)}) in {fmt.duration(seconds)}.",
                       {"index": name, "index_bytes": size, "duration_s": round(seconds, 3)})
 
     @staticmethod
@@ -391,7 +390,7 @@ class DropIndex(DatabaseAction):
 
     def _result(self, con, params, preview, before, seconds) -> Result:
         size = preview.data["size_bytes"]
-        return Result(f"Dropped index {params['index']!r} ({_size(size)} freed) in {seconds:,.1f} s.",
+        return Result(f"Dropped index {params['index']!r} ({_size(size)} freed) in {fmt.duration(seconds)}.",
                       {"index_bytes_freed": size, "duration_s": round(seconds, 3)})
 
 

@@ -37,11 +37,6 @@ PREVIEW_MAX_AGE_S = 600
 log = logging.getLogger("perfdeck.actions")
 
 
-def megabytes(n: float) -> str:
-    """Bytes as the previews and results say them."""
-    return f"{n / 1e6:,.1f} MB"
-
-
 class ActionError(Exception):
     """Base of the errors an action reports to the user as one clear line."""
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import redis
 
+from collectors import formatting as fmt
 from collectors.integrations.redis import bump_cache_version, version_key
 from collectors.redact import redact
 from collectors.sdk.transport.redis import STREAM
@@ -38,7 +39,6 @@ from dashboard.actions.framework import (
     Progress,
     Result,
     TargetUnavailable,
-    megabytes,
 )
 
 SCAN_COUNT = 1000          # keys examined per SCAN call: few round trips, each one short for the server
@@ -171,7 +171,7 @@ class DeleteKeys(_RedisAction):
         sizes = [r["bytes"] for r in rows]
         estimate = round(sum(sizes) / len(sizes) * count) if sizes else 0
         summary = (f"Delete {count:,} keys matching {pattern!r} from {target} (db {db}), "
-                   f"about {megabytes(estimate)} (estimated from {len(sizes)} sampled keys)"
+                   f"about {fmt.size(estimate)} (estimated from {len(sizes)} sampled keys)"
                    if count else f"No keys match {pattern!r} in {target} (db {db}); nothing to delete")
         return Preview(
             summary=summary,
@@ -192,7 +192,7 @@ class DeleteKeys(_RedisAction):
                 *sizes, unlinked = pipe.execute()
                 removed += int(unlinked)
                 freed += sum(s for s in sizes if s)
-        return Result(f"Removed {removed:,} keys matching {pattern!r} from {target} (~{megabytes(freed)} freed)",
+        return Result(f"Removed {removed:,} keys matching {pattern!r} from {target} (~{fmt.size(freed)} freed)",
                       {"keys_removed": removed, "bytes_freed": freed})
 
     @staticmethod
@@ -237,7 +237,7 @@ class FlushDatabase(_RedisAction):
             unread = client.xlen(STREAM) if client.type(STREAM) == b"stream" else None
         warnings = [] if unread is None else [_stream_warning(unread)]
         return Preview(
-            summary=f"Remove all {keys:,} keys of database {db} of {target} (the server uses {megabytes(used)} in all)",
+            summary=f"Remove all {keys:,} keys of database {db} of {target} (the server uses {fmt.size(used)} in all)",
             statements=["FLUSHDB ASYNC"], rows=[{"db": db, "keys": keys, "used_memory": used}], count=keys,
             confirm=target, warnings=warnings, data={"db": db})
 
@@ -248,7 +248,7 @@ class FlushDatabase(_RedisAction):
             client.flushdb(asynchronous=True)
             after = client.info("memory")["used_memory"]
         return Result(f"Flushed database {db} of {target}: {keys:,} keys removed "
-                      f"(used memory {megabytes(before)} -> {megabytes(after)}; large values are freed in the background)",
+                      f"(used memory {fmt.size(before)} -> {fmt.size(after)}; large values are freed in the background)",
                       {"keys_removed": keys, "used_memory_before": before, "used_memory_after": after})
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from collectors import formatting as fmt
 from collectors.store import connection, read, utcnow, write
 from collectors.store.retention import count_expired, purge_table, retention_days
 from collectors.store.rollups import compact, mergeable
-from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result, megabytes
+from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result
 
 MAX_DAYS = 3650
 
@@ -88,7 +89,7 @@ class CompactStore(_StoreAction):
         size = connection.db_path(self.db).stat().st_size
         return Preview(
             summary=f"Merge {total:,} duplicate rollup rows in {len(counts)} tables, then CHECKPOINT "
-                    f"the {megabytes(size)} file.",
+                    f"the {fmt.size(size)} file.",
             statements=["CHECKPOINT"],
             rows=[{"table": t, "rows to merge": n} for t, n in counts.items()],
             count=total, data={"size": size},
@@ -101,7 +102,7 @@ class CompactStore(_StoreAction):
         progress.step(1, 2, "checkpoint")
         connection.checkpoint(self.db)
         size = connection.db_path(self.db).stat().st_size
-        return Result(f"Merged {removed:,} rollup rows; the file is {megabytes(size)} (was {megabytes(preview.data['size'])}).",
+        return Result(f"Merged {removed:,} rollup rows; the file is {fmt.size(size)} (was {fmt.size(preview.data['size'])}).",
                       {"rows_merged": removed, "bytes_before": preview.data["size"], "bytes_after": size})
 
 
