@@ -1,0 +1,266 @@
+"""What one request costs: its LLM calls joined to its request event by request_id (either may be
+stored first), plus its share of the service's CPU when a $/core-hour is configured."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from dashboard.queries._run import run_query
+from dashboard.queries.cost._common import JOIN_MARGIN, _params
+
+# -- 5, 6, 7. requests ---------------------------------------------------------------------------------
+
+# CPU seconds spent per (host, minute) by the watched processes: each process's average
+# proc.cpu_percent over the minute (100 = one core) is that many cores for 60 s.
+CORE_SECONDS_CTE = """
+process_minutes AS (
+    SELECT host, date_trunc('minute', ts) AS minute, labels, avg(value) / 100 AS cores
+    FROM system_metrics
+    WHERE name = 'proc.cpu_percent'
+      AND ts >= $cpu_since
+      AND ts < $cpu_until
+    GROUP BY host, minute, labels
+),
+core_seconds AS (
+    SELECT host, minute, sum(cores) * 60 AS core_seconds
+    FROM process_minutes
+    GROUP BY host, minute
+)"""
+
+# One row per request: its event (if any) full-outer-joined to its calls (if any). Both sides are
+# read JOIN_MARGIN beyond the range ($wide_since, $wide_until), then each request is placed at its
+# event's time, or its first call's when no event was recorded, so a request falls in exactly one
+# range with all its calls, whichever side was stored first. Calls without a request_id are not here.
+REQUESTS_CTE = """
+events AS (
+    -- One event per id: a client-sent id can repeat on a retry, and the first one stands.
+    SELECT request_id, ts, service, host, endpoint, duration_ms
+    FROM request_events
+    WHERE request_id IS NOT NULL
+      AND ts >= $wide_since
+      AND ts < $wide_until
+    QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts, endpoint) = 1
+),
+calls AS (
+    SELECT request_id,
+           min(ts) AS first_ts,
+           arg_min(service, ts) AS service,
+           arg_min(endpoint, ts) AS endpoint,
+           min(user_id) AS user_id,
+           count(*) AS calls,
+           string_agg(DISTINCT model, ', ' ORDER BY model) AS models,
+           sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens,
+           coalesce(sum(cost_usd), 0) AS llm_usd
+    FROM llm_calls
+    WHERE request_id IS NOT NULL
+      AND ts >= $wide_since
+      AND ts < $wide_until
+    GROUP BY request_id
+),
+requests AS (
+    SELECT coalesce(e.request_id, c.request_id) AS request_id,
+           coalesce(e.ts, c.first_ts) AS ts,
+           coalesce(e.service, c.service) AS service,
+           coalesce(e.endpoint, c.endpoint) AS endpoint,
+           e.host,
+           e.duration_ms,
+           c.user_id,
+           coalesce(c.calls, 0) AS calls,
+           c.models,
+           coalesce(c.input_tokens, 0) AS input_tokens,
+           coalesce(c.output_tokens, 0) AS output_tokens,
+           coalesce(c.llm_usd, 0) AS llm_usd
+    FROM events AS e
+    FULL OUTER JOIN calls AS c ON c.request_id = e.request_id
+    WHERE coalesce(e.ts, c.first_ts) >= $since
+      AND coalesce(e.ts, c.first_ts) < $until
+      AND ($service IS NULL OR coalesce(e.service, c.service) = $service)
+)"""
+
+REQUEST_COSTS_SQL = f"""
+WITH {REQUESTS_CTE},
+{CORE_SECONDS_CTE},
+host_load AS (
+    -- Every request served on the host in that minute shares its CPU, with or without an id.
+    SELECT host, date_trunc('minute', ts) AS minute, count(*) AS events
+    FROM request_events
+    WHERE ts >= $wide_since
+      AND ts < $wide_until
+    GROUP BY host, minute
+),
+priced AS (
+    SELECT r.service,
+           r.endpoint,
+           r.calls,
+           r.llm_usd,
+           -- Only a request with an event has a host; no rate given, no compute.
+           coalesce(cs.core_seconds / l.events * CAST($usd_per_core_hour AS DOUBLE) / 3600, 0) AS compute_usd
+    FROM requests AS r
+    LEFT JOIN host_load AS l ON l.host = r.host AND l.minute = date_trunc('minute', r.ts)
+    LEFT JOIN core_seconds AS cs ON cs.host = r.host AND cs.minute = date_trunc('minute', r.ts)
+),
+per_request AS (
+    SELECT *, CAST(llm_usd AS DOUBLE) + compute_usd AS cost_usd
+    FROM priced
+),
+-- Endpoints that never call an LLM are noise on a cost page.
+llm_endpoints AS (
+    SELECT service, endpoint
+    FROM per_request
+    GROUP BY service, endpoint
+    HAVING sum(calls) > 0
+)
+SELECT {{keys}}
+       count(*) AS requests,
+       count(*) FILTER (WHERE calls > 0) AS llm_requests,
+       sum(calls) / count(*) AS calls_per_request,
+       avg(cost_usd) AS mean_usd,
+       quantile_cont(cost_usd, 0.5) AS p50_usd,
+       quantile_cont(cost_usd, 0.95) AS p95_usd,
+       max(cost_usd) AS max_usd,
+       CAST(sum(llm_usd) AS DOUBLE) + sum(compute_usd) AS total_usd,
+       sum(compute_usd) AS compute_usd
+FROM per_request
+SEMI JOIN llm_endpoints USING (service, endpoint)
+{{group}}
+"""
+
+
+def _request_params(since: datetime, until: datetime, service: str | None) -> dict:
+    return {**_params(since, until, service), "wide_since": since - JOIN_MARGIN, "wide_until": until + JOIN_MARGIN}
+
+
+def request_costs(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    service: str | None = None,
+    usd_per_core_hour: float | None = None,
+) -> pd.DataFrame:
+    """[service, endpoint, requests, llm_requests, calls_per_request, mean_usd, p50_usd, p95_usd,
+    max_usd, total_usd, compute_usd] per endpoint that made at least one LLM call, costliest first.
+
+    A request's cost is its LLM spend plus, when `usd_per_core_hour` is given, its share of the
+    CPU its host's watched processes burnt in the minute of its event (split evenly over the
+    requests served there in that minute). Requests with no LLM call count as $0 (plus compute);
+    percentiles are exact (linear interpolation) over the requests of the endpoint."""
+    sql = REQUEST_COSTS_SQL.format(keys="service, endpoint,", group="GROUP BY service, endpoint\n"
+                                   "ORDER BY total_usd DESC, requests DESC, service, endpoint")
+    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+    return df
+
+
+def request_cost_overall(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    service: str | None = None,
+    usd_per_core_hour: float | None = None,
+) -> pd.DataFrame:
+    """request_costs' figures over the requests of every endpoint that calls an LLM, as one row
+    (requests is 0 and the figures NaN when there are none)."""
+    sql = REQUEST_COSTS_SQL.format(keys="", group="")
+    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+    return df
+
+
+def _compute_params(since: datetime, until: datetime, service: str | None, usd_per_core_hour: float | None) -> dict:
+    return {**_request_params(since, until, service), "usd_per_core_hour": usd_per_core_hour,
+            "cpu_since": since - JOIN_MARGIN, "cpu_until": until + JOIN_MARGIN}
+
+
+EXPENSIVE_REQUESTS_SQL = f"""
+WITH {REQUESTS_CTE}
+SELECT request_id,
+       ts,
+       service,
+       endpoint,
+       user_id,
+       duration_ms,
+       calls,
+       models,
+       CAST(input_tokens AS BIGINT) AS input_tokens,
+       CAST(output_tokens AS BIGINT) AS output_tokens,
+       CAST(llm_usd AS DOUBLE) AS cost_usd
+FROM requests
+WHERE calls > 0
+ORDER BY llm_usd DESC, ts DESC, request_id
+LIMIT $limit
+"""
+
+
+def expensive_requests(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    service: str | None = None,
+    limit: int = 20,
+) -> pd.DataFrame:
+    """[request_id, ts, service, endpoint, user_id, duration_ms, calls, models, input_tokens,
+    output_tokens, cost_usd] for the `limit` requests with the highest LLM spend. ts is the request
+    event's (its first call's when it has no event, and then duration_ms is null); models is the
+    distinct models, sorted and comma-joined."""
+    params = {**_request_params(since, until, service), "limit": limit}
+    df, _ = run_query(EXPENSIVE_REQUESTS_SQL, params, con=con)
+    return df
+
+
+REQUEST_CALLS_SQL = """
+SELECT ts,
+       provider,
+       model,
+       input_tokens,
+       cached_input_tokens,
+       output_tokens,
+       cache_hit,
+       latency_ms,
+       CAST(cost_usd AS DOUBLE) AS cost_usd,
+       CAST(saved_usd AS DOUBLE) AS saved_usd,
+       price_version
+FROM llm_calls
+WHERE request_id = $request_id
+ORDER BY ts, model
+"""
+
+
+def request_calls(con: duckdb.DuckDBPyConnection, *, request_id: str) -> pd.DataFrame:
+    """[ts, provider, model, input_tokens, cached_input_tokens, output_tokens, cache_hit, latency_ms,
+    cost_usd, saved_usd, price_version] for every LLM call of one request, in order."""
+    df, _ = run_query(REQUEST_CALLS_SQL, {"request_id": request_id}, con=con)
+    return df
+
+
+# -- 12. compute ------------------------------------------------------------------------------------------------
+
+COMPUTE_COSTS_SQL = f"""
+WITH {CORE_SECONDS_CTE}
+SELECT time_bucket(to_seconds(CAST($bucket_s AS BIGINT)), minute) AS time,
+       host,
+       sum(core_seconds) AS core_seconds,
+       sum(core_seconds) * CAST($usd_per_core_hour AS DOUBLE) / 3600 AS compute_usd
+FROM core_seconds
+GROUP BY ALL
+ORDER BY time, host
+"""
+
+
+def compute_costs(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    since: datetime,
+    until: datetime,
+    usd_per_core_hour: float,
+    bucket_s: int = 3600,
+) -> pd.DataFrame:
+    """[time, host, core_seconds, compute_usd] per time bucket and host: the CPU the watched
+    processes used (from proc.cpu_percent samples in [since, until)), priced per core-hour."""
+    params = {"cpu_since": since, "cpu_until": until, "usd_per_core_hour": usd_per_core_hour, "bucket_s": bucket_s}
+    df, _ = run_query(COMPUTE_COSTS_SQL, params, con=con)
+    df.attrs["bucket_seconds"] = bucket_s
+    return df
