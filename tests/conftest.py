@@ -44,6 +44,15 @@ def spool(tmp_path):
     return path
 
 
+@pytest.fixture
+def sdk_spool(tmp_path):
+    """The SDK configured to spool its batches to a folder, flushed only when a test asks
+    (`helpers.spooled`); the folder."""
+    path = tmp_path / "sdk-spool"
+    sdk.configure(service="itest", transport=f"spool:{path}", flush_interval=60)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _sdk_reset():
     """Every test starts and ends with an unconfigured SDK, empty buffers and no cache sized."""

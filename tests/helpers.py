@@ -1,6 +1,7 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -81,3 +82,22 @@ def clear_health_env(monkeypatch, tmp_path) -> None:
                 or re.match(r"PERFDECK_.*_(TARGET|WARNING|CRITICAL|MIN_SAMPLES|FOR)$", var):
             monkeypatch.delenv(var)
     monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
+
+
+def spooled(spool, kind: str) -> list[dict]:
+    """Every row of one kind ("requests", "cache", "llm", "queries") in the batches the SDK spooled (flushed
+    first), each batch decoded as the collector would decode it; requests as their store columns, the
+    other kinds as sent (JSON: a None stays None)."""
+    from collectors import sdk
+    from collectors.store.ingest import decode
+
+    assert sdk.flush(10)
+    rows = []
+    for path in sorted(spool.glob("*.batch")):
+        payload = path.read_bytes()
+        batch = decode(payload)                       # still a batch the daemon accepts
+        if kind == "requests":
+            rows += batch.requests.to_pylist() if batch.requests is not None else []
+        else:
+            rows += json.loads(payload).get(kind, [])
+    return rows

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
+from helpers import spooled
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -17,7 +18,6 @@ from starlette.testclient import TestClient
 
 from collectors import sdk
 from collectors.integrations.asgi import PerfdeckMiddleware, current_endpoint, current_request_id
-from collectors.store.ingest import decode
 
 
 class Boom(RuntimeError):
@@ -62,25 +62,8 @@ def make_app(wrap: str):
     return PerfdeckMiddleware(Starlette(routes=routes))
 
 
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    sdk.configure(service="asgi-test", transport=f"spool:{d}", flush_interval=60)
-    return d
-
-
-def recorded(spool) -> list[dict]:
-    assert sdk.flush(5)
-    rows = []
-    for p in sorted(spool.glob("*.batch")):
-        b = decode(p.read_bytes())
-        if b.requests is not None:
-            rows += b.requests.to_pylist()
-    return rows
-
-
 @pytest.mark.parametrize("wrap", ["add_middleware", "outermost"])
-def test_routes_are_recorded_as_templates_with_status_and_request_id(spool, wrap):
+def test_routes_are_recorded_as_templates_with_status_and_request_id(sdk_spool, wrap):
     seen.clear()
     client = TestClient(make_app(wrap), raise_server_exceptions=True)
 
@@ -109,7 +92,7 @@ def test_routes_are_recorded_as_templates_with_status_and_request_id(spool, wrap
     with client.websocket_connect("/ws") as s:      # not an HTTP request: not recorded
         assert s.receive_text() == "hi"
 
-    got = [(r["endpoint"], r["method"], r["status"]) for r in recorded(spool)]
+    got = [(r["endpoint"], r["method"], r["status"]) for r in spooled(sdk_spool, "requests")]
     assert got == [
         ("/items/{item_id}", "GET", 200),
         ("/items/{item_id}", "GET", 200),
@@ -124,25 +107,25 @@ def test_routes_are_recorded_as_templates_with_status_and_request_id(spool, wrap
     assert current_request_id() is None       # the context does not leak out of the request
 
 
-def test_request_ids_and_durations_reach_the_batch(spool):
+def test_request_ids_and_durations_reach_the_batch(sdk_spool):
     client = TestClient(make_app("outermost"))
     client.get("/items/1", headers={"x-request-id": "r-1"})
     with pytest.raises(Boom):
         client.get("/boom", headers={"x-request-id": "r-2"})
-    rows = recorded(spool)
+    rows = spooled(sdk_spool, "requests")
     assert [r["request_id"] for r in rows] == ["r-1", "r-2"]
     assert all(r["duration_ms"] >= 0 for r in rows)
 
 
-def test_server_error_response_when_exceptions_are_not_raised(spool):
+def test_server_error_response_when_exceptions_are_not_raised(sdk_spool):
     client = TestClient(make_app("outermost"), raise_server_exceptions=False)
     r = client.get("/boom", headers={"x-request-id": "r-500"})
     assert r.status_code == 500
     assert r.headers["x-request-id"] == "r-500"   # ServerErrorMiddleware's response passed through us
-    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("/boom", 500)]
+    assert [(r["endpoint"], r["status"]) for r in spooled(sdk_spool, "requests")] == [("/boom", 500)]
 
 
-def test_lifespan_passes_through_and_nothing_is_recorded(spool):
+def test_lifespan_passes_through_and_nothing_is_recorded(sdk_spool):
     events = []
 
     @contextlib.asynccontextmanager
@@ -155,10 +138,10 @@ def test_lifespan_passes_through_and_nothing_is_recorded(spool):
     with TestClient(app):
         pass
     assert events == ["up", "down"]
-    assert recorded(spool) == []
+    assert spooled(sdk_spool, "requests") == []
 
 
-def test_a_broken_sdk_never_breaks_the_app(spool, monkeypatch):
+def test_a_broken_sdk_never_breaks_the_app(sdk_spool, monkeypatch):
     def explode(*a, **k):
         raise RuntimeError("perfdeck bug")
 
@@ -170,7 +153,7 @@ def test_a_broken_sdk_never_breaks_the_app(spool, monkeypatch):
         client.get("/boom")
 
 
-def test_a_mount_with_parameters_is_recorded_as_its_template(spool):
+def test_a_mount_with_parameters_is_recorded_as_its_template(sdk_spool):
     # The router leaves the matched mount path raw in root_path ("/t/evil<b>"): its values go back to names.
     app = PerfdeckMiddleware(Starlette(routes=[
         Mount("/t/{tenant}", routes=[Route("/items/{item_id}", item)]),
@@ -179,4 +162,4 @@ def test_a_mount_with_parameters_is_recorded_as_its_template(spool):
     client = TestClient(app)
     assert client.get("/t/<img src=x>/items/7").status_code == 200
     assert client.get("/files/![x](http:)/a/b").status_code == 200
-    assert [r["endpoint"] for r in recorded(spool)] == ["/t/{tenant}/items/{item_id}", "/files/{owner}/{path}"]
+    assert [r["endpoint"] for r in spooled(sdk_spool, "requests")] == ["/t/{tenant}/items/{item_id}", "/files/{owner}/{path}"]

@@ -5,10 +5,10 @@ the SDK spools to tmp_path, and the request-context test runs a real Starlette a
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
+from helpers import spooled
 
 from collectors import sdk
 from collectors.integrations.llm import (
@@ -20,7 +20,6 @@ from collectors.integrations.llm import (
     record_openai_response,
     uninstrument,
 )
-from collectors.store.ingest import decode
 
 # --- stand-ins shaped like the SDKs' response models ---------------------------------------------
 
@@ -84,25 +83,6 @@ class AnthropicClient:
 
 # --- helpers --------------------------------------------------------------------------------------
 
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    sdk.configure(service="llm-test", transport=f"spool:{d}", flush_interval=60)
-    return d
-
-
-def calls(spool) -> list[dict]:
-    """The llm rows of every spooled batch, as the SDK wrote them. Read from the batch JSON rather than
-    through ingest.decode(), whose pandas step turns a None request_id/endpoint/user into the string
-    "nan" when other rows of the batch have one (reported, not this integration's to fix)."""
-    assert sdk.flush(5)
-    rows = []
-    for p in sorted(spool.glob("*.batch")):
-        decode(p.read_bytes())                       # still a batch the daemon accepts
-        rows += json.loads(p.read_bytes()).get("llm", [])
-    return rows
-
-
 def brief(row) -> tuple:
     return (row["provider"], row["model"], row["input_tokens"], row["output_tokens"], row["cached_input_tokens"])
 
@@ -135,7 +115,7 @@ def test_anthropic_usage(response, expected):
     assert anthropic_usage(response) == expected
 
 
-def test_record_functions_reach_the_batch(spool):
+def test_record_functions_reach_the_batch(sdk_spool):
     assert record_openai_response(chat_completion(), latency_ms=640, request_id="r-1", endpoint="/chat",
                                   user="u-1")
     assert record_openai_response(responses_response())
@@ -143,7 +123,7 @@ def test_record_functions_reach_the_batch(spool):
     assert record_openai_response({"model": "gpt-4o"}) is False         # no usage: nothing recorded
     assert record_openai_response(None) is False
 
-    rows = calls(spool)
+    rows = spooled(sdk_spool, "llm")
     assert [brief(r) for r in rows] == [
         ("openai", "gpt-4o-mini", 1200, 80, 1024),
         ("openai", "gpt-4.1", 900, 150, 256),
@@ -157,7 +137,7 @@ def test_record_functions_reach_the_batch(spool):
 
 # --- instrumented clients -------------------------------------------------------------------------
 
-def test_instrument_openai_sync(spool):
+def test_instrument_openai_sync(sdk_spool):
     completions = Completions(chat_completion(), delay=0.02)
     responses = Completions(responses_response())
     client = instrument_openai(OpenAIClient(completions, responses))
@@ -168,13 +148,13 @@ def test_instrument_openai_sync(spool):
     assert completions.calls == [("gpt-4o-mini", {"user": "u-7", "temperature": 0})]
     client.responses.create(model="gpt-4.1", messages=[])
 
-    rows = calls(spool)
+    rows = spooled(sdk_spool, "llm")
     assert [brief(r) for r in rows] == [("openai", "gpt-4o-mini", 1200, 80, 1024),
                                         ("openai", "gpt-4.1", 900, 150, 256)]
     assert rows[0]["user"] == "u-7" and rows[0]["latency_ms"] >= 20
 
 
-def test_instrument_openai_async(spool):
+def test_instrument_openai_async(sdk_spool):
     completions = AsyncCompletions(chat_completion(model="gpt-4o"), delay=0.02)
     client = instrument_openai(OpenAIClient(completions))
 
@@ -182,23 +162,23 @@ def test_instrument_openai_async(spool):
         return await client.chat.completions.create(model="gpt-4o", messages=[])
 
     assert asyncio.run(main()) is completions.response
-    [row] = calls(spool)
+    [row] = spooled(sdk_spool, "llm")
     assert brief(row) == ("openai", "gpt-4o", 1200, 80, 1024) and row["latency_ms"] >= 20
 
 
-def test_instrument_anthropic_sync_and_async(spool):
+def test_instrument_anthropic_sync_and_async(sdk_spool):
     sync_client = instrument_anthropic(AnthropicClient(Completions(anthropic_message())))
     async_client = instrument_anthropic(AnthropicClient(AsyncCompletions(anthropic_message(model="claude-opus-4-1"))))
     sync_client.messages.create(model="claude-sonnet-4-5", messages=[], max_tokens=10,
                                 metadata={"user_id": "u-3"})
     asyncio.run(async_client.messages.create(model="claude-opus-4-1", messages=[], max_tokens=10))
-    rows = calls(spool)
+    rows = spooled(sdk_spool, "llm")
     assert [brief(r) for r in rows] == [("anthropic", "claude-sonnet-4-5", 5050, 300, 4000),
                                         ("anthropic", "claude-opus-4-1", 5050, 300, 4000)]
     assert [r["user"] for r in rows] == ["u-3", None]
 
 
-def test_app_errors_pass_through_and_perfdeck_errors_do_not_break_calls(spool, monkeypatch):
+def test_app_errors_pass_through_and_perfdeck_errors_do_not_break_calls(sdk_spool, monkeypatch):
     class RateLimited(Exception):
         pass
 
@@ -219,19 +199,19 @@ def test_app_errors_pass_through_and_perfdeck_errors_do_not_break_calls(spool, m
     weird = instrument_openai(OpenAIClient(Completions(Obj(model=None, usage=Obj(prompt_tokens="x")))))
     assert weird.chat.completions.create(model="m", messages=[]).model is None
     monkeypatch.undo()
-    assert calls(spool) == []
+    assert spooled(sdk_spool, "llm") == []
 
 
-def test_uninstrument_restores_the_original(spool):
+def test_uninstrument_restores_the_original(sdk_spool):
     completions = Completions(chat_completion())
     client = instrument_openai(OpenAIClient(completions))
     assert uninstrument(client) is True and uninstrument(client) is False
     assert client.chat.completions.create == completions.create.__func__.__get__(completions)
     client.chat.completions.create(model="m", messages=[])
-    assert calls(spool) == []
+    assert spooled(sdk_spool, "llm") == []
 
 
-def test_llm_calls_inside_a_request_link_to_it(spool):
+def test_llm_calls_inside_a_request_link_to_it(sdk_spool):
     pytest.importorskip("starlette")
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
@@ -257,7 +237,7 @@ def test_llm_calls_inside_a_request_link_to_it(spool):
     assert client.get("/sync/dogs", headers={"x-request-id": "r-sync"}).status_code == 200
     llm.chat.completions.create(model="gpt", messages=[])          # outside any request
 
-    rows = calls(spool)
+    rows = spooled(sdk_spool, "llm")
     assert [(r["provider"], r["request_id"], r["endpoint"]) for r in rows] == [
         ("anthropic", "r-ask", "/ask/{topic}"),
         ("openai", "r-sync", "/sync/{topic}"),

@@ -11,10 +11,10 @@ import pytest
 
 redis = pytest.importorskip("redis")
 
+from helpers import spooled
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from collectors import sdk
 from collectors.integrations.redis import (
     bump_cache_version,
     cached,
@@ -23,14 +23,6 @@ from collectors.integrations.redis import (
     uninstrument_redis,
     version_key,
 )
-from collectors.store.ingest import decode
-
-
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    sdk.configure(service="redis-test", transport=f"spool:{d}", flush_interval=60)
-    return d
 
 
 @pytest.fixture
@@ -60,22 +52,16 @@ def dead_client():
     client.close()
 
 
-def lookups(spool) -> dict[tuple, tuple]:
+def lookups(sdk_spool) -> dict[tuple, tuple]:
     """(cache, namespace) -> (hits, misses, lookups_timed) summed over every spooled batch."""
-    assert sdk.flush(5)
     out: dict[tuple, tuple] = {}
-    for p in sorted(spool.glob("*.batch")):
-        b = decode(p.read_bytes())
-        if b.cache is None:
-            continue
-        for row in b.cache.itertuples():
-            ns = row.namespace if isinstance(row.namespace, str) else None     # pandas gives NaN for None
-            h, m, t = out.get((row.cache, ns), (0, 0, 0))
-            out[(row.cache, ns)] = (h + row.hits, m + row.misses, t + row.lookups_timed)
+    for row in spooled(sdk_spool, "cache"):
+        h, m, t = out.get((row["cache"], row["namespace"]), (0, 0, 0))
+        out[(row["cache"], row["namespace"])] = (h + row["hits"], m + row["misses"], t + row["lookups_timed"])
     return out
 
 
-def test_miss_then_hit_then_bump_invalidates(spool, r):
+def test_miss_then_hit_then_bump_invalidates(sdk_spool, r):
     calls = []
 
     @cached("products", ttl=60, client=r, version_ttl=0.2)
@@ -99,10 +85,10 @@ def test_miss_then_hit_then_bump_invalidates(spool, r):
     assert product.cache_key(1).startswith("products:v1:")
 
     ns = product.__qualname__
-    assert lookups(spool) == {("products", ns): (1, 3, 4)}
+    assert lookups(sdk_spool) == {("products", ns): (1, 3, 4)}
 
 
-def test_bump_from_another_process_is_seen_within_the_version_ttl(spool, r, redis_url):
+def test_bump_from_another_process_is_seen_within_the_version_ttl(sdk_spool, r, redis_url):
     calls = []
 
     @cached("pages", client=r, namespace="page", version_ttl=0.3)
@@ -123,10 +109,10 @@ def test_bump_from_another_process_is_seen_within_the_version_ttl(spool, r, redi
     assert page(7) == "page 7" and calls == [7, 7]   # still v1 within the version ttl
     time.sleep(0.35)
     assert page(7) == "page 7" and calls == [7, 7, 7]
-    assert lookups(spool) == {("pages", "page"): (3, 3, 6)}
+    assert lookups(sdk_spool) == {("pages", "page"): (3, 3, 6)}
 
 
-def test_none_is_cached_and_errors_are_not(spool, r):
+def test_none_is_cached_and_errors_are_not(sdk_spool, r):
     calls = []
 
     @cached("c", client=r, namespace="n")
@@ -142,7 +128,7 @@ def test_none_is_cached_and_errors_are_not(spool, r):
     assert calls == [1, -1, -1]
 
 
-def test_custom_key_and_serializer(spool, r):
+def test_custom_key_and_serializer(sdk_spool, r):
     @cached("users", ttl=5, client=r, key=lambda user: f"u{user['id']}", serializer=json)
     def profile(user):
         return {"name": user["name"].upper()}
@@ -153,7 +139,7 @@ def test_custom_key_and_serializer(spool, r):
     assert profile({"id": 3, "name": "other"}) == {"name": "ANN"}        # same key, a hit
 
 
-def test_redis_down_calls_the_function_and_counts_misses(spool, dead_client):
+def test_redis_down_calls_the_function_and_counts_misses(sdk_spool, dead_client):
     calls = []
 
     @cached("prices", client=dead_client, namespace="price", retry_after=30)
@@ -164,10 +150,10 @@ def test_redis_down_calls_the_function_and_counts_misses(spool, dead_client):
     assert [price("a"), price("a"), price("b")] == [9.5, 9.5, 9.5]
     assert calls == ["a", "a", "b"]
     assert dead_client.connection_attempts == 1           # one failed connection, then left alone
-    assert lookups(spool) == {("prices", "price"): (0, 3, 0)}
+    assert lookups(sdk_spool) == {("prices", "price"): (0, 3, 0)}
 
 
-def test_redis_down_never_raises_from_a_fresh_client_each_time(spool, dead_client):
+def test_redis_down_never_raises_from_a_fresh_client_each_time(sdk_spool, dead_client):
     @cached("p2", client=dead_client, retry_after=0)   # no backoff: every call tries and fails
     def f(x):
         return x * 2
@@ -177,7 +163,7 @@ def test_redis_down_never_raises_from_a_fresh_client_each_time(spool, dead_clien
         bump_cache_version(dead_client, "p2")
 
 
-def test_async_function_with_an_asyncio_client(spool, redis_url):
+def test_async_function_with_an_asyncio_client(sdk_spool, redis_url):
     import redis.asyncio as aredis
     calls = []
 
@@ -197,7 +183,7 @@ def test_async_function_with_an_asyncio_client(spool, redis_url):
 
     asyncio.run(main())
     assert calls == [2]
-    assert lookups(spool) == {("async", "a"): (1, 1, 2)}
+    assert lookups(sdk_spool) == {("async", "a"): (1, 1, 2)}
 
 
 def test_stable_hash_is_canonical():
@@ -206,7 +192,7 @@ def test_stable_hash_is_canonical():
     assert stable_hash((), {"x": 1, "y": 2}) == stable_hash((), {"y": 2, "x": 1})
 
 
-def test_instrumented_client_counts_get_and_mget(spool, r):
+def test_instrumented_client_counts_get_and_mget(sdk_spool, r):
     r.set("user:1", "a")
     r.set("user:2", "b")
     assert instrument_redis(r, cache="sessions", namespace=lambda k: k.split(":")[0]) is True
@@ -220,14 +206,14 @@ def test_instrumented_client_counts_get_and_mget(spool, r):
     with pytest.raises(redis.ResponseError):                           # errors are the client's own
         r.execute_command("GET")
 
-    assert lookups(spool) == {("sessions", "user"): (3, 3, 6), ("sessions", "other"): (0, 1, 1)}
+    assert lookups(sdk_spool) == {("sessions", "user"): (3, 3, 6), ("sessions", "other"): (0, 1, 1)}
 
     assert uninstrument_redis(r) is True and uninstrument_redis(r) is False
     r.get("user:1")
-    assert lookups(spool) == {("sessions", "user"): (3, 3, 6), ("sessions", "other"): (0, 1, 1)}
+    assert lookups(sdk_spool) == {("sessions", "user"): (3, 3, 6), ("sessions", "other"): (0, 1, 1)}
 
 
-def test_cached_through_an_instrumented_client_counts_once(spool, r):
+def test_cached_through_an_instrumented_client_counts_once(sdk_spool, r):
     instrument_redis(r, cache="raw")
 
     @cached("fn", client=r, namespace="f")
@@ -236,10 +222,10 @@ def test_cached_through_an_instrumented_client_counts_once(spool, r):
 
     assert f() == 1 and f() == 1
     r.get("something")
-    assert lookups(spool) == {("fn", "f"): (1, 1, 2), ("raw", None): (0, 1, 1)}
+    assert lookups(sdk_spool) == {("fn", "f"): (1, 1, 2), ("raw", None): (0, 1, 1)}
 
 
-def test_instrumented_asyncio_client(spool, redis_url):
+def test_instrumented_asyncio_client(sdk_spool, redis_url):
     import redis.asyncio as aredis
 
     async def main():
@@ -251,14 +237,14 @@ def test_instrumented_asyncio_client(spool, redis_url):
         await client.aclose()
 
     asyncio.run(main())
-    assert lookups(spool) == {("acache", "ns"): (1, 1, 2)}
+    assert lookups(sdk_spool) == {("acache", "ns"): (1, 1, 2)}
 
 
-def test_a_value_that_does_not_load_is_a_miss_and_is_replaced(spool, r):
+def test_a_value_that_does_not_load_is_a_miss_and_is_replaced(sdk_spool, r):
     @cached("c", client=r, namespace="n")
     def f(x):
         return x + 1
 
     r.set(f.cache_key(1), b"not a pickle")
     assert f(1) == 2 and f(1) == 2
-    assert lookups(spool) == {("c", "n"): (1, 1, 2)}
+    assert lookups(sdk_spool) == {("c", "n"): (1, 1, 2)}

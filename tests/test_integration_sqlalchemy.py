@@ -3,10 +3,10 @@ postgresql://postgres@127.0.0.1:5432/test (and a driver is installed). Events go
 into a spool directory, and the test reads the batch files the daemon would ingest."""
 from __future__ import annotations
 
-import json
 import socket
 
 import pytest
+from helpers import spooled
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
@@ -16,25 +16,15 @@ from collectors.integrations.sqlalchemy import CONTEXT_ATTR, instrument_sqlalche
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    sdk.configure(service="itest", transport=f"spool:{d}", flush_interval=60.0)
-    yield d
-    sdk.shutdown()
-
-
 def _queries(spool_dir) -> dict[str, dict]:
     """fingerprint -> {"calls", "total_ms", "database", "sample_sql"} over every spooled batch."""
-    assert sdk.flush(10.0)
     out: dict[str, dict] = {}
-    for f in sorted(spool_dir.glob("*.batch")):
-        for row in json.loads(f.read_bytes()).get("queries", []):
-            agg = out.setdefault(row["fingerprint"], {"calls": 0, "total_ms": 0.0, "database": set(),
+    for row in spooled(spool_dir, "queries"):
+        agg = out.setdefault(row["fingerprint"], {"calls": 0, "total_ms": 0.0, "database": set(),
                                                        "sample_sql": row["sample_sql"]})
-            agg["calls"] += row["calls"]
-            agg["total_ms"] += row["total_ms"]
-            agg["database"].add(row["database"])
+        agg["calls"] += row["calls"]
+        agg["total_ms"] += row["total_ms"]
+        agg["database"].add(row["database"])
     return out
 
 
@@ -54,12 +44,12 @@ def _exercise(engine, table: str) -> None:
             conn.execute(text(f"SELECT no_such_column FROM {table}"))
 
 
-def test_sqlite_statements_are_recorded(tmp_path, spool):
+def test_sqlite_statements_are_recorded(tmp_path, sdk_spool):
     engine = create_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
     assert instrument_sqlalchemy(engine) is True
     assert instrument_sqlalchemy(engine) is False          # idempotent: no double counting
     _exercise(engine, "items")
-    q = _queries(spool)
+    q = _queries(sdk_spool)
     lookup = q["SELECT name FROM items WHERE id = ?"]
     assert lookup["calls"] == 7
     assert lookup["total_ms"] > 0
@@ -70,7 +60,7 @@ def test_sqlite_statements_are_recorded(tmp_path, spool):
     engine.dispose()
 
 
-def test_explicit_database_name_and_uninstrument(tmp_path, spool):
+def test_explicit_database_name_and_uninstrument(tmp_path, sdk_spool):
     engine = create_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
     instrument_sqlalchemy(engine, database="shop")
     with engine.connect() as conn:
@@ -78,12 +68,12 @@ def test_explicit_database_name_and_uninstrument(tmp_path, spool):
     assert uninstrument_sqlalchemy(engine) is True
     with engine.connect() as conn:
         conn.execute(text("SELECT 2")).all()
-    q = _queries(spool)
+    q = _queries(sdk_spool)
     assert q["SELECT ?"]["calls"] == 1
     assert q["SELECT ?"]["database"] == {"shop"}
 
 
-def test_never_raises_into_the_app(tmp_path, monkeypatch, spool):
+def test_never_raises_into_the_app(tmp_path, monkeypatch, sdk_spool):
     engine = create_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
     instrument_sqlalchemy(engine)
 
@@ -114,14 +104,14 @@ def _postgres_or_skip():
     return engine
 
 
-def test_postgresql_statements_are_recorded(spool):
+def test_postgresql_statements_are_recorded(sdk_spool):
     engine = _postgres_or_skip()
     instrument_sqlalchemy(engine)
     instrument_sqlalchemy(engine)
     _exercise(engine, "perfdeck_itest_items")
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE perfdeck_itest_items"))
-    q = _queries(spool)
+    q = _queries(sdk_spool)
     lookup = q["SELECT name FROM perfdeck_itest_items WHERE id = ?"]   # %(id)s fingerprints to ?
     assert lookup["calls"] == 7
     assert lookup["database"] == {"test"}

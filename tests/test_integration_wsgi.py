@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("flask")
 
 from flask import Flask, Response, abort, jsonify, request
+from helpers import spooled
 
 from collectors import sdk
 from collectors.integrations.asgi import current_endpoint, current_request_id
 from collectors.integrations.wsgi import PerfdeckWSGIMiddleware, instrument_flask, template_path
-from collectors.store.ingest import decode
 
 
 class Boom(RuntimeError):
@@ -50,24 +50,7 @@ def make_app() -> Flask:
     return app
 
 
-@pytest.fixture
-def spool(tmp_path):
-    d = tmp_path / "spool"
-    sdk.configure(service="wsgi-test", transport=f"spool:{d}", flush_interval=60)
-    return d
-
-
-def recorded(spool) -> list[dict]:
-    assert sdk.flush(5)
-    rows = []
-    for p in sorted(spool.glob("*.batch")):
-        b = decode(p.read_bytes())
-        if b.requests is not None:
-            rows += b.requests.to_pylist()
-    return rows
-
-
-def test_flask_routes_are_recorded_as_url_rules(spool):
+def test_flask_routes_are_recorded_as_url_rules(sdk_spool):
     seen.clear()
     app = make_app()
     assert instrument_flask(app) is True
@@ -93,7 +76,7 @@ def test_flask_routes_are_recorded_as_url_rules(spool):
         client.get("/boom", headers={"X-Request-Id": "r-boom"})
     assert current_request_id() is None                # nothing leaks out of the request
 
-    rows = recorded(spool)
+    rows = spooled(sdk_spool, "requests")
     assert [(r["endpoint"], r["method"], r["status"]) for r in rows] == [
         ("/items/<int:item_id>", "GET", 200),
         ("/items/<int:item_id>", "GET", 200),
@@ -108,16 +91,16 @@ def test_flask_routes_are_recorded_as_url_rules(spool):
     assert all(r["duration_ms"] >= 0 for r in rows)
 
 
-def test_flask_error_handler_response_is_a_500(spool):
+def test_flask_error_handler_response_is_a_500(sdk_spool):
     app = make_app()
     app.testing = False                                # Flask turns the exception into a 500 page
     instrument_flask(app)
     with app.test_client().get("/boom", headers={"X-Request-Id": "r-500"}) as r:
         assert r.status_code == 500 and r.headers["X-Request-Id"] == "r-500"
-    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("/boom", 500)]
+    assert [(r["endpoint"], r["status"]) for r in spooled(sdk_spool, "requests")] == [("/boom", 500)]
 
 
-def test_generic_middleware_templates_raw_paths(spool):
+def test_generic_middleware_templates_raw_paths(sdk_spool):
     app = make_app()
     app.wsgi_app = PerfdeckWSGIMiddleware(app.wsgi_app)   # no Flask hook: falls back to PATH_INFO
     client = app.test_client()
@@ -125,7 +108,7 @@ def test_generic_middleware_templates_raw_paths(spool):
         assert r.status_code == 200
     with pytest.raises(Boom):
         client.get("/boom")
-    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("/items/{id}", 200), ("/boom", 500)]
+    assert [(r["endpoint"], r["status"]) for r in spooled(sdk_spool, "requests")] == [("/items/{id}", 200), ("/boom", 500)]
 
 
 @pytest.mark.parametrize("path, expected", [
@@ -145,7 +128,7 @@ def test_template_path(path, expected):
     assert template_path(path) == expected
 
 
-def test_plain_wsgi_app_and_a_broken_sdk(spool, monkeypatch):
+def test_plain_wsgi_app_and_a_broken_sdk(sdk_spool, monkeypatch):
     def app(environ, start_response):
         start_response("204 No Content", [("X-Request-Id", "set-by-app")])
         return [b""]
@@ -162,10 +145,10 @@ def test_plain_wsgi_app_and_a_broken_sdk(spool, monkeypatch):
     with client.get("/ping/10") as r:
         assert r.status_code == 204
     monkeypatch.undo()
-    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("/ping/{id}", 204)]
+    assert [(r["endpoint"], r["status"]) for r in spooled(sdk_spool, "requests")] == [("/ping/{id}", 204)]
 
 
-def test_generic_middleware_never_records_a_path_the_app_did_not_match(spool):
+def test_generic_middleware_never_records_a_path_the_app_did_not_match(sdk_spool):
     # Behind the plain middleware a client picks the path: a 404 is "(unmatched)", whatever it said.
     app = make_app()
     app.wsgi_app = PerfdeckWSGIMiddleware(app.wsgi_app)
@@ -173,4 +156,4 @@ def test_generic_middleware_never_records_a_path_the_app_did_not_match(spool):
     for path in ("/![x](http://evil.example/p.png)", "/nope/about", "/items/abc"):
         with client.get(path) as r:
             assert r.status_code == 404
-    assert [(r["endpoint"], r["status"]) for r in recorded(spool)] == [("(unmatched)", 404)] * 3
+    assert [(r["endpoint"], r["status"]) for r in spooled(sdk_spool, "requests")] == [("(unmatched)", 404)] * 3
