@@ -222,7 +222,8 @@ def _short(text: str) -> str:
 
 def _marks(fig: go.Figure, rows: pd.DataFrame, x_range, *, labels: list[str], hovers: list[str], name: str,
            colour: str, dash: str, top: bool) -> go.Figure:
-    """Full-height lines at `rows["ts"]`, a hover marker on each (top or bottom edge) and, where
+    """Full-height lines at `rows["ts"]`, a hover marker (a trace named `name`) on each, at the top or
+    bottom edge, and, where
     `place_labels` finds room, a short label; marks outside the span shown are left out."""
     start, end = _shown_span(fig, x_range, rows["ts"])
     ts = _times(rows["ts"]).reindex(rows.index)
@@ -237,12 +238,15 @@ def _marks(fig: go.Figure, rows: pd.DataFrame, x_range, *, labels: list[str], ho
                       line={"color": colour, "width": 1, "dash": dash}, layer="below")
     fig.update_layout({f"yaxis{MARKER_AXIS[1:]}": {"overlaying": "y", "range": [0, 1], "visible": False,
                                                    "fixedrange": True}})
-    fig.add_trace(go.Scatter(
-        x=list(ts), y=[1 if top else 0] * len(ts), yaxis=MARKER_AXIS, mode="markers", name=name,
-        showlegend=False, cliponaxis=False, hovertext=hovers, hoverinfo="text",
-        marker={"symbol": "triangle-down" if top else "triangle-up", "size": 10, "color": colour,
-                "line": {"width": 1, "color": "white"}},
-    ))
+    # A trace per mark: the unified hover lists one point per trace, so marks close together (two
+    # services deployed in the same minute) are all listed when hovering any of them.
+    for t, hover in zip(ts, hovers):
+        fig.add_trace(go.Scatter(
+            x=[t], y=[1 if top else 0], yaxis=MARKER_AXIS, mode="markers", name=name,
+            showlegend=False, cliponaxis=False, hovertext=[hover], hoverinfo="text",
+            marker={"symbol": "triangle-down" if top else "triangle-up", "size": 10, "color": colour,
+                    "line": {"width": 1, "color": "white"}},
+        ))
     span = (end - start) or pd.Timedelta(seconds=1)
     fractions = [(t - start) / span for t in ts]
     for t, text, hover, spot in zip(ts, labels, hovers, place_labels(fractions, labels)):

@@ -126,9 +126,18 @@ def deploy_shapes(fig) -> list[pd.Timestamp]:
     return [pd.Timestamp(s.x0) for s in fig.layout.shapes if s.line.dash == "dash" and s.yref == "paper"]
 
 
-def marker_trace(fig, name: str = "deploys"):
-    [trace] = [t for t in fig.data if t.name == name]
-    return trace
+class Markers:
+    """The hover markers of one kind (a trace each), read as one: x, y and hovertext of them all."""
+
+    def __init__(self, traces):
+        self.traces = traces
+        self.x = [x for t in traces for x in t.x]
+        self.y = [y for t in traces for y in t.y]
+        self.hovertext = [h for t in traces for h in t.hovertext]
+
+
+def marker_trace(fig, name: str = "deploys") -> Markers:
+    return Markers([t for t in fig.data if t.name == name])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -154,7 +163,9 @@ def test_the_deploy_hover_names_service_version_host_and_time_as_text():
     fig = charts.latency_chart(latency_frame(), deploys_at(ts, versions=["<b>v2</b>"], host="web-<1>"),
                                x_range=(SINCE, UNTIL))
     marker = marker_trace(fig)
-    assert marker.showlegend is False and marker.hoverinfo == "text" and marker.yaxis == charts.MARKER_AXIS
+    [trace] = marker.traces
+    assert trace.showlegend is False and trace.hoverinfo == "text" and trace.yaxis == charts.MARKER_AXIS
+    assert trace.legendgroup in (None, "")      # a group would turn the horizontal legend into a column
     assert list(marker.hovertext) == [f"deploy api &lt;b&gt;v2&lt;/b&gt; on web-&lt;1&gt;<br>{ts:%Y-%m-%d %H:%M:%S} UTC"]
     assert fig.layout.yaxis9.overlaying == "y" and list(fig.layout.yaxis9.range) == [0, 1]
     assert [a.text for a in fig.layout.annotations] == ["&lt;b&gt;v2&lt;/b&gt;"]     # few deploys: labelled too
@@ -172,6 +183,7 @@ def test_many_close_deploys_go_to_hover_only():
     times = [UNTIL - timedelta(days=2, minutes=10 * i) for i in range(6)]
     fig = charts.latency_chart(latency_frame(), deploys_at(*times), x_range=(SINCE, UNTIL))
     assert len(deploy_shapes(fig)) == 6 and len(marker_trace(fig).x) == 6
+    assert len(marker_trace(fig).traces) == 6        # a trace each: the unified hover lists them all
     assert len(marker_trace(fig).hovertext) == 6
     assert not [a for a in fig.layout.annotations if a.hovertext]          # no label at all
 
