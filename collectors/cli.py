@@ -39,12 +39,13 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
     from collectors.health.alerts import from_config
     from collectors.pricing import PriceBook, PriceFileError
     from collectors.store import connection
+    from dashboard.queries.health import alert_evaluation
 
     cfg = config.load(config_path)
     advise_every = config.advisor_interval(cfg)
     try:   # a broken prices or thresholds file stops the start with one clear line
         prices = PriceBook.load(config.cost_settings(cfg).prices_file)
-        alerts, health = from_config(connection.db_path(db), cfg)
+        alerts, health = from_config(connection.db_path(db), cfg), alert_evaluation(cfg)
         limits = config.ingest_limits(cfg)
         samplers = config.build_samplers(cfg)
     except (ValueError, PriceFileError) as exc:

@@ -59,10 +59,11 @@ def health(db, window, config_path, as_json, fail_on) -> None:
     import duckdb
 
     from collectors import config
-    from collectors.health.assess import components, current_health, overall
+    from collectors.health.assess import components, overall
     from collectors.health.settings import alert_settings
     from collectors.health.thresholds import load_thresholds
     from collectors.store import utcnow
+    from dashboard.queries.health import current_health
 
     try:
         cfg = config.load(config_path)

@@ -322,10 +322,12 @@ def test_alerts_and_health_go_together(store, spool):
 
 def test_from_config_wires_the_assessment_and_each_rules_own_for(store, spool, tmp_path, monkeypatch):
     from collectors.health.alerts import from_config
+    from dashboard.queries.health import alert_evaluation
     for var in ("PERFDECK_THRESHOLDS", "PERFDECK_ALERT_FOR", "PERFDECK_REQUEST_P95_MS_FOR"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "thresholds.toml").write_text('[request_p95_ms]\nfor = "2m"\n')
-    eng, health = from_config(store, {"alerts": {"for": "10m"}, "_path": str(tmp_path / "perfdeck.toml")})
+    cfg = {"alerts": {"for": "10m"}, "_path": str(tmp_path / "perfdeck.toml")}
+    eng, health = from_config(store, cfg), alert_evaluation(cfg)
     assert (eng.for_s("request_p95_ms"), eng.for_s("cache_hit_rate")) == (120.0, 600.0)
     collector = Collector(store, spool_dir=spool, alerts=eng, health=health)
     assert collector.evaluate_alerts(T0) == []           # an empty store: nothing assessed breaches

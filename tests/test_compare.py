@@ -176,11 +176,11 @@ def test_regression_checks_rows_for_the_alert_engine(seeded):
 
 @pytest.mark.parametrize("configured", [True, False])
 def test_deploy_regressions_reach_the_alert_engine_only_when_configured(seeded, tmp_path, monkeypatch, configured):
-    from collectors.health.alerts import from_config
+    from dashboard.queries.health import alert_evaluation
     for var in ("PERFDECK_THRESHOLDS", "PERFDECK_ALERT_DEPLOY_REGRESSIONS"):
         monkeypatch.delenv(var, raising=False)
     cfg = {"alerts": {"deploy_regressions": configured}, "_path": str(tmp_path / "perfdeck.toml")}
-    _, health = from_config(seeded, cfg)
+    health = alert_evaluation(cfg)
     with read(seeded) as con:
         assessed = health(con, AFTER[1] + timedelta(minutes=5))
     rows = assessed[assessed["check"] == "deploy_regression"]

@@ -17,10 +17,11 @@ from seed_pipeline import seed_pipeline
 from collectors.cli_health import health
 from collectors.formatting import value as format_value
 from collectors.health import ASSESSED_COLUMNS
-from collectors.health.assess import assess, components, current_health, overall
+from collectors.health.assess import assess, components, overall
 from collectors.health.thresholds import load_thresholds
 from collectors.store import migrate, read, utcnow, write
 from dashboard.queries import budget_status, health_checks, health_measurements
+from dashboard.queries.health import current_health
 
 NOW = datetime(2025, 3, 14, 12, 0, 30)
 SINCE = NOW - timedelta(minutes=5)

@@ -335,24 +335,14 @@ def messages(transitions: Iterable[Transition]) -> dict[str, list[dict]]:
     return {kind: out[kind] for kind in NOTIFY_KINDS if kind in out}
 
 
-def from_config(db, config: dict, *, notifier=None) -> tuple[AlertEngine, Callable]:
-    """The engine and the `health(con, now)` callable for the daemon, from a loaded perfdeck.toml:
-    the [alerts] settings, the thresholds file (with each rule's own "for") and the [cost] budgets."""
-    from collectors.config import cost_settings
-    from collectors.health.assess import current_health
+def from_config(db, config: dict, *, notifier=None) -> AlertEngine:
+    """The engine for the daemon, from a loaded perfdeck.toml: the [alerts] settings and each rule's own
+    "for" from the thresholds file. What it judges each tick (`dashboard.queries.health.alert_evaluation`)
+    is wired beside it by the command line or the demo: judging here, measuring in the read layer."""
     from collectors.health.thresholds import load_thresholds
 
     settings = alert_settings(config)
     thresholds = load_thresholds(Path(settings.thresholds_file))
-    cost = cost_settings(config)
-
-    def health(con, now: datetime) -> pd.DataFrame:
-        assessed = current_health(con, now=now, window_s=settings.window_s, thresholds=thresholds, cost=cost)
-        if not settings.deploy_regressions:
-            return assessed
-        from dashboard.queries.compare import regression_checks
-        regressions = regression_checks(con, now=now, span=settings.regression_span_s)
-        return pd.concat([assessed, regressions], ignore_index=True) if len(regressions) else assessed
 
     def for_of(rule: str) -> float | None:
         try:
@@ -360,4 +350,4 @@ def from_config(db, config: dict, *, notifier=None) -> tuple[AlertEngine, Callab
         except (KeyError, AttributeError):
             return None
 
-    return AlertEngine(db, settings, for_of=for_of, notifier=notifier), health
+    return AlertEngine(db, settings, for_of=for_of, notifier=notifier)

@@ -1,9 +1,7 @@
 """Measurements -> assessed checks: each measured value against its threshold's levels, with a severity
 and a message ("p95 of /search 740 ms > 500 ms warning"); then one status per component and overall.
 
-    from collectors.store import read
-    with read() as con:
-        checks = current_health(con)                 # the last 5 minutes, default thresholds
+    checks = assess(measurements, load_thresholds())  # measurements: dashboard.queries.health_measurements
     status, reasons = overall(checks)                # "warning", ["p95 of /search 740 ms > 500 ms warning"]
 
 Nothing judged is not healthy: `overall` then says "unknown", and why."""
@@ -15,9 +13,7 @@ import pandas as pd
 
 from collectors.formatting import value as format_value
 from collectors.health import ASSESSED_COLUMNS, SEVERITIES, UNKNOWN, severity_rank, worst
-from collectors.health.thresholds import COMPONENTS, Threshold, Thresholds, load_thresholds
-from collectors.store import utcnow
-from dashboard.queries.health import health_measurements
+from collectors.health.thresholds import COMPONENTS, Threshold, Thresholds
 
 COMPONENT_COLUMNS = ["component", "severity", "checks", "reason"]
 NOTHING_JUDGED = "nothing had enough data in the window to be judged"
@@ -109,23 +105,5 @@ def overall(assessed: pd.DataFrame) -> tuple[str, list[str]]:
     return severity, assessed.loc[assessed["severity"] == severity, "message"].tolist()
 
 
-def current_health(
-    con,
-    *,
-    now: datetime | None = None,
-    window_s: float = 300,
-    thresholds: Thresholds | None = None,
-    cost=None,
-) -> pd.DataFrame:
-    """The assessed checks of the window [now - window_s, now) (naive UTC; default: utcnow()).
-    `thresholds` default to load_thresholds() (the packaged ones, $PERFDECK_THRESHOLDS and the
-    environment); `cost` (collectors.config.CostSettings) brings the budgets, none when None."""
-    now = now or utcnow()
-    measured = health_measurements(
-        con, since=now - timedelta(seconds=window_s), until=now,
-        daily_budget=getattr(cost, "daily_budget", None), monthly_budget=getattr(cost, "monthly_budget", None))
-    return assess(measured, thresholds if thresholds is not None else load_thresholds(), now=now)
-
-
-__all__ = ["COMPONENT_COLUMNS", "NOTHING_JUDGED", "SEVERITIES", "UNKNOWN", "assess", "components", "current_health",
+__all__ = ["COMPONENT_COLUMNS", "NOTHING_JUDGED", "SEVERITIES", "UNKNOWN", "assess", "components",
            "describe", "overall"]

@@ -6,7 +6,9 @@ many observations the value rests on (requests, lookups, host samples...), so th
 requests is not judged. Values are in the threshold's unit: ratios 0-1, host figures 0-100."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -223,6 +225,28 @@ def _ingest(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime)
     return rows
 
 
+def current_health(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    now: datetime | None = None,
+    window_s: float = 300,
+    thresholds=None,
+    cost=None,
+) -> pd.DataFrame:
+    """The assessed checks of the window [now - window_s, now) (naive UTC; default: utcnow()).
+    `thresholds` default to load_thresholds() (the packaged ones, $PERFDECK_THRESHOLDS and the
+    environment); `cost` (collectors.config.CostSettings) brings the budgets, none when None."""
+    from collectors.health.assess import assess
+    from collectors.health.thresholds import load_thresholds
+    from collectors.store import utcnow
+
+    now = now or utcnow()
+    measured = health_measurements(
+        con, since=now - timedelta(seconds=window_s), until=now,
+        daily_budget=getattr(cost, "daily_budget", None), monthly_budget=getattr(cost, "monthly_budget", None))
+    return assess(measured, thresholds if thresholds is not None else load_thresholds(), now=now)
+
+
 def health_checks(
     con: duckdb.DuckDBPyConnection, *, until: datetime, window_s: float, config_path: str | None = None,
 ) -> pd.DataFrame:
@@ -230,8 +254,30 @@ def health_checks(
     with the thresholds and budgets of the config at `config_path` (default $PERFDECK_CONFIG or
     perfdeck.toml). A broken thresholds file raises its ThresholdsError (a ValueError)."""
     from collectors import config
-    from collectors.health.assess import current_health
     from collectors.health.settings import configured_thresholds
 
     return current_health(con, now=until, window_s=window_s, thresholds=configured_thresholds(config_path),
                           cost=config.cost_settings(config.load(config_path)))
+
+
+def alert_evaluation(config: dict) -> Callable[[duckdb.DuckDBPyConnection, datetime], pd.DataFrame]:
+    """What the collector's alert engine judges each tick, from a loaded perfdeck.toml: the current health
+    over the [alerts] window (its thresholds file, the [cost] budgets) and, unless turned off, the deploy
+    regressions. Wired by the command line and the demo (`collectors.health.alerts.AlertEngine.tick`)."""
+    from collectors.config import cost_settings
+    from collectors.health.settings import alert_settings
+    from collectors.health.thresholds import load_thresholds
+    from dashboard.queries.compare import regression_checks
+
+    settings = alert_settings(config)
+    thresholds = load_thresholds(Path(settings.thresholds_file))
+    cost = cost_settings(config)
+
+    def evaluate(con: duckdb.DuckDBPyConnection, now: datetime) -> pd.DataFrame:
+        assessed = current_health(con, now=now, window_s=settings.window_s, thresholds=thresholds, cost=cost)
+        if not settings.deploy_regressions:
+            return assessed
+        regressions = regression_checks(con, now=now, span=settings.regression_span_s)
+        return pd.concat([assessed, regressions], ignore_index=True) if len(regressions) else assessed
+
+    return evaluate
