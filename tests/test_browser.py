@@ -195,7 +195,8 @@ def test_every_nav_page_renders_without_errors(server, page):
     _settle(page)
     links = page.locator('[data-testid="stSidebarNavLink"]')
     titles = [links.nth(i).inner_text().split("\n")[-1] for i in range(links.count())]
-    assert titles == ["Overview", "Caches", "Database", "Host", "Cost", "Compare", "Alerts", "Ingest", "Actions"]
+    # The navigation is the page list: every page file is in it, and each is visited below.
+    assert sorted(t.lower() for t in titles) == sorted(p.stem for p in (ROOT / "dashboard" / "app_pages").glob("*.py"))
     for title in titles:
         page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
         page.wait_for_function(

@@ -65,7 +65,7 @@ def test_invalid_values_in_the_url_are_ignored_with_a_caption(app, params, ignor
 @pytest.fixture(scope="module")
 def browser(seeded, tmp_path_factory):
     """`perfdeck dashboard` on the seeded store (started as the browser suite does) and a Chromium page."""
-    tb = pytest.importorskip("test_browser")    # skipped with it: no Chromium, no Playwright
+    import test_browser as tb  # skips (its own importorskip) without Playwright; a broken import fails
     port = tb._free_port()
     log_path = tmp_path_factory.mktemp("range-server") / "server.log"
     env = {**os.environ, "PERFDECK_DB": str(seeded), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
