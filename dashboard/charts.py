@@ -92,13 +92,23 @@ def _times(values) -> pd.Series:
     return times
 
 
+UNITS = (("days", 86400, 2), ("hours", 3600, 3), ("min", 60, 0))   # name, seconds, fewest for the unit
+
+
+def _unit(length: pd.Timedelta) -> tuple[str, int]:
+    return next((name, seconds) for name, seconds, least in UNITS if length.total_seconds() >= least * seconds)
+
+
 def _amount(span: pd.Timedelta, whole: pd.Timedelta) -> str:
-    """The data's span in the unit of the picked range: '4.0 of 30 days', '3.5 of 24 hours', '20 of 60 min'."""
-    for unit, seconds, least in (("days", 86400, 2), ("hours", 3600, 3), ("min", 60, 0)):
-        if whole.total_seconds() >= least * seconds:
-            part, total = span.total_seconds() / seconds, whole.total_seconds() / seconds
-            return f"{part:.1f} of {total:.3g} {unit}" if part < 10 else f"{part:.0f} of {total:.3g} {unit}"
-    raise AssertionError("unreachable")
+    """The data's span against the picked range: '4.0 of 30 days', '3.5 of 24 hours', '20 of 120 min',
+    and in its own unit when that is smaller: '6.0 hours of 30 days'."""
+    def number(length: pd.Timedelta, seconds: int) -> str:
+        value = length.total_seconds() / seconds
+        return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    unit, seconds = _unit(whole)
+    own, own_seconds = _unit(span)
+    total = f"{whole.total_seconds() / seconds:.3g} {unit}"
+    return f"{number(span, seconds)} of {total}" if own == unit else f"{number(span, own_seconds)} {own} of {total}"
 
 
 def _stamp(t: pd.Timestamp, whole: pd.Timedelta) -> str:

@@ -110,6 +110,18 @@ def test_data_that_stopped_reads_as_from_to_in_the_unit_of_the_range():
     assert "data only at 04:00" in axis_title(fig)
 
 
+@pytest.mark.parametrize("hours, picked, said", [
+    (6, timedelta(days=30), "6.0 hours of 30 days"),
+    (1, timedelta(days=30), "60 min of 30 days"),
+    (50, timedelta(days=7), "2.1 of 7 days"),
+    (14, timedelta(hours=24), "14 of 24 hours"),
+])
+def test_the_note_says_the_span_in_the_unit_it_reads_best(hours, picked, said):
+    frame = latency_frame(UNTIL - timedelta(hours=hours), UNTIL)
+    fig = charts.latency_chart(frame, x_range=(UNTIL - picked, UNTIL))
+    assert f": {said}" in axis_title(fig)
+
+
 def test_a_single_point_gets_room_around_it():
     frame = latency_frame(UNTIL, UNTIL)
     lo, hi = axis_range(charts.latency_chart(frame, x_range=(SINCE, UNTIL)))
