@@ -143,120 +143,118 @@ def cached(cache: str, ttl: float | None = 60, *, client, namespace: str | None 
         ns = namespace or fn.__qualname__
         expire = None if ttl is None else max(1, round(ttl))
 
-        def make_key(version, args, kwargs) -> str:
+        # The steps of a call, written once: generators that yield each Redis call (a thunk) and get its
+        # result back, run by _blocking() for a plain function and by _awaiting() for an async one.
+        def version():
+            v = _cached_version(client, cache, version_ttl)
+            if v is None:
+                v = _store_version(client, cache, (yield lambda: client.get(version_key(cache))))
+            return v
+
+        def make_key(v, args, kwargs) -> str:
             suffix = key(*args, **kwargs) if key is not None else stable_hash(args, kwargs)
-            return f"{cache}:v{version}:{ns}:{suffix}"
+            return f"{cache}:v{v}:{ns}:{suffix}"
 
-        def miss_no_lookup(exc=None):
-            if exc is not None:
-                log.debug("perfdeck: cache %s lookup failed; calling %s uncached", cache, ns, exc_info=exc)
-            sdk.record_cache(cache, False, None, ns)
-
-        def loaded(raw, ms):
-            """(value, hit) from what GET returned; never raises."""
-            if raw is None:
-                sdk.record_cache(cache, False, ms, ns)
-                return _MISSING
+        def lookup(args, kwargs):
+            """(the key to store a miss under or None, the value or _MISSING); one record_cache either way."""
+            if _is_down(client):
+                sdk.record_cache(cache, False, None, ns)
+                return None, _MISSING
+            token = _in_cached.set(True)
             try:
-                value = serializer.loads(raw)
-            except Exception:
-                log.debug("perfdeck: cache %s: could not load a value for %s", cache, ns, exc_info=True)
-                sdk.record_cache(cache, False, ms, ns)
-                return _MISSING
-            sdk.record_cache(cache, True, ms, ns)
+                k = make_key((yield from version()), args, kwargs)
+                t0 = perf_counter()
+                raw = yield lambda: client.get(k)
+                return k, _loaded(raw, (perf_counter() - t0) * 1000.0)
+            except Exception as exc:
+                _failed(client, retry_after, exc)
+                log.debug("perfdeck: cache %s lookup failed; calling %s uncached", cache, ns, exc_info=exc)
+                sdk.record_cache(cache, False, None, ns)
+                return None, _MISSING
+            finally:
+                _in_cached.reset(token)
+
+        def _loaded(raw, ms):
+            """The value GET returned, or _MISSING (a miss, or a value that does not load); never raises."""
+            value = _MISSING
+            if raw is not None:
+                try:
+                    value = serializer.loads(raw)
+                except Exception:
+                    log.debug("perfdeck: cache %s: could not load a value for %s", cache, ns, exc_info=True)
+            sdk.record_cache(cache, value is not _MISSING, ms, ns)
             return value
 
-        if inspect.iscoroutinefunction(fn):
-            async def aget_version():
-                v = _cached_version(client, cache, version_ttl)
-                if v is None:
-                    v = _store_version(client, cache, await _maybe_await(client.get(version_key(cache))))
-                return v
+        def store(k, value):
+            token = _in_cached.set(True)
+            try:
+                yield lambda: client.set(k, serializer.dumps(value), ex=expire)
+            except Exception:
+                log.debug("perfdeck: cache %s: could not store a value for %s", cache, ns, exc_info=True)
+            finally:
+                _in_cached.reset(token)
 
+        if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args, **kwargs):
-                k = None
-                if _is_down(client):
-                    miss_no_lookup()
-                else:
-                    token = _in_cached.set(True)
-                    try:
-                        k = make_key(await aget_version(), args, kwargs)
-                        t0 = perf_counter()
-                        raw = await _maybe_await(client.get(k))
-                        value = loaded(raw, (perf_counter() - t0) * 1000.0)
-                        if value is not _MISSING:
-                            return value
-                    except Exception as exc:
-                        k = None
-                        _failed(client, retry_after, exc)
-                        miss_no_lookup(exc)
-                    finally:
-                        _in_cached.reset(token)
-                value = await fn(*args, **kwargs)
-                if k is not None:
-                    token = _in_cached.set(True)
-                    try:
-                        await _maybe_await(client.set(k, serializer.dumps(value), ex=expire))
-                    except Exception:
-                        log.debug("perfdeck: cache %s: could not store a value for %s", cache, ns, exc_info=True)
-                    finally:
-                        _in_cached.reset(token)
+                k, value = await _awaiting(lookup(args, kwargs))
+                if value is _MISSING:
+                    value = await fn(*args, **kwargs)
+                    if k is not None:
+                        await _awaiting(store(k, value))
                 return value
 
             async def acache_key(*args, **kwargs) -> str:
-                return make_key(await aget_version(), args, kwargs)
+                return make_key(await _awaiting(version()), args, kwargs)
 
-            async_wrapper.cache_key = acache_key
-            async_wrapper.uncached = fn
+            async_wrapper.cache_key, async_wrapper.uncached = acache_key, fn
             return async_wrapper
-
-        def get_version():
-            v = _cached_version(client, cache, version_ttl)
-            if v is None:
-                v = _store_version(client, cache, client.get(version_key(cache)))
-            return v
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            k = None
-            if _is_down(client):
-                miss_no_lookup()
-            else:
-                token = _in_cached.set(True)
-                try:
-                    k = make_key(get_version(), args, kwargs)
-                    t0 = perf_counter()
-                    raw = client.get(k)
-                    value = loaded(raw, (perf_counter() - t0) * 1000.0)
-                    if value is not _MISSING:
-                        return value
-                except Exception as exc:
-                    k = None
-                    _failed(client, retry_after, exc)
-                    miss_no_lookup(exc)
-                finally:
-                    _in_cached.reset(token)
-            value = fn(*args, **kwargs)
-            if k is not None:
-                token = _in_cached.set(True)
-                try:
-                    client.set(k, serializer.dumps(value), ex=expire)
-                except Exception:
-                    log.debug("perfdeck: cache %s: could not store a value for %s", cache, ns, exc_info=True)
-                finally:
-                    _in_cached.reset(token)
+            k, value = _blocking(lookup(args, kwargs))
+            if value is _MISSING:
+                value = fn(*args, **kwargs)
+                if k is not None:
+                    _blocking(store(k, value))
             return value
 
         def cache_key(*args, **kwargs) -> str:
             """The Redis key a call with these arguments reads now (reads the version if due)."""
-            return make_key(get_version(), args, kwargs)
+            return make_key(_blocking(version()), args, kwargs)
 
-        wrapper.cache_key = cache_key
-        wrapper.uncached = fn
+        wrapper.cache_key, wrapper.uncached = cache_key, fn
         return wrapper
 
     return decorate
+
+
+def _blocking(steps):
+    """Run a generator of Redis calls (see cached) with each call made as it comes; its return value."""
+    result, error = None, None
+    while True:
+        try:
+            call = steps.throw(error) if error is not None else steps.send(result)
+        except StopIteration as done:
+            return done.value
+        try:
+            result, error = call(), None
+        except Exception as exc:
+            result, error = None, exc
+
+
+async def _awaiting(steps):
+    """The same for an async function: a call's result is awaited when it is awaitable (redis.asyncio)."""
+    result, error = None, None
+    while True:
+        try:
+            call = steps.throw(error) if error is not None else steps.send(result)
+        except StopIteration as done:
+            return done.value
+        try:
+            result, error = await _maybe_await(call()), None
+        except Exception as exc:
+            result, error = None, exc
 
 
 async def _maybe_await(x):
