@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from collectors.sdk.control import COMMAND_ID, COMMAND_TTL_S, FRESH_S, KEEP_S, channel_for, is_name
+from collectors.sdk.control import COMMAND_ID, COMMAND_TTL_S, FRESH_S, is_name
+from collectors.sdk.transport import channel_for
+from collectors.sdk.transport.records import KEEP_S
 
 
 def listeners(channel_url: str) -> list[dict]:

@@ -18,7 +18,9 @@ import pytest
 
 from collectors import control, sdk
 from collectors.sdk import control as sdk_control
-from collectors.sdk.control import Listener, RedisChannel, SpoolChannel
+from collectors.sdk.control import Listener
+from collectors.sdk.transport.redis import RedisChannel
+from collectors.sdk.transport.spool import SpoolChannel
 from tests.helpers import NamespacedCache, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,21 +33,20 @@ and every process acknowledges, with {} when it has no such cache. Nothing raise
 handler's exception is logged and reported in the ack, and a failing channel (Redis down, unwritable
 directory) is logged once and retried every 30 s.
 
-The channels below serve both sides; the broadcasting API the dashboard uses (listeners(),
-broadcast_clear(), acks(), cleanup()) is collectors.control. Only the standard library is imported
-here; redis-py only for a redis:// channel.
+The channels serve both sides and live beside their transports (collectors.sdk.transport.spool and
+.redis); the broadcasting API the dashboard uses (listeners(), broadcast_clear(), acks(), cleanup()) is
+collectors.control. Only the standard library is imported here; redis-py only for a redis:// channel.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
+
+from collectors.sdk.transport.records import process_key
 
 log = logging.getLogger("perfdeck.sdk")
 
@@ -57,7 +56,6 @@ ANNOUNCE_S = 10.0       # presence is rewritten this often...
 FRESH_S = 30.0          # ...and readers ignore entries older than this
 RETRY_S = 30.0          # a failing channel is tried again after this long
 COMMAND_TTL_S = 60.0    # a process that sees a command later than this ignores it
-KEEP_S = 3600.0         # commands, acks and stale presence older than this are cleaned up
 
 # -- what the app registered -----------------------------------------------------------------------
 _lock = threading.Lock()
@@ -156,215 +154,11 @@ def clear_cache(cache: str, namespace: str | None) -> tuple[dict, list[str]]:
     return ({cache: total} if ran else {}), errors
 
 
-# -- channels: the same files / keys seen from both sides -------------------------------------------
-def _key(host: str, pid: int) -> str:
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{host}-{pid}")
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
-def _loads(raw) -> dict | None:
-    try:
-        value = json.loads(raw)
-    except ValueError:                     # written by something else: not ours to trust
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _read_jsons(folder: Path) -> list[dict]:
-    out = []
-    for path in folder.glob("*.json"):
-        try:
-            value = _loads(path.read_bytes())
-        except OSError:                    # removed meanwhile
-            continue
-        if value is not None:
-            out.append(value)
-    return out
-
-
-class SpoolChannel:
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self.root = self.directory / "control"
-        self._since_ns, self._seen, self._mtime = 0, set(), 0
-
-    def __repr__(self) -> str:
-        return f"spool:{self.directory}"
-
-    # listener side
-    def start(self) -> None:
-        self._since_ns = time.time_ns()
-
-    def poll(self) -> list[dict]:
-        # A folder whose entries did not change keeps its mtime: one stat instead of a listing. Only
-        # trusted once that mtime is a few seconds old, for filesystems with coarse timestamps.
-        try:
-            mtime = os.stat(self.root).st_mtime_ns
-        except FileNotFoundError:
-            return []                      # nothing was ever broadcast here
-        if mtime == self._mtime and mtime < time.time_ns() - 3 * 10**9:
-            return []
-        self._mtime = mtime
-        try:
-            with os.scandir(self.root) as entries:
-                names = {e.name for e in entries if e.name.endswith(".json")}
-        except FileNotFoundError:
-            return []                      # nothing was ever broadcast here
-        self._seen &= names                # forget what cleanup removed
-        commands = []
-        for name in sorted(names - self._seen):
-            self._seen.add(name)
-            stamp = name.partition("-")[0]
-            if not stamp.isdigit() or int(stamp) < self._since_ns:
-                continue                   # issued before we started: not ours to replay
-            try:
-                commands.append(json.loads((self.root / name).read_bytes()))
-            except (OSError, ValueError):
-                log.warning("perfdeck: unreadable control command %s skipped", name)
-        return commands
-
-    def ack(self, command_id: str, key: str, ack: dict) -> None:
-        _write_json(self.root / "acks" / command_id / f"{key}.json", ack)
-
-    def announce(self, key: str, presence: dict) -> None:
-        _write_json(self.root / "listeners" / f"{key}.json", presence)
-
-    def withdraw(self, key: str) -> None:
-        (self.root / "listeners" / f"{key}.json").unlink(missing_ok=True)
-
-    # broadcaster side
-    def publish(self, command: dict) -> None:
-        stamp = round(command["issued_at"] * 1e9)   # name order is issue order
-        _write_json(self.root / f"{stamp:020d}-{command['id']}.json", command)
-
-    def listeners(self) -> list[dict]:
-        return _read_jsons(self.root / "listeners")
-
-    def acks(self, command_id: str) -> list[dict]:
-        return _read_jsons(self.root / "acks" / command_id)
-
-    def cleanup(self, max_age_s: float) -> int:
-        cutoff, removed = time.time() - max_age_s, 0
-        for path in [*self.root.glob("*.json"), *self.root.glob("listeners/*.json")]:
-            stamp = path.name.partition("-")[0]
-            born = int(stamp) / 1e9 if path.parent == self.root and stamp.isdigit() else _mtime(path)
-            if born < cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
-        for folder in self.root.glob("acks/*"):
-            if _mtime(folder) < cutoff:
-                try:
-                    for path in folder.iterdir():
-                        path.unlink(missing_ok=True)
-                    folder.rmdir()
-                    removed += 1
-                except OSError:            # a late ack landing right now: next time
-                    continue
-        return removed
-
-    def close(self) -> None:
-        pass
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")
-
-
-class RedisChannel:
-    STREAM, ACKS, LISTENERS = "perfdeck:control", "perfdeck:control:acks:", "perfdeck:control:listeners"
-    MAXLEN = 1000
-
-    def __init__(self, url: str, client=None):
-        self.url, self._client, self._owned = url, client, client is None
-        self._last: bytes | str = "0-0"
-
-    def __repr__(self) -> str:
-        return re.sub(r"(//[^:@/]*):[^@/]*@", r"\1:***@", self.url)   # no password in logs
-
-    @property
-    def client(self):
-        if self._client is None:
-            import redis  # noqa: PLC0415 - optional dependency, only for this channel
-            self._client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
-        return self._client
-
-    # listener side
-    def start(self) -> None:
-        newest = self.client.xrevrange(self.STREAM, count=1)   # commands after this one are ours
-        self._last = newest[0][0] if newest else "0-0"
-
-    def poll(self) -> list[dict]:
-        reply = self.client.xread({self.STREAM: self._last}, count=100)
-        commands = []
-        for entry_id, fields in (reply[0][1] if reply else []):
-            self._last = entry_id
-            try:
-                commands.append(json.loads(fields[b"c"]))
-            except (KeyError, ValueError):
-                log.warning("perfdeck: unreadable control command %r skipped", entry_id)
-        return commands
-
-    def ack(self, command_id: str, key: str, ack: dict) -> None:
-        pipe = self.client.pipeline()
-        pipe.hset(self.ACKS + command_id, key, json.dumps(ack))
-        pipe.expire(self.ACKS + command_id, int(KEEP_S))
-        pipe.execute()
-
-    def announce(self, key: str, presence: dict) -> None:
-        self.client.hset(self.LISTENERS, key, json.dumps(presence))
-
-    def withdraw(self, key: str) -> None:
-        self.client.hdel(self.LISTENERS, key)
-
-    # broadcaster side
-    def publish(self, command: dict) -> None:
-        self.client.xadd(self.STREAM, {"c": json.dumps(command)}, maxlen=self.MAXLEN, approximate=True)
-
-    def listeners(self) -> list[dict]:
-        return [v for v in map(_loads, self.client.hgetall(self.LISTENERS).values()) if v is not None]
-
-    def acks(self, command_id: str) -> list[dict]:
-        return [v for v in map(_loads, self.client.hgetall(self.ACKS + command_id).values()) if v is not None]
-
-    def cleanup(self, max_age_s: float) -> int:
-        cutoff = time.time() - max_age_s
-
-        def is_stale(raw) -> bool:
-            at = (_loads(raw) or {}).get("at")
-            return not isinstance(at, (int, float)) or at < cutoff
-
-        stale = [k for k, v in self.client.hgetall(self.LISTENERS).items() if is_stale(v)]
-        if stale:
-            self.client.hdel(self.LISTENERS, *stale)
-        trimmed = self.client.xtrim(self.STREAM, minid=f"{int(cutoff * 1000)}-0", approximate=False)
-        return len(stale) + int(trimmed or 0)
-
-    def close(self) -> None:
-        if self._owned and self._client is not None:
-            self._client.close()
-
-
-def channel_for(url: str, client=None) -> SpoolChannel | RedisChannel:
-    """The control channel beside a transport URL, as collectors.sdk.transport.from_url reads it."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisChannel(url, client)
-    return SpoolChannel(url[len("spool:"):] if url.startswith("spool:") else url or "data/spool")
-
-
 # -- the process side: run by the flusher thread -----------------------------------------------------
 class Listener:
     def __init__(self, channel, *, service: str, host: str, pid: int):
         self.channel, self.service, self.host, self.pid = channel, service, host, pid
-        self.key = _key(host, pid)
+        self.key = process_key(host, pid)
         self.commands_run = 0
         self._started = self._failing = False
         self._announced_at, self._announced_version, self._retry_at = 0.0, -1, 0.0

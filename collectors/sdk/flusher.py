@@ -193,13 +193,13 @@ def _listener(transport, service: str, host: str, pid: int):
     """The control listener on the transport's own channel (sharing its Redis client); None if the
     transport is of a kind that has no control channel."""
     from collectors.sdk import control
-    from collectors.sdk.transport.redis import RedisTransport
-    from collectors.sdk.transport.spool import SpoolTransport
+    from collectors.sdk.transport.redis import RedisChannel, RedisTransport
+    from collectors.sdk.transport.spool import SpoolChannel, SpoolTransport
 
     if isinstance(transport, SpoolTransport):
-        channel = control.SpoolChannel(transport.directory)
+        channel = SpoolChannel(transport.directory)
     elif isinstance(transport, RedisTransport):
-        channel = control.RedisChannel(transport.url, client=transport.client)
+        channel = RedisChannel(transport.url, client=transport.client)
     else:
         return None
     return control.Listener(channel, service=service, host=host, pid=pid)
