@@ -3,10 +3,11 @@
 Order of events, chosen so that a browser shows data as early as possible:
 1. create the data dir (store `perfdeck.duckdb`, spool `spool/`, the shop's `shop.sqlite`) and run
    the store migrations;
-2. start the collector daemon in a thread (it ingests the spool every second, so the backfill lands
+2. start the dashboard (Streamlit) as a child process and print its URL;
+3. on a thread: write the made-up host history of the span to backfill (collectors.demo.host, ~1 s),
+   then start the collector daemon there (it ingests the spool every second, so the backfill lands
    in the store while it is still running);
-3. start the dashboard (Streamlit) as a child process and print its URL;
-4. backfill in fast-forward (collectors.demo.backfill), printing progress;
+4. meanwhile, backfill in fast-forward (collectors.demo.backfill), printing progress;
 5. serve live traffic: the shop in this process (following the dashboard's "Deploy a slow build"
    switch, collectors.demo.live.SlowSwitch), the worker in a child process;
 6. on SIGINT / SIGTERM: stop the workload, flush the SDK, let the collector ingest what is left and
@@ -219,6 +220,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     from collectors.health.alerts import from_config
     from collectors.pricing import PriceBook
     from dashboard.demo_switch import SWITCH_FILE
+    from dashboard.queries.health import alert_evaluation
 
     t0 = time.monotonic()
     data_dir = Path(data_dir).resolve()
@@ -259,13 +261,13 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             say(f"perfdeck demo: products also cached in Redis {redact(redis_url)}")
         cfg = demo_config(data_dir, redis_url=redis_url, postgres_url=postgres_url)
         # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
-        alerts, health = from_config(db, cfg)      # the demo's 3 min window, 1 min for, every 30 s
+        # the demo's 3 min window, 1 min for, every 30 s
+        alerts, health = from_config(db, cfg), alert_evaluation(cfg)
         collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
                               advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
                               advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file),
                               alerts=alerts, health=health, limits=config.ingest_limits(cfg))
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
-        collector_thread.start()
         if dashboard:
             port = resolve_port(port)
             env, password = dashboard_targets(data_dir, redis_url=redis_url, postgres_url=postgres_url)
@@ -289,11 +291,22 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         now = time.time()
         history_version = running_version(last_version) or VERSION_AFTER    # what the history ends with, once filled
         if backfill_days > 0 and (last is None or now - last > GAP_FILL_MIN_S):
-            # Made-up host samples for the same span (labelled demo=backfill), alongside the requests.
+            # Made-up host samples for the span the backfill fills (labelled demo=backfill), written
+            # while the backfill starts, before the collector's thread opens the store: one
+            # process's DuckDB connections may not mix read-only and read-write ones.
             host_from = now - backfill_days * DAY if last is None else max(last, now - backfill_days * DAY)
-            host_thread = threading.Thread(target=backfill_host_quietly, name="perfdeck-demo-host",
-                                           args=(collector, host_from, now, [os.getpid()] + ([dash.pid] if dash else [])))
+            pids = [os.getpid()] + ([dash.pid] if dash else [])
+
+            def host_then_collect() -> None:
+                try:
+                    backfill_host_quietly(collector, host_from, now, pids)
+                finally:
+                    collector_thread.start()
+
+            host_thread = threading.Thread(target=host_then_collect, name="perfdeck-demo-host", daemon=True)
             host_thread.start()
+        else:
+            collector_thread.start()
         if last is None:
             say(f"perfdeck demo: backfilling {backfill_days:g} days of history in fast-forward")
             report = backfill(data_dir, days=backfill_days, end=now, engine=engine, stop=stop, progress=say)
@@ -313,8 +326,6 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
                 f"{report.requests:,} requests, {report.events:,} events ({real:,} requests run for real, "
                 f"the rest replayed from them; {report.dropped} dropped)"
                 + (" — interrupted" if report.interrupted else ""))
-        if host_thread is not None:
-            host_thread.join()
         collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
 
         if not stop.is_set():
@@ -333,7 +344,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             def poll() -> None:
                 if switch.poll():
                     say(f"perfdeck demo: deployed {shop.version}"
-                        + (" (the slow build)" if switch.slow else " (rolled back)"))
+                        + (" (the slow build)" if switch.slow else " (rolled back; its deploy marker says v1.8.0-rollback)"))
 
             run_live(shop, stop, live_shop_rate, poll=poll)
         if "dashboard" in stopped_by and not any(s.startswith("SIG") for s in stopped_by):
@@ -344,9 +355,11 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         if dash is not None and dash.poll() is None:
             dash.terminate()                       # in parallel with the rest of the shutdown
         stop_process(worker, "live worker")
+        if host_thread is not None:
+            host_thread.join(30)                   # it starts the collector's thread when done
         if collector is not None:
             collector.stop()
-            if collector_thread is not None:
+            if collector_thread is not None and collector_thread.ident is not None:
                 collector_thread.join(30)
         stop_process(dash, "dashboard")
         if engine is not None:
