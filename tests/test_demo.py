@@ -527,3 +527,28 @@ def test_compare_after_a_rollback_still_means_the_first_deploy(tmp_path):
     minute = lambda ts: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))    # noqa: E731
     assert deployed(VERSION_AFTER) == minute(report.deploy_at)      # the deploy that brought the regression
     assert deployed(VERSION_ROLLBACK) == minute(end + 900)
+
+
+def test_backfill_caches_start_with_their_popular_keys(demo_store):
+    from collectors.sdk import api
+
+    engine = open_database(demo_store["data"] / "shop.sqlite")
+    shop = Shop(engine, version=VERSION_AFTER, seed=1)
+    put = shop.prefill_caches()                         # the SDK is off
+    top = int(shop.customers._perm[0]) + 1
+    with engine.connect() as conn:
+        orders = [tuple(r) for r in conn.exec_driver_sql(ORDERS_BY_CUSTOMER.replace("?", str(top))).fetchall()[:50]]
+    engine.dispose()
+    assert put == len(shop.product_cache) + len(shop.customer_cache) > 500
+    assert len(shop.product_cache) == shop.product_cache.capacity
+    from collectors.demo.workload import Trace
+    cached, hit = shop.customer_cache.get("orders", top, Trace("customer_orders", "/x", "GET"))
+    assert hit and cached == orders                       # the real rows, as a miss would have stored them
+    assert api.requests == api.cache_lookups == api.queries == []
+
+
+def test_backfilled_cache_hit_rates_are_near_the_live_ones(demo_store):
+    rates = dict(demo_store["con"].execute("""SELECT cache, sum(hits) / sum(hits + misses) FROM cache_stats
+                                              WHERE cache IN ('customer_lru', 'product_lru') GROUP BY 1""").fetchall())
+    # live (thresholds.toml): customer_lru 59 % median, product_lru 73 %; cold caches gave ~10 % and ~35 %
+    assert rates["customer_lru"] > 0.3 and rates["product_lru"] > 0.5, rates

@@ -10,11 +10,14 @@ miss on /customers/{id}/orders is a ~10 ms full scan). So each endpoint runs for
 spread evenly over the simulated span and paced by a wall-clock budget (cheap endpoints get many real
 runs, expensive ones fewer, every endpoint at least a few). Every real run is recorded as it
 happened and keeps its trace (queries, cache outcomes, LLM calls, stand-in waits). Every other
-simulated request is a replay of one of the recent real traces of the same endpoint and version, drawn
-at random, with a new request id, user and time: its query and cache events are the real run's
+simulated request is a replay of one of the recent real traces of the same endpoint (and version, for
+the endpoints whose work changes with it: VERSIONED_ENDPOINTS), drawn at random, with a new request
+id, user and time: its query and cache events are the real run's
 measurements, and its duration is drawn afresh like every request's (collectors.demo.workload.LATENCY
 and MISS_COST for its real cache outcomes, its stand-in waits with a little jitter). So cache hit
-rates and query times are what the real runs saw here, and no two requests share a duration."""
+rates and query times are what the real runs saw here, and no two requests share a duration. The
+shop's caches start filled with their most popular keys (Shop.prefill_caches): with only a few
+thousand real runs they would otherwise stay far colder than live traffic keeps them."""
 from __future__ import annotations
 
 import math
@@ -30,6 +33,7 @@ from collectors.demo.workload import (
     VERSION_AFTER,
     VERSION_BEFORE,
     VERSION_ROLLBACK,
+    VERSIONED_ENDPOINTS,
     Shop,
     Worker,
     open_database,
@@ -113,7 +117,7 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
     names = list(app.endpoints)
     share = real_budget_s / len(names)                 # each endpoint's slice of the wall-clock budget
     spent = dict.fromkeys(names, 0.0)
-    pools: dict[tuple[str, str], deque] = {}
+    pools: dict[tuple[str, str | None], deque] = {}
     if first_version:
         app.version = first_version
         sdk.mark_deploy(first_marker or first_version)
@@ -128,9 +132,10 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
             app.version, deploy_at = VERSION_AFTER, None
             sdk.mark_deploy(VERSION_AFTER)
         name = app.pick()
-        pool = pools.get((name, app.version))
+        key = (name, app.version if name in VERSIONED_ENDPOINTS else None)
+        pool = pools.get(key)
         if pool is None:
-            pool = pools[name, app.version] = deque(maxlen=POOL_SIZE)
+            pool = pools[key] = deque(maxlen=POOL_SIZE)
         done = (t - start) / span
         # Real run: while the pool is tiny, while this endpoint is behind its pace through the budget,
         # or to fill the pool to MIN_POOL as long as that fits in the endpoint's whole share.
@@ -181,6 +186,8 @@ def backfill(data_dir: Path, *, days: float, end: float | None = None, start: fl
     report.deploy_at = deploy_at
     wall0 = perf_counter()
     shop = Shop(engine, version=VERSION_AFTER)
+    sdk.shutdown()                   # filling the caches is not traffic
+    shop.prefill_caches()
     report.services.append(backfill_service(
         shop, "shop-api", shop_rate, start=start, end=end, transport=transport,
         real_budget_s=real_budget_s * 0.85, deploy_at=deploy_at,

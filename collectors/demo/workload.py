@@ -37,7 +37,7 @@ from pathlib import Path
 from time import perf_counter
 
 import numpy as np
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import bindparam, create_engine, event, text
 
 from collectors import sdk
 from collectors.integrations.sqlalchemy import CONTEXT_ATTR, instrument_sqlalchemy
@@ -62,6 +62,10 @@ VERSION_SLOW = "v1.9.0"
 VERSION_ROLLBACK = f"{VERSION_AFTER}-rollback"
 SLOW_SEARCH_MAX_MS = 1600.0
 SLOW_RAMP_MINUTES = 4.0
+
+# The endpoints whose work depends on the shop's version (only /search's query changes at v1.8.0):
+# the backfill keeps their traces apart per version; the others' traces serve every version.
+VERSIONED_ENDPOINTS = frozenset({"search"})
 
 # endpoint name -> (path pattern recorded, method, share of traffic)
 SHOP_ENDPOINTS = {
@@ -530,6 +534,36 @@ class Shop(App):
                 self.serve(name)
                 served += 1
         return served
+
+    def prefill_caches(self) -> int:
+        """Fill the product and customer caches with their most popular keys' real rows, in three
+        queries (one full scan of orders): the caches of a shop that has been up a while, for the
+        backfill, whose few real runs would otherwise see caches far colder than live traffic keeps
+        them. Call it with the SDK off: it is not traffic. Returns the entries put."""
+        top_products = [int(i) + 1 for i in self.products._perm[:self.product_cache.capacity]]
+        top_customers = [int(i) + 1 for i in self.customers._perm[:self.customer_cache.capacity // 2]]
+        put = 0
+        with self.engine.connect() as conn:
+            found = {r[0]: tuple(r) for r in conn.execute(text(
+                "SELECT id, name, category, price, stock FROM products WHERE id IN :ids").bindparams(
+                bindparam("ids", expanding=True)), {"ids": top_products})}
+            profiles = {r[0]: tuple(r) for r in conn.execute(text(
+                "SELECT id, name, email, region FROM customers WHERE id IN :ids").bindparams(
+                bindparam("ids", expanding=True)), {"ids": top_customers})}
+            orders: dict[int, list] = {}
+            for r in conn.execute(text(
+                    "SELECT customer_id, id, product_id, quantity, amount, status, created_at FROM orders"
+                    " WHERE customer_id IN :ids ORDER BY created_at DESC").bindparams(
+                    bindparam("ids", expanding=True)), {"ids": top_customers}):
+                orders.setdefault(r[0], []).append(tuple(r[1:]))
+        for pid in reversed(top_products):               # the most popular put last: the freshest in the LRU
+            self.product_cache.put("product", pid, found.get(pid, ()))
+            put += 1
+        for cid in reversed(top_customers):
+            self.customer_cache.put("profile", cid, profiles.get(cid, ()))
+            self.customer_cache.put("orders", cid, orders.get(cid, [])[:50])
+            put += 2
+        return put
 
     def _product(self, conn, pid: int, trace: Trace):
         row, hit = self.product_cache.get("product", pid, trace)
