@@ -542,7 +542,7 @@ def test_backfill_caches_start_with_their_popular_keys(demo_store):
     assert put == len(shop.product_cache) + len(shop.customer_cache) > 500
     assert len(shop.product_cache) == shop.product_cache.capacity
     from collectors.demo.workload import Trace
-    cached, hit = shop.customer_cache.get("orders", top, Trace("customer_orders", "/x", "GET"))
+    cached, hit = shop.customer_cache.get("orders", top, Trace("/x", "GET"))
     assert hit and cached == orders                       # the real rows, as a miss would have stored them
     assert api.requests == api.cache_lookups == api.queries == []
 

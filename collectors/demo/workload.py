@@ -229,9 +229,9 @@ _MISS = object()
 @dataclass(slots=True)
 class Trace:
     """Everything one request recorded, so the backfill can replay it."""
-    name: str                                          # the endpoint's key in SHOP_ENDPOINTS / WORKER_ENDPOINTS
     endpoint: str
     method: str
+    name: str = ""                                     # the endpoint's key in SHOP_ENDPOINTS / WORKER_ENDPOINTS
     status: int = 200
     duration_ms: float = 0.0                           # drawn own time + external_ms
     real_ms: float = 0.0                               # how long its real work took here (not recorded)
@@ -471,7 +471,7 @@ class App:
     def serve(self, name: str, *, user: str | None = None, request_id: str | None = None) -> Trace:
         """Run one request for real, record it, and return its trace."""
         path, method, _ = self.endpoints[name]
-        trace = Trace(name, path, method)
+        trace = Trace(path, method, name=name)
         wait_ms = self.queue_wait_ms(name)
         if wait_ms is not None:
             trace.tags["wait_ms"] = round(wait_ms, 1)
