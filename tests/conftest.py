@@ -12,6 +12,26 @@ import pytest
 from collectors import sdk
 from collectors.sdk import api
 
+# Modules that start servers, browsers or the demo, run pages through AppTest, or search widely with
+# Hypothesis: `pytest -m "not slow"` leaves them out and runs the rest in well under a minute.
+SLOW_MODULES = {
+    "test_action_app_cache", "test_action_database", "test_action_redis", "test_actions", "test_advise",
+    "test_advisor_pg", "test_advisor_sqlite", "test_alerts", "test_browser", "test_browser_actions",
+    "test_browser_hostile", "test_cache_sizes", "test_compare", "test_control", "test_dashboard_launch", "test_demo",
+    "test_demo_services", "test_demo_switch", "test_health", "test_ingest_faults", "test_ingest_property",
+    "test_names_as_text", "test_notify", "test_pipeline", "test_queries_pipeline", "test_redact",
+    "test_sampler_database", "test_sampler_redis", "test_sdk_faults", "test_sources_faults", "test_time_range_url",
+    "test_viewer_auth",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SLOW_MODULES or module.startswith("test_page_") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 # A database of its own, flushed around each test ($PERFDECK_TEST_REDIS_DB lets parallel runs apart).
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('PERFDECK_TEST_REDIS_DB', '15')}"
 
