@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -23,9 +22,12 @@ def main(verbose: bool) -> None:
 
 @main.command(context_settings=CONTEXT)
 @db_option
-@click.option("--spool", "spool_dir", default="data/spool", show_default=True, help="Spool directory to ingest.")
-@click.option("--redis", "redis_url", default=lambda: os.environ.get("PERFDECK_REDIS"),
-              help="Also read the Redis stream transport at this URL ($PERFDECK_REDIS).")
+@click.option("--spool", "spool_dir", default=None,
+              help="Spool directory to ingest (default $PERFDECK_SPOOL, the SDK's $PERFDECK_TRANSPORT, [transport] "
+                   "in perfdeck.toml, else data/spool).")
+@click.option("--redis", "redis_url", default=None,
+              help="Also read the Redis stream transport at this URL (default $PERFDECK_REDIS, or the SDK's "
+                   "$PERFDECK_TRANSPORT when it is a redis:// URL).")
 @click.option("--once", is_flag=True, help="Ingest everything pending, run rollups and retention, then exit.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between ingest ticks.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -48,9 +50,10 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
         alerts, health = from_config(connection.db_path(db), cfg), alert_evaluation(cfg)
         limits = config.ingest_limits(cfg)
         samplers = config.build_samplers(cfg)
+        sources = config.transport(cfg, spool=spool_dir, redis_url=redis_url)
     except (ValueError, PriceFileError) as exc:
         raise click.ClickException(str(exc)) from None
-    collector = Collector(db, spool_dir=spool_dir, redis_url=redis_url, interval=interval,
+    collector = Collector(db, spool_dir=sources.spool, redis_url=sources.redis_url, interval=interval,
                           samplers=samplers, advise_every=advise_every,
                           advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices,
                           alerts=alerts, health=health, limits=limits)

@@ -287,23 +287,23 @@ def compare(before, after, version, span, service, alpha, min_ratio, min_request
 
 
 def _transport(spool: str | None, redis_url: str | None) -> str:
+    """Where the collector reads (collectors.config.transport): its Redis stream when there is one."""
+    from collectors import config
+
     if spool and redis_url:
         raise click.UsageError("give --spool or --redis, not both")
-    if redis_url:
-        return redis_url
-    if not spool and os.environ.get("PERFDECK_REDIS"):
-        return os.environ["PERFDECK_REDIS"]
-    return "spool:" + (spool or os.environ.get("PERFDECK_SPOOL") or "data/spool")
+    found = config.transport(spool=spool, redis_url=redis_url)
+    return found.redis_url if found.redis_url and not spool else f"spool:{found.spool}"
 
 
 @click.command("deploy", context_settings=CONTEXT)
 @click.argument("version")
 @click.option("--service", default=lambda: os.environ.get("PERFDECK_SERVICE"),
               help="The service deployed (default $PERFDECK_SERVICE).")
-@click.option("--spool", default=None, help="Spool directory the collector ingests (default $PERFDECK_SPOOL, "
-                                            "else data/spool).")
+@click.option("--spool", default=None, help="Spool directory the collector ingests (default: as `perfdeck collect` "
+                                            "finds it).")
 @click.option("--redis", "redis_url", default=None, help="Redis stream transport URL instead of the spool "
-                                                         "(default $PERFDECK_REDIS when no --spool is given).")
+                                                         "(default: the collector's, when no --spool is given).")
 def deploy(version, service, spool, redis_url) -> None:
     """Mark a deploy of VERSION now. It goes through the same transport as the SDK's events, so the
     collector records it; it appears on every time chart and in Compare."""

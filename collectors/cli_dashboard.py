@@ -138,8 +138,7 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
     from collectors import config
     from collectors.store import db_path
 
-    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()),
-               PERFDECK_SPOOL=str(Path(os.environ.get("PERFDECK_SPOOL") or "data/spool").resolve()))
+    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()), PERFDECK_SPOOL=str(config.transport().spool))
     # Streamlit's server would put a loopback peer's X-Forwarded-For in place of its address, letting any
     # local client pick its login key; perfdeck reads the header itself, from PERFDECK_TRUSTED_PROXIES only.
     env.setdefault("FORWARDED_ALLOW_IPS", "")

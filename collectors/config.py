@@ -27,6 +27,10 @@ to watch, with environment overrides. Every key is optional:
     monthly_budget = 1000.0
     compute_usd_per_core_hour = 0.04   # adds CPU of the watched processes to the cost of a query
 
+    [transport]                    # where the apps' SDKs send (default: $PERFDECK_TRANSPORT, else data/spool)
+    spool = "data/spool"           # the collector reads it, the dashboard broadcasts cache clears to it
+    redis = "redis://127.0.0.1:6379/0"   # the Redis stream, when the apps ship through Redis
+
     [ingest]
     max_future = "5m"              # events timed further ahead of the collector's clock are rejected
     max_age = "400d"               # and so are older ones (default: as long as rollups are kept)
@@ -35,7 +39,8 @@ Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_U
 URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database);
 PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET and
 PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys (the target per request is the cost_per_query_usd
-threshold's); PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE."""
+threshold's); PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE; PERFDECK_SPOOL, PERFDECK_REDIS and
+PERFDECK_TRANSPORT (the SDK's) for [transport]."""
 from __future__ import annotations
 
 import os
@@ -46,6 +51,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_PATH = Path("perfdeck.toml")
+DEFAULT_SPOOL = "data/spool"       # the SDK's default (spool:data/spool): apps, collector and dashboard meet there
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def load(path: str | os.PathLike | None = None) -> dict:
@@ -193,3 +200,33 @@ def ingest_limits(config: dict):
     if age <= 0:
         raise ValueError(f"[ingest] max_age must be positive, got {raw['max_age']!r}")
     return Limits(max_future_s=future, max_age_s=age)
+
+
+@dataclass(frozen=True)
+class Transport:
+    """Where the apps' batches arrive and where cache-clear commands go: one answer for what the collector
+    reads, where the dashboard broadcasts and where `perfdeck deploy` sends. The spool folder always (a
+    process on this machine may spool), the Redis stream when the apps ship through Redis."""
+
+    spool: Path
+    redis_url: str | None = None
+
+    def channels(self) -> list[str]:
+        return ([self.redis_url] if self.redis_url else []) + [f"spool:{self.spool}"]
+
+
+def transport(config: dict | None = None, *, spool: str | os.PathLike | None = None,
+              redis_url: str | None = None) -> Transport:
+    """Resolved once, the first one given wins: the flags; $PERFDECK_SPOOL and $PERFDECK_REDIS; the SDK's
+    $PERFDECK_TRANSPORT (spool:DIR or redis://...); [transport] in perfdeck.toml; the SDK's default
+    data/spool. The spool path is made absolute."""
+    table = dict((config or {}).get("transport", {}))
+    unknown = set(table) - {"spool", "redis"}
+    if unknown:
+        raise ValueError(f"[transport]: unknown keys {sorted(unknown)}; known: ['redis', 'spool']")
+    sdk_url = os.environ.get("PERFDECK_TRANSPORT", "").strip()
+    sdk_redis = sdk_url if sdk_url.startswith(REDIS_SCHEMES) else None
+    sdk_spool = sdk_url.removeprefix("spool:") if sdk_url and not sdk_redis else None
+    folder = spool or os.environ.get("PERFDECK_SPOOL", "").strip() or sdk_spool or table.get("spool") or DEFAULT_SPOOL
+    url = redis_url or os.environ.get("PERFDECK_REDIS", "").strip() or sdk_redis or table.get("redis") or None
+    return Transport(Path(folder).resolve(), url)

@@ -277,8 +277,9 @@ def test_channels_come_from_the_environment(spool, tmp_path, monkeypatch):
     assert channels() == [f"spool:{spool.resolve()}"]
     monkeypatch.delenv("PERFDECK_TRANSPORT")
     monkeypatch.delenv("PERFDECK_SPOOL")
-    monkeypatch.setenv("PERFDECK_DB", str(tmp_path / "demo" / "perfdeck.duckdb"))   # the spool beside the store
-    assert channels() == [f"spool:{(tmp_path / 'demo' / 'spool').resolve()}"]
+    monkeypatch.setenv("PERFDECK_DB", str(tmp_path / "elsewhere" / "perfdeck.duckdb"))
+    monkeypatch.chdir(tmp_path)     # the SDK's default, wherever the store is: where a default collector reads
+    assert channels() == [f"spool:{(tmp_path / 'data' / 'spool').resolve()}"]
 
 
 def test_available_says_what_to_configure(spool):

@@ -6,23 +6,21 @@ caches they registered. This action lists those announcements, broadcasts "clear
 [namespace Y]" and waits up to WAIT_S for the acknowledgements, which say how many entries each
 process dropped.
 
-The dashboard finds the channels in its environment (see channels()): $PERFDECK_TRANSPORT, the
-variable the SDK reads, and the spool directory. A cache clear loses nothing the app cannot rebuild,
+The dashboard broadcasts where the collector reads (see channels(), collectors.config.transport):
+$PERFDECK_TRANSPORT, the variable the SDK reads, and the spool directory. A cache clear loses nothing the app cannot rebuild,
 so the action is not destructive: a click on Run after the preview is the confirmation. Cache and
 namespace travel as data inside a JSON command and are checked to be plain names on both sides.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from redis import RedisError
 
-from collectors import control
+from collectors import config, control
 from collectors.redact import redact
 from collectors.sdk.control import is_name
-from collectors.store import db_path
 from dashboard.actions.framework import (
     Action,
     ActionError,
@@ -36,21 +34,17 @@ from dashboard.actions.framework import (
 
 WAIT_S = 5.0      # processes poll about once a second; five seconds covers a busy one
 POLL_S = 0.25
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = config.REDIS_SCHEMES
 
 
 def channels() -> list[str]:
-    """Where to broadcast: $PERFDECK_TRANSPORT when set (what the SDK ships to), and the spool
-    directory $PERFDECK_SPOOL, else the `spool` folder beside the store (data/spool for the default
-    store, the demo's own spool for `perfdeck demo`). Spool paths are made absolute."""
-    found: list[str] = []
-    for url in (os.environ.get("PERFDECK_TRANSPORT", "").strip(),
-                "spool:" + (os.environ.get("PERFDECK_SPOOL", "").strip() or str(db_path().parent / "spool"))):
-        if url and not url.startswith(REDIS_SCHEMES):
-            url = "spool:" + str(Path(url.removeprefix("spool:") or "data/spool").resolve())
-        if url and url not in found:
-            found.append(url)
-    return found
+    """Where to broadcast: where the collector reads (collectors.config.transport: the Redis stream when the
+    apps ship through Redis, and the spool folder), so the SDKs that send there hear it."""
+    try:
+        found = config.load()
+    except ValueError:      # a broken perfdeck.toml: the environment and the default still say where
+        found = {}
+    return config.transport(found).channels()
 
 
 def shown(url: str) -> str:
