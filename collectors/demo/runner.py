@@ -34,6 +34,7 @@ from collectors import sdk
 from collectors.redact import redact
 
 GAP_FILL_MIN_S = 120.0
+PG_ADVICE_AFTER_S = 180.0    # with --postgres: a second advisor run, on its first minutes of live queries
 DEFAULT_PORT = 8501
 
 
@@ -234,7 +235,7 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    collector = collector_thread = dash = worker = engine = host_thread = pg = None
+    collector = collector_thread = dash = worker = engine = host_thread = pg = advice_timer = None
     code = 0
     try:
         last, last_version = last_event_ts(db), last_deploy_version(db)
@@ -327,6 +328,10 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
                 f"the rest replayed from them; {report.dropped} dropped)"
                 + (" — interrupted" if report.interrupted else ""))
         collector.request_advice()   # the collector ingests what the backfill spooled first, then advises
+        if pg is not None:           # the PostgreSQL's workload is live traffic's only: advise it once that has some
+            advice_timer = threading.Timer(PG_ADVICE_AFTER_S, collector.request_advice)
+            advice_timer.daemon = True
+            advice_timer.start()
 
         if not stop.is_set():
             shop = Shop(engine, version=VERSION_AFTER, seed=int(time.time()), postgres=pg, redis=redis)
@@ -351,6 +356,8 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
             code = dash.returncode or 1
     finally:
         say("perfdeck demo: stopping")
+        if advice_timer is not None:
+            advice_timer.cancel()
         sdk.shutdown()
         if dash is not None and dash.poll() is None:
             dash.terminate()                       # in parallel with the rest of the shutdown
