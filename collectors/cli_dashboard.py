@@ -138,7 +138,11 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
     from collectors import config
     from collectors.store import db_path
 
-    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()), PERFDECK_SPOOL=str(config.transport().spool))
+    try:
+        spool = config.transport(config.load()).spool
+    except ValueError:      # a broken perfdeck.toml: the page says so; the environment still says where
+        spool = config.transport().spool
+    env = dict(os.environ, PERFDECK_DB=str(db_path(db).resolve()), PERFDECK_SPOOL=str(spool))
     # Streamlit's server would put a loopback peer's X-Forwarded-For in place of its address, letting any
     # local client pick its login key; perfdeck reads the header itself, from PERFDECK_TRUSTED_PROXIES only.
     env.setdefault("FORWARDED_ALLOW_IPS", "")
