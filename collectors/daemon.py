@@ -47,10 +47,6 @@ log = logging.getLogger("perfdeck.daemon")
 
 MAX_BATCHES_PER_TX = 500
 MAX_BYTES_PER_TX = 64 * 1024 * 1024
-# Tables samplers may write, and how a row is inserted (slowlog entries are stored once).
-SAMPLE_TABLES = {"system_metrics": "INSERT INTO", "redis_metrics": "INSERT INTO", "db_metrics": "INSERT INTO",
-                 "pg_statements": "INSERT INTO", "query_stats": "INSERT INTO", "redis_slowlog": "INSERT OR IGNORE INTO",
-                 "advisor_runs": "INSERT INTO", "index_advice": "INSERT INTO", "alert_notifications": "INSERT INTO"}
 NOTIFIER_DRAIN_S = 5.0     # at stop, how long queued alert messages may take
 MAX_WRITE_TRIES = 3        # a batch whose write fails alone this often is quarantined
 STATUS_EVERY_S = 10.0      # between two rows of each source's backlog in ingest_sources
@@ -256,25 +252,30 @@ class Collector:
         return written
 
     def _write_sample_items(self, items: list) -> int:
-        by_table: dict[str, list[tuple]] = {}
+        """Rows go to the store table they name, in the way they say (Rows.once: INSERT OR IGNORE); a
+        table the store does not have is counted in ingest_rejects, never silently dropped."""
+        by_table: dict[tuple[str, bool], list[tuple]] = {}
         statuses, unknown = [], Counter()
-        for item in items:
-            if isinstance(item, Status):
-                statuses.append(item)
-            elif item.table in SAMPLE_TABLES:
-                by_table.setdefault(item.table, []).extend(item.rows)
-            else:
-                unknown[item.table] += len(item.rows)
         with connection.write(self.db) as con:
-            for table, rows in by_table.items():
+            tables = {name for (name,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            for item in items:
+                if isinstance(item, Status):
+                    statuses.append(item)
+                elif item.table in tables:
+                    by_table.setdefault((item.table, item.once), []).extend(item.rows)
+                else:
+                    unknown[item.table] += len(item.rows)
+            for (table, once), rows in by_table.items():
                 marks = ", ".join("?" * len(rows[0]))
-                con.executemany(f"{SAMPLE_TABLES[table]} {table} VALUES ({marks})", rows)
+                verb = "INSERT OR IGNORE INTO" if once else "INSERT INTO"
+                con.executemany(f'{verb} "{table}" VALUES ({marks})', rows)
             for st in statuses:
                 con.execute(_UPSERT_COMPONENT, [st.component, st.kind, st.target, "up" if st.up else "down",
                                                 st.checked_at, st.checked_at if st.up else None, st.checked_at,
                                                 st.error])
             if unknown:
-                log.error("samplers produced rows for tables the daemon does not write: %s", dict(unknown))
+                log.error("samplers produced rows for tables the store does not have: %s", dict(unknown))
                 con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, 'samples', ?, ?)",
                                 [(f"unknown_table:{table}", n) for table, n in unknown.items()])
         return sum(len(r) for r in by_table.values())

@@ -250,3 +250,19 @@ def test_sdk_health_counts_left_out_events_not_cleared_values(store, spool):
         "queries:bad_duration": 2, "llm:bad_latency_ms": 5}}))
     Collector(store, spool_dir=spool).run_once()
     assert query(store, "SELECT rejected FROM sdk_health") == [(2,)]
+
+
+def test_sampler_rows_say_their_table_and_how_they_are_written(store, tmp_path):
+    """No allow-list in the daemon: rows for any store table land (cache_sizes was never a sampler's), and rows
+    marked `once` skip what the table holds already (a slowlog entry seen at two samples is stored once)."""
+    collector = Collector(store, spool_dir=tmp_path / "spool")
+    now = utcnow()
+    entry = ("cache", 7, now, 1500, "KEYS *", "10.0.0.1:5000")
+    collector.samples.put(Rows("cache_sizes", [(now, "api", "web-1", "products", 120)]))
+    collector.samples.put(Rows("redis_slowlog", [entry], once=True))
+    assert collector.write_samples() == 2
+    collector.samples.put(Rows("redis_slowlog", [entry, ("cache", 8, now, 900, "GET x", None)], once=True))
+    assert collector.write_samples() == 2
+    assert query(store, "SELECT entry_id FROM redis_slowlog ORDER BY entry_id") == [(7,), (8,)]
+    assert query(store, "SELECT cache, entries FROM cache_sizes") == [("products", 120)]
+    assert rejects(store) == {}

@@ -23,9 +23,11 @@ MAX_BACKOFF = 300.0
 
 @dataclass
 class Rows:
-    """Rows for one store table, in that table's column order."""
+    """Rows for one store table, in that table's column order. `once`: a row the table holds already (by its
+    primary key) is skipped, not an error, as for slowlog entries seen again at the next sample."""
     table: str
     rows: list[tuple]
+    once: bool = False
 
 
 @dataclass

@@ -256,4 +256,4 @@ class RedisSampler(Sampler):
             after = self.client.info("all")
             if after.get("run_id") == self._run_id:
                 self._base, self._own_commands = _Baseline(after, time.monotonic()), 1
-        return [Rows("redis_metrics", metrics), Rows("redis_slowlog", slowlog)]
+        return [Rows("redis_metrics", metrics), Rows("redis_slowlog", slowlog, once=True)]
