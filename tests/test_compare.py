@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import query
 
-from collectors.cli_compare import compare, deploy, parse_window
+from collectors.cli.compare import compare, deploy, parse_window
 from collectors.daemon import Collector
 from collectors.health import ASSESSED_COLUMNS
 from collectors.store import read, utcnow, write

@@ -108,7 +108,7 @@ def _upgrade_status(port: int, host: str) -> str:
 # -- the settings ---------------------------------------------------------------------------------------
 
 def test_checkout_config_is_the_packaged_settings():
-    from collectors.cli_dashboard import SETTINGS_FILE, streamlit_settings
+    from collectors.cli.dashboard import SETTINGS_FILE, streamlit_settings
 
     # `streamlit run dashboard/app.py` in a checkout reads .streamlit/config.toml; perfdeck passes the packaged file
     assert (ROOT / ".streamlit" / "config.toml").read_bytes() == SETTINGS_FILE.read_bytes()
@@ -118,7 +118,7 @@ def test_checkout_config_is_the_packaged_settings():
 
 
 def test_streamlit_env_var_names():
-    from collectors.cli_dashboard import env_var
+    from collectors.cli.dashboard import env_var
 
     assert env_var("server.enableCORS") == "STREAMLIT_SERVER_ENABLE_CORS"
     assert env_var("browser.gatherUsageStats") == "STREAMLIT_BROWSER_GATHER_USAGE_STATS"
@@ -130,13 +130,13 @@ def test_streamlit_env_var_names():
     ("unix:///run/perfdeck.sock", True), ("0.0.0.0", False), ("::", False), ("", False), ("10.0.0.5", False),
     ("dash.example.com", False)])
 def test_is_loopback(address, local):
-    from collectors.cli_dashboard import is_loopback
+    from collectors.cli.dashboard import is_loopback
 
     assert is_loopback(address) is local
 
 
 def test_the_users_flags_and_environment_win():
-    from collectors.cli_dashboard import dashboard_command
+    from collectors.cli.dashboard import dashboard_command
 
     cmd = dashboard_command(8600, ["--theme.base", "dark", "--client.toolbarMode=viewer"],
                             env={"STREAMLIT_BROWSER_GATHER_USAGE_STATS": "true"})

@@ -14,7 +14,7 @@ from seed_cost import EVENT_COLUMNS, event
 from seed_health import EXPECTED, seed_health, spend
 from seed_pipeline import seed_pipeline
 
-from collectors.cli_health import health
+from collectors.cli.health import health
 from collectors.formatting import value as format_value
 from collectors.health import ASSESSED_COLUMNS
 from collectors.health.assess import assess, components, overall

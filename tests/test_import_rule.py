@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPOSITION_ROOT = ("collectors/cli", "collectors/demo/")     # cli.py and cli_*.py, the demo package
+COMPOSITION_ROOT = ("collectors/cli/", "collectors/demo/")     # the command line and the demo packages
 
 
 def imported(path: Path) -> set[str]:
@@ -40,4 +40,4 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import os\n\ndef f():\n    if os.sep:\n        from dashboard.queries.health import alert_evaluation\n")
     assert dashboard_imports(module) == ["dashboard.queries.health", "dashboard.queries.health.alert_evaluation"]
-    assert "dashboard.queries.health" in dashboard_imports(ROOT / "collectors" / "cli.py")
+    assert "dashboard.queries.health" in dashboard_imports(ROOT / "collectors" / "cli" / "wiring.py")

@@ -79,7 +79,7 @@ def last_deploy_version(db: Path, service: str = "shop-api") -> str | None:
 def dashboard_address() -> str:
     """Where the demo dashboard listens: loopback unless $STREAMLIT_SERVER_ADDRESS says otherwise (the
     command refuses a non-loopback one with no viewer login, unless --no-auth)."""
-    from collectors.cli_dashboard import resolve_address
+    from collectors.cli.dashboard import resolve_address
 
     return resolve_address(None)
 
@@ -87,7 +87,7 @@ def dashboard_address() -> str:
 def start_dashboard(db: Path, port: int, env: dict) -> subprocess.Popen:
     """The dashboard as a child, with the packaged Streamlit settings, in our own cwd (where
     perfdeck.toml and .streamlit/secrets.toml are read)."""
-    from collectors.cli_dashboard import dashboard_command, dashboard_env
+    from collectors.cli.dashboard import dashboard_command, dashboard_env
 
     return subprocess.Popen(dashboard_command(port, address=dashboard_address()), env=dashboard_env(db) | env)
 
@@ -100,7 +100,7 @@ def dashboard_targets(data_dir: Path, *, redis_url: str | None = None,
     loopback address, with no operator configured, a generated operator password (returned to be
     printed, never written anywhere)."""
     from collectors import config
-    from collectors.cli_dashboard import is_loopback
+    from collectors.cli.dashboard import is_loopback
     from collectors.demo.workload import PG_DATABASE, REDIS_NAME, sqlalchemy_url
     from collectors.health.settings import alert_settings
     from dashboard.actions.access import generate_demo_password, operator_config
@@ -214,14 +214,11 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     the live shop also keeps its products in that Redis and reads order histories from that
     PostgreSQL (schema perfdeck_demo), and the collector samples both."""
     from collectors import config
-    from collectors.daemon import Collector
+    from collectors.cli.wiring import build_collector
     from collectors.demo.backfill import DAY, backfill
     from collectors.demo.live import SlowSwitch, live_shop_rate, run_live
     from collectors.demo.workload import VERSION_AFTER, Shop, open_database, running_version
-    from collectors.health.alerts import from_config
-    from collectors.pricing import PriceBook
     from dashboard.demo_switch import SWITCH_FILE
-    from dashboard.queries.health import alert_evaluation
 
     t0 = time.monotonic()
     data_dir = Path(data_dir).resolve()
@@ -261,13 +258,9 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
                 return 2
             say(f"perfdeck demo: products also cached in Redis {redact(redis_url)}")
         cfg = demo_config(data_dir, redis_url=redis_url, postgres_url=postgres_url)
-        # the advisor's first run waits for the shop's workload (request_advice() after the backfill)
-        # the demo's 3 min window, 1 min for, every 30 s
-        alerts, health = from_config(db, cfg), alert_evaluation(cfg)
-        collector = Collector(db, spool_dir=spool, interval=1.0, samplers=config.build_samplers(cfg),
-                              advise=config.advisor_targets(cfg), advise_every=config.advisor_interval(cfg),
-                              advise_at_start=False, prices=PriceBook.load(config.cost_settings(cfg).prices_file),
-                              alerts=alerts, health=health, limits=config.ingest_limits(cfg))
+        # Its own spool only (whatever the environment says); the demo's 3 min alert window, 1 min for, every
+        # 30 s; the advisor's first run waits for the shop's workload (request_advice() after the backfill).
+        collector = build_collector(cfg, db, sources=config.Transport(spool), advise_at_start=False)
         collector_thread = threading.Thread(target=collector.run_forever, name="perfdeck-collector", daemon=True)
         if dashboard:
             port = resolve_port(port)

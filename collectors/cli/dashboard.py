@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from collectors.cli_options import CONTEXT, db_option
+from collectors.cli.options import CONTEXT, db_option
 
-DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"   # beside collectors/, checkout or wheel
+DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "dashboard"   # beside collectors/, checkout or wheel
 APP = DASHBOARD_DIR / "app.py"
 SETTINGS_FILE = DASHBOARD_DIR / "streamlit.toml"
 WILDCARDS = ("0.0.0.0", "::")

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 import click
 
 from collectors import formatting as fmt
-from collectors.cli_options import CONTEXT, db_option, parse_span
+from collectors.cli.options import CONTEXT, db_option, parse_span
 
 
 class CompareError(click.ClickException):

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from collectors.cli_options import CONTEXT, db_option, reading
+from collectors.cli.options import CONTEXT, db_option, reading
 from collectors.health import SEVERITIES, UNKNOWN, severity_rank, target
 
 EXIT_FAIL = 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from collectors import formatting as fmt
-from collectors.cli_options import CONTEXT, db_option, format_option, parse_span, reading, since_option
+from collectors.cli.options import CONTEXT, db_option, format_option, parse_span, reading, since_option
 
 __all__ = ["main", "parse_span"]
 
@@ -37,26 +37,15 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
     send, samples the host, Redis instances and databases named in perfdeck.toml, runs the index
     advisor on those databases hourly, and evaluates the alert rules every [alerts] interval."""
     from collectors import config
-    from collectors.daemon import Collector
-    from collectors.health.alerts import from_config
-    from collectors.pricing import PriceBook, PriceFileError
-    from collectors.store import connection
-    from dashboard.queries.health import alert_evaluation
+    from collectors.cli.wiring import build_collector
+    from collectors.pricing import PriceFileError
 
-    cfg = config.load(config_path)
-    advise_every = config.advisor_interval(cfg)
     try:   # a broken prices or thresholds file stops the start with one clear line
-        prices = PriceBook.load(config.cost_settings(cfg).prices_file)
-        alerts, health = from_config(connection.db_path(db), cfg), alert_evaluation(cfg)
-        limits = config.ingest_limits(cfg)
-        samplers = config.build_samplers(cfg)
-        sources = config.transport(cfg, spool=spool_dir, redis_url=redis_url)
+        cfg = config.load(config_path)
+        collector = build_collector(cfg, db, sources=config.transport(cfg, spool=spool_dir, redis_url=redis_url),
+                                    interval=interval)
     except (ValueError, PriceFileError) as exc:
         raise click.ClickException(str(exc)) from None
-    collector = Collector(db, spool_dir=sources.spool, redis_url=sources.redis_url, interval=interval,
-                          samplers=samplers, advise_every=advise_every,
-                          advise=config.advisor_targets(cfg) if advise_every > 0 else [], prices=prices,
-                          alerts=alerts, health=health, limits=limits)
     if once:
         try:
             report = collector.run_once()
@@ -331,7 +320,7 @@ def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -
     """Backfill days of history from a real instrumented workload, keep it running live, collect it,
     and serve the dashboard on it (on 127.0.0.1; $STREAMLIT_SERVER_ADDRESS for other machines, which
     needs viewer login or --no-auth). Ctrl-C stops everything."""
-    from collectors.cli_dashboard import exposure, resolve_address
+    from collectors.cli.dashboard import exposure, resolve_address
     from collectors.demo.runner import run
 
     if not no_dashboard:       # refused before the backfill, not after it
@@ -344,9 +333,9 @@ def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -
 
 # The dashboard's launch, health, alerts and regressions live in modules of their own; they import the
 # shared options above.
-from collectors.cli_compare import compare, deploy  # noqa: E402
-from collectors.cli_dashboard import dashboard  # noqa: E402
-from collectors.cli_health import health  # noqa: E402
+from collectors.cli.compare import compare, deploy  # noqa: E402
+from collectors.cli.dashboard import dashboard  # noqa: E402
+from collectors.cli.health import health  # noqa: E402
 
 for command in (dashboard, health, compare, deploy):
     main.add_command(command)

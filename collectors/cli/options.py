@@ -1,6 +1,6 @@
 """What every `perfdeck` command shares: help flags, spans, the --db/--format/--since options and the
-read-only store with its errors as one line. Its own module, so the command modules (cli_health,
-cli_compare) import it without importing collectors.cli, which imports them."""
+read-only store with its errors as one line. The command modules (health, compare, dashboard) import it;
+the package (collectors/cli/__init__.py) holds `main` and registers them."""
 from __future__ import annotations
 
 import re
