@@ -48,6 +48,14 @@ HOW_TO = ("LLM calls are recorded by `sdk.record_llm_call(...)` or the OpenAI / 
 GROUPINGS = {"Model": "model", "Endpoint": "endpoint", "Service": "service"}
 
 
+# Wide tables lead with what they are about and the money; the columns past the page's width scroll (all in the CSV).
+MODEL_ORDER = ["model", "provider", "calls", "spend_usd", "saved_usd", "cost_per_call_usd", "cache_hit_calls",
+               "input_tokens", "output_tokens", "cached_input_tokens", "avg_latency_ms", "output_tokens_per_s",
+               "unpriced_calls", "cache_write_tokens", "price_version"]
+EXPENSIVE_ORDER = ["request_id", "ts", "endpoint", "cost_usd", "calls", "models", "duration_ms", "user_id", "service",
+                   "input_tokens", "output_tokens"]
+
+
 def shown(df: pd.DataFrame) -> dict:
     return {c: COLUMNS[c] for c in df.columns if c in COLUMNS}
 
@@ -139,7 +147,7 @@ def spend(scope: dict, models: pd.DataFrame, x_range, deploys: pd.DataFrame) -> 
                                       y_title="spend per bucket", y_format="usd", x_range=x_range, deploys=deploys),
                   over["over"], f"cost-by-{GROUPINGS[label]}")
     st.markdown("**Models**: calls, tokens and spend")
-    widgets.table(models, "cost-models", column_config=shown(models))
+    widgets.table(models, "cost-models", column_config=shown(models), column_order=MODEL_ORDER)
 
 
 def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, compute: bool) -> None:
@@ -155,7 +163,7 @@ def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, 
                               x="p95_usd", y="label", title="p95 cost per request", x_title="USD per request",
                               x_format="usd", vlines=(("target", target),)), None, "cost-p95")
     st.markdown("**Most expensive requests**")
-    widgets.table(expensive, "cost-expensive-requests", column_config=shown(expensive))
+    widgets.table(expensive, "cost-expensive-requests", column_config=shown(expensive), column_order=EXPENSIVE_ORDER)
     ids = expensive["request_id"].tolist()
     pick = st.selectbox("Calls of request", ids, index=None, placeholder="Pick a request to see its LLM calls",
                         key="cost_request")

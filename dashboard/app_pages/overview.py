@@ -108,7 +108,7 @@ def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typic
                 colour = "inverse" if bad_up else "off"
         col.metric(label, shown, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
     st.caption("Changes are against the previous period of the same length; latency for a typical request "
-               "(hover the ⓘ).")
+               "(each card's ? says how).")
 
 
 def body() -> None:
