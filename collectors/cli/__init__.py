@@ -1,4 +1,7 @@
-"""The `perfdeck` command."""
+"""The `perfdeck` command, and the composition root: the only place (with the demo) that joins
+collectors/ to dashboard/. Here: `main` and the commands that fit in a screen (collect, export, reprice,
+advise, operator-hash, demo); compare/deploy, dashboard and health in their own modules; options.py what
+they share; wiring.py the collector as perfdeck.toml describes it."""
 from __future__ import annotations
 
 import logging
