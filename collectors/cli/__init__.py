@@ -342,6 +342,3 @@ from collectors.cli.health import health  # noqa: E402
 
 for command in (dashboard, health, compare, deploy):
     main.add_command(command)
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""`python -m collectors.cli`: the same as the `perfdeck` command."""
+from collectors.cli import main
+
+main()
