@@ -21,7 +21,11 @@ gives every request its own duration, so percentiles spread (p50 < p95 < p99) as
 time a worker job waited in its queue is drawn too (there is no real queue; its `wait_ms` tag).
 
 Each served request also returns a `Trace` of the events it recorded, which the fast-forward backfill
-(collectors.demo.backfill) replays to fill days of history without re-running every query."""
+(collectors.demo.backfill) replays to fill days of history without re-running every query.
+
+One module on purpose, past 600 lines: the shop and the worker, their data, caches, stand-ins and the one
+table of their latencies are one workload, read and tuned together (a change to LATENCY is checked against
+the endpoints that draw from it and the thresholds in demo/thresholds.toml)."""
 from __future__ import annotations
 
 import bisect
