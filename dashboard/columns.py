@@ -28,7 +28,10 @@ def count(label: str, help: str | None = None, **kwargs) -> dict:
 
 
 def ms(label: str, help: str | None = None, decimals: int = 1, **kwargs) -> dict:
-    """Milliseconds. Columns of one table share `decimals`, so a max never reads below its p95."""
+    """Milliseconds. Columns of one table share `decimals`, so a max never reads below its p95; whole ones
+    (decimals=0) with thousands separators."""
+    if decimals == 0:
+        return count(label, help, **kwargs)
     return _Column.NumberColumn(label, help=help, format=f"%.{decimals}f", **kwargs)
 
 

@@ -28,6 +28,10 @@ def seeded(tmp_path, monkeypatch):
     return now.replace(second=0, microsecond=0)
 
 
+def endpoint_picker(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Endpoint")
+
+
 def deploy_labels(at: AppTest) -> list[str]:
     return list(at.selectbox(key="compare_deploy").options)     # as shown: the formatted labels
 
@@ -58,16 +62,29 @@ def test_deploy_mode_lists_deploys_newest_first_and_flags_the_regression(seeded)
     assert (table["verdict"].iloc[1:] != "regression").all()
     assert len(at.get("plotly_chart")) == 2       # the ratio forest plot and the latency across both windows
     assert {b.key for b in at.download_button} >= {"csv-compare", "csv-compare-latency"}
-    assert at.selectbox(key="compare_endpoint").value == "POST /checkout  ·  api"
+    assert endpoint_picker(at).value == "POST /checkout  ·  api"
 
 
 def test_span_and_endpoint_choices(seeded):
     at = run_app(PAGE)
     at.segmented_control(key="compare_span").set_value("15 min").run()
     assert not at.exception, at.exception
-    at.selectbox(key="compare_endpoint").select("All endpoints").run()
+    endpoint_picker(at).select("All endpoints").run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) == 2
+
+
+def test_the_endpoint_picker_starts_again_on_the_worst_endpoint_of_another_deploy(seeded):
+    """Found when tried as a new user would: after picking another deploy, the picker still showed the
+    previous comparison's endpoint while the chart drew the new worst one."""
+    at = run_app(PAGE)
+    endpoint_picker(at).select("All endpoints").run()
+    labels = deploy_labels(at)
+    at.selectbox(key="compare_deploy").select_index(next(i for i, x in enumerate(labels) if x.startswith("v1.5.0")))
+    at.run()
+    assert not at.exception, at.exception
+    worst = at.dataframe[0].value.iloc[0]
+    assert endpoint_picker(at).value == f"{worst['endpoint']}  ·  {worst['service']}" == "POST /checkout  ·  api"
 
 
 def test_two_windows_mode(seeded):

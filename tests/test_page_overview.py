@@ -62,7 +62,7 @@ def test_overview_shows_metrics_table_and_charts(seeded):
     at.run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert list(metrics) == ["Requests / s", "Error rate", "p50", "p95", "p99"]
+    assert list(metrics) == ["Requests / s", "Error rate", "Typical p50", "Typical p95", "Typical p99"]
     with read(path) as con:
         expected = totals(con, since=since, until=until).iloc[0]
         endpoints = endpoint_percentiles(con, since=since, until=until)
@@ -70,7 +70,7 @@ def test_overview_shows_metrics_table_and_charts(seeded):
     assert metrics["Requests / s"] == f"{expected['requests_per_s']:,.2f}"
     # The typical request's p50: each endpoint's p50 weighted by its requests, not all requests pooled.
     typical = (endpoints["p50_ms"] * endpoints["requests"]).sum() / endpoints["requests"].sum()
-    assert metrics["p50"] == fmt.ms(typical) != fmt.ms(expected["p50_ms"])
+    assert metrics["Typical p50"] == fmt.ms(typical) != fmt.ms(expected["p50_ms"])
     assert metrics["Error rate"] == fmt.percent(expected["error_rate"])
     table = endpoints_table(at)
     assert len(table) == 7
@@ -104,7 +104,7 @@ def test_a_shift_in_traffic_mix_alone_does_not_move_the_headline_latency(tmp_pat
     at.session_state["range_from"], at.session_state["range_to"] = until - timedelta(hours=1), until
     at.run()
     assert not at.exception, at.exception
-    p50 = next(m for m in at.metric if m.label == "p50")
+    p50 = next(m for m in at.metric if m.label == "Typical p50")
     typical = 0.1 * pooled[0] + 0.9 * pooled[1]                 # the endpoints' p50s weighted by this hour's mix
     assert (p50.value, p50.delta) == (fmt.ms(typical), "no change")
     assert "weighted by its requests" in p50.help

@@ -94,8 +94,8 @@ def current(now) -> None:
         st.success("No alerts firing.", icon=":material/check_circle:")
     else:
         shown = readable(active).assign(firing=active["firing_s"].map(fmt.duration))
-        widgets.table(shown[["severity", "value", "threshold", "message", "peak_severity", "peak_value", "rule",
-                             "target", "started_at", "firing", "silenced", "notifications"]], "alerts-firing",
+        widgets.table(shown[["severity", "value", "threshold", "peak_severity", "peak_value", "target", "message", "rule",
+                             "started_at", "firing", "silenced", "notifications"]], "alerts-firing",
                       column_config=COLUMNS, csv=active)
     st.subheader("Silences")
     if silences.empty:
@@ -129,9 +129,10 @@ def history(now) -> tuple:
             st.caption("No alerts in this range.")
         else:
             shown = readable(df).assign(duration=df["duration_s"].map(fmt.duration))
-            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "rule", "target", "severity",
-                                 "value", "threshold", "message", "peak_severity", "peak_value", "silenced",
-                                 "notifications"]], "alert-history", column_config=COLUMNS, csv=df)
+            # The worst moment beside the reading now, before the long message (the filter above is by worst).
+            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "peak_severity", "peak_value", "severity",
+                                 "value", "threshold", "target", "message", "rule", "silenced", "notifications"]],
+                          "alert-history", column_config=COLUMNS, csv=df)
     return since, until, label
 
 

@@ -42,11 +42,6 @@ def shown(rows: pd.DataFrame) -> pd.DataFrame:
     return out[list(COLUMNS)]
 
 
-def new_comparison() -> None:
-    """Other windows: the latency chart starts again on the worst endpoint of the new comparison."""
-    st.session_state.pop("compare_endpoint", None)
-
-
 HOW_TO_MARK = ("Mark deploys with `sdk.mark_deploy(version)` in the service, or `perfdeck deploy VERSION "
                "--service NAME` from the release pipeline.")
 
@@ -54,8 +49,7 @@ HOW_TO_MARK = ("Mark deploys with `sdk.mark_deploy(version)` in the service, or 
 def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
     """The deploy picked and its windows: (before, after, service, what)."""
     left, right = st.columns([3, 2], vertical_alignment="bottom")
-    span = right.segmented_control("Window", list(SPANS), default="1 h", key="compare_span",
-                                  on_change=new_comparison) or "1 h"
+    span = right.segmented_control("Window", list(SPANS), default="1 h", key="compare_span") or "1 h"
     data = widgets.load({"deploys": q.deploy_windows}, service=filters.service, span=SPANS[span])
     if data is None:
         return None
@@ -65,8 +59,7 @@ def deploy_windows() -> tuple[tuple, tuple, str | None, str] | None:
                 f"{HOW_TO_MARK} Or compare two windows.", icon=":material/info:")
         return None
     labels = [f"{d.version} · {d.service} · {d.ts:%Y-%m-%d %H:%M} UTC" for d in deploys.itertuples(index=False)]
-    picked = left.selectbox("Deploy", range(len(labels)), format_func=labels.__getitem__, key="compare_deploy",
-                          on_change=new_comparison)
+    picked = left.selectbox("Deploy", range(len(labels)), format_func=labels.__getitem__, key="compare_deploy")
     d = deploys.iloc[picked or 0]
     if not d.complete:
         open_s = (utcnow() - d.ts).total_seconds()
@@ -83,7 +76,7 @@ def two_windows() -> tuple[tuple, tuple, str | None, str] | None:
         st.session_state.setdefault(key, value)   # once, so the inputs don't move with the clock
     cols = st.columns(4)
     names = ("Before: from (UTC)", "Before: to (UTC)", "After: from (UTC)", "After: to (UTC)")
-    times = [(col.datetime_input(name, key=key, format="YYYY-MM-DD", on_change=new_comparison)
+    times = [(col.datetime_input(name, key=key, format="YYYY-MM-DD")
               or defaults[key]).replace(tzinfo=None) for col, name, key in zip(cols, names, defaults)]
     before, after = tuple(times[:2]), tuple(times[2:])
     for name, (start, end) in (("before", before), ("after", after)):
@@ -113,7 +106,10 @@ def latency(rows: pd.DataFrame, before: tuple, after: tuple, service: str | None
     st.subheader("Latency across both windows")
     choices = {f"{r.endpoint}  ·  {r.service}": (r.service, r.endpoint) for r in rows.itertuples(index=False)}
     pick, scale = st.columns([3, 1], vertical_alignment="bottom")
-    chosen = choices.get(pick.selectbox("Endpoint", [*choices, ALL], key="compare_endpoint"))
+    # A picker of its own per comparison (the windows in its key): Streamlit's browser side kept showing the
+    # previous comparison's endpoint when the key stayed and only the state was reset.
+    key = f"compare_endpoint:{before[0]:%Y%m%d%H%M%S}:{after[1]:%Y%m%d%H%M%S}:{service or ''}"
+    chosen = choices.get(pick.selectbox("Endpoint", [*choices, ALL], key=key))
     log_y = scale.toggle("Log scale", value=True, key="compare_log")
     svc, endpoint = chosen if chosen else (service, None)
     since, until = min(before[0], after[0]), max(before[1], after[1])
@@ -131,8 +127,7 @@ def latency(rows: pd.DataFrame, before: tuple, after: tuple, service: str | None
 
 def body() -> None:
     st.caption("Compares the windows chosen here: the sidebar's time range is not used, its service filter is.")
-    mode = st.segmented_control("Compare", [DEPLOY, WINDOWS], default=DEPLOY, key="compare_mode",
-                                  on_change=new_comparison) or DEPLOY
+    mode = st.segmented_control("Compare", [DEPLOY, WINDOWS], default=DEPLOY, key="compare_mode") or DEPLOY
     picked = deploy_windows() if mode == DEPLOY else two_windows()
     if picked is None:
         return

@@ -24,7 +24,9 @@ COLUMNS = {
     "requests": COUNT("Requests"), "llm_requests": COUNT("With LLM calls", help="Requests that made at least one LLM call"),
     "calls": COUNT("Calls"), "cache_hit_calls": COUNT("From cache", help="Calls answered by the app's own cache"),
     "calls_per_request": columns.decimal("Calls / request"),
-    "mean_usd": USD("Mean"), "p50_usd": USD("p50"), "p95_usd": USD("p95"), "max_usd": USD("Max"),
+    # One request's cost is a fraction of a cent: six decimals, so a p50 never reads $0.0000.
+    "mean_usd": USD("Mean", decimals=6), "p50_usd": USD("p50", decimals=6), "p95_usd": USD("p95", decimals=6),
+    "max_usd": USD("Max", decimals=6),
     "total_usd": USD("Total", decimals=2),
     "compute_usd": USD("Compute", decimals=6, help="CPU of the watched processes × the configured $/core-hour"),
     "spend_usd": USD("Spend", help="Priced calls only: empty when none was priced"), "saved_usd": USD("Saved"),

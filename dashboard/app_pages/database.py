@@ -100,7 +100,9 @@ def top_queries(since, until, targets) -> None:
     if data is None:
         return
     if data["queries"].empty:
-        st.info(f"No statements from {SOURCES[source]} in this time range. {HOW_TO}", icon=":material/info:")
+        how = HOW_TO if source == "sdk" else ("PostgreSQL statements come from pg_stat_statements on the databases "
+                                              "listed under `[[database]]` in perfdeck.toml or in `PERFDECK_DATABASE_URLS`.")
+        st.info(f"No statements from {SOURCES[source]} in this time range. {how}", icon=":material/info:")
         return
     widgets.table(data["queries"], f"top-queries-{source}", column_config=QUERY_COLUMNS,
                   column_order=[c for c in QUERY_COLUMN_ORDER if c in data["queries"]])

@@ -94,7 +94,8 @@ def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typic
          None, False),
         ("Error rate", now.error_rate, None if before is None else before.error_rate, fmt.percent(now.error_rate),
          f"{now.errors:,} failed (status ≥ 500)", lambda d, _: f"{d * 100:+.2f} pts", True),
-        *((c[:3], typical[c], typical_before[c], fmt.ms(typical[c]), TYPICAL_HELP.format(p=c[:3]), None, True)
+        *((f"Typical {c[:3]}", typical[c], typical_before[c], fmt.ms(typical[c]), TYPICAL_HELP.format(p=c[:3]), None,
+           True)
           for c in ("p50_ms", "p95_ms", "p99_ms")),
     ]
     for col, (label, value, previous, shown, help_, change, bad_up) in zip(st.columns(5), cards):
@@ -107,8 +108,8 @@ def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typic
                 delta = (change or (lambda d, b: f"{d / b:+.1%}"))(difference, previous)
                 colour = "inverse" if bad_up else "off"
         col.metric(label, shown, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
-    st.caption("Changes are against the previous period of the same length; latency for a typical request "
-               "(each card's ? says how).")
+    st.caption("Changes are against the previous period of the same length. Typical: each endpoint's percentile "
+               "weighted by its requests (the chart below pools all requests, so its lines sit higher).")
 
 
 def body() -> None:
@@ -151,7 +152,8 @@ def body() -> None:
     latency = widgets.load({"latency": q.latency_over_time}, **scope | {"service": service, "endpoint": endpoint})
     if latency is None:
         return
-    title = f"Latency percentiles: {endpoint or 'all endpoints'}"     # charts make names Plotly text
+    # All endpoints: every request pooled (a slow endpoint's tail shows), unlike the cards' typical request.
+    title = f"Latency percentiles: {endpoint or 'all requests pooled'}"     # charts make names Plotly text
     st.plotly_chart(charts.latency_chart(latency["latency"], data["deploys"], x_range=(since, until),
                                          title=title, log_y=log_y), key="latency_chart")
     widgets.csv_download(latency["latency"], "latency-over-time", label="Download chart data (CSV)")
