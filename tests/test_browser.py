@@ -258,6 +258,34 @@ def test_compare_page_finds_the_deploy_in_browser(server, page):
     assert page.locator(".js-plotly-plot").count() >= 1
 
 
+def _pick(page, label: str, option: str) -> None:
+    """Pick `option` in the page's selectbox `label` (opened again if a rerun closed it)."""
+    choice = page.locator('[role="option"]', has_text=option).first
+    for _ in range(5):
+        page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]', has_text=label).click()
+        try:
+            choice.wait_for(timeout=3_000)
+            break
+        except sync_api.TimeoutError:
+            page.keyboard.press("Escape")
+            _settle(page)
+    choice.click()
+    _settle(page)
+
+
+def test_compare_endpoint_picker_follows_another_deploy_in_browser(server, page):
+    """Found when tried as a new user would: after another deploy was picked, the browser kept showing the
+    previous comparison's endpoint ("All endpoints") while the chart drew the new worst one."""
+    page.goto(f"{server}/compare")
+    _settle(page)
+    _pick(page, "Endpoint", "All endpoints")
+    _pick(page, "Deploy", "v1.5.0")
+    picker = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]', has_text="Endpoint").locator("input")
+    titles = page.locator(".js-plotly-plot .gtitle").evaluate_all("els => els.map(e => e.textContent)")
+    assert picker.input_value() == "POST /checkout  ·  api"
+    assert "Latency percentiles: POST /checkout" in titles
+
+
 def test_alerts_page_in_browser(server, page):
     page.goto(f"{server}/alerts")
     _settle(page)
