@@ -132,7 +132,7 @@ def losses(since, until) -> None:
     st.subheader("Source notes")
     st.caption("What the collector counted that belongs to no batch: something in the spool that is not a batch "
                "(a directory, a fifo, a link), a stale temporary file removed, stream entries deleted before they "
-               "were read, a consumer group recreated, samples for a table it does not write.")
+               "were read, a consumer group recreated, samples for a table the store does not have.")
     show(other["notes"], "ingest-source-notes", ["kind", "reason", "count", "first_seen", "last_seen"],
          "No note about a source in this range.")
 
