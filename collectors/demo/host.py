@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import numpy as np
 import psutil
 
-from collectors.samplers.system import PSEUDO_FS, _label
+from collectors.samplers.system import _label, mounted_disks
 
 MARK = "demo=backfill"
 STEP_S = 60.0
@@ -40,17 +40,7 @@ def _now_reading(pids: list[int]) -> dict:
         swap = (sw.total, sw.used)
     except (OSError, RuntimeError):
         swap = None
-    mounts = []
-    seen = set()
-    for part in psutil.disk_partitions(all=False):
-        if part.fstype in PSEUDO_FS or part.mountpoint in seen or part.mountpoint.startswith("/snap/"):
-            continue
-        seen.add(part.mountpoint)
-        try:
-            usage = psutil.disk_usage(part.mountpoint)
-        except OSError:
-            continue
-        mounts.append((part.mountpoint, usage.total, usage.used))
+    mounts = [(mountpoint, usage.total, usage.used) for mountpoint, usage in mounted_disks()]
     procs = []
     for pid in pids:
         try:

@@ -61,6 +61,19 @@ PSEUDO_FS = frozenset({
 })
 
 
+def mounted_disks():
+    """(mount point, psutil usage) of each real disk mounted once (no pseudo file systems, no snaps)."""
+    seen = set()
+    for part in psutil.disk_partitions(all=False):
+        if part.fstype in PSEUDO_FS or part.mountpoint in seen or part.mountpoint.startswith("/snap/"):
+            continue
+        seen.add(part.mountpoint)
+        try:
+            yield part.mountpoint, psutil.disk_usage(part.mountpoint)
+        except OSError:
+            continue
+
+
 def _label(value: object) -> str:
     """A label value that cannot break the "k=v,k=v" format."""
     return str(value).replace(",", "_").replace("=", "_")
@@ -143,16 +156,8 @@ class HostSampler(Sampler):
             row(name, d / elapsed)
 
     def _disk_rows(self, row) -> None:
-        seen = set()
-        for part in psutil.disk_partitions(all=False):
-            if part.fstype in PSEUDO_FS or part.mountpoint in seen or part.mountpoint.startswith("/snap/"):
-                continue
-            seen.add(part.mountpoint)
-            try:
-                usage = psutil.disk_usage(part.mountpoint)
-            except OSError:
-                continue
-            label = f"mount={_label(part.mountpoint)}"
+        for mountpoint, usage in mounted_disks():
+            label = f"mount={_label(mountpoint)}"
             row("disk.total_bytes", usage.total, label)
             row("disk.used_bytes", usage.used, label)
             row("disk.used_percent", usage.percent, label)
