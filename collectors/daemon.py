@@ -99,6 +99,7 @@ class Collector:
         self.stop_event = threading.Event()
         self._errors: list[str] = []
         self.samples: queue.Queue = queue.Queue()
+        self._store_tables: set[str] | None = None     # what sample rows may name (see _write_sample_items)
         self.sampler_threads = [SamplerThread(s, self.samples, self.stop_event) for s in samplers]
         self.advise, self.advise_every = list(advise), advise_every
         self.prices = prices or PriceBook()
@@ -257,8 +258,10 @@ class Collector:
         by_table: dict[tuple[str, bool], list[tuple]] = {}
         statuses, unknown = [], Counter()
         with connection.write(self.db) as con:
-            tables = {name for (name,) in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            if self._store_tables is None:      # the schema is migrated at start: read once
+                self._store_tables = {name for (name,) in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            tables = self._store_tables
             for item in items:
                 if isinstance(item, Status):
                     statuses.append(item)
