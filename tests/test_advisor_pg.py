@@ -187,7 +187,9 @@ def test_equality_picks_the_selective_column(db):
     assert advice.best == C("items", "owner")
     # rows read through an index weigh RANDOM_READ (4) sequential ones
     assert {t.candidate.columns: round(t.cost) for t in advice.trials} == {("status",): 266_667, ("owner",): 160}
-    assert advice.reduction == pytest.approx(1 - 4 / 5000)
+    # owner's cost is 160 to within the rounding above: ANALYZE samples rows, so its distinct count (and the
+    # cost) moves a little between runs (CI once saw 160.29: 0.9991986 against 0.9992 ± 1e-6)
+    assert advice.reduction == pytest.approx(1 - 4 / 5000, abs=0.5 / 200_000)
 
 
 def test_range_only_column(db):
