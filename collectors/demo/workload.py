@@ -70,6 +70,8 @@ SLOW_RAMP_MINUTES = 4.0
 # The endpoints whose work depends on the shop's version (only /search's query changes at v1.8.0):
 # the backfill keeps their traces apart per version; the others' traces serve every version.
 VERSIONED_ENDPOINTS = frozenset({"search"})
+PAYMENT_DECLINED = 502        # the stand-in payment provider declines a checkout ...
+PAYMENT_DECLINE_RATE = 0.03   # ... this often, before any database work
 
 # endpoint name -> (path pattern recorded, method, share of traffic)
 SHOP_ENDPOINTS = {
@@ -249,7 +251,15 @@ class Trace:
 def replay(trace: Trace, request_id: str, user: str | None, *, version: str, rng: random.Random) -> float:
     """Record `trace` again as a new request (new id and user; the clock gives the new time): the same
     cache, query and LLM events, a new own time drawn for `version`, and its stand-in waits scaled by a
-    small jitter, each LLM call's latency drawn again for its model, tokens and cache outcome. Returns the duration recorded."""
+    small jitter, each LLM call's latency drawn again for its model, tokens and cache outcome. A checkout
+    is declined by the payment provider at its own rate, drawn here like a duration (the pool holds only
+    checkouts that went through: a few real runs would make the decline rate a matter of luck). Returns
+    the duration recorded."""
+    if trace.name == "checkout" and rng.random() < PAYMENT_DECLINE_RATE:
+        duration = own_ms(trace.name, version, [], rng) + trace.external_ms * rng.lognormvariate(0.0, 0.2)
+        sdk.record_request(trace.endpoint, duration, PAYMENT_DECLINED, trace.method,
+                           request_id=request_id, user=user, **trace.tags)
+        return duration
     for cache, hit, ms, namespace in trace.cache:
         sdk.record_cache(cache, hit, ms, namespace=namespace)
     for sql, ms in trace.queries:
@@ -660,8 +670,8 @@ class Shop(App):
         qty = self.rng.randint(1, 3)
         # Stand-in payment provider: its latency is simulated, and it fails now and then.
         payment_ms = self.rng.lognormvariate(math.log(180), 0.45)
-        if self.rng.random() < 0.03:
-            trace.status = 502
+        if self.rng.random() < PAYMENT_DECLINE_RATE:
+            trace.status = PAYMENT_DECLINED
             return payment_ms
         with self.engine.begin() as conn:
             row = self._product(conn, pid, trace)
