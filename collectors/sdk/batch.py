@@ -47,6 +47,8 @@ import sys
 import uuid
 from array import array
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import accumulate
 
 from collectors.sdk import checks
@@ -355,29 +357,48 @@ def _counted(kind: str, result, counts: Counter, rejected: Counter):
     return result
 
 
-def encode(*, service: str, host: str, pid: int, sent_at: float, requests=(), cache=(), llm=(),
-           queries=(), deploys=(), cache_sizes=(), dropped: int = 0, send_errors: int = 0,
-           rejected: Counter | None = None) -> tuple[str, bytes, int]:
-    """Build one batch from drained buffers. Returns (batch id, payload, number of events in it).
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of event in a batch: its key in the batch, the collectors.sdk.api buffer its record
+    call appends to (None: the flusher samples it itself), and its encoder, which checks and packs a
+    list of events into (JSON, events kept). The collector's side of each kind is declared in
+    collectors.store.schema.KINDS (row schema) and collectors.store.ingest.STORED (how it is written)."""
+    key: str
+    buffer: str | None
+    encoder: Callable[[list, Counter, bool], tuple[str, int] | None]
+
+
+# The one list of event kinds, in batch order.
+KINDS = (Kind("requests", "requests", encode_requests), Kind("cache", "cache_lookups", aggregate_cache),
+         Kind("queries", "queries", aggregate_queries), Kind("llm", "llm_calls", encode_llm),
+         Kind("deploys", "deploys", encode_deploys), Kind("cache_sizes", None, encode_cache_sizes))
+BUFFERS = tuple(kind.buffer for kind in KINDS if kind.buffer)     # what the record calls fill
+
+
+def encode(*, service: str, host: str, pid: int, sent_at: float, dropped: int = 0, send_errors: int = 0,
+           rejected: Counter | None = None, **events) -> tuple[str, bytes, int]:
+    """Build one batch from drained buffers, given by kind (requests=[...], llm=[...], see KINDS).
+    Returns (batch id, payload, number of events in it).
 
     `rejected` is the flusher's cumulative counter: given it, every event is checked (see the module's
     docs), what does not fit is counted there, and the batch reports it. Without it, requests, LLM
     calls, deploys and cache sizes are encoded as given, which is how tests build batches for the
     collector to refuse. Either way an event that cannot be encoded costs only itself."""
+    unknown = events.keys() - {kind.key for kind in KINDS}
+    if unknown:
+        raise TypeError(f"encode() got events of unknown kinds: {', '.join(sorted(unknown))}")
     check = rejected is not None
     counter = Counter() if rejected is None else rejected
     batch_id = uuid.uuid4().hex
-    parts, events = [], 0
-    for kind, encoder, items in (("requests", encode_requests, requests), ("cache", aggregate_cache, cache),
-                                 ("queries", aggregate_queries, queries), ("llm", encode_llm, llm),
-                                 ("deploys", encode_deploys, deploys),
-                                 ("cache_sizes", encode_cache_sizes, cache_sizes)):
-        encoded = _encode_kind(kind, encoder, items, counter, check) if items else None
+    parts, n = [], 0
+    for kind in KINDS:
+        items = events.get(kind.key)
+        encoded = _encode_kind(kind.key, kind.encoder, items, counter, check) if items else None
         if encoded is not None:
-            parts += (f',"{kind}":', encoded[0])
-            events += encoded[1]
+            parts += (f',"{kind.key}":', encoded[0])
+            n += encoded[1]
     head = _dumps({"v": VERSION, "id": batch_id, "service": service, "host": host, "pid": pid,
                    "sent_at": checks.epoch(sent_at),
                    "sdk": {"dropped": dropped, "send_errors": send_errors, "rejected": dict(rejected or {})}})
     payload = "".join([head[:-1], *parts, "}"])      # one copy of what may be megabytes
-    return batch_id, payload.encode("utf-8", "replace"), events
+    return batch_id, payload.encode("utf-8", "replace"), n

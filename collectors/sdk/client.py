@@ -8,6 +8,7 @@ import sys
 import threading
 
 from collectors.sdk import api
+from collectors.sdk.batch import BUFFERS
 from collectors.sdk.checks import MAX_LABEL
 from collectors.sdk.flusher import Flusher
 from collectors.sdk.transport import from_url
@@ -94,7 +95,7 @@ def stats() -> dict:
     f = _flusher
     return {
         "configured": f is not None,
-        "buffered": sum(len(getattr(api, n)) for n in ("requests", "cache_lookups", "llm_calls", "queries")),
+        "buffered": sum(len(getattr(api, name)) for name in BUFFERS),
         "dropped": api.dropped + (f.dropped_batches_events if f else 0),
         "send_errors": f.send_errors if f else 0,
         "rejected": dict(f.rejected) if f else {},     # one C-level copy: safe while the flusher counts
@@ -106,7 +107,7 @@ def stats() -> dict:
 def _after_fork_in_child() -> None:
     # The parent's events are the parent's to send; the child starts empty with its own thread.
     global _flusher
-    for name in ("requests", "cache_lookups", "llm_calls", "queries", "deploys"):
+    for name in BUFFERS:
         del getattr(api, name)[:]
     api.dropped = 0
     if _flusher is not None:

@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 
 from collectors.sdk import api
-from collectors.sdk.batch import encode
+from collectors.sdk.batch import KINDS, encode
 from collectors.sdk.checks import MAX_COUNT, count
 from collectors.sdk.control import size_functions
 
@@ -93,18 +93,15 @@ class Flusher:
     def flush_once(self) -> None:
         """Drain every buffer into one batch, then send it and any backlog."""
         sizes = self.sample_sizes()
-        drained = {name: _drain(getattr(api, name)) for name in
-                   ("requests", "cache_lookups", "llm_calls", "queries", "deploys")}
+        drained = {kind.key: _drain(getattr(api, kind.buffer)) for kind in KINDS if kind.buffer}
         if any(drained.values()) or sizes or api.dropped:
             while len(self.backlog) >= BACKLOG:    # make room first: the new batch then reports this loss too
                 self.dropped_batches_events += self.backlog.popleft()[2]
             try:
                 self.backlog.append(encode(
-                    service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(),
-                    requests=drained["requests"], cache=drained["cache_lookups"], llm=drained["llm_calls"],
-                    queries=drained["queries"], deploys=drained["deploys"], cache_sizes=sizes,
+                    service=self.service, host=self.host, pid=self.pid, sent_at=api.clock(), cache_sizes=sizes,
                     dropped=api.dropped + self.dropped_batches_events, send_errors=self.send_errors,
-                    rejected=self.rejected,
+                    rejected=self.rejected, **drained,
                 ))
             except Exception:   # encode() isolates each kind and event; should that fail, still count the loss
                 log.exception("perfdeck: encoding a batch failed")

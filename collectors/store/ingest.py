@@ -20,6 +20,7 @@ import contextlib
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -53,19 +54,19 @@ class Batch:
     host: str | None
     pid: int | None
     requests: pa.Table | None = None
-    cache: pd.DataFrame | None = None
-    queries: pd.DataFrame | None = None
-    query_buckets: pd.DataFrame | None = None
-    llm: pd.DataFrame | None = None
-    deploys: pd.DataFrame | None = None
-    cache_sizes: pd.DataFrame | None = None
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)   # the other kinds' rows (STORED), when any
     sdk: schema.SdkReport | None = None
     rejects: Counter = field(default_factory=Counter)  # (kind, reason) -> rows
 
+    def __getattr__(self, kind: str) -> pd.DataFrame | None:
+        """batch.llm, batch.cache, ...: that kind's rows, None when the batch has none."""
+        if kind in STORED:
+            return self.frames.get(kind)
+        raise AttributeError(kind)
+
     @property
     def events(self) -> int:
-        return sum(0 if x is None else len(x) for x in
-                   (self.requests, self.cache, self.queries, self.llm, self.deploys, self.cache_sizes))
+        return (0 if self.requests is None else len(self.requests)) + sum(map(len, self.frames.values()))
 
 
 def _unpack(text, dtype: str, n: int, name: str) -> np.ndarray:
@@ -268,40 +269,9 @@ def decode(payload: bytes, limits: Limits | None = None, now: float | None = Non
     lo, hi = (limits or Limits()).window(time.time() if now is None else now)
     _decode_requests(doc, batch, lo, hi)
 
-    if cache := _rows(doc, "cache", batch, lo, hi):
-        df = _frame(cache, "cache")
-        df["minute"] = _minute(df)
-        batch.cache = df
-
-    if queries := _rows(doc, "queries", batch, lo, hi):
-        df = _frame(queries, "queries")
-        df["minute"] = _minute(df)
-        batch.query_buckets = pd.DataFrame(
-            [(m, fp, b, c) for m, fp, bs in zip(df["minute"], df["fingerprint"], df["buckets"]) for b, c in bs.items()],
-            columns=["minute", "fingerprint", "bucket", "count"])
-        batch.queries = df.drop(columns="buckets")
-
-    if llm := _rows(doc, "llm", batch, lo, hi):
-        df = _frame(llm, "llm")
-        df["ts"] = pd.to_datetime(df["ts"], unit="s")
-        for col in ("cached_input_tokens", "cache_write_tokens"):   # optional: None is 0 (float is exact to 10^9)
-            df[col] = df[col].fillna(0).astype("int64")
-        df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
-        for col in COST_COLUMNS:     # unpriced until the collector prices the batch (collectors.pricing)
-            df[col] = pd.Series([None] * len(df), dtype=object)
-        batch.llm = df
-
-    if deploys := _rows(doc, "deploys", batch, lo, hi):
-        df = _frame(deploys, "deploys")
-        df["ts"] = pd.to_datetime(df["ts"], unit="s")
-        batch.deploys = df
-
-    if sizes := _rows(doc, "cache_sizes", batch, lo, hi):
-        df = _frame(sizes, "cache_sizes")
-        df["minute"] = _minute(df, "ts")
-        # One row per cache and minute: the last sample (a stable sort keeps the later of equal times).
-        df = df.sort_values("ts", kind="stable").drop_duplicates(["minute", "cache"], keep="last")
-        batch.cache_sizes = df[["minute", "cache", "entries"]].astype({"entries": "int64"}).reset_index(drop=True)
+    for kind, stored in STORED.items():
+        if rows := _rows(doc, kind, batch, lo, hi):
+            batch.frames[kind] = stored.shape(_frame(rows, kind))
     return batch
 
 
@@ -396,45 +366,17 @@ def _insert(con: duckdb.DuckDBPyConnection, sql: str, df, params=()) -> None:
 
 
 def _write_small(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
-    svc = (b.service, b.host)
-    if b.cache is not None:
-        _insert(con, """
-            INSERT INTO cache_stats
-            SELECT minute, ?, ?, cache, namespace, hits, misses, lookups_timed, lookup_ms_sum, lookup_ms_max
-            FROM _incoming
-        """, b.cache, svc)
-    if b.queries is not None:
-        _insert(con, """
-            INSERT INTO query_stats
-            SELECT minute, ?, database, fingerprint, sample_sql, calls, total_ms, min_ms, max_ms
-            FROM _incoming
-        """, b.queries, [b.service])
-        _insert(con, "INSERT INTO query_hist SELECT minute, ?, fingerprint, bucket, count FROM _incoming",
-                b.query_buckets, [b.service])
-    if b.llm is not None:
-        _insert(con, """
-            INSERT INTO llm_calls BY NAME
-            SELECT ts, ? AS service, ? AS host, provider, model, input_tokens, output_tokens, cached_input_tokens,
-                   request_id, endpoint, "user" AS user_id, cache_hit, latency_ms, cache_write_tokens,
-                   input_cost_usd::DECIMAL(18, 12) AS input_cost_usd,
-                   output_cost_usd::DECIMAL(18, 12) AS output_cost_usd, cost_usd::DECIMAL(18, 12) AS cost_usd,
-                   saved_usd::DECIMAL(18, 12) AS saved_usd, price_version::VARCHAR AS price_version,
-                   CASE WHEN price_version IS NOT NULL THEN now()::TIMESTAMP END AS priced_at
-            FROM _incoming
-        """, b.llm, svc)
-    if b.deploys is not None:
-        _insert(con, "INSERT INTO deploys SELECT ts, ?, version, ? FROM _incoming", b.deploys, svc)
-    if b.cache_sizes is not None:
-        _write_cache_sizes(con, b)
+    for kind, frame in b.frames.items():
+        STORED[kind].write(con, b, frame)
     rejects = [(b.id, kind, reason, n) for (kind, reason), n in b.rejects.items() if n]
     if rejects:
         con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, ?, ?, ?, ?)", rejects)
 
 
-def _write_cache_sizes(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
+def _write_cache_sizes(con: duckdb.DuckDBPyConnection, b: Batch, sizes: pd.DataFrame) -> None:
     """Merge into one row per (minute, service, host, cache), the largest (see the module's docs)."""
     key = "s.minute = i.minute AND s.service = ? AND s.host IS NOT DISTINCT FROM ? AND s.cache = i.cache"
-    con.register("_incoming", b.cache_sizes)
+    con.register("_incoming", sizes)
     try:
         con.execute(f"""
             DELETE FROM cache_sizes AS s
@@ -450,3 +392,82 @@ def _write_cache_sizes(con: duckdb.DuckDBPyConnection, b: Batch) -> None:
         """, [b.service, b.host, b.service, b.host])
     finally:
         _unregister(con, "_incoming")
+
+
+# -- the low-volume kinds: how each one's validated rows are shaped and written ------------------------
+
+def _shape_minutes(df: pd.DataFrame) -> pd.DataFrame:
+    df["minute"] = _minute(df)
+    return df
+
+
+def _shape_llm(df: pd.DataFrame) -> pd.DataFrame:
+    df["ts"] = pd.to_datetime(df["ts"], unit="s")
+    for col in ("cached_input_tokens", "cache_write_tokens"):   # optional: None is 0 (float is exact to 10^9)
+        df[col] = df[col].fillna(0).astype("int64")
+    df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
+    for col in COST_COLUMNS:     # unpriced until the collector prices the batch (collectors.pricing)
+        df[col] = pd.Series([None] * len(df), dtype=object)
+    return df
+
+
+def _shape_deploys(df: pd.DataFrame) -> pd.DataFrame:
+    df["ts"] = pd.to_datetime(df["ts"], unit="s")
+    return df
+
+
+def _shape_cache_sizes(df: pd.DataFrame) -> pd.DataFrame:
+    df["minute"] = _minute(df, "ts")
+    # One row per cache and minute: the last sample (a stable sort keeps the later of equal times).
+    df = df.sort_values("ts", kind="stable").drop_duplicates(["minute", "cache"], keep="last")
+    return df[["minute", "cache", "entries"]].astype({"entries": "int64"}).reset_index(drop=True)
+
+
+def _inserting(sql: str, service_only: bool = False):
+    """A writer running `sql` (INSERT ... FROM _incoming; its ? are the batch's service and host)."""
+    def write(con: duckdb.DuckDBPyConnection, b: Batch, df: pd.DataFrame) -> None:
+        _insert(con, sql, df, [b.service] if service_only else [b.service, b.host])
+    return write
+
+
+def _write_queries(con: duckdb.DuckDBPyConnection, b: Batch, df: pd.DataFrame) -> None:
+    _insert(con, """
+        INSERT INTO query_stats
+        SELECT minute, ?, database, fingerprint, sample_sql, calls, total_ms, min_ms, max_ms
+        FROM _incoming
+    """, df.drop(columns="buckets"), [b.service])
+    buckets = pd.DataFrame(
+        [(m, fp, bucket, n) for m, fp, bs in zip(df["minute"], df["fingerprint"], df["buckets"])
+         for bucket, n in bs.items()], columns=["minute", "fingerprint", "bucket", "count"])
+    _insert(con, "INSERT INTO query_hist SELECT minute, ?, fingerprint, bucket, count FROM _incoming",
+            buckets, [b.service])
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How one kind's rows, validated against schema.KINDS, become what its table takes."""
+    shape: Callable[[pd.DataFrame], pd.DataFrame]                             # at decode, before pricing
+    write: Callable[[duckdb.DuckDBPyConnection, Batch, pd.DataFrame], None]   # in the write transaction
+
+
+# kind -> how it is stored; with schema.KINDS and collectors.sdk.batch.KINDS, the whole of a kind.
+STORED: dict[str, Stored] = {
+    "cache": Stored(_shape_minutes, _inserting("""
+        INSERT INTO cache_stats
+        SELECT minute, ?, ?, cache, namespace, hits, misses, lookups_timed, lookup_ms_sum, lookup_ms_max
+        FROM _incoming
+    """)),
+    "queries": Stored(_shape_minutes, _write_queries),
+    "llm": Stored(_shape_llm, _inserting("""
+        INSERT INTO llm_calls BY NAME
+        SELECT ts, ? AS service, ? AS host, provider, model, input_tokens, output_tokens, cached_input_tokens,
+               request_id, endpoint, "user" AS user_id, cache_hit, latency_ms, cache_write_tokens,
+               input_cost_usd::DECIMAL(18, 12) AS input_cost_usd,
+               output_cost_usd::DECIMAL(18, 12) AS output_cost_usd, cost_usd::DECIMAL(18, 12) AS cost_usd,
+               saved_usd::DECIMAL(18, 12) AS saved_usd, price_version::VARCHAR AS price_version,
+               CASE WHEN price_version IS NOT NULL THEN now()::TIMESTAMP END AS priced_at
+        FROM _incoming
+    """)),
+    "deploys": Stored(_shape_deploys, _inserting("INSERT INTO deploys SELECT ts, ?, version, ? FROM _incoming")),
+    "cache_sizes": Stored(_shape_cache_sizes, _write_cache_sizes),
+}
