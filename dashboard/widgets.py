@@ -1,8 +1,10 @@
 """Sidebar filters, cached data loading and CSV export shared by every page.
 
-The only place that touches Streamlit's cache and the store connection: `load()` opens one short
-read-only connection per cache miss, runs the page's queries on it and closes it; nothing holds
-the DuckDB file across reruns (the collector needs it back within a second or two)."""
+The only place that touches Streamlit's cache and the store connection: `load()` takes a read cursor
+per cache miss (`collectors.store.read()`: the process's shared read-only connection, which gives the
+file back as soon as the collector wants to write), runs the page's queries on it and closes it.
+Every query is bounded in time and memory (`dashboard.queries._run`); one that goes past a bound
+shows the "too slow, narrow the range" panel here, for every page."""
 from __future__ import annotations
 
 import re
@@ -19,6 +21,7 @@ from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
 from dashboard import columns, queries
 from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
+from dashboard.queries._run import QueryLimitExceeded, QueryTooSlow, query_timeout_s
 
 CACHE_TTL_S = 10
 # Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
@@ -160,9 +163,10 @@ def _custom_range(sb) -> TimeRange:
 def service_names() -> list[str]:
     """Services that have reported requests; [] when the store is missing, empty or busy."""
     try:
-        return _cached(str(db_path()), (("services", ()),))[0]["service"].tolist()
+        frames = _cached(str(db_path()), (("services", ()),))
     except (StoreMissing, StoreLocked, duckdb.Error):
         return []  # the page body explains what is wrong
+    return [] if isinstance(frames, _OverLimit) else frames[0]["service"].tolist()
 
 
 def live(body: Callable[[], None], filters: Filters) -> None:
@@ -170,11 +174,23 @@ def live(body: Callable[[], None], filters: Filters) -> None:
     st.fragment(body, run_every=filters.refresh_s)()
 
 
+@dataclass(frozen=True)
+class _OverLimit:
+    """A query group that went past a bound, cached like a result: a page refreshing every 10 s does
+    not run the same over-long query again at every rerun."""
+
+    too_slow: bool
+    detail: str
+
+
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=256, show_spinner=False)
-def _cached(db: str, calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> list[pd.DataFrame]:
+def _cached(db: str, calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> list[pd.DataFrame] | _OverLimit:
     # Functions are named (not passed) so the cache key is plain data; exceptions are not cached.
-    with read(db) as con:
-        return [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
+    try:
+        with read(db) as con:
+            return [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
+    except QueryLimitExceeded as exc:
+        return _OverLimit(isinstance(exc, QueryTooSlow), str(exc))
 
 
 def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[str, pd.DataFrame] | None:
@@ -199,7 +215,21 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
             "again on the next refresh (or reload the page).", icon=":material/hourglass:",
         )
         return None
+    if isinstance(frames, _OverLimit):
+        too_slow(frames)
+        return None
     return dict(zip(calls, frames))
+
+
+def too_slow(over: _OverLimit) -> None:
+    """The panel shown in place of data whose query went past its time or memory bound."""
+    if over.too_slow:
+        why = (f"Its query ran longer than the {query_timeout_s():g} s allowed "
+               "(`PERFDECK_QUERY_TIMEOUT_S`) and was stopped.")
+    else:
+        why = "Its query needed more memory than the dashboard allows (`PERFDECK_READ_MEMORY_LIMIT`) and was stopped."
+    st.warning(f"**Too slow — narrow the range.** {why} Pick a shorter time range or a single service; "
+               "this view tries again on the next refresh.", icon=":material/timer_off:")
 
 
 def no_data_yet(reason: str = "Nothing has been recorded yet.") -> None:
