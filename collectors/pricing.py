@@ -32,7 +32,13 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import genai_prices
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from genai_prices import Usage, calc_price
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ConditionalPrice, ModelPrice, StartDateConstraint, TieredPrices
 
 from collectors.store.ingest import COST_COLUMNS
 
@@ -127,9 +133,21 @@ class PriceBook:
     """Prices calls: an override for the model if there is one, else genai-prices at the call's time."""
 
     def __init__(self, overrides: dict[str, tuple[Rates, str]] | None = None, path: Path | None = None):
+        self._snapshot = None       # genai-prices' price list the caches below were built from
+        self._keys: dict = {}       # (provider, model) -> _resolve()'s answer; emptied with new overrides
+        self._linear: dict = {}     # id(ModelPrice) -> (ModelPrice, _Linear | None)
         self.overrides = overrides or {}
         self.path = path
         self._mtime = self._stat()
+
+    @property
+    def overrides(self) -> dict[str, tuple[Rates, str]]:
+        return self._overrides
+
+    @overrides.setter
+    def overrides(self, value: dict[str, tuple[Rates, str]]) -> None:
+        self._overrides = value
+        self._keys = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None) -> PriceBook:
@@ -207,32 +225,434 @@ class PriceBook:
         if df is None:
             return
         self.refresh()
-        priced = self.price_rows(df[list(PRICE_INPUTS)].itertuples(index=False, name=None))
-        for i, col in enumerate(COST_COLUMNS):
-            df[col] = [row[i] for row in priced]
+        cols = self._price_columns([df[c] for c in PRICE_INPUTS],
+                                   lambda i: tuple(df[c].iat[i] for c in PRICE_INPUTS))
+        for col, values in zip(COST_COLUMNS, cols):
+            # text as the frame holds text (pandas' Arrow-backed str), without a trip through objects
+            arrow_text = isinstance(_TEXT, pd.StringDtype)
+            df[col] = pd.array(values, dtype=_TEXT) if arrow_text else values.to_numpy(zero_copy_only=False)
 
     def price_rows(self, rows) -> list[tuple]:
         """COST_COLUMNS values (costs as strings, exact) for each row of PRICE_INPUTS; None for unpriced rows."""
-        out = []
-        for ts, provider, model, inp, outp, cached, written, hit in rows:
-            provider = provider if isinstance(provider, str) else None     # a frame's missing value is NaN
-            try:
-                p = self.price(model=model, provider=provider, ts=ts, input_tokens=int(inp), output_tokens=int(outp),
-                               cached_input_tokens=int(cached or 0), cache_write_tokens=int(written or 0),
-                               cache_hit=bool(hit))
-            except Exception:
-                log.warning("could not price a %s call; left unpriced", model, exc_info=True)
-                p = None
-            if p is not None and max(abs(p.cost_usd), abs(p.saved_usd), abs(p.input_cost_usd)) >= MAX_COST_USD:
-                log.warning("a %s call priced at $%s is past what the store holds; left unpriced", model, p.cost_usd)
-                p = None
-            out.append((None,) * 5 if p is None else
-                       (str(p.input_cost_usd), str(p.output_cost_usd), str(p.cost_usd), str(p.saved_usd), p.version))
-        return out
+        rows = list(rows)
+        if not rows:
+            return []
+        return list(zip(*(col.to_pylist() for col in self._price_columns(list(zip(*rows)), rows.__getitem__))))
+
+    # -- pricing a batch at once -----------------------------------------------------------------
+    # The steps, for the calls of a batch (price() is the reference they must equal, digit for digit):
+    # 1. Group the calls by (provider, model) and resolve each pair once: an override, a genai-prices
+    #    model (found as calc_price finds it), or unknown (unpriced). The answer is kept until the
+    #    override file or genai-prices' snapshot changes.
+    # 2. Pick the genai-prices ModelPrice in force: one per UTC day when the model's prices only change
+    #    on a start date (genai-prices compares the call's UTC date), else call by call.
+    # 3. Compile each ModelPrice once (_compile_genai): for each priced unit, its token count as
+    #    genai-prices decomposes usage (input minus cache reads and writes...), its tiers, and its
+    #    rates as integers at one decimal scale. Prices it cannot express exactly compile to None.
+    # 4. Apply it to the group's columns in integer arithmetic (_apply): tier by input tokens, sum,
+    #    round half-even to 10^-12 as _q does. saved_usd is the same formula without cache reads.
+    # 5. Calls the fast path cannot vouch for (odd values, prices compiled to None, negative decomposed
+    #    counts, sums past 27 digits where Decimal would round) go through price(), one by one.
+    def _price_columns(self, cols, row_of) -> list:
+        ts_col, provider_col, model_col, inp_col, out_col, cached_col, written_col, hit_col = cols
+        ts, slow = _ns_column(ts_col)
+        n = len(ts)
+        inp, bad_i = _int_column(inp_col, optional=False)
+        out, bad_o = _int_column(out_col, optional=False)
+        cached, bad_c = _int_column(cached_col, optional=True)
+        written, bad_w = _int_column(written_col, optional=True)
+        hit, bad_h = _bool_column(hit_col)
+        slow |= bad_i | bad_o | bad_c | bad_w | bad_h | (inp < 0) | (out < 0)
+        cached = np.maximum(0, np.minimum(cached, inp))
+        written = np.maximum(0, np.minimum(written, inp - cached))
+        tokens = np.stack([inp, out, cached, written])
+
+        snapshot = get_snapshot()
+        if snapshot is not self._snapshot:
+            self._snapshot, self._keys, self._linear = snapshot, {}, {}
+        pico = np.zeros((3, n), dtype=np.int64)          # input, output, saved in 10^-12 USD
+        version = np.full(n, None, dtype=object)
+        for (provider, model), idx in _groups(provider_col, model_col, n):
+            how = self._resolve(provider, model) if isinstance(model, str) else _BY_ROW
+            if how is None:
+                continue                                 # unknown model: unpriced, never zero
+            kind, what, label = how
+            if kind == "rows":
+                slow[idx] = True
+                continue
+            parts = ([(what, idx)] if kind == "override" else
+                     [(self._compiled(mp), idx if sub is None else idx[sub])
+                      for mp, sub in _model_prices(what, ts[idx])])
+            for linear, rows in parts:
+                if linear is None:
+                    slow[rows] = True
+                    continue
+                rows = rows[~slow[rows]]
+                if not len(rows):
+                    continue
+                values, bad, over = _apply(linear, tokens[:, rows], hit[rows])
+                if over.any():
+                    log.warning("%d %s calls priced past what the store holds; left unpriced", over.sum(), model)
+                ok = ~(bad | over)
+                slow[rows[bad]] = True
+                pico[:, rows[ok]] = values[:, ok]
+                version[rows[ok]] = label
+        cols = _cost_arrays(pico, version, hit)
+        if slow.any():
+            cols = [col.to_numpy(zero_copy_only=False) for col in cols]
+            for i in np.flatnonzero(slow):
+                for col, value in zip(cols, self._price_row(row_of(int(i)))):
+                    col[i] = value
+            cols = [pa.array(col, type=pa.string()) for col in cols]
+        return cols
+
+    def _price_row(self, row) -> tuple:
+        ts, provider, model, inp, outp, cached, written, hit = row
+        provider = provider if isinstance(provider, str) else None     # a frame's missing value is NaN
+        try:
+            p = self.price(model=model, provider=provider, ts=ts, input_tokens=int(inp), output_tokens=int(outp),
+                           cached_input_tokens=int(cached or 0), cache_write_tokens=int(written or 0),
+                           cache_hit=bool(hit))
+        except Exception:
+            log.warning("could not price a %s call; left unpriced", model, exc_info=True)
+            p = None
+        if p is not None and max(abs(p.cost_usd), abs(p.saved_usd), abs(p.input_cost_usd)) >= MAX_COST_USD:
+            log.warning("a %s call priced at $%s is past what the store holds; left unpriced", model, p.cost_usd)
+            p = None
+        return ((None,) * 5 if p is None else
+                (str(p.input_cost_usd), str(p.output_cost_usd), str(p.cost_usd), str(p.saved_usd), p.version))
+
+    def _resolve(self, provider: str | None, model: str):
+        """How one (provider, model)'s calls are priced: ("override", _Linear, version), ("genai",
+        ModelInfo, version), ("rows", ...) for call by call through price(), or None (unknown)."""
+        key = (provider, model)
+        if key in self._keys:
+            return self._keys[key]
+        override = self._override(provider, model)
+        if override:
+            linear = _compile_rates(override[0])
+            how = ("override", linear, override[1]) if linear else _BY_ROW
+        else:
+            how = _find_genai(self._snapshot, provider, model)
+        self._keys[key] = how
+        return how
+
+    def _compiled(self, model_price: ModelPrice):
+        found = self._linear.get(id(model_price))
+        if found is None or found[0] is not model_price:
+            found = self._linear[id(model_price)] = (model_price, _compile_genai(model_price))
+        return found[1]
 
 
 def _q(x: Decimal) -> Decimal:
     return Decimal(x).quantize(SCALE, rounding=ROUND_HALF_EVEN)
+
+
+# -- compiled prices ----------------------------------------------------------------------------
+_BY_ROW = ("rows", None, None)
+_TEXT = pd.Series(["text"]).dtype       # how this pandas holds text: its Arrow-backed str, or object
+_DAY_NS = 86_400 * 10**9
+_PICO = 12                              # the store's scale: 10^-12 USD
+_MAX_PICO = 10**18                      # MAX_COST_USD in 10^-12 USD
+MTOK_INT = 1_000_000
+_EXACT_DIGITS = 27                      # Decimal's 28-digit context is exact below this (margin of one)
+# The usage a call reports, in this order in the token matrix: genai-prices' usage keys.
+_REPORTED = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """A price list entry as integers at one decimal scale. Between tier thresholds a call's input and
+    output prices are linear in its _REPORTED token counts: row s of `inp`/`out` holds the rates
+    (USD per token in 10^-scale) for calls with starts[s-1] < input tokens <= starts[s]."""
+    scale: int
+    starts: np.ndarray            # every tier threshold of every unit, ascending, distinct
+    inp: np.ndarray               # (segments, 4) int64
+    out: np.ndarray
+    size: np.ndarray              # sum over units of rate x |coefficient|: bounds every partial sum
+    checks: tuple                 # counts with a negative coefficient: a call making one negative goes to price()
+    fast: tuple | None            # (inp, out) as int64 arrays, when they fit
+
+
+def _scaled(d: Decimal, shift: int) -> int:
+    """d x 10^shift as an int, exact (shift is at least d's count of decimals)."""
+    sign, digits, exp = d.as_tuple()
+    value = int("".join(map(str, digits)) or "0") * 10 ** (exp + shift)
+    return -value if sign else value
+
+
+def _linear(parts) -> _Linear | None:
+    """parts: (output, coef, per, base, [(start, price), ...]) with prices as Decimal per `per` units;
+    a tier's price applies to every unit counted when input tokens > start (genai-prices' cliff)."""
+    scale = 0
+    for _, _, per, base, tiers in parts:
+        power = len(str(per)) - 1
+        if type(per) is not int or per != 10**power:
+            return None
+        if any(type(start) is not int or start < 0 for start, _ in tiers):
+            return None
+        for d in (base, *(p for _, p in tiers)):
+            if not isinstance(d, Decimal) or not d.is_finite() or d < 0:
+                return None
+            scale = max(scale, power + max(0, -d.as_tuple().exponent))
+    starts = sorted({start for *_, tiers in parts for start, _ in tiers})
+    # rows of python ints: rates can exceed int64; _apply picks int64 or exact objects by size
+    inp = [[0] * len(_REPORTED) for _ in range(len(starts) + 1)]
+    out = [[0] * len(_REPORTED) for _ in range(len(starts) + 1)]
+    size = [[0] * len(_REPORTED) for _ in range(len(starts) + 1)]
+    for output, coef, per, base, tiers in parts:
+        shift = scale - (len(str(per)) - 1)
+        own = sorted(tiers, key=lambda t: t[0])          # as TieredPrices sorts them (stable)
+        for s in range(len(starts) + 1):
+            # the last of this unit's tiers with start < input tokens, for input tokens in segment s
+            price = base
+            for start, p in own:
+                if s and start <= starts[s - 1]:
+                    price = p
+            rate = _scaled(price, shift)
+            for k, c in enumerate(coef):
+                (out if output else inp)[s][k] += c * rate
+                size[s][k] += abs(c) * rate
+    checks = tuple(np.array(coef, dtype=np.int64) for _, coef, *_ in parts if min(coef) < 0)
+    try:
+        fast = (np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64))
+    except OverflowError:
+        fast = None
+    obj = [np.array(m, dtype=object) for m in (inp, out, size)]
+    return _Linear(scale, np.array(starts, dtype=np.int64), *obj, checks, fast)
+
+
+def _compile_rates(rates: Rates) -> _Linear | None:
+    """An override as Rates.cost computes it: uncached input, cache reads and writes, output."""
+    return _linear([(False, (1, 0, -1, -1), MTOK_INT, rates.input, []),
+                    (False, (0, 0, 1, 0), MTOK_INT, rates.cache_read, []),
+                    (False, (0, 0, 0, 1), MTOK_INT, rates.cache_write, []),
+                    (True, (0, 1, 0, 0), MTOK_INT, rates.output, [])])
+
+
+
+def _compile_genai(model_price: ModelPrice) -> _Linear | None:
+    """A genai-prices ModelPrice as ModelPrice.calc_price applies it to a call's four token counts, or
+    None when it holds anything this cannot follow exactly (its calls are then priced by calc_price)."""
+    try:
+        from genai_prices.units import _get_registry
+        from genai_prices.validation import validate_priced_units
+
+        registry = _get_registry()
+        priced = [(registry.unit_for_price_key(key), value) for key, value in model_price.__dict__.items()
+                  if not key.startswith("_") and value is not None]
+        validate_priced_units(tuple(unit for unit, _ in priced), registry)
+    except Exception:
+        return None
+    # Each unit is billed its leaf count: its usage less that of its more specific priced units
+    # (genai_prices.decompose.compute_leaf_values), here as a combination of the reported counts.
+    units = sorted((unit for unit, _ in priced if unit.usage_key != "requests"),
+                   key=lambda unit: (-len(unit.dimensions), unit.usage_key))
+    leaf: dict[str, list[int]] = {}
+    for unit in units:
+        vec = [int(unit.usage_key == key) for key in _REPORTED]
+        for other in units:
+            if other is not unit and unit.dimensions.items() <= other.dimensions.items():
+                if other.usage_key not in leaf:
+                    return None
+                vec = [a - b for a, b in zip(vec, leaf[other.usage_key])]
+        leaf[unit.usage_key] = vec
+    parts = []
+    for unit, value in priced:
+        direction = unit.dimensions.get("direction")
+        vec = leaf.get(unit.usage_key)
+        if direction not in ("input", "output") or not vec or not any(vec):
+            continue                  # nothing a call reports (a per-request fee counts in neither input nor output)
+        if isinstance(value, TieredPrices):
+            parts.append((direction == "output", vec, unit.per, value.base, [(t.start, t.price) for t in value.tiers]))
+        else:
+            parts.append((direction == "output", vec, unit.per, value, []))
+    return _linear(parts)
+
+
+def _find_genai(snapshot, provider: str | None, model: str):
+    """The model as calc_price(model, provider_id=provider) finds it, or by the model alone when the
+    provider is one genai-prices does not know (as PriceBook._genai retries)."""
+    try:
+        try:
+            found_provider, info = snapshot.find_provider_model(model, None, provider, None)
+        except LookupError:
+            if provider is None:
+                raise
+            found_provider, info = snapshot.find_provider_model(model, None, None, None)
+    except LookupError:
+        return None
+    except Exception:
+        return _BY_ROW
+    if found_provider.id == "groq" and info.id.startswith("whisper"):
+        return _BY_ROW                # genai-prices bills these by audio seconds, its own way
+    return ("genai", info, GENAI_PRICES)
+
+
+def _model_prices(info, ts):
+    """[(ModelPrice, positions in ts or None for all)] in force for calls at ts (ns since the epoch, UTC)."""
+    prices = info.prices
+    if isinstance(prices, ModelPrice):
+        return [(prices, None)]
+    by_price: dict[int, tuple[ModelPrice, list]] = {}
+    if all(isinstance(c, ConditionalPrice) and (c.constraint is None or type(c.constraint) is StartDateConstraint)
+           for c in prices):
+        # StartDateConstraint.active compares the call's UTC date: the price is the same all day.
+        days, which = np.unique(ts // _DAY_NS, return_inverse=True)
+        for j, day in enumerate(days.tolist()):
+            mp = info.get_prices(datetime.fromtimestamp(day * 86_400, UTC))
+            by_price.setdefault(id(mp), (mp, []))[1].append(j)
+        return [(mp, np.flatnonzero(np.isin(which, js))) for mp, js in by_price.values()]
+    for i, ns in enumerate(ts.tolist()):                     # time-of-day prices: call by call
+        mp = info.get_prices(_utc(ns))
+        by_price.setdefault(id(mp), (mp, []))[1].append(i)
+    return [(mp, np.array(rows, dtype=np.int64)) for mp, rows in by_price.values()]
+
+
+def _utc(ns: int) -> datetime:
+    """ns since the epoch as an aware UTC datetime, to the microsecond (as a Timestamp's timetz() is)."""
+    us = ns // 1000
+    return datetime.fromtimestamp(us // 10**6, UTC).replace(microsecond=us % 10**6)
+
+
+def _apply(linear: _Linear, tokens: np.ndarray, hit: np.ndarray):
+    """Price the columns of `tokens` (_REPORTED x calls): ([input, output, saved] in 10^-12 USD, rounded
+    half-even as _q rounds; calls that need price(); calls past what the store holds)."""
+    n = tokens.shape[1]
+    top = tokens.max(axis=1) if n else np.zeros(len(_REPORTED), dtype=np.int64)
+    bound = int((np.abs(linear.inp).sum(axis=0) + np.abs(linear.out).sum(axis=0)) @ top.astype(object))
+    wide = (linear.fast is None or linear.scale - _PICO > 18
+            or (2 * bound + 1) * 10 ** max(0, _PICO - linear.scale) >= 2**62)
+    x = tokens.astype(object) if wide else tokens
+    seg = np.searchsorted(linear.starts, tokens[0], side="left") if len(linear.starts) else 0
+    inp, out = (linear.inp, linear.out) if wide else linear.fast
+    inp_rate, out_rate = inp[seg], out[seg]          # (4,) or (calls, 4)
+    if len(linear.starts):
+        paid_in, paid_out = (inp_rate.T * x).sum(axis=0), (out_rate.T * x).sum(axis=0)
+        cache_read_rate = inp_rate[:, 2]
+    else:
+        paid_in, paid_out = inp_rate @ x, out_rate @ x
+        cache_read_rate = inp_rate[2]
+    full_in = paid_in - cache_read_rate * x[2]       # the same call without its cache reads
+    bad = np.zeros(n, dtype=bool)
+    for coef in linear.checks:
+        bad |= np.asarray((coef.astype(object) if wide else coef) @ x < 0, dtype=bool)
+    if wide:                                         # past 27 digits Decimal(prec=28) might round
+        size = linear.size[seg]
+        size = (size.T * x).sum(axis=0) if len(linear.starts) else size @ x
+        bad |= np.asarray(size >= 10**_EXACT_DIGITS, dtype=bool)
+    scale = linear.scale
+    qi = np.where(hit, 0, _round_pico(paid_in, scale))
+    qo = np.where(hit, 0, _round_pico(paid_out, scale))
+    qs = np.where(hit, _round_pico(paid_in + paid_out, scale), _round_pico(full_in - paid_in, scale))
+    over = np.asarray((abs(qi + qo) >= _MAX_PICO) | (abs(qs) >= _MAX_PICO) | (abs(qi) >= _MAX_PICO), dtype=bool)
+    over &= ~bad
+    result = np.zeros((3, n), dtype=np.int64)
+    keep = ~(bad | over)
+    for k, v in enumerate((qi, qo, qs)):
+        result[k, keep] = v[keep].astype(np.int64) if wide else v[keep]
+    return result, bad, over
+
+
+def _round_pico(v, scale: int):
+    """v x 10^-scale USD in 10^-12 USD, rounded half-even (Decimal.quantize as _q does)."""
+    if scale <= _PICO:
+        return v * 10 ** (_PICO - scale)
+    d = 10 ** (scale - _PICO)
+    q = v // d
+    r = v - q * d
+    return q + np.asarray((2 * r > d) | ((2 * r == d) & (q % 2 == 1)), dtype=bool)
+
+
+def _cost_arrays(pico: np.ndarray, version: np.ndarray, hit: np.ndarray) -> list[pa.Array]:
+    """The COST_COLUMNS as Arrow text: exact decimals written as str(Decimal) writes them ("0" paid for
+    a cache hit, as price() gives it) and the price version; null where version is None."""
+    n = pico.shape[1]
+    priced = version != None  # noqa: E711 (elementwise)
+    valid = pa.py_buffer(np.packbits(priced, bitorder="little"))
+    zero = pa.array(priced & hit)
+    cols = []
+    for k, v in enumerate((pico[0], pico[1], pico[0] + pico[1], pico[2])):
+        words = np.empty((n, 2), dtype=np.int64)
+        words[:, 0] = v
+        words[:, 1] = v >> 63
+        text = pa.Array.from_buffers(pa.decimal128(18, _PICO), n, [valid, pa.py_buffer(words)]).cast(pa.string())
+        cols.append(pc.if_else(zero, "0", text) if k < 3 else text)
+    return [*cols, pa.array(version, type=pa.string())]
+
+
+def _groups(provider_col, model_col, n: int):
+    """((provider, model), positions) for each distinct pair; a provider that is not text is None."""
+    m_codes, models = _factorize(model_col)
+    p_codes, providers = _factorize(provider_col)
+    key = (m_codes + 1) * (len(providers) + 1) + (p_codes + 1)
+    order = np.argsort(key, kind="stable")
+    cuts = np.flatnonzero(np.diff(key[order])) + 1
+    for rows in np.split(order, cuts):
+        m, p = int(m_codes[rows[0]]), int(p_codes[rows[0]])
+        provider = providers[p] if p >= 0 else None
+        yield (provider if isinstance(provider, str) else None, models[m] if m >= 0 else None), rows
+
+
+def _factorize(values) -> tuple[np.ndarray, list]:
+    """int64 codes (-1 for a missing value) and the distinct values, as a list."""
+    try:       # text columns: Arrow's dictionary encoding, without Python objects per row
+        encoded = pa.array(values, type=pa.string()).dictionary_encode()
+        return (encoded.indices.fill_null(-1).to_numpy().astype(np.int64, copy=False),
+                encoded.dictionary.to_pylist())
+    except (pa.ArrowException, TypeError, ValueError):
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        return codes.astype(np.int64, copy=False), list(uniques)
+
+
+def _ns_column(values):
+    """ns since the epoch (UTC; naive means UTC) and the calls whose time is not one."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        try:
+            s = pd.to_datetime(s)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_dtype(s.dtype):
+        arr = s.to_numpy(dtype="datetime64[ns]")
+        return arr.view(np.int64).copy(), np.isnat(arr)
+    ns, bad = np.zeros(len(s), dtype=np.int64), np.zeros(len(s), dtype=bool)
+    for i, ts in enumerate(s.tolist()):
+        try:
+            ts = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+            ns[i] = pd.Timestamp(ts).value
+        except Exception:
+            bad[i] = True
+    return ns, bad
+
+
+def _int_column(values, *, optional: bool):
+    """int64 token counts, as price() takes int(x) (int(x or 0) when optional), and the calls where that fails."""
+    arr = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64), np.zeros(len(arr), dtype=bool)
+    out, bad = np.zeros(len(arr), dtype=np.int64), np.zeros(len(arr), dtype=bool)
+    for i, x in enumerate(arr.tolist()):
+        try:
+            out[i] = int(x or 0) if optional else int(x)
+        except Exception:
+            bad[i] = True
+    return out, bad
+
+
+def _bool_column(values):
+    arr = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values, dtype=object)
+    if arr.dtype.kind == "b":
+        return arr, np.zeros(len(arr), dtype=bool)
+    out, bad = np.zeros(len(arr), dtype=bool), np.zeros(len(arr), dtype=bool)
+    for i, x in enumerate(arr.tolist()):
+        try:
+            out[i] = bool(x)
+        except Exception:
+            bad[i] = True
+    return out, bad
 
 
 # -- repricing a range on purpose ------------------------------------------------------------------

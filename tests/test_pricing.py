@@ -3,19 +3,25 @@ through the real SDK → spool → collector → DuckDB path where the store is 
 from __future__ import annotations
 
 import json
+import math
 import time
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from genai_prices import Usage, calc_price
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, StartDateConstraint, TieredPrices, TimeOfDateConstraint
 from helpers import count, query
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors import sdk
 from collectors.cli import main
 from collectors.daemon import Collector
-from collectors.pricing import GENAI_PRICES, PriceBook, PriceFileError, read_overrides
+from collectors.pricing import COST_COLUMNS, GENAI_PRICES, PRICE_INPUTS, PriceBook, PriceFileError, read_overrides
 
 WHEN = datetime(2026, 11, 1, 12, 0)
 # (provider, model, input, cached, cache writes, output): cached and written tokens are parts of input
@@ -151,6 +157,223 @@ def test_override_file_is_reread_when_it_changes_and_a_broken_edit_keeps_the_las
     os.utime(path, (later, later))
     assert not book.refresh()
     assert book.price(**kw).cost_usd == Decimal("0.001")
+
+
+# -- a batch at once: price_rows / price_frame against calc_price ---------------------------------
+
+def q(x: Decimal) -> Decimal:
+    return x.quantize(Decimal("1e-12"), rounding=ROUND_HALF_EVEN)
+
+
+def expected(row) -> tuple | None:
+    """What a call costs by genai_prices.calc_price itself, call by call: (input, output, cost, saved)."""
+    ts, provider, model, inp, out, cached, written, hit = row
+    cached = max(0, min(cached, inp))
+    written = max(0, min(written, inp - cached))
+    when = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+    def calc(c):
+        usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=c, cache_write_tokens=written)
+        try:
+            return calc_price(usage, model, provider_id=provider, genai_request_timestamp=when)
+        except LookupError:
+            if provider is None:
+                raise
+            return calc_price(usage, model, genai_request_timestamp=when)
+    try:
+        paid, full = calc(cached), calc(0)
+    except (LookupError, ValueError):
+        return None
+    if hit:
+        return Decimal(0), Decimal(0), Decimal(0), q(paid.input_price + paid.output_price)
+    i, o = q(paid.input_price), q(paid.output_price)
+    return i, o, i + o, q(full.input_price - paid.input_price)
+
+
+def as_decimals(priced) -> tuple | None:
+    if priced[0] is None:
+        assert priced == (None,) * 5
+        return None
+    assert priced[4] is not None
+    return tuple(Decimal(x) for x in priced[:4])
+
+
+def tier_starts(model_info) -> set[int]:
+    prices = model_info.prices
+    found = set()
+    for mp in [prices] if isinstance(prices, ModelPrice) else [c.prices for c in prices]:
+        for value in mp.__dict__.values():
+            if isinstance(value, TieredPrices):
+                found.update(t.start for t in value.tiers)
+    return found
+
+
+def moments(model_info) -> list[datetime]:
+    """Times around each of the model's price changes (the midnight of a start date, the ends of an
+    off-peak window), to the microsecond, plus two ordinary ones."""
+    out = [WHEN, datetime(2025, 1, 1, 3, 15)]
+    if not isinstance(model_info.prices, ModelPrice):
+        for c in model_info.prices:
+            if isinstance(c.constraint, StartDateConstraint):
+                midnight = datetime.combine(c.constraint.start_date, datetime.min.time())
+                out += [midnight - timedelta(microseconds=1), midnight]
+            elif isinstance(c.constraint, TimeOfDateConstraint):
+                for t in (c.constraint.start_time, c.constraint.end_time):
+                    at = datetime.combine(datetime(2026, 5, 5).date(), t).astimezone(UTC).replace(tzinfo=None)
+                    out += [at - timedelta(microseconds=1), at]
+    return out
+
+
+# (input, output, cache read, cache write, app-cache hit); reads and writes are parts of input
+TOKEN_MIXES = [(1000, 200, 0, 0, False), (1000, 200, 400, 0, False), (5050, 300, 4000, 1000, False),
+               (12, 7, 0, 12, False), (250_000, 1000, 100_000, 20_000, False), (128_001, 5, 3, 1, True),
+               (0, 0, 0, 0, False), (3_000_000, 40_000, 1_000_000, 5, False), (900, 10, 2000, 0, False)]
+
+
+def every_model_rows():
+    for provider in get_snapshot().providers:
+        for info in provider.models:
+            mixes = TOKEN_MIXES + [(s + d, 10, s // 3, s // 5, False) for s in tier_starts(info) for d in (0, 1)]
+            for ts in moments(info):
+                for inp, out, cached, written, hit in mixes:
+                    yield ts, provider.id, info.id, inp, out, cached, written, hit
+
+
+def test_every_model_in_the_price_list_costs_what_calc_price_says_to_the_last_digit():
+    """Every provider's every model in genai-prices' snapshot, priced as a batch, equals calc_price
+    call by call: token mixes with cache reads and writes, both sides of each tier threshold, app-cache
+    hits, and the microsecond either side of every price change."""
+    rows = list(every_model_rows())
+    assert len({(r[1], r[2]) for r in rows}) > 2000
+    got = PriceBook().price_rows(rows)
+    assert len(got) == len(rows)
+    wrong = [(row, g) for row, g in zip(rows, got) if as_decimals(g) != expected(row)]
+    assert wrong == []
+    assert sum(g[0] is not None for g in got) > 0.9 * len(rows)
+
+
+def test_a_batch_writes_the_same_text_as_price_call_by_call():
+    """Not only the same values: the same strings price() gives (what the store has always been sent)."""
+    book = PriceBook()
+    rows = [(ts, p, m, *mix) for ts in (WHEN, datetime(2026, 3, 1))
+            for p, m in [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-6"), ("deepseek", "deepseek-chat"),
+                         (None, "gpt-4o"), ("corp-gateway", "claude-3-5-haiku"), (None, "acme-local-7b"),
+                         ("openrouter", "google/gemini-2.5-flash")]
+            for mix in TOKEN_MIXES]
+    assert book.price_rows(rows) == [book._price_row(r) for r in rows]
+
+
+MODELS = [("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-6"), ("anthropic", "claude-sonnet-4"),
+          ("google", "gemini-2.5-pro"), ("deepseek", "deepseek-chat"), ("openrouter", "google/gemini-2.5-flash"),
+          (None, "gpt-4o-mini"), ("azure-proxy", "gpt-4o")]
+calls = st.tuples(
+    st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2027, 12, 31)),
+    st.sampled_from(MODELS),
+    st.integers(0, 2_000_000), st.integers(0, 200_000), st.integers(0, 2_000_000), st.integers(0, 2_000_000),
+    st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(calls, min_size=1, max_size=40))
+def test_any_token_mix_costs_what_calc_price_says(batch):
+    rows = [(ts, p, m, inp, out, cached, written, hit) for ts, (p, m), inp, out, cached, written, hit in batch]
+    assert [as_decimals(g) for g in PriceBook().price_rows(rows)] == [expected(r) for r in rows]
+
+
+OVERRIDES = """
+[models."acme-local-7b"]
+input = 0.2
+output = "0.4000000000000000001"
+cache_read = 0.05
+cache_write = 0.25
+
+[models."openai/gpt-4o"]
+input = 2.0
+output = 8.0
+"""
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([(None, "acme-local-7b"), ("openai", "gpt-4o"), ("OpenAI", "GPT-4o"),
+                                           ("azure", "gpt-4o"), ("self-hosted", "acme-local-7b")]),
+                          st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9), st.integers(0, 10**9),
+                          st.booleans()), min_size=1, max_size=30))
+def test_overrides_in_a_batch_cost_what_price_says(tmp_path_factory, batch):
+    path = tmp_path_factory.mktemp("prices") / "prices.toml"
+    path.write_text(OVERRIDES)
+    book = PriceBook.load(path)
+    rows = [(WHEN, p, m, inp, out, cached, written, hit) for (p, m), inp, out, cached, written, hit in batch]
+    assert book.price_rows(rows) == [book._price_row(r) for r in rows]
+
+
+def test_half_a_pico_dollar_rounds_to_even_as_decimal_quantize_does(tmp_path):
+    """$0.0000005 per million tokens is half of 10^-12 per token: 1, 3, 5 tokens land on a tie."""
+    book = PriceBook.load(write_prices(tmp_path / "prices.toml", '[models.tiny]\ninput = "0.0000005"\noutput = 0\n'))
+    rows = [(WHEN, None, "tiny", n, 0, 0, 0, False) for n in (1, 2, 3, 5, 7)]
+    got = book.price_rows(rows)
+    assert got == [book._price_row(r) for r in rows]
+    assert [Decimal(g[0]) * 10**12 for g in got] == [0, 1, 2, 2, 4]
+
+
+def test_unknown_models_in_a_batch_stay_unpriced_never_zero():
+    rows = [(WHEN, None, "acme-local-7b", 100, 10, 0, 0, False), (WHEN, "self-hosted", "acme-local-7b", 100, 10, 0, 0, True),
+            (WHEN, "openai", "gpt-4o", 100, 10, 0, 0, False), (WHEN, "nobody", "no-such-model-at-all", 1, 1, 0, 0, False)]
+    got = PriceBook().price_rows(rows)
+    assert got[0] == got[1] == got[3] == (None,) * 5
+    assert got[2][4] == GENAI_PRICES and Decimal(got[2][2]) > 0
+
+
+def test_odd_values_are_priced_as_price_prices_them(tmp_path):
+    """What the fast path cannot vouch for goes through price() call by call, so nothing changes:
+    a negative count is unpriced, a missing cache count is 0, an aware time is converted, a cost past
+    what DECIMAL(18, 12) holds is unpriced."""
+    book = PriceBook.load(write_prices(tmp_path / "prices.toml", "[models.huge]\ninput = 1000000\noutput = 1\n"))
+    rows = [(WHEN, "openai", "gpt-4o", -5, 10, 0, 0, False),
+            (WHEN, "openai", "gpt-4o", 1000, 10, None, None, False),
+            (WHEN, "openai", "gpt-4o", 1000, 10, math.nan, 0, False),
+            (datetime(2026, 3, 13, 1, tzinfo=timezone(timedelta(hours=5))), "anthropic", "claude-sonnet-4-6",
+             300_000, 1000, 0, 0, False),
+            (WHEN, None, None, 1000, 10, 0, 0, False),
+            (WHEN, None, "huge", 2_000_000, 0, 0, 0, False),
+            (WHEN, None, "huge", 2_000_000, 0, 0, 0, True)]
+    got = book.price_rows(rows)
+    assert got == [book._price_row(r) for r in rows]
+    assert got[0] == got[2] == got[4] == got[5] == got[6] == (None,) * 5
+    assert as_decimals(got[1]) == expected((WHEN, "openai", "gpt-4o", 1000, 10, 0, 0, False))
+    assert Decimal(got[3][0]) == Decimal("1.8")       # 2026-03-12 20:00 UTC: before the halving
+
+
+def test_price_frame_fills_a_decoded_frame_as_price_rows_does():
+    rows = [(pd.Timestamp(WHEN) + pd.Timedelta(seconds=k), p, m, 1000 + 997 * k, 50 + k, 37 * k, 11 * k, k % 7 == 0)
+            for k in range(60) for p, m in [("openai", "gpt-4o"), (None, "claude-3-5-haiku"), (None, "acme-7b")]]
+    df = pd.DataFrame(rows, columns=list(PRICE_INPUTS))
+    df["provider"] = df["provider"].astype("str")       # missing is NaN in a frame, as decode leaves it
+    for col in COST_COLUMNS:
+        df[col] = pd.Series([None] * len(df), dtype=object)
+    book = PriceBook()
+    book.price_frame(df)
+    want = [book._price_row((ts.to_pydatetime(), p if isinstance(p, str) else None, m, i, o, c, w, h))
+            for ts, p, m, i, o, c, w, h in rows]
+    got = [tuple(None if isinstance(v, float) else v for v in r)
+           for r in df[list(COST_COLUMNS)].itertuples(index=False, name=None)]
+    assert got == want
+    assert sum(r[0] is None for r in got) == 60
+
+
+def test_a_batch_sees_an_edited_override_file(tmp_path):
+    path = tmp_path / "prices.toml"
+    book = PriceBook.load(path)
+    row = (WHEN, None, "acme-local-7b", 1000, 0, 0, 0, False)
+    assert book.price_rows([row]) == [(None,) * 5]
+    write_prices(path, '[models."acme-local-7b"]\ninput = 1\noutput = 1\n')
+    assert book.refresh()
+    assert Decimal(book.price_rows([row])[0][2]) == Decimal("0.001")
+    write_prices(path, '[models."acme-local-7b"]\ninput = 2\noutput = 1\n')
+    later = time.time() + 5
+    import os
+    os.utime(path, (later, later))
+    assert book.refresh()
+    assert Decimal(book.price_rows([row])[0][2]) == Decimal("0.002")
 
 
 # -- through the pipeline ------------------------------------------------------------------------
