@@ -35,7 +35,7 @@ from collectors.sources import Item, RedisSource, SpoolSource
 from collectors.store import connection, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
-from collectors.store.rollups import compact
+from collectors.store.rollups import compact, roll_tiers
 from collectors.store.schema import Limits
 
 if TYPE_CHECKING:
@@ -348,12 +348,14 @@ class Collector:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def compact(self) -> int:
-        """Merge the rollup rows of the minutes ingested since the last compaction."""
+        """Merge the rollup rows of the minutes ingested since the last compaction, and roll complete
+        hours and days (and late minutes) into the request rollups' tiers."""
         if not self._dirty_minutes:
             return 0
         lo, hi = self._dirty_minutes
         with connection.write(self.db) as con:
             removed = compact(con, lo, hi + timedelta(minutes=1))
+            roll_tiers(con, utcnow(), touched=(lo, hi + timedelta(minutes=1)))
         self._dirty_minutes = None
         return removed
 

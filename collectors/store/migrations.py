@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import duckdb
 
+from collectors.store.connection import utcnow
+from collectors.store.rollups import roll_tiers
+
 
 def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""
@@ -346,9 +349,56 @@ def m008_alert_peak_severity(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m009_rollup_tiers(con: duckdb.DuckDBPyConnection) -> None:
+    # Hourly and daily merges of the per-minute request rollups, so a long range reads a few rows per
+    # series (collectors.store.tiers). Same columns as the minute tables, keyed by the period's start;
+    # the backfill merges the complete hours and days of the minutes already stored.
+    con.execute("""
+        CREATE TABLE latency_hist_hour (
+            hour TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            bucket INTEGER NOT NULL,
+            count BIGINT NOT NULL
+        );
+        CREATE TABLE latency_hist_day (
+            day TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            bucket INTEGER NOT NULL,
+            count BIGINT NOT NULL
+        );
+        CREATE TABLE request_rollup_hour (
+            hour TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            duration_sum_ms DOUBLE NOT NULL,
+            duration_max_ms DOUBLE NOT NULL
+        );
+        CREATE TABLE request_rollup_day (
+            day TIMESTAMP NOT NULL,
+            service VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            duration_sum_ms DOUBLE NOT NULL,
+            duration_max_ms DOUBLE NOT NULL
+        );
+        -- "hour"/"day": the tier holds every period before ts; "minute_purge": minutes before ts were purged.
+        CREATE TABLE rollup_watermarks (
+            name VARCHAR PRIMARY KEY,
+            ts TIMESTAMP NOT NULL
+        );
+    """)
+    roll_tiers(con, utcnow())
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
-                                                                  m007_pipeline_health, m008_alert_peak_severity]
+                                                                  m007_pipeline_health, m008_alert_peak_severity,
+                                                                  m009_rollup_tiers]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,4 +1,10 @@
-"""How long each table keeps its rows. The defaults live here and nowhere else."""
+"""How long each table keeps its rows. The defaults live here and nowhere else.
+
+The request rollups are kept in tiers (collectors.store.tiers): minutes for MINUTE_DAYS (by default
+as long as raw events: charts finer than an hour are only drawn from minutes, and short ranges inside
+the raw window take exact percentiles from raw events anyway), hours for HOUR_DAYS (week- and
+month-long charts at hour steps), days for the full ROLLUP_DAYS. A tier's rows are never purged past
+what the next tier holds (its watermark), so a rollup job that fell behind loses nothing."""
 from __future__ import annotations
 
 import os
@@ -6,8 +12,12 @@ from datetime import datetime, timedelta
 
 import duckdb
 
+from collectors.store.tiers import TIERS, floor, rolled_until, set_mark
+
 RAW_DAYS = 7        # raw request events and raw samples, for drill-down ($PERFDECK_RAW_DAYS)
 ROLLUP_DAYS = 400   # rollups, cost records and history ($PERFDECK_ROLLUP_DAYS)
+MINUTE_DAYS = None  # per-minute request rollups ($PERFDECK_MINUTE_DAYS; None: the raw window)
+HOUR_DAYS = 90      # hourly request rollups ($PERFDECK_HOUR_DAYS)
 
 # table -> (time column, "raw" or "rollup")
 TABLES: dict[str, tuple[str, str]] = {
@@ -20,8 +30,12 @@ TABLES: dict[str, tuple[str, str]] = {
     "pg_statements": ("ts", "rollup"),
     "sdk_health": ("ts", "raw"),
     "ingest_sources": ("ts", "raw"),
-    "latency_hist": ("minute", "rollup"),
-    "request_rollup": ("minute", "rollup"),
+    "latency_hist": ("minute", "minute"),
+    "request_rollup": ("minute", "minute"),
+    "latency_hist_hour": ("hour", "hour"),
+    "request_rollup_hour": ("hour", "hour"),
+    "latency_hist_day": ("day", "rollup"),
+    "request_rollup_day": ("day", "rollup"),
     "cache_stats": ("minute", "rollup"),
     "query_stats": ("minute", "rollup"),
     "query_hist": ("minute", "rollup"),
@@ -38,21 +52,42 @@ TABLES: dict[str, tuple[str, str]] = {
 }
 
 
+# A tier's rows stay until the next tier holds them: kind -> the watermark that bounds its purge.
+_HELD_BY = {"minute": "hour", "hour": "day"}
+
+
 def retention_days() -> dict[str, int]:
-    return {"raw": int(os.environ.get("PERFDECK_RAW_DAYS", RAW_DAYS)),
+    raw = int(os.environ.get("PERFDECK_RAW_DAYS", RAW_DAYS))
+    return {"raw": raw,
+            "minute": int(os.environ.get("PERFDECK_MINUTE_DAYS", MINUTE_DAYS or raw)),
+            "hour": int(os.environ.get("PERFDECK_HOUR_DAYS", HOUR_DAYS)),
             "rollup": int(os.environ.get("PERFDECK_ROLLUP_DAYS", ROLLUP_DAYS))}
 
 
-def cutoffs(now: datetime, days: dict[str, int] | None = None) -> dict[str, datetime]:
-    """table -> the time before which its rows go; `days` may name only some kinds ({"raw": 3})."""
+def cutoffs(now: datetime, days: dict[str, int] | None = None,
+            rolled: dict[str, datetime | None] | None = None) -> dict[str, datetime]:
+    """table -> the time before which its rows go; `days` may name only some kinds ({"raw": 3}).
+    With `rolled` (tiers.rolled_until), a tier's cutoff stops at the watermark of the tier that
+    holds its rows next, and at the full rollup retention while that tier holds nothing yet."""
     days = days or retention_days()
-    return {table: now - timedelta(days=days[kind]) for table, (_, kind) in TABLES.items() if kind in days}
+    out = {}
+    for table, (_, kind) in TABLES.items():
+        if kind not in days:
+            continue
+        cut = now - timedelta(days=days[kind])
+        if rolled is not None and kind in _HELD_BY:
+            held = rolled.get(_HELD_BY[kind])
+            cut = min(cut, held) if held else now - timedelta(days=retention_days()["rollup"])
+            # Whole hours (days) go, so the rollup job knows which periods still have all their rows.
+            cut = floor(cut, TIERS[_HELD_BY[kind]])
+        out[table] = cut
+    return out
 
 
 def count_expired(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
     """Rows each table would lose: the preview of purge()."""
     return {table: con.execute(f"SELECT count(*) FROM {table} WHERE {TABLES[table][0]} < ?", [cut]).fetchone()[0]
-            for table, cut in cutoffs(now, days).items()}
+            for table, cut in cutoffs(now, days, rolled_until(con)).items()}
 
 
 def purge_table(con: duckdb.DuckDBPyConnection, table: str, cutoff: datetime) -> int:
@@ -62,4 +97,9 @@ def purge_table(con: duckdb.DuckDBPyConnection, table: str, cutoff: datetime) ->
 
 def purge(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str, int] | None = None) -> dict[str, int]:
     """Delete rows past their retention; returns rows deleted per table."""
-    return {table: purge_table(con, table, cut) for table, cut in cutoffs(now, days).items()}
+    deleted = {}
+    for table, cut in cutoffs(now, days, rolled_until(con)).items():
+        deleted[table] = purge_table(con, table, cut)
+        if TABLES[table][1] == "minute":
+            set_mark(con, "minute_purge", cut)   # minute rows found before this later arrived late
+    return deleted

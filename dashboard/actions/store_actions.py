@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from collectors import formatting as fmt
 from collectors.store import connection, read, utcnow, write
 from collectors.store.retention import count_expired, purge_table, retention_days
-from collectors.store.rollups import compact, mergeable
+from collectors.store.rollups import compact, mergeable, roll_tiers
 from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result
 
 MAX_DAYS = 3650
@@ -99,6 +99,7 @@ class CompactStore(_StoreAction):
         progress.step(0, 2, "merging rollup rows")
         with write(self.db) as con:
             removed = compact(con, datetime(1970, 1, 1), datetime(9999, 1, 1))
+            roll_tiers(con, utcnow())      # and every hour and day tier checked against its minutes
         progress.step(1, 2, "checkpoint")
         connection.checkpoint(self.db)
         size = connection.db_path(self.db).stat().st_size
