@@ -27,7 +27,7 @@ import os
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
@@ -255,8 +255,10 @@ class PriceBook:
     #    counts, sums past 27 digits where Decimal would round) go through price(), one by one.
     def _price_columns(self, cols, row_of) -> list:
         ts_col, provider_col, model_col, inp_col, out_col, cached_col, written_col, hit_col = cols
-        ts, slow = _ns_column(ts_col)
+        ts, slow = _us_column(ts_col)
         n = len(ts)
+        if not n:
+            return [pa.array([], type=pa.string())] * len(COST_COLUMNS)
         inp, bad_i = _int_column(inp_col, optional=False)
         out, bad_o = _int_column(out_col, optional=False)
         cached, bad_c = _int_column(cached_col, optional=True)
@@ -276,27 +278,12 @@ class PriceBook:
             how = self._resolve(provider, model) if isinstance(model, str) else _BY_ROW
             if how is None:
                 continue                                 # unknown model: unpriced, never zero
-            kind, what, label = how
-            if kind == "rows":
+            try:
+                self._price_group(how, model, idx, ts, tokens, hit, slow, pico, version)
+            except Exception:                            # price() says what it is, call by call
+                log.debug("pricing %s calls as a batch failed; pricing them one by one", model, exc_info=True)
+                version[idx] = None
                 slow[idx] = True
-                continue
-            parts = ([(what, idx)] if kind == "override" else
-                     [(self._compiled(mp), idx if sub is None else idx[sub])
-                      for mp, sub in _model_prices(what, ts[idx])])
-            for linear, rows in parts:
-                if linear is None:
-                    slow[rows] = True
-                    continue
-                rows = rows[~slow[rows]]
-                if not len(rows):
-                    continue
-                values, bad, over = _apply(linear, tokens[:, rows], hit[rows])
-                if over.any():
-                    log.warning("%d %s calls priced past what the store holds; left unpriced", over.sum(), model)
-                ok = ~(bad | over)
-                slow[rows[bad]] = True
-                pico[:, rows[ok]] = values[:, ok]
-                version[rows[ok]] = label
         cols = _cost_arrays(pico, version, hit)
         if slow.any():
             cols = [col.to_numpy(zero_copy_only=False) for col in cols]
@@ -305,6 +292,28 @@ class PriceBook:
                     col[i] = value
             cols = [pa.array(col, type=pa.string()) for col in cols]
         return cols
+
+    def _price_group(self, how, model, idx, ts, tokens, hit, slow, pico, version) -> None:
+        kind, what, label = how
+        if kind == "rows":
+            slow[idx] = True
+            return
+        parts = ([(what, idx)] if kind == "override" else
+                 [(self._compiled(mp), idx if sub is None else idx[sub]) for mp, sub in _model_prices(what, ts[idx])])
+        for linear, rows in parts:
+            if linear is None:
+                slow[rows] = True
+                continue
+            rows = rows[~slow[rows]]
+            if not len(rows):
+                continue
+            values, bad, over = _apply(linear, tokens[:, rows], hit[rows])
+            if over.any():
+                log.warning("%d %s calls priced past what the store holds; left unpriced", over.sum(), model)
+            ok = ~(bad | over)
+            slow[rows[bad]] = True
+            pico[:, rows[ok]] = values[:, ok]
+            version[rows[ok]] = label
 
     def _price_row(self, row) -> tuple:
         ts, provider, model, inp, outp, cached, written, hit = row
@@ -351,7 +360,9 @@ def _q(x: Decimal) -> Decimal:
 # -- compiled prices ----------------------------------------------------------------------------
 _BY_ROW = ("rows", None, None)
 _TEXT = pd.Series(["text"]).dtype       # how this pandas holds text: its Arrow-backed str, or object
-_DAY_NS = 86_400 * 10**9
+_DAY_US = 86_400 * 10**6
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = _EPOCH.replace(tzinfo=None)
 _PICO = 12                              # the store's scale: 10^-12 USD
 _MAX_PICO = 10**18                      # MAX_COST_USD in 10^-12 USD
 MTOK_INT = 1_000_000
@@ -490,7 +501,7 @@ def _find_genai(snapshot, provider: str | None, model: str):
 
 
 def _model_prices(info, ts):
-    """[(ModelPrice, positions in ts or None for all)] in force for calls at ts (ns since the epoch, UTC)."""
+    """[(ModelPrice, positions in ts or None for all)] in force for calls at ts (µs since the epoch, UTC)."""
     prices = info.prices
     if isinstance(prices, ModelPrice):
         return [(prices, None)]
@@ -498,21 +509,20 @@ def _model_prices(info, ts):
     if all(isinstance(c, ConditionalPrice) and (c.constraint is None or type(c.constraint) is StartDateConstraint)
            for c in prices):
         # StartDateConstraint.active compares the call's UTC date: the price is the same all day.
-        days, which = np.unique(ts // _DAY_NS, return_inverse=True)
+        days, which = np.unique(ts // _DAY_US, return_inverse=True)
         for j, day in enumerate(days.tolist()):
-            mp = info.get_prices(datetime.fromtimestamp(day * 86_400, UTC))
+            mp = info.get_prices(_utc(day * _DAY_US))
             by_price.setdefault(id(mp), (mp, []))[1].append(j)
         return [(mp, np.flatnonzero(np.isin(which, js))) for mp, js in by_price.values()]
-    for i, ns in enumerate(ts.tolist()):                     # time-of-day prices: call by call
-        mp = info.get_prices(_utc(ns))
+    for i, us in enumerate(ts.tolist()):                     # time-of-day prices: call by call
+        mp = info.get_prices(_utc(us))
         by_price.setdefault(id(mp), (mp, []))[1].append(i)
     return [(mp, np.array(rows, dtype=np.int64)) for mp, rows in by_price.values()]
 
 
-def _utc(ns: int) -> datetime:
-    """ns since the epoch as an aware UTC datetime, to the microsecond (as a Timestamp's timetz() is)."""
-    us = ns // 1000
-    return datetime.fromtimestamp(us // 10**6, UTC).replace(microsecond=us % 10**6)
+def _utc(us: int) -> datetime:
+    """µs since the epoch as an aware UTC datetime (a call's time to the µs, as genai-prices compares it)."""
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _apply(linear: _Linear, tokens: np.ndarray, hit: np.ndarray):
@@ -605,8 +615,8 @@ def _factorize(values) -> tuple[np.ndarray, list]:
         return codes.astype(np.int64, copy=False), list(uniques)
 
 
-def _ns_column(values):
-    """ns since the epoch (UTC; naive means UTC) and the calls whose time is not one."""
+def _us_column(values):
+    """µs since the epoch (UTC; naive means UTC), floored, and the calls whose time is not one."""
     s = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
     if not pd.api.types.is_datetime64_any_dtype(s.dtype):
         try:
@@ -616,16 +626,18 @@ def _ns_column(values):
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         s = s.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(s.dtype):
-        arr = s.to_numpy(dtype="datetime64[ns]")
-        return arr.view(np.int64).copy(), np.isnat(arr)
-    ns, bad = np.zeros(len(s), dtype=np.int64), np.zeros(len(s), dtype=bool)
+        arr = s.to_numpy()
+        unit = np.datetime_data(arr.dtype)[0]
+        us = arr.view(np.int64) // 1000 if unit == "ns" else arr.astype("datetime64[us]").view(np.int64)
+        return us, np.isnat(arr)
+    us, bad = np.zeros(len(s), dtype=np.int64), np.zeros(len(s), dtype=bool)
     for i, ts in enumerate(s.tolist()):
         try:
             ts = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
-            ns[i] = pd.Timestamp(ts).value
+            us[i] = (ts - _EPOCH_NAIVE) // timedelta(microseconds=1)
         except Exception:
             bad[i] = True
-    return ns, bad
+    return us, bad
 
 
 def _int_column(values, *, optional: bool):

@@ -343,6 +343,19 @@ def test_odd_values_are_priced_as_price_prices_them(tmp_path):
     assert Decimal(got[3][0]) == Decimal("1.8")       # 2026-03-12 20:00 UTC: before the halving
 
 
+@pytest.mark.parametrize("ts", [
+    datetime(2026, 3, 12, 23, 59, 59, 999_999), pd.Timestamp("2026-03-12 23:59:59.999999999"),
+    datetime(2026, 3, 13, 4, tzinfo=timezone(timedelta(hours=5))), pd.Timestamp("2026-03-13", tz="America/New_York"),
+    datetime(9999, 12, 31, 23), datetime(1, 1, 1), datetime(2026, 5, 5, 16, 29, 59, 999_999)])
+def test_any_time_is_priced_in_the_period_price_puts_it_in(ts):
+    """Naive times are UTC, aware ones are converted; a Timestamp's nanoseconds do not move a call
+    into the next day; years far from now neither overflow nor wrap."""
+    book = PriceBook()
+    rows = [(ts, p, m, 300_000, 1000, 1000, 0, False) for p, m in [("anthropic", "claude-sonnet-4-6"),
+                                                                   ("deepseek", "deepseek-chat"), ("openai", "gpt-4o")]]
+    assert book.price_rows(rows) == [book._price_row(r) for r in rows]
+
+
 def test_price_frame_fills_a_decoded_frame_as_price_rows_does():
     rows = [(pd.Timestamp(WHEN) + pd.Timedelta(seconds=k), p, m, 1000 + 997 * k, 50 + k, 37 * k, 11 * k, k % 7 == 0)
             for k in range(60) for p, m in [("openai", "gpt-4o"), (None, "claude-3-5-haiku"), (None, "acme-7b")]]
