@@ -7,17 +7,21 @@ import duckdb
 import pandas as pd
 
 from dashboard.queries._run import run_query
+from dashboard.queries.tiers import ROLLUP_ROWS, tier_params
 
-SERVICES_SQL = """
+SERVICES_SQL = f"""
 SELECT DISTINCT service
-FROM request_rollup
+FROM ({ROLLUP_ROWS})
 ORDER BY service
 """
+_ALL_TIME = (datetime(1970, 1, 1), datetime(9999, 1, 1))
 
 
 def services(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """[service] of every service that has reported requests, sorted."""
-    df, _ = run_query(SERVICES_SQL, con=con)
+    """[service] of every service that has reported requests, sorted. Reads the day tier, and the
+    hours and minutes not rolled into it yet: a few rows per service, not every minute."""
+    since, until = _ALL_TIME
+    df, _ = run_query(SERVICES_SQL, {"since": since, "until": until} | tier_params(con, since, until), con=con)
     return df
 
 

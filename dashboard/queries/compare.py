@@ -2,8 +2,9 @@
 
 `compare_windows` takes each endpoint's durations from the raw request events when they are complete
 for both windows (raw events are kept RAW_DAYS; complete = at least as many events as the histograms
-count in the window's whole minutes), else from the per-minute log-bucket histograms (kept 400 days,
-values to about 1 %). Either way it reports p50/p95/p99 of each window, the p95 ratio with a
+count in the window's whole minutes), else from the log-bucket histograms (minutes, hours and days,
+dashboard.queries.tiers; kept 400 days, values to about 1 %, interpolated between order statistics
+like quantile_cont). Either way it reports p50/p95/p99 of each window, the p95 ratio with a
 bootstrap confidence interval and a Mann–Whitney test (collectors.health.stats): on raw durations,
 or on the histogram's bucket values, where equal buckets count as ties (differences under ~2 % are
 not seen, which only makes the test more cautious). The `method` column says which.
@@ -38,6 +39,7 @@ from collectors.store import utcnow
 from collectors.store.histogram import GAMMA
 from collectors.store.retention import retention_days
 from dashboard.queries._run import run_query
+from dashboard.queries.tiers import LATENCY_ROWS, tier_params
 
 QUANTILES = ((0.50, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms"))
 COLUMNS = ["service", "endpoint", "before_n", "after_n",
@@ -103,12 +105,10 @@ WHERE ts >= $since
 GROUP BY service, endpoint
 """
 
-HIST_SQL = """
+HIST_SQL = f"""
 SELECT service, endpoint, bucket, CAST(sum(count) AS BIGINT) AS n
-FROM latency_hist
-WHERE minute >= $since
-  AND minute < $until
-  AND ($service IS NULL OR service = $service)
+FROM ({LATENCY_ROWS})
+WHERE ($service IS NULL OR service = $service)
 GROUP BY service, endpoint, bucket
 """
 
@@ -132,7 +132,8 @@ def _by_endpoint(df: pd.DataFrame) -> dict:
 
 def _side(con, since, until, service, *, raw_allowed: bool, seed: int, cap: int) -> dict:
     """One window: raw summary rows, histograms and (lazily) raw samples, keyed by (service, endpoint)."""
-    hist, _ = run_query(HIST_SQL, {"since": since, "until": until, "service": service}, max_rows=10_000_000, con=con)
+    hist, _ = run_query(HIST_SQL, {"since": since, "until": until, "service": service} | tier_params(con, since, until),
+                        max_rows=10_000_000, con=con)
     hists = {key: stats.Grouped.from_counts(2 * GAMMA ** part["bucket"].to_numpy(float) / (GAMMA + 1), part["n"])
              for key, part in _by_endpoint(hist).items()}
     raw = {}
@@ -200,8 +201,8 @@ def compare_windows(
             row |= {"before_n": sides[0]["raw"][key].raw_n, "after_n": sides[1]["raw"][key].raw_n, "method": "raw"}
         elif key in sides[0]["hist"] and key in sides[1]["hist"]:
             groups = [side["hist"][key] for side in sides]
-            pcts = [{c: stats.quantile(g, q, interpolate=False) for q, c in QUANTILES} for g in groups]
-            row = _row(*groups, *pcts, interpolate=False, **settings)
+            pcts = [{c: stats.quantile(g, q) for q, c in QUANTILES} for g in groups]
+            row = _row(*groups, *pcts, interpolate=True, **settings)
             row |= {"before_n": groups[0].n, "after_n": groups[1].n, "method": "histogram"}
         else:
             continue

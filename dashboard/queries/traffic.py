@@ -1,4 +1,5 @@
-"""Request and error counts from the per-minute `request_rollup`, plus the headline totals."""
+"""Request and error counts from the request rollups (minutes, hours and days: the coarsest tier that
+resolves the range, dashboard.queries.tiers), plus the headline totals."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -6,19 +7,18 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
-from dashboard.queries._run import bucket_seconds, run_query
+from dashboard.queries._run import run_query
 from dashboard.queries.latency import PERCENTILE_COLUMNS
+from dashboard.queries.tiers import LATENCY_ROWS, ROLLUP_ROWS, chart_step, tier_params
 
-ENDPOINT_TRAFFIC_SQL = """
+ENDPOINT_TRAFFIC_SQL = f"""
 SELECT service,
        endpoint,
        CAST(sum(requests) AS BIGINT) AS requests,
        CAST(sum(errors) AS BIGINT) AS errors,
        sum(errors) / nullif(sum(requests), 0) AS error_rate
-FROM request_rollup
-WHERE minute >= $since
-  AND minute < $until
-  AND ($service IS NULL OR service = $service)
+FROM ({ROLLUP_ROWS})
+WHERE ($service IS NULL OR service = $service)
 GROUP BY service, endpoint
 ORDER BY requests DESC, service, endpoint
 """
@@ -33,21 +33,19 @@ def endpoint_traffic(
     max_rows: int = 1_000,
 ) -> pd.DataFrame:
     """[service, endpoint, requests, errors, error_rate] per endpoint; error_rate is a fraction."""
-    params = {"since": since, "until": until, "service": service}
+    params = {"since": since, "until": until, "service": service} | tier_params(con, since, until)
     df, _ = run_query(ENDPOINT_TRAFFIC_SQL, params, max_rows=max_rows, con=con)
     return df
 
 
-TRAFFIC_OVER_TIME_SQL = """
+TRAFFIC_OVER_TIME_SQL = f"""
 WITH buckets AS (
-    SELECT time_bucket(to_seconds(CAST($bucket_s AS BIGINT)), minute) AS time,
+    SELECT time_bucket(to_seconds(CAST($bucket_s AS BIGINT)), time) AS time,
            sum(requests) AS requests,
            sum(errors) AS errors
-    FROM request_rollup
-    WHERE minute >= $since
-      AND minute < $until
-      AND ($service IS NULL OR service = $service)
-    GROUP BY time
+    FROM ({ROLLUP_ROWS})
+    WHERE ($service IS NULL OR service = $service)
+    GROUP BY ALL
 )
 SELECT time,
        CAST(requests AS BIGINT) AS requests,
@@ -71,27 +69,23 @@ def traffic_over_time(
     service: str | None = None,
 ) -> pd.DataFrame:
     """[time, requests, errors, requests_per_s, error_rate] per time bucket (naive UTC)."""
-    step = bucket_seconds(since, until)
+    step = chart_step(since, until)
     params = {"since": since, "until": until, "service": service, "bucket_s": step}
-    df, _ = run_query(TRAFFIC_OVER_TIME_SQL, params, con=con)
+    df, _ = run_query(TRAFFIC_OVER_TIME_SQL, params | tier_params(con, since, until, step=step), con=con)
     df.attrs["bucket_seconds"] = step
     return df
 
 
 TOTALS_SQL = f"""
 WITH traffic AS (
-    SELECT sum(requests) AS requests, sum(errors) AS errors, min(minute) AS first_minute
-    FROM request_rollup
-    WHERE minute >= $since
-      AND minute < $until
-      AND ($service IS NULL OR service = $service)
+    SELECT sum(requests) AS requests, sum(errors) AS errors, min(time) AS first_minute
+    FROM ({ROLLUP_ROWS})
+    WHERE ($service IS NULL OR service = $service)
 ),
 counts AS (
     SELECT bucket, sum(count) AS n
-    FROM latency_hist
-    WHERE minute >= $since
-      AND minute < $until
-      AND ($service IS NULL OR service = $service)
+    FROM ({LATENCY_ROWS})
+    WHERE ($service IS NULL OR service = $service)
     GROUP BY bucket
 ),
 cumulative AS (
@@ -127,7 +121,8 @@ def totals(
 ) -> pd.DataFrame:
     """One row [requests, errors, error_rate, requests_per_s, p50_ms, p95_ms, p99_ms] for the
     whole range, or no rows when nothing was recorded in it. requests_per_s averages over the part
-    of the range since the first recorded minute."""
-    params = {"since": since, "until": until, "service": service}
+    of the range since the first recorded minute (the start of its hour or day where the range's
+    start is read from those tiers). The percentiles pool every request (histograms, interpolated)."""
+    params = {"since": since, "until": until, "service": service} | tier_params(con, since, until)
     df, _ = run_query(TOTALS_SQL, params, con=con)
     return df
