@@ -265,7 +265,7 @@ class PriceBook:
         ts, slow = _us_column(ts_col)
         n = len(ts)
         if not n:
-            return [pa.array([], type=pa.string())] * len(COST_COLUMNS)
+            return [pa.array([], type=_ARROW_TEXT)] * len(COST_COLUMNS)
         inp, bad_i = _int_column(inp_col, optional=False)
         out, bad_o = _int_column(out_col, optional=False)
         cached, bad_c = _int_column(cached_col, optional=True)
@@ -297,7 +297,7 @@ class PriceBook:
             for i in np.flatnonzero(slow):
                 for col, value in zip(cols, self._price_row(row_of(int(i)))):
                     col[i] = value
-            cols = [pa.array(col, type=pa.string()) for col in cols]
+            cols = [pa.array(col, type=_ARROW_TEXT) for col in cols]
         return cols
 
     def _price_group(self, how, model, idx, ts, tokens, hit, slow, pico, version) -> None:
@@ -367,6 +367,8 @@ def _q(x: Decimal) -> Decimal:
 # -- compiled prices ----------------------------------------------------------------------------
 _BY_ROW = ("rows", None, None)
 _TEXT = pd.Series(["text"]).dtype       # how this pandas holds text: its Arrow-backed str, or object
+# the Arrow type behind it (large_string in pandas 3), so handing a column over copies nothing
+_ARROW_TEXT = pa.array(pd.Series(["text"])).type if isinstance(_TEXT, pd.StringDtype) else pa.string()
 _DAY_US = 86_400 * 10**6
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = _EPOCH.replace(tzinfo=None)
@@ -590,12 +592,10 @@ def _cost_arrays(pico: np.ndarray, version: np.ndarray, hit: np.ndarray) -> list
     zero = pa.array(priced & hit)
     cols = []
     for k, v in enumerate((pico[0], pico[1], pico[0] + pico[1], pico[2])):
-        words = np.empty((n, 2), dtype=np.int64)
-        words[:, 0] = v
-        words[:, 1] = v >> 63
-        text = pa.Array.from_buffers(pa.decimal128(18, _PICO), n, [valid, pa.py_buffer(words)]).cast(pa.string())
+        v = np.ascontiguousarray(v, dtype=np.int64)     # |v| < 10^18: a decimal64's unscaled value
+        text = pa.Array.from_buffers(pa.decimal64(18, _PICO), n, [valid, pa.py_buffer(v)]).cast(_ARROW_TEXT)
         cols.append(pc.if_else(zero, "0", text) if k < 3 else text)
-    return [*cols, pa.array(version, type=pa.string())]
+    return [*cols, pa.array(version, type=_ARROW_TEXT)]
 
 
 def _groups(provider_col, model_col, n: int):
@@ -614,7 +614,7 @@ def _groups(provider_col, model_col, n: int):
 def _factorize(values) -> tuple[np.ndarray, list]:
     """int64 codes (-1 for a missing value) and the distinct values, as a list."""
     try:       # text columns: Arrow's dictionary encoding, without Python objects per row
-        encoded = pa.array(values, type=pa.string()).dictionary_encode()
+        encoded = pa.array(values, type=_ARROW_TEXT).dictionary_encode()
         return (encoded.indices.fill_null(-1).to_numpy().astype(np.int64, copy=False),
                 encoded.dictionary.to_pylist())
     except (pa.ArrowException, TypeError, ValueError):
