@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import OPERATOR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from seed_store import store_events
@@ -19,9 +20,12 @@ from collectors.sdk.batch import encode
 from collectors.sdk.transport.spool import SpoolTransport
 from collectors.store import migrate, read, utcnow, write
 from collectors.store.histogram import GAMMA, bucket_of, quantile
+from collectors.store.migrations import MIGRATIONS, m009_rollup_tiers
 from collectors.store.retention import purge
-from collectors.store.rollups import roll_tiers
-from collectors.store.tiers import DAY, HOUR, ceil, rolled_until, set_mark
+from collectors.store.rollups import LATE_GRACE, roll_tiers
+from collectors.store.tiers import DAY, HOUR, ceil, floor, rolled_until, set_mark
+from dashboard.actions import make_preview, run_action
+from dashboard.actions.store_actions import CompactStore
 from dashboard.queries import (
     endpoint_percentiles,
     endpoint_traffic,
@@ -113,12 +117,11 @@ def test_migration_backfills_complete_hours_and_days(store):
     now = utcnow()
     with write(store) as con:
         con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
-        from collectors.store.migrations import MIGRATIONS
-        for m in MIGRATIONS[:-1]:                                   # a store from before the tiers
+        for m in MIGRATIONS[:MIGRATIONS.index(m009_rollup_tiers)]:     # a store from before the tiers
             m(con)
             con.execute("INSERT INTO _migrations VALUES (?, now()::TIMESTAMP)", [m.__name__])
         store_events(con, make_events(now, 3))
-        assert migrate(con) == ["m009_rollup_tiers"]
+        assert migrate(con)[0] == "m009_rollup_tiers"
         marks = rolled_until(con)
         assert marks["hour"] is not None and marks["hour"] <= now and marks["day"] is not None
         assert_tiers_match_minutes(con)
@@ -206,6 +209,21 @@ def test_late_rows_older_than_the_minutes_kept_are_added_then_dropped(store, mon
         before = tier_contents(con)
         roll_tiers(con, now)
         assert tier_contents(con) == before
+
+
+def test_the_compaction_action_also_brings_the_tiers_up_to_date(store, operator):
+    now = utcnow()
+    make_store(store, make_events(now, 3))                      # minutes written, never rolled
+    with write(store) as con:
+        roll_tiers(con, now - timedelta(days=1))
+        con.execute("INSERT INTO request_rollup VALUES (?, 'api', 'GET /a', 4, 0, 40.0, 10.0)",
+                     [now - timedelta(days=2)])                  # late, and no daemon saw it
+    action = CompactStore(store)
+    params, preview = make_preview(action, {}, actor=OPERATOR)
+    run_action(action, params, preview, actor=operator, db=store)
+    with read(store) as con:
+        assert rolled_until(con)["hour"] == floor(now - LATE_GRACE, HOUR)
+        assert_tiers_match_minutes(con)
 
 
 def test_retention_never_purges_a_tier_past_what_the_next_holds(store, monkeypatch):
