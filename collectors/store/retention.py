@@ -58,9 +58,11 @@ _HELD_BY = {"minute": "hour", "hour": "day"}
 
 def retention_days() -> dict[str, int]:
     raw = int(os.environ.get("PERFDECK_RAW_DAYS", RAW_DAYS))
-    return {"raw": raw,
-            "minute": int(os.environ.get("PERFDECK_MINUTE_DAYS", MINUTE_DAYS or raw)),
-            "hour": int(os.environ.get("PERFDECK_HOUR_DAYS", HOUR_DAYS)),
+    minute = int(os.environ.get("PERFDECK_MINUTE_DAYS", MINUTE_DAYS or raw))
+    # Hours outlive minutes by a day at least: a day that gets late minutes is merged again from
+    # all of its hours.
+    return {"raw": raw, "minute": minute,
+            "hour": max(int(os.environ.get("PERFDECK_HOUR_DAYS", HOUR_DAYS)), minute + 1),
             "rollup": int(os.environ.get("PERFDECK_ROLLUP_DAYS", ROLLUP_DAYS))}
 
 
