@@ -344,6 +344,8 @@ class PriceBook:
         key = (provider, model)
         if key in self._keys:
             return self._keys[key]
+        if len(self._keys) >= _MAX_KEYS:     # a flood of made-up model names must not grow this for ever
+            self._keys = {}
         override = self._override(provider, model)
         if override:
             linear = _compile_rates(override[0])
@@ -366,6 +368,7 @@ def _q(x: Decimal) -> Decimal:
 
 # -- compiled prices ----------------------------------------------------------------------------
 _BY_ROW = ("rows", None, None)
+_MAX_KEYS = 10_000                      # (provider, model) answers kept
 _TEXT = pd.Series(["text"]).dtype       # how this pandas holds text: its Arrow-backed str, or object
 # the Arrow type behind it (large_string in pandas 3), so handing a column over copies nothing
 _ARROW_TEXT = pa.array(pd.Series(["text"])).type if isinstance(_TEXT, pd.StringDtype) else pa.string()
