@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from collectors.store import migrate, write
+import pandas as pd
+
+from collectors.store import migrate, request_costs, write
 
 PRICE_VERSION = "genai-prices 0.2.3"
 
@@ -53,13 +55,25 @@ def cpu(ts: datetime, host: str, proc: str, pid: int, percent: float) -> tuple:
 
 def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool = False) -> None:
     """Write the rows into the store at `path` (migrated first if new). Calls and events go in separate
-    transactions, in the order asked, like two SDK batches ingested one after the other."""
+    transactions, in the order asked, like two SDK batches ingested one after the other; each writes
+    what ingest writes beside them (request rollups, per-request costs). Events are written once."""
     def insert(table: str, columns: tuple[str, ...], rows) -> None:
         if not rows:
             return
         with write(path) as con:
             con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                             [[row[c] for c in columns] for row in rows])
+            if table == "request_events":      # what ingest adds beside raw events: their rollup
+                con.execute("""
+                    INSERT INTO request_rollup
+                    SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
+                           sum(duration_ms), max(duration_ms)
+                    FROM request_events
+                    GROUP BY ALL
+                """)
+            # and the per-request costs, as the write transaction keeps them
+            calls = pd.DataFrame(rows, columns=list(columns)) if table == "llm_calls" else None
+            request_costs.add(con, calls, min(r["ts"] for r in rows), max(r["ts"] for r in rows))
 
     with write(path) as con:
         migrate(con)

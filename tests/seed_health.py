@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from seed_cost import CALL_COLUMNS, EVENT_COLUMNS, call, event
 
-from collectors.store import migrate, write
+from collectors.store import migrate, request_costs, write
 from collectors.store.histogram import BUCKET_SQL
 
 WINDOW = timedelta(minutes=5)
@@ -114,6 +114,7 @@ def seed_health(path, *, now: datetime, redis_down: bool = True) -> None:
         _insert(con, "llm_calls", CALL_COLUMNS,
                 [call(now - timedelta(seconds=200 - i), "gpt-4o", cost=COST_PER_CALL, service=API,
                       request_id=f"rec-{i}", endpoint="/recommendations") for i in range(10)])
+        request_costs.rebuild(con)          # what ingest keeps beside the calls
         # service, host, cache, namespace, hits, misses, lookups_timed, lookup_ms_sum, lookup_ms_max
         cache = ("minute", "service", "host", "cache", "namespace", "hits", "misses", "lookups_timed",
                  "lookup_ms_sum", "lookup_ms_max")

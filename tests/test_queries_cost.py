@@ -144,11 +144,11 @@ def group(rows, key) -> dict:
 
 def per_request(calls, events, since, until):
     """{request_id: {ts, endpoint, service, calls, cost, has_event}}: a request is placed at its
-    event's time (its first call's without one), and carries all its calls either side of the range."""
+    event's time (its first call's without one), and carries all its calls either side of the range.
+    An event without an id is a request of its own, with no calls (keyed "#<its index in events>")."""
     first_event = {}
-    for e in sorted(events, key=lambda e: e["ts"]):
-        if e["request_id"] is not None:
-            first_event.setdefault(e["request_id"], e)
+    for i, e in sorted(enumerate(events), key=lambda ie: ie[1]["ts"]):
+        first_event.setdefault(e["request_id"] or f"#{i}", e)
     by_id = group([c for c in calls if c["request_id"] is not None], lambda c: c["request_id"])
     out = {}
     for rid in set(first_event) | set(by_id):
@@ -337,10 +337,11 @@ def test_request_costs(con):
     # The same figures, by hand: /health (no LLM call) and the worker (no request ids) are not here.
     assert df[["service", "endpoint"]].values.tolist() == [["api", "/chat"], ["api", "/summarize"]]
     chat = row_of(df, endpoint="/chat")
-    # r6 (its call at 09:59:59.9 joins its 10:00:00.2 event), r1, r2, n1-n3, r9; r5 ends at 14:00:00.2
-    assert (chat["requests"], chat["llm_requests"]) == (7, 4)
-    assert chat["calls_per_request"] == pytest.approx(5 / 7)
-    assert chat["p50_usd"] == 0.0  # four of seven requests cost nothing
+    # r6 (its call at 09:59:59.9 joins its 10:00:00.2 event), r1, the request without an id, r2,
+    # n1-n3, r9; r5 ends at 14:00:00.2
+    assert (chat["requests"], chat["llm_requests"]) == (8, 4)
+    assert chat["calls_per_request"] == pytest.approx(5 / 8)
+    assert chat["p50_usd"] == 0.0  # five of eight requests cost nothing (r2's call was answered from a cache)
     assert chat["total_usd"] == pytest.approx(0.002 + 0.004635 + 0.0008, rel=1e-12)
     assert chat["max_usd"] == pytest.approx(0.004635, rel=1e-12)
     assert chat["compute_usd"] == 0.0
@@ -355,7 +356,7 @@ def test_request_cost_overall_is_every_llm_endpoint_together(con):
     reference = per_request(CALLS, EVENTS, SINCE, UNTIL)
     llm_endpoints = {(r["service"], r["endpoint"]) for r in reference.values() if r["calls"]}
     costs = np.array([r["cost"] for r in reference.values() if (r["service"], r["endpoint"]) in llm_endpoints])
-    assert row["requests"] == len(costs) == 10          # /chat's 7 and /summarize's 3; /health is left out
+    assert row["requests"] == len(costs) == 11          # /chat's 8 and /summarize's 3; /health is left out
     assert row["p95_usd"] == pytest.approx(np.percentile(costs, 95), rel=1e-9, abs=1e-15)
     assert row["mean_usd"] == pytest.approx(costs.mean(), rel=1e-9, abs=1e-15)
     [empty] = request_cost_overall(con, since=at("16:00"), until=at("17:00")).to_dict("records")
@@ -364,12 +365,13 @@ def test_request_cost_overall_is_every_llm_endpoint_together(con):
 
 def test_request_costs_compute_allocation(con):
     df = request_costs(con, since=SINCE, until=UNTIL, usd_per_core_hour=RATE)
-    # h1 at 10:05: (50+70)/2 % + 100 % of a core for 60 s = 96 core-s, over r1 and the anonymous request.
+    # h1 at 10:05: (50+70)/2 % + 100 % of a core for 60 s = 96 core-s, over r1 and the request
+    # without an id (EVENTS[2]).
     r1_compute = 96 / 2 * RATE / 3600
     assert r1_compute == pytest.approx(0.0048)
-    assert_request_costs(df, per_request(CALLS, EVENTS, SINCE, UNTIL), compute={"r1": r1_compute})
+    assert_request_costs(df, per_request(CALLS, EVENTS, SINCE, UNTIL), compute={"r1": r1_compute, "#2": r1_compute})
     chat = row_of(df, endpoint="/chat")
-    assert chat["compute_usd"] == pytest.approx(0.0048)
+    assert chat["compute_usd"] == pytest.approx(2 * 0.0048)
     assert chat["max_usd"] == pytest.approx(0.004635 + 0.0048)
     assert row_of(df, endpoint="/summarize")["compute_usd"] == 0.0
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from collectors.sdk.batch import CLEARED
-from collectors.store import schema
+from collectors.store import request_costs, schema
 from collectors.store.histogram import BUCKET_SQL
 from collectors.store.schema import INT32, MAX_DURATION_MS, MAX_LABEL, MAX_TAGS_BYTES, Limits, clean
 
@@ -296,6 +296,7 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     _write_requests(con, [b for b in batches if b.requests is not None and len(b.requests)])
     for b in batches:
         _write_small(con, b)
+    _write_request_costs(con, batches)
     # One statement per table for all batches: per-row statements cost ~0.5 ms each.
     _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
         [(b.id, source, b.service, b.host, b.pid, b.events) for b in batches],
@@ -308,6 +309,19 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
         _insert(con, "INSERT INTO sdk_health BY NAME SELECT now()::TIMESTAMP AS ts, * FROM _incoming", pd.DataFrame(
             health, columns=["service", "host", "pid", "dropped", "send_errors", "rejected", "rejected_reasons"]))
     return sum(b.events for b in batches)
+
+
+def _write_request_costs(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:
+    """The requests these batches' calls and events belong to, priced (collectors.store.request_costs)."""
+    calls = [b.llm.assign(service=b.service) for b in batches if b.llm is not None]
+    calls = pd.concat(calls, ignore_index=True).rename(columns={"user": "user_id"}) if calls else None
+    times = [] if calls is None else [calls["ts"].min(), calls["ts"].max()]
+    for b in batches:
+        if b.requests is not None and len(b.requests):
+            bounds = pc.min_max(b.requests["ts"])
+            times += [pd.Timestamp(bounds["min"].as_py()), pd.Timestamp(bounds["max"].as_py())]
+    if times:
+        request_costs.add(con, calls, min(times).to_pydatetime(warn=False), max(times).to_pydatetime(warn=False))
 
 
 def _write_requests(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:

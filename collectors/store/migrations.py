@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import duckdb
 
+from collectors.store import request_costs
 from collectors.store.connection import utcnow
 from collectors.store.rollups import roll_tiers
 
@@ -395,10 +396,34 @@ def m009_rollup_tiers(con: duckdb.DuckDBPyConnection) -> None:
     roll_tiers(con, utcnow())
 
 
+def m010_llm_requests(con: duckdb.DuckDBPyConnection) -> None:
+    # Per-request LLM cost kept at ingest (collectors.store.request_costs), so the Cost page does not
+    # join raw events to calls over a range; filled from the calls already stored.
+    con.execute("""
+        CREATE TABLE llm_requests (
+            request_id VARCHAR PRIMARY KEY,
+            ts TIMESTAMP NOT NULL,              -- its request event's time, else its first call's
+            first_call_ts TIMESTAMP NOT NULL,
+            service VARCHAR,                    -- the event's, else the first call's (endpoint too)
+            endpoint VARCHAR,
+            host VARCHAR,                       -- the event's: NULL until it is stored
+            user_id VARCHAR,
+            duration_ms DOUBLE,
+            calls INTEGER NOT NULL,
+            models VARCHAR[] NOT NULL,          -- distinct, sorted
+            input_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            llm_usd DECIMAL(38, 12) NOT NULL,   -- the sum of its calls' cost_usd (unpriced ones add 0)
+            has_event BOOLEAN NOT NULL
+        );
+    """)
+    request_costs.rebuild(con)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
-                                                                  m009_rollup_tiers]
+                                                                  m009_rollup_tiers, m010_llm_requests]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

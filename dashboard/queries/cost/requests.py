@@ -1,5 +1,12 @@
-"""What one request costs: its LLM calls joined to its request event by request_id (either may be
-stored first), plus its share of the service's CPU when a $/core-hour is configured."""
+"""What one request costs: the LLM spend of its calls, kept per request at ingest (`llm_requests`,
+collectors.store.request_costs: calls and event joined by request id, whichever came first), plus its
+share of the service's CPU when a $/core-hour is configured.
+
+Every request of an endpoint counts, with or without an id: its recorded requests (the request
+rollups, at the coarsest tier the range allows, so counted by whole minutes like every request count
+on the pages) plus requests known only from their calls. Without a
+$/core-hour nothing here reads raw events; with one, each request's compute share comes from the raw
+events of its host and minute (kept RAW_DAYS)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -9,6 +16,7 @@ import pandas as pd
 
 from dashboard.queries._run import run_query
 from dashboard.queries.cost._common import JOIN_MARGIN, _params
+from dashboard.queries.tiers import ROLLUP_ROWS, tier_params
 
 # -- 5, 6, 7. requests ---------------------------------------------------------------------------------
 
@@ -29,19 +37,20 @@ core_seconds AS (
     GROUP BY host, minute
 )"""
 
-# One row per request: its event (if any) full-outer-joined to its calls (if any). Both sides are
-# read JOIN_MARGIN beyond the range ($wide_since, $wide_until), then each request is placed at its
-# event's time, or its first call's when no event was recorded, so a request falls in exactly one
-# range with all its calls, whichever side was stored first. Calls without a request_id are not here.
+# With compute priced: one row per request, its event (if any) full-outer-joined to its calls (if any).
+# Both sides are read JOIN_MARGIN beyond the range ($wide_since, $wide_until), then each request is
+# placed at its event's time, or its first call's when no event was recorded, so a request falls in
+# exactly one range with all its calls, whichever side was stored first. Calls without a request_id
+# are not here.
 REQUESTS_CTE = """
 events AS (
-    -- One event per id: a client-sent id can repeat on a retry, and the first one stands.
+    -- One event per id: a client-sent id can repeat on a retry, and the first one stands. An event
+    -- without an id is a request of its own.
     SELECT request_id, ts, service, host, endpoint, duration_ms
     FROM request_events
-    WHERE request_id IS NOT NULL
-      AND ts >= $wide_since
+    WHERE ts >= $wide_since
       AND ts < $wide_until
-    QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts, endpoint) = 1
+    QUALIFY request_id IS NULL OR row_number() OVER (PARTITION BY request_id ORDER BY ts, endpoint) = 1
 ),
 calls AS (
     SELECT request_id,
@@ -80,7 +89,7 @@ requests AS (
       AND ($service IS NULL OR coalesce(e.service, c.service) = $service)
 )"""
 
-REQUEST_COSTS_SQL = f"""
+REQUEST_COSTS_WITH_COMPUTE_SQL = f"""
 WITH {REQUESTS_CTE},
 {CORE_SECONDS_CTE},
 host_load AS (
@@ -133,6 +142,74 @@ def _request_params(since: datetime, until: datetime, service: str | None) -> di
     return {**_params(since, until, service), "wide_since": since - JOIN_MARGIN, "wide_until": until + JOIN_MARGIN}
 
 
+# A range's percentile of a cost over `requests` requests of which the `priced` most costly are in
+# `ranked` (k = 0 for the cheapest of them) and the rest cost nothing: quantile_cont's interpolation
+# between the values at ranks floor(r) and ceil(r), r = q * (requests - 1), the first `requests -
+# priced` ranks being zeros. Built from code constants only.
+def _percentile(q: float) -> str:
+    rank = f"{q} * (p.requests - 1)"
+    at = "coalesce(max(x.usd) FILTER (WHERE x.k = {} - (p.requests - p.priced)), 0)"
+    return (f"CASE WHEN p.requests > 0 THEN {at.format(f'floor({rank})')} * (1 - ({rank} - floor({rank})))"
+            f" + {at.format(f'ceil({rank})')} * ({rank} - floor({rank})) END")
+
+
+# Without compute: every figure from the per-request rows and the rollups' request counts. {group}
+# is the grouping key: the endpoint, or one group for all endpoints that call an LLM.
+REQUEST_COSTS_SQL = f"""
+WITH llm AS (
+    SELECT {{group}} AS grp, service, endpoint, calls, CAST(llm_usd AS DOUBLE) AS usd, has_event
+    FROM llm_requests
+    WHERE ts >= $since
+      AND ts < $until
+      AND ($service IS NULL OR service = $service)
+),
+recorded AS (
+    SELECT service, endpoint, sum(requests) AS requests
+    FROM ({ROLLUP_ROWS})
+    WHERE ($service IS NULL OR service = $service)
+    GROUP BY service, endpoint
+),
+endpoints AS (
+    -- Every endpoint that made a call in the range, with all its requests
+    SELECT DISTINCT grp, service, endpoint FROM llm
+),
+per_group AS (
+    SELECT e.grp, CAST(sum(coalesce(r.requests, 0)) AS BIGINT) AS recorded
+    FROM endpoints AS e
+    LEFT JOIN recorded AS r USING (service, endpoint)
+    GROUP BY e.grp
+),
+p AS (
+    SELECT l.grp, any_value(l.service) AS service, any_value(l.endpoint) AS endpoint,
+           any_value(g.recorded) + count(*) FILTER (WHERE NOT l.has_event) AS requests,
+           count(*) AS priced, sum(l.calls) AS calls, sum(l.usd) AS total, max(l.usd) AS max_usd
+    FROM llm AS l
+    JOIN per_group AS g USING (grp)
+    GROUP BY l.grp
+),
+x AS (
+    SELECT grp, usd, row_number() OVER (PARTITION BY grp ORDER BY usd) - 1 AS k
+    FROM llm
+)
+SELECT {{keys}}
+       CAST(p.requests AS BIGINT) AS requests,
+       CAST(p.priced AS BIGINT) AS llm_requests,
+       p.calls / p.requests AS calls_per_request,
+       p.total / p.requests AS mean_usd,
+       {_percentile(0.5)} AS p50_usd,
+       {_percentile(0.95)} AS p95_usd,
+       p.max_usd,
+       p.total AS total_usd,
+       0.0 AS compute_usd
+FROM p
+LEFT JOIN x USING (grp)
+GROUP BY p.grp, p.service, p.endpoint, p.requests, p.priced, p.calls, p.total, p.max_usd
+{{order}}
+"""
+BY_ENDPOINT = {"group": "service || chr(0) || endpoint", "keys": "p.service, p.endpoint,",
+               "order": "ORDER BY total_usd DESC, requests DESC, p.service, p.endpoint"}
+
+
 def request_costs(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -148,9 +225,12 @@ def request_costs(
     CPU its host's watched processes burnt in the minute of its event (split evenly over the
     requests served there in that minute). Requests with no LLM call count as $0 (plus compute);
     percentiles are exact (linear interpolation) over the requests of the endpoint."""
-    sql = REQUEST_COSTS_SQL.format(keys="service, endpoint,", group="GROUP BY service, endpoint\n"
-                                   "ORDER BY total_usd DESC, requests DESC, service, endpoint")
-    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+    if usd_per_core_hour is not None:
+        sql = REQUEST_COSTS_WITH_COMPUTE_SQL.format(keys="service, endpoint,", group=(
+            "GROUP BY service, endpoint\nORDER BY total_usd DESC, requests DESC, service, endpoint"))
+        df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+        return df
+    df, _ = run_query(REQUEST_COSTS_SQL.format(**BY_ENDPOINT), _ranged(con, since, until, service), con=con)
     return df
 
 
@@ -164,9 +244,20 @@ def request_cost_overall(
 ) -> pd.DataFrame:
     """request_costs' figures over the requests of every endpoint that calls an LLM, as one row
     (requests is 0 and the figures NaN when there are none)."""
-    sql = REQUEST_COSTS_SQL.format(keys="", group="")
-    df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+    if usd_per_core_hour is not None:
+        sql = REQUEST_COSTS_WITH_COMPUTE_SQL.format(keys="", group="")
+        df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
+        return df
+    df, _ = run_query(REQUEST_COSTS_SQL.format(group="0", keys="", order=""), _ranged(con, since, until, service),
+                      con=con)
+    if df.empty:     # no endpoint called an LLM: one row saying so, as with compute
+        df = pd.DataFrame([{**dict.fromkeys(df.columns, float("nan")), "requests": 0, "llm_requests": 0}],
+                          columns=df.columns)
     return df
+
+
+def _ranged(con: duckdb.DuckDBPyConnection, since: datetime, until: datetime, service: str | None) -> dict:
+    return {**_params(since, until, service), **tier_params(con, since, until)}
 
 
 def _compute_params(since: datetime, until: datetime, service: str | None, usd_per_core_hour: float | None) -> dict:
@@ -174,8 +265,7 @@ def _compute_params(since: datetime, until: datetime, service: str | None, usd_p
             "cpu_since": since - JOIN_MARGIN, "cpu_until": until + JOIN_MARGIN}
 
 
-EXPENSIVE_REQUESTS_SQL = f"""
-WITH {REQUESTS_CTE}
+EXPENSIVE_REQUESTS_SQL = """
 SELECT request_id,
        ts,
        service,
@@ -183,12 +273,14 @@ SELECT request_id,
        user_id,
        duration_ms,
        calls,
-       models,
-       CAST(input_tokens AS BIGINT) AS input_tokens,
-       CAST(output_tokens AS BIGINT) AS output_tokens,
+       array_to_string(models, ', ') AS models,
+       input_tokens,
+       output_tokens,
        CAST(llm_usd AS DOUBLE) AS cost_usd
-FROM requests
-WHERE calls > 0
+FROM llm_requests
+WHERE ts >= $since
+  AND ts < $until
+  AND ($service IS NULL OR service = $service)
 ORDER BY llm_usd DESC, ts DESC, request_id
 LIMIT $limit
 """
@@ -206,8 +298,7 @@ def expensive_requests(
     output_tokens, cost_usd] for the `limit` requests with the highest LLM spend. ts is the request
     event's (its first call's when it has no event, and then duration_ms is null); models is the
     distinct models, sorted and comma-joined."""
-    params = {**_request_params(since, until, service), "limit": limit}
-    df, _ = run_query(EXPENSIVE_REQUESTS_SQL, params, con=con)
+    df, _ = run_query(EXPENSIVE_REQUESTS_SQL, {**_params(since, until, service), "limit": limit}, con=con)
     return df
 
 
