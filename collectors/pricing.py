@@ -47,6 +47,7 @@ from genai_prices import Usage, calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import ConditionalPrice, ModelPrice, StartDateConstraint, TieredPrices
 
+from collectors.store import request_costs
 from collectors.store.ingest import COST_COLUMNS
 
 log = logging.getLogger("perfdeck.pricing")
@@ -738,6 +739,9 @@ def apply_reprice(con, plan: Repricing) -> int:
             FROM _repriced r
             WHERE llm_calls.rowid = r.row_id
         """)
+        repriced = con.execute("SELECT DISTINCT request_id FROM llm_calls WHERE request_id IS NOT NULL"
+                               " AND rowid IN (SELECT row_id FROM _repriced)").df()["request_id"]
     finally:
         con.unregister("_repriced")
+    request_costs.refresh(con, repriced)        # the per-request costs kept at ingest follow their calls
     return plan.changed
