@@ -63,7 +63,7 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
 
 EXPORTABLE = {
     "request_events": "ts", "latency_hist": "minute", "request_rollup": "minute", "cache_stats": "minute",
-    "llm_calls": "ts", "query_stats": "minute", "system_metrics": "ts", "redis_metrics": "ts",
+    "llm_calls": "ts", "llm_requests": "ts", "query_stats": "minute", "system_metrics": "ts", "redis_metrics": "ts",
     "deploys": "ts", "alerts": "started_at", "alert_notifications": "ts", "silences": "created_at",
     "cache_sizes": "minute", "action_audit": "ts", "quarantine": "ts",
     "ingest_rejects": "ts", "ingested_batches": "ingested_at", "sdk_health": "ts",

@@ -40,6 +40,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "query_stats": ("minute", "rollup"),
     "query_hist": ("minute", "rollup"),
     "llm_calls": ("ts", "rollup"),
+    "llm_requests": ("ts", "rollup"),
     "deploys": ("ts", "rollup"),
     "ingested_batches": ("ingested_at", "rollup"),
     "quarantine": ("ts", "rollup"),
