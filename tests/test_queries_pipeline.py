@@ -175,3 +175,32 @@ def test_an_empty_store_has_empty_answers(migrated_store):
             assert fn(con, **WINDOW).empty, fn.__name__
         for fn in (source_notes, quarantined_batches, quarantine_counts, ingest_sources):
             assert fn(con, **WINDOW).empty, fn.__name__
+
+
+def test_batch_ids_go_with_the_raw_window_and_their_counts_stay(store):
+    """ingested_batches keeps ids for replays only as long as raw rows; what the Ingest page counts of
+    older batches is kept per minute when they go, so the figures over a long range do not change."""
+    from collectors.store.ingest import already_ingested
+    from collectors.store.retention import purge
+
+    now = NOW
+    rows_ = [(f"b{i}", SPOOL, API if i % 3 else WORKER, "h", 1, 10 + i, now - timedelta(hours=6 * i, seconds=7 * i))
+             for i in range(60)]      # 15 days, every 6 hours
+    with write(store) as con:
+        migrate(con)
+        con.executemany("INSERT INTO ingested_batches VALUES (?, ?, ?, ?, ?, ?, ?)", rows_)
+    scopes = [{"since": now - timedelta(days=20), "until": now + timedelta(seconds=1)},
+              {"since": now - timedelta(days=9), "until": now - timedelta(days=2)}]
+    with read(store) as con:
+        before = [last_batches(con, **scope) for scope in scopes]
+    with write(store) as con:
+        deleted = purge(con, now)
+        kept = con.execute("SELECT count(*) FROM ingested_batches").fetchone()[0]
+        replayed = already_ingested(con, ["b0", "b27", "b59"])
+    with read(store) as con:
+        after = [last_batches(con, **scope) for scope in scopes]
+    assert deleted["ingested_batches"] == 60 - kept and 0 < kept < 60
+    assert replayed == {"b0", "b27"}                  # a replay within the raw window is still refused
+    for b, a in zip(before, after):
+        assert len(b) == 2
+        pd.testing.assert_frame_equal(b, a)

@@ -420,10 +420,26 @@ def m010_llm_requests(con: duckdb.DuckDBPyConnection) -> None:
     request_costs.rebuild(con)
 
 
+def m011_ingest_rollup(con: duckdb.DuckDBPyConnection) -> None:
+    # Batch ids are kept for the raw window only (a replay comes within it); what the Ingest page
+    # counts of older batches is kept per minute when their ids go (retention.KEPT_ON_PURGE).
+    con.execute("""
+        CREATE TABLE ingest_rollup (
+            minute TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,
+            service VARCHAR,
+            batches BIGINT NOT NULL,
+            events BIGINT NOT NULL,
+            last_ingested_at TIMESTAMP NOT NULL
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
-                                                                  m009_rollup_tiers, m010_llm_requests]
+                                                                  m009_rollup_tiers, m010_llm_requests,
+                                                                  m011_ingest_rollup]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

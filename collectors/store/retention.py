@@ -42,7 +42,8 @@ TABLES: dict[str, tuple[str, str]] = {
     "llm_calls": ("ts", "rollup"),
     "llm_requests": ("ts", "rollup"),
     "deploys": ("ts", "rollup"),
-    "ingested_batches": ("ingested_at", "rollup"),
+    "ingested_batches": ("ingested_at", "raw"),   # the batch ids replays are checked against
+    "ingest_rollup": ("minute", "rollup"),          # ... and, once they go, their counts per minute
     "quarantine": ("ts", "rollup"),
     "advisor_runs": ("ts", "rollup"),
     "index_advice": ("ts", "rollup"),
@@ -93,8 +94,25 @@ def count_expired(con: duckdb.DuckDBPyConnection, now: datetime, days: dict[str,
             for table, cut in cutoffs(now, days, rolled_until(con)).items()}
 
 
+# What a table's rows leave behind when they go: each batch id is kept only while a replay of its
+# batch may come (the raw window), so the store's bookkeeping does not grow with its age; the Ingest
+# page's batch counts per service read these minutes beyond it.
+KEPT_ON_PURGE = {
+    "ingested_batches": """
+        INSERT INTO ingest_rollup
+        SELECT date_trunc('minute', ingested_at), source, service, count(*), sum(events), max(ingested_at)
+        FROM ingested_batches
+        WHERE ingested_at < ?
+        GROUP BY ALL
+    """,
+}
+
+
 def purge_table(con: duckdb.DuckDBPyConnection, table: str, cutoff: datetime) -> int:
-    """Delete `table`'s rows older than `cutoff` (table names come from TABLES only)."""
+    """Delete `table`'s rows older than `cutoff` (table names come from TABLES only), leaving behind
+    what KEPT_ON_PURGE keeps of them."""
+    if table in KEPT_ON_PURGE:
+        con.execute(KEPT_ON_PURGE[table], [cutoff])
     return con.execute(f"DELETE FROM {table} WHERE {TABLES[table][0]} < ?", [cutoff]).fetchone()[0]
 
 

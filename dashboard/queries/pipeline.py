@@ -266,16 +266,27 @@ def ingest_sources(con: duckdb.DuckDBPyConnection, *, since: datetime, until: da
     return df
 
 
+# Batches still known by id (the raw window), and per minute those whose ids were purged: a batch
+# is in exactly one of the two (retention moves it in the purging transaction).
 LAST_BATCHES_SQL = """
+WITH batches AS (
+    SELECT service, 1 AS batches, events, ingested_at
+    FROM ingested_batches
+    WHERE ingested_at >= $since
+      AND ingested_at < $until
+    UNION ALL
+    SELECT service, batches, events, last_ingested_at
+    FROM ingest_rollup
+    WHERE minute >= $since
+      AND minute < $until
+)
 SELECT service,
-       count(*) AS batches,
+       sum(batches)::BIGINT AS batches,
        sum(events)::BIGINT AS events,
        max(ingested_at) AS last_batch,
        epoch($until - max(ingested_at)) AS silent_s
-FROM ingested_batches
-WHERE ingested_at >= $since
-  AND ingested_at < $until
-  AND service IS NOT NULL
+FROM batches
+WHERE service IS NOT NULL
   AND ($service IS NULL OR service = $service)
 GROUP BY service
 ORDER BY service
