@@ -110,6 +110,29 @@ def test_a_shift_in_traffic_mix_alone_does_not_move_the_headline_latency(tmp_pat
     assert "weighted by its requests" in p50.help
 
 
+def test_endpoints_with_few_requests_say_their_tail_is_their_slowest(tmp_path, monkeypatch):
+    """p95 from fewer than 21 requests and p99 from fewer than 101 lie between the two slowest."""
+    until = datetime.now(UTC).replace(tzinfo=None, second=0, microsecond=0)
+    sizes = {"/one": 1, "/ten": 10, "/fifty": 50, "/many": 500}
+    rows = [(until - timedelta(minutes=30, seconds=i), endpoint, 10.0 + i)
+            for endpoint, n in sizes.items() for i in range(n)]
+    path = tmp_path / "perfdeck.duckdb"
+    with write(path) as con:
+        migrate(con)
+        store_events(con, pd.DataFrame({"ts": [r[0] for r in rows], "service": "api", "endpoint": [r[1] for r in rows],
+                                        "status": 200, "duration_ms": [r[2] for r in rows]}))
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["range"] = "Custom range"
+    at.session_state["range_from"], at.session_state["range_to"] = until - timedelta(hours=1), until
+    at.run()
+    assert not at.exception, at.exception
+    table = endpoints_table(at)
+    assert dict(zip(table["endpoint"], table["tail"])) == {
+        "/one": "p95 and p99: its only request", "/ten": "p95 and p99 from the 2 slowest",
+        "/fifty": "p99 from the 2 slowest", "/many": ""}
+
+
 def test_service_filter_and_endpoint_picker(seeded):
     at = run(PAGE)
     at.sidebar.selectbox(key="service").select("worker").run()

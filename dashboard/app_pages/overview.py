@@ -24,6 +24,8 @@ ENDPOINT_COLUMNS = {
     "p50_ms": columns.ms("p50 (ms)"),
     "p95_ms": columns.ms("p95 (ms)"),
     "p99_ms": columns.ms("p99 (ms)"),
+    "tail": columns.text("Tail", help="With few requests a p95 or p99 is no more than the slowest two of them: "
+                                      "read it as a maximum, not as a tail."),
 }
 # severity: (callout, badge colour, icon)
 SEVERITY_STYLE = {
@@ -112,6 +114,15 @@ def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typic
                "weighted by its requests (the chart below pools all requests, so its lines sit higher).")
 
 
+def tail_note(requests: int) -> str:
+    """When a percentile of `requests` is interpolated between the two slowest requests (its rank
+    q·(n−1) lies past n−2): below 20 requests for p95, below 100 for p99."""
+    if requests == 1:
+        return "p95 and p99: its only request"
+    rests = [name for name, q in (("p95", 0.95), ("p99", 0.99)) if q * (requests - 1) > requests - 2]
+    return f"{' and '.join(rests)} from the 2 slowest" if rests else ""
+
+
 def body() -> None:
     banner = st.container()   # filled once the store is known to answer, so a missing store says so once
     since, until = filters.range.bounds()
@@ -141,6 +152,7 @@ def body() -> None:
     st.subheader("Endpoints")
     endpoints = data["percentiles"].merge(
         data["traffic"][["service", "endpoint", "error_rate"]], on=["service", "endpoint"], how="left")
+    endpoints["tail"] = endpoints["requests"].map(tail_note)
     widgets.table(endpoints[list(ENDPOINT_COLUMNS)], "endpoints", column_config=ENDPOINT_COLUMNS)
 
     st.subheader("Latency over time")
