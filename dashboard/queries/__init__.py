@@ -1,5 +1,7 @@
-"""All SQL the dashboard runs: one function per question, each taking a short-lived read-only
-connection (`collectors.store.read()`) and returning a DataFrame. No Streamlit in here, so pages,
+"""All SQL the dashboard runs: one function per question, each taking a read-only connection from
+`collectors.store.read()` (a cursor of the process's kept connection, handed back at the end of the
+block and closed whenever a writer wants the file) and returning a DataFrame. Every query goes
+through `_run.run_query`, which bounds its time, memory and rows. No Streamlit in here, so pages,
 the CLI and tests call the same functions.
 
     from collectors.store import read
