@@ -146,7 +146,7 @@ def test_csv_download_of_endpoint_table(page, tmp_path):
     target = tmp_path / download.suggested_filename
     download.save_as(target)
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert list(rows[0]) == ["service", "endpoint", "requests", "error_rate", "p50_ms", "p95_ms", "p99_ms"]
+    assert list(rows[0]) == ["service", "endpoint", "requests", "error_rate", "p50_ms", "p95_ms", "p99_ms", "tail"]
     assert len(rows) == 7
     assert {r["endpoint"] for r in rows} >= {"GET /products", "POST /checkout", "task build_report"}
     assert all(float(r["p50_ms"]) <= float(r["p95_ms"]) <= float(r["p99_ms"]) for r in rows)
