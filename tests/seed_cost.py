@@ -13,6 +13,7 @@ from decimal import Decimal
 import pandas as pd
 
 from collectors.store import migrate, request_costs, write
+from collectors.store.histogram import BUCKET_SQL
 
 PRICE_VERSION = "genai-prices 0.2.3"
 
@@ -53,6 +54,22 @@ def cpu(ts: datetime, host: str, proc: str, pid: int, percent: float) -> tuple:
     return (ts, host, "proc.cpu_percent", f"proc={proc},pid={pid}", percent)
 
 
+def store_rollups(con) -> None:
+    """The rollups ingest derives from the events, for stores whose events are written by hand (once)."""
+    con.execute(f"""
+        INSERT INTO latency_hist
+        SELECT date_trunc('minute', ts), service, endpoint, {BUCKET_SQL.format(col="duration_ms")}, count(*)
+        FROM request_events
+        GROUP BY ALL
+    """)
+    con.execute("""
+        INSERT INTO request_rollup
+        SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
+               sum(duration_ms), max(duration_ms)
+        FROM request_events
+        GROUP BY ALL
+    """)
+
 def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool = False) -> None:
     """Write the rows into the store at `path` (migrated first if new). Calls and events go in separate
     transactions, in the order asked, like two SDK batches ingested one after the other; each writes
@@ -63,14 +80,8 @@ def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool =
         with write(path) as con:
             con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                             [[row[c] for c in columns] for row in rows])
-            if table == "request_events":      # what ingest adds beside raw events: their rollup
-                con.execute("""
-                    INSERT INTO request_rollup
-                    SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
-                           sum(duration_ms), max(duration_ms)
-                    FROM request_events
-                    GROUP BY ALL
-                """)
+            if table == "request_events":      # what ingest adds beside raw events: their rollups
+                store_rollups(con)
             # and the per-request costs, as the write transaction keeps them
             calls = pd.DataFrame(rows, columns=list(columns)) if table == "llm_calls" else None
             request_costs.add(con, calls, min(r["ts"] for r in rows), max(r["ts"] for r in rows))

@@ -14,10 +14,9 @@ import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from seed_cost import CALL_COLUMNS, EVENT_COLUMNS, call, event
+from seed_cost import CALL_COLUMNS, EVENT_COLUMNS, call, event, store_rollups
 
 from collectors.store import migrate, request_costs, write
-from collectors.store.histogram import BUCKET_SQL
 
 WINDOW = timedelta(minutes=5)
 API, WORKER = "shop-api", "worker"
@@ -76,22 +75,6 @@ def requests(now: datetime) -> list[dict]:
     return rows
 
 
-def _rollups(con) -> None:
-    """The rollups the daemon derives from the events (the Overview's headline reads them)."""
-    con.execute(f"""
-        INSERT INTO latency_hist
-        SELECT date_trunc('minute', ts), service, endpoint, {BUCKET_SQL.format(col="duration_ms")}, count(*)
-        FROM request_events
-        GROUP BY ALL
-    """)
-    con.execute("""
-        INSERT INTO request_rollup
-        SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
-               sum(duration_ms), max(duration_ms)
-        FROM request_events
-        GROUP BY ALL
-    """)
-
 
 def seed_healthy(path, *, now: datetime) -> None:
     """A store where all is well: 30 fast /search requests 150 to 121 s before `now`, its Redis up."""
@@ -99,7 +82,7 @@ def seed_healthy(path, *, now: datetime) -> None:
         migrate(con)
         _insert(con, "request_events", EVENT_COLUMNS,
                 [event(now - timedelta(seconds=150 - i), "/search", service=API, duration_ms=100.0) for i in range(30)])
-        _rollups(con)
+        store_rollups(con)
         _insert(con, "components", ("name", "kind", "status", "since", "checked_at"),
                 [("cache", "redis", "up", now - timedelta(hours=1), now - timedelta(seconds=20))])
 
@@ -110,7 +93,7 @@ def seed_health(path, *, now: datetime, redis_down: bool = True) -> None:
     with write(path) as con:
         migrate(con)
         _insert(con, "request_events", EVENT_COLUMNS, requests(now))
-        _rollups(con)
+        store_rollups(con)
         _insert(con, "llm_calls", CALL_COLUMNS,
                 [call(now - timedelta(seconds=200 - i), "gpt-4o", cost=COST_PER_CALL, service=API,
                       request_id=f"rec-{i}", endpoint="/recommendations") for i in range(10)])
