@@ -26,7 +26,8 @@ for each N: the N viewers open the page at the same moment ("open"), pick the 10
 multiple of the single viewer's, the ticks answered after more than the refresh interval ("late"), the
 runs Streamlit stopped before their end because the same session's next tick came in ("restarted":
 their work is thrown away and the run starts again), exceptions seen in the page, the dashboard tree's
-peak RSS and its CPU (% of one core) during the ticks. Nothing is asserted."""
+peak RSS and its CPU (% of one core) during the ticks, and this client's own CPU beside it (to show
+the clients are not what is slow). Nothing is asserted."""
 from __future__ import annotations
 
 import argparse
@@ -170,15 +171,16 @@ async def ramp_step(url: str, n: int, seconds: float, refresh: str, dash) -> dic
         sampler = RssSampler(dash, every=0.2)
         sampler.mark()
         sampler.start()
-        cpu0, t0 = dash.cpu_s(), time.perf_counter()
+        cpu0, own0, t0 = dash.cpu_s(), time.process_time(), time.perf_counter()
         await asyncio.gather(*(v.ticks(seconds) for v in viewers))
-        cpu = (dash.cpu_s() - cpu0) / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        cpu, own = (dash.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
         sampler.done.set()
         ticks = [w for v in viewers for w in v.waits]
         interval = viewers[0].interval
         return {"n": n, "open": opened, "pick": picked, "ticks": ticks, "late": sum(w > interval for w in ticks),
                 "interval": interval, "exceptions": sum(v.exceptions for v in viewers),
-                "rss": max(sampler.peak, dash.rss()), "cpu": cpu,
+                "rss": max(sampler.peak, dash.rss()), "cpu": cpu, "own": own,
                 "page": page, "tick_page": viewers[0].elements, "tick_runs": len(viewers[0].waits),
                 "endings": sum((v.endings for v in viewers), Counter())}
     finally:
@@ -186,7 +188,7 @@ async def ramp_step(url: str, n: int, seconds: float, refresh: str, dash) -> dic
 
 
 HEADER = (f"{'viewers':>7} | {'open p50':>8} {'p95':>6} {'max':>6} | {'tick p50':>8} {'p95':>6} {'max':>6} "
-          f"{'x 1 viewer':>10} {'ticks':>6} {'late':>5} {'restarted':>9} | {'RSS MiB':>7} {'CPU %':>6}  flags")
+          f"{'x 1 viewer':>10} {'ticks':>6} {'late':>5} {'restarted':>9} | {'RSS MiB':>7} {'CPU %':>6} {'bench %':>7}  flags")
 
 
 def line(row: dict, single: dict | None) -> str:
@@ -196,7 +198,7 @@ def line(row: dict, single: dict | None) -> str:
     restarted = row["endings"]["FINISHED_EARLY_FOR_RERUN"]
     return (f"{row['n']:>7} | {o[0]:>8.2f} {o[1]:>6.2f} {o[2]:>6.2f} | {t[0]:>8.2f} {t[1]:>6.2f} {t[2]:>6.2f} "
             f"{ratio:>10.1f} {len(row['ticks']):>6} {row['late']:>5} {restarted:>9} | "
-            f"{row['rss'] / 2**20:>7.0f} {row['cpu'] * 100:>6.0f}  {flags}")
+            f"{row['rss'] / 2**20:>7.0f} {row['cpu'] * 100:>6.0f} {row['own'] * 100:>7.0f}  {flags}")
 
 
 def main() -> None:
@@ -227,7 +229,7 @@ def main() -> None:
         pick = ", ".join(f"{r['n']}: {stats(r['pick'])[0]:.2f}" for r in rows)
         print(f"picking the refresh (a whole-page rerun), p50 s by viewers: {pick}")
         print(f"late: ticks answered after more than the {rows[0]['interval']:g}-s refresh interval; "
-              "CPU: the dashboard tree during the ticks, % of one core")
+              "CPU: the dashboard tree during the ticks, % of one core; bench: this client's own")
 
 
 if __name__ == "__main__":
