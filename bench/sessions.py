@@ -22,12 +22,16 @@ is the browser's own rendering after the last message: `bench/pages.py` measures
 Per viewer and per request, the time from sending `rerun_script` to the `script_finished` of the run
 that served it (a tick sent while a run is going is served by a later one). Phases, one after the other
 for each N: the N viewers open the page at the same moment ("open"), pick the 10-s refresh, then
-`--seconds` of refresh ticks ("tick"). Printed per N: p50, p95 and max of both, the tick p50 as a
-multiple of the single viewer's, the ticks answered after more than the refresh interval ("late"), the
-runs Streamlit stopped before their end because the same session's next tick came in ("restarted":
-their work is thrown away and the run starts again), exceptions seen in the page, the dashboard tree's
-peak RSS and its CPU (% of one core) during the ticks, and this client's own CPU beside it (to show
-the clients are not what is slow). Nothing is asserted."""
+`--seconds` of refresh ticks ("tick"). The viewers' timers start as each one's refresh took effect, so
+their ticks come close together (the worst case, e.g. a link shared in an incident); `--stagger`
+spreads them evenly over the interval instead, as viewers arriving one by one would.
+
+Printed per N: p50, p95 and max of both, the tick p50 as a multiple of the single viewer's, the ticks
+answered after more than the refresh interval ("late"), the runs Streamlit stopped before their end
+because the same session's next tick came in ("restarted": their work is thrown away and the run starts
+again), exceptions seen in the page, the dashboard tree's peak RSS and its CPU (% of one core) during
+the ticks, and this client's own CPU beside it (to show the clients are not what is slow). Nothing is
+asserted."""
 from __future__ import annotations
 
 import argparse
@@ -124,9 +128,10 @@ class Viewer:
                 elif which == "exception":
                     self.exceptions += 1
 
-    async def ticks(self, seconds: float) -> None:
-        """The browser's setInterval: a fragment rerun every `interval` s for `seconds`."""
-        start = time.perf_counter()
+    async def ticks(self, seconds: float, first: float) -> None:
+        """The browser's setInterval: a fragment rerun every `interval` s for `seconds`, the first one
+        `first` × interval from now."""
+        start = time.perf_counter() + (first - 1) * self.interval
         for i in range(1, int(seconds // self.interval) + 1):
             await asyncio.sleep(start + i * self.interval - time.perf_counter())
             await self.rerun(fragment=self.fragment)
@@ -149,7 +154,7 @@ def stats(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(ordered), p95, ordered[-1]
 
 
-async def ramp_step(url: str, n: int, seconds: float, refresh: str, dash) -> dict:
+async def ramp_step(url: str, n: int, seconds: float, refresh: str, dash, stagger: bool) -> dict:
     viewers = [Viewer(url, refresh) for _ in range(n)]
     try:
         await asyncio.gather(*(v.open() for v in viewers))
@@ -172,7 +177,9 @@ async def ramp_step(url: str, n: int, seconds: float, refresh: str, dash) -> dic
         sampler.mark()
         sampler.start()
         cpu0, own0, t0 = dash.cpu_s(), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(v.ticks(seconds) for v in viewers))
+        # Timers start when each viewer picked the refresh (within a few seconds of each other), or
+        # spread evenly over the interval with --stagger.
+        await asyncio.gather(*(v.ticks(seconds, (i + 1) / n if stagger else 1.0) for i, v in enumerate(viewers)))
         wall = time.perf_counter() - t0
         cpu, own = (dash.cpu_s() - cpu0) / wall, (time.process_time() - own0) / wall
         sampler.done.set()
@@ -207,18 +214,20 @@ def main() -> None:
     ap.add_argument("--viewers", default="1,10,50", help="the ramp: numbers of concurrent viewers")
     ap.add_argument("--seconds", type=float, default=60, help="seconds of auto-refresh ticks per step")
     ap.add_argument("--refresh", default="10 s", help="the Auto-refresh option picked (its label)")
+    ap.add_argument("--stagger", action="store_true", help="spread the viewers' refresh timers over the interval")
     args = ap.parse_args()
     ramp = [int(n) for n in args.viewers.split(",")]
     with interrupts_as_exceptions(), store_for(args) as store, \
             tempfile.TemporaryDirectory(prefix="perfdeck-bench-log-") as tmp, \
             serving(store, args.port, Path(tmp) / "server.log") as dash:
         print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-              f"Overview at the default range, Auto-refresh {args.refresh}, {args.seconds:g} s of ticks per step; "
+              f"Overview at the default range, Auto-refresh {args.refresh}{', staggered' if args.stagger else ''}, "
+              f"{args.seconds:g} s of ticks per step; "
               "seconds from rerun_script sent to script_finished", flush=True)
         print(HEADER, flush=True)
         rows = []
         for n in ramp:
-            row = asyncio.run(ramp_step(dash.url, n, args.seconds, args.refresh, dash))
+            row = asyncio.run(ramp_step(dash.url, n, args.seconds, args.refresh, dash, args.stagger))
             rows.append(row)
             single = next((r for r in rows if r["n"] == 1), None)
             print(line(row, single), flush=True)
