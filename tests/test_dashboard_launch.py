@@ -278,3 +278,16 @@ def test_wheel_install_serves_the_same_settings_on_loopback(tmp_path):
     finally:
         _stop(proc)
     assert not any(elsewhere.iterdir())
+
+
+def test_only_the_dashboard_keeps_its_read_connection_warm(tmp_path, monkeypatch):
+    """`perfdeck dashboard` keeps reads warm; every other process opens and closes per read, so none
+    has a watcher thread closing DuckDB connections as it exits (which can abort it)."""
+    from collectors.cli.dashboard import dashboard_env
+    from collectors.store import connection
+
+    monkeypatch.delenv("PERFDECK_READ_KEEP_S", raising=False)
+    assert connection._keep_s() == 0
+    assert dashboard_env(tmp_path / "perfdeck.duckdb")["PERFDECK_READ_KEEP_S"] == str(connection.DASHBOARD_READ_KEEP_S)
+    monkeypatch.setenv("PERFDECK_READ_KEEP_S", "5")          # the user's setting wins
+    assert dashboard_env(tmp_path / "perfdeck.duckdb")["PERFDECK_READ_KEEP_S"] == "5"

@@ -25,7 +25,9 @@ BIG_SQL = "SELECT count(DISTINCT i::VARCHAR || 'padding-padding') FROM range(200
 
 
 @pytest.fixture
-def small_store(migrated_store):
+def small_store(migrated_store, monkeypatch):
+    # Reads kept warm as the dashboard keeps them (`perfdeck dashboard` sets this; other processes do not).
+    monkeypatch.setenv("PERFDECK_READ_KEEP_S", str(connection.DASHBOARD_READ_KEEP_S))
     with write(migrated_store) as con:
         con.execute("INSERT INTO deploys (ts, service, version, host) VALUES (now()::TIMESTAMP, 'api', 'v1', 'h')")
     yield migrated_store

@@ -137,6 +137,7 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
     perfdeck.toml (the targets actions may touch) as absolute paths."""
     from collectors import config
     from collectors.store import db_path
+    from collectors.store.connection import DASHBOARD_READ_KEEP_S
 
     try:
         spool = config.transport(config.load()).spool
@@ -146,6 +147,8 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
     # Streamlit's server would put a loopback peer's X-Forwarded-For in place of its address, letting any
     # local client pick its login key; perfdeck reads the header itself, from PERFDECK_TRUSTED_PROXIES only.
     env.setdefault("FORWARDED_ALLOW_IPS", "")
+    # The dashboard reads again and again: it keeps its read connection warm (collectors.store.connection).
+    env.setdefault("PERFDECK_READ_KEEP_S", str(DASHBOARD_READ_KEEP_S))
     config_file = Path(os.environ.get("PERFDECK_CONFIG") or config.DEFAULT_PATH)
     if config_file.exists():
         env["PERFDECK_CONFIG"] = str(config_file.resolve())

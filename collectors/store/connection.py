@@ -13,8 +13,12 @@ raise StoreLocked naming the file.
 
 Warm reads. The first query on a freshly opened file pays for loading the catalogue and the blocks
 it touches (measured 156 ms against 12.6 ms warm on a large store; `bench/read_connection.py`). So a
-process keeps its read-only connection open between `read()` blocks and hands each block a cursor of
-it, for as long as nobody wants to write:
+long-running reader keeps its read-only connection open between `read()` blocks and hands each block a
+cursor of it, for as long as nobody wants to write. Only the dashboard does (`perfdeck dashboard` sets
+`PERFDECK_READ_KEEP_S`): a one-shot process (the CLI, the collector, a test) gains nothing, and the
+watcher thread below closing a connection as the interpreter exits can abort the process ("FATAL:
+exception not rethrown": DuckDB called from a daemon thread at exit), which would lose a CLI's exit
+code. The rule while a connection is kept:
 - a writer announces itself before and while it waits for the lock, by touching `<store>.write-wanted`
   beside the file (and removes it when done); a watcher thread in every process holding a read
   connection sees it within 20 ms, stops handing the connection out and closes it once the blocks in
@@ -24,7 +28,8 @@ it, for as long as nobody wants to write:
   keep a writer out;
 - a writer in the same process waits for that process's readers and closes the shared connection
   first (DuckDB will not open one file read-only and read-write in one process);
-- an idle shared connection is closed after `PERFDECK_READ_KEEP_S` (30 s; 0 turns reuse off), and
+- an idle shared connection is closed after `PERFDECK_READ_KEEP_S` seconds (0, the default, turns reuse
+  off; the dashboard's 30), and
   one whose file was replaced or changed is never handed out again.
 A reader holding the file always sees the data as it is on disk, since no writer can get in while it
 is held; the next `read()` after a write opens the file afresh.
@@ -34,6 +39,7 @@ Every read connection has `memory_limit` (`PERFDECK_READ_MEMORY_LIMIT`, 1GB) and
 """
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import threading
@@ -48,7 +54,8 @@ import duckdb
 
 DEFAULT_DB = Path("data") / "perfdeck.duckdb"
 DEFAULT_READ_MEMORY_LIMIT = "1GB"
-DEFAULT_READ_KEEP_S = 30.0
+DEFAULT_READ_KEEP_S = 0.0          # the dashboard's: DASHBOARD_READ_KEEP_S
+DASHBOARD_READ_KEEP_S = 30.0
 WATCH_INTERVAL_S = 0.02
 # A write announcement older than this is a writer that died without removing it: ignored. A writer
 # still waiting for the lock touches it again at every retry (at most 0.2 s apart).
@@ -173,6 +180,7 @@ class _Reads:
         self.writing: dict[str, int] = {}     # write() blocks of this process in flight
         self.watcher: threading.Thread | None = None
         self.mine = threading.local()         # stores this thread is reading now
+        self.stopping = False                 # the interpreter is exiting: share nothing any more
 
     def _wait(self, ready: Callable[[], bool], deadline: float, path: Path, what: str) -> None:
         while not ready():
@@ -209,7 +217,7 @@ class _Reads:
             if entry:
                 entry.users += 1
         try:
-            if entry is None and not wanted and _keep_s() > 0:
+            if entry is None and not wanted and _keep_s() > 0 and not self.stopping:
                 entry = self._open(key, path, identity, deadline)
             if entry is None:                 # a connection of our own, closed at once
                 con = _connect(path, read_only=True, timeout=max(deadline - time.monotonic(), 0.0))
@@ -268,6 +276,8 @@ class _Reads:
         while True:
             time.sleep(WATCH_INTERVAL_S)
             with self.cond:
+                if self.stopping:
+                    return
                 entries = list(self.shared.items())
             # Stat outside the lock: readers never wait on the file system for the watcher.
             retire = [(k, e) for k, e in entries if _write_wanted(e.path)]
@@ -317,8 +327,21 @@ class _Reads:
                     self._retire(key, entry)
 
 
+    def stop(self) -> None:
+        """At exit, before the interpreter finalizes: end the watcher and close what is idle, here on
+        the main thread. A daemon thread caught inside DuckDB (closing a connection) while the
+        interpreter finalizes aborts the process ("FATAL: exception not rethrown")."""
+        with self.cond:
+            self.stopping = True
+            watcher = self.watcher
+        if watcher is not None:
+            watcher.join(timeout=1.0)
+        self.close()
+
+
 _reads = _Reads()
 close_reads = _reads.close
+atexit.register(_reads.stop)
 # A forked child starts with no shared connection (the parent's are not usable there) and fresh locks.
 os.register_at_fork(after_in_child=_reads.__init__)
 
