@@ -8,8 +8,8 @@ services. --store reuses a store built before (with --keep) instead of building 
 
 Building (untimed, through the store's own write path):
 - raw: N request events with ids, one LLM call per 5 requests (same id), a cache lookup per 10,
-  encoded by collectors.sdk.batch.encode as the SDK's flusher would, and written by
-  collectors.store.ingest.write_batches in transactions of 50 batches of 10,000 events; this writes
+  encoded by collectors.sdk.batch.encode as the SDK's flusher would, priced by the collector's price
+  book, and written by collectors.store.ingest.write_batches in transactions of 50 batches of 10,000 events; this writes
   the raw events and their per-minute rollups as the collector does.
 - history: the D days before the raw window, per-minute rows of `latency_hist` and `request_rollup`
   (one bucket spread per series and minute, ~12 buckets) and LLM calls (one per series and minute),
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import duckdb
 
 import dashboard.queries as q
+from collectors.pricing import PriceBook
 from collectors.sdk.batch import encode
 from collectors.store import connection, migrate, rollups
 from collectors.store.ingest import decode, write_batches
@@ -71,6 +72,7 @@ def build_raw(path: Path, events: int, keys: list[tuple[str, str]], now: float) 
     rng = random.Random(7)
     span = RAW_DAYS * 86_400.0
     limits = Limits()
+    book = PriceBook.load(None)
     written, batches = 0, []
     t0 = time.perf_counter()
     for start in range(0, events, BATCH):
@@ -91,7 +93,9 @@ def build_raw(path: Path, events: int, keys: list[tuple[str, str]], now: float) 
                 cache.append((ts, "lru", None, i % 3 > 0, 0.05))
         _, payload, _ = encode(service=service, host=f"{service}-1", pid=1, sent_at=ts0, requests=requests, llm=llm,
                                cache=cache)
-        batches.append(decode(payload, limits, now))
+        batch = decode(payload, limits, now)
+        book.price_frame(batch.llm)           # as the collector prices each batch
+        batches.append(batch)
         if len(batches) == 50 or start + n >= events:
             with connection.write(path) as con:
                 written += write_batches(con, batches, "bench")
