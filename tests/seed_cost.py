@@ -54,21 +54,23 @@ def cpu(ts: datetime, host: str, proc: str, pid: int, percent: float) -> tuple:
     return (ts, host, "proc.cpu_percent", f"proc={proc},pid={pid}", percent)
 
 
-def store_rollups(con) -> None:
-    """The rollups ingest derives from the events, for stores whose events are written by hand (once)."""
+def store_rollups(con, events: str = "request_events") -> None:
+    """The rollups ingest derives from request events written by hand: those of the table `events`
+    (a test's constant; by default every event of the store, for a store seeded once)."""
     con.execute(f"""
         INSERT INTO latency_hist
         SELECT date_trunc('minute', ts), service, endpoint, {BUCKET_SQL.format(col="duration_ms")}, count(*)
-        FROM request_events
+        FROM {events}
         GROUP BY ALL
     """)
-    con.execute("""
+    con.execute(f"""
         INSERT INTO request_rollup
         SELECT date_trunc('minute', ts), service, endpoint, count(*), count(*) FILTER (WHERE status >= 500),
                sum(duration_ms), max(duration_ms)
-        FROM request_events
+        FROM {events}
         GROUP BY ALL
     """)
+
 
 def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool = False) -> None:
     """Write the rows into the store at `path` (migrated first if new). Calls and events go in separate
@@ -78,10 +80,15 @@ def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool =
         if not rows:
             return
         with write(path) as con:
-            con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            # Through a table of their own, so what ingest adds beside raw events (their rollups) is
+            # added for these rows only: the store may hold events seeded before.
+            con.execute(f"CREATE TEMP TABLE _seeded AS SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+            con.executemany(f"INSERT INTO _seeded VALUES ({', '.join('?' * len(columns))})",
                             [[row[c] for c in columns] for row in rows])
-            if table == "request_events":      # what ingest adds beside raw events: their rollups
-                store_rollups(con)
+            con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _seeded")
+            if table == "request_events":
+                store_rollups(con, "_seeded")
+            con.execute("DROP TABLE _seeded")
             # and the per-request costs, as the write transaction keeps them
             calls = pd.DataFrame(rows, columns=list(columns)) if table == "llm_calls" else None
             request_costs.add(con, calls, min(r["ts"] for r in rows), max(r["ts"] for r in rows))
