@@ -157,3 +157,26 @@ def test_empty_store_says_how_to_record_calls(tmp_path, monkeypatch):
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run_app(PAGE)
     assert any("record_llm_call" in i.value for i in at.info)
+
+
+def test_calls_stored_unpriced_of_a_model_the_price_list_knows_only_need_repricing(tmp_path, monkeypatch):
+    """Calls written without the collector's pricing (or before a price existed): the note says the
+    price list knows their model now and asks for `perfdeck reprice`, not for a price of its own."""
+    from datetime import timedelta
+
+    from seed_cost import call, seed_cost
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    path = tmp_path / "perfdeck.duckdb"
+    seed_cost(path, calls=[call(now - timedelta(minutes=i + 1), "gpt-4o", cost=None, request_id=f"r{i}") for i in range(3)]
+              + [call(now - timedelta(minutes=9), "acme-local-7b", provider=None, cost=None)])
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "perfdeck.toml"))
+    st.cache_data.clear()
+    at = run_app(PAGE)
+    [warning] = at.warning
+    text = shown_text(warning.value)
+    assert "4 calls (4,400 tokens) have no price" in warning.value
+    assert "The price list knows gpt-4o (3) now" in text
+    assert "No price list knows acme-local-7b (1)" in text and "gpt-4o (3). Give" not in text
+    assert '[models."acme-local-7b"]' in warning.value and "perfdeck reprice --since 30d" in warning.value

@@ -11,6 +11,7 @@ import dashboard.queries as q
 from collectors import config
 from collectors.formatting import money
 from collectors.health.settings import configured_thresholds
+from collectors.pricing import PriceBook
 from collectors.store import db_path, utcnow
 from collectors.store.connection import DEFAULT_DB
 from dashboard import charts, columns, widgets
@@ -67,21 +68,42 @@ def settings() -> config.CostSettings:
     return config.cost_settings(config.load())
 
 
+@st.cache_resource(ttl=60, show_spinner=False)
+def price_book(prices_file) -> PriceBook:
+    return PriceBook.load(prices_file)
+
+
+def priced_now(book: PriceBook, provider, model) -> bool:
+    """Whether the price list (with the overrides) now knows `model`: its calls were stored unpriced
+    before it did (or by a writer that does not price), and only need `perfdeck reprice`."""
+    return book.price(model=str(model), provider=None if pd.isna(provider) else str(provider), ts=utcnow(),
+                      input_tokens=1, output_tokens=1) is not None
+
+
 def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> None:
     if not totals.unpriced_calls:
         return
-    first = unpriced.iloc[0]
     tokens = int(unpriced["input_tokens"].sum() + unpriced["output_tokens"].sum())
     store = "" if db_path() == DEFAULT_DB else f" --db {db_path()}"
-    models = ", ".join(f"{widgets.as_text(m)} ({n:,})" for m, n in unpriced[["model", "calls"]].itertuples(index=False))
-    # A TOML basic string (json's escapes are TOML's); no backtick, so the name cannot close the fence.
-    toml_name = json.dumps(str(first.model)).replace("`", "\\u0060")
+    known = unpriced.apply(lambda r: priced_now(price_book(prices_file), r.provider, r.model), axis=1).astype(bool)
+    unknown = unpriced[~known]
+
+    def listed(rows: pd.DataFrame) -> str:
+        return ", ".join(f"{widgets.as_text(m)} ({n:,})" for m, n in rows[["model", "calls"]].itertuples(index=False))
+
+    why = []
+    if known.any():
+        why.append(f"The price list knows {listed(unpriced[known])} now: their calls were stored before it did, "
+                   "so pricing them again is all they need.")
+    if not unknown.empty:
+        # A TOML basic string (json's escapes are TOML's); no backtick, so the name cannot close the fence.
+        toml_name = json.dumps(str(unknown.iloc[0].model)).replace("`", "\\u0060")
+        why.append(f"No price list knows {listed(unknown)}. Give them a price in `{prices_file}` ($ per million "
+                   f"tokens; the collector picks it up as it is saved):\n\n"
+                   f"```toml\n[models.{toml_name}]\ninput = 0.20\noutput = 0.40\n```\n")
     st.warning(
         f"**{totals.unpriced_calls:,} calls ({tokens:,} tokens) have no price** and are not in the spend "
-        f"below: {models}. No price list knows these models. Give them a price in `{prices_file}` "
-        f"($ per million tokens; the collector picks it up as it is saved), then price the calls "
-        f"already recorded:\n\n"
-        f"```toml\n[models.{toml_name}]\ninput = 0.20\noutput = 0.40\n```\n"
+        f"below. {' '.join(why)} Then price the calls already recorded:\n\n"
         f"```\nperfdeck reprice --since 30d{store}\n```", icon=":material/price_change:")
 
 
