@@ -39,6 +39,7 @@ from collectors.store import utcnow
 from collectors.store.histogram import GAMMA
 from collectors.store.retention import retention_days
 from dashboard.queries._run import run_query
+from dashboard.queries.latency import raw_summary
 from dashboard.queries.tiers import LATENCY_ROWS, tier_params
 
 QUANTILES = ((0.50, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms"))
@@ -62,35 +63,6 @@ def verdict(ci_low: float, ci_high: float, threshold: float = THRESHOLD) -> str:
     if ci_high < 1 / threshold:
         return "improvement"
     return "no change"
-
-RAW_SUMMARY_SQL = """
-WITH raw AS (
-    SELECT service, endpoint, count(*) AS n,
-           quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS p
-    FROM request_events
-    WHERE ts >= $since
-      AND ts < $until
-      AND ($service IS NULL OR service = $service)
-    GROUP BY service, endpoint
-),
-hist AS (
-    SELECT service, endpoint, sum(count) AS n
-    FROM latency_hist
-    WHERE minute >= $whole_since
-      AND minute < $whole_until
-      AND ($service IS NULL OR service = $service)
-    GROUP BY service, endpoint
-)
-SELECT service,
-       endpoint,
-       CAST(coalesce(raw.n, 0) AS BIGINT) AS raw_n,
-       CAST(coalesce(hist.n, 0) AS BIGINT) AS whole_minutes_n,
-       raw.p[1] AS p50_ms,
-       raw.p[2] AS p95_ms,
-       raw.p[3] AS p99_ms
-FROM raw
-FULL OUTER JOIN hist USING (service, endpoint)
-"""
 
 # At most $cap durations per endpoint, picked by a seeded hash: the same sample on every run. One row
 # per endpoint with its durations as a list (much cheaper to fetch than a row per duration).
@@ -120,12 +92,6 @@ def _window(window, name: str) -> tuple[datetime, datetime]:
     return since, until
 
 
-def _whole_minutes(since: datetime, until: datetime) -> tuple[datetime, datetime]:
-    """The minutes that lie wholly inside [since, until)."""
-    start = since.replace(second=0, microsecond=0)
-    return (start if start == since else start + timedelta(minutes=1)), until.replace(second=0, microsecond=0)
-
-
 def _by_endpoint(df: pd.DataFrame) -> dict:
     return {key: part for key, part in df.groupby(["service", "endpoint"], sort=False)}
 
@@ -138,10 +104,7 @@ def _side(con, since, until, service, *, raw_allowed: bool, seed: int, cap: int)
              for key, part in _by_endpoint(hist).items()}
     raw = {}
     if raw_allowed:
-        whole_since, whole_until = _whole_minutes(since, until)
-        summary, _ = run_query(RAW_SUMMARY_SQL, {"since": since, "until": until, "service": service,
-                                                 "whole_since": whole_since, "whole_until": whole_until},
-                               max_rows=1_000_000, con=con)
+        summary = raw_summary(con, since=since, until=until, service=service)
         raw = {(r.service, r.endpoint): r for r in summary.itertuples(index=False)
                if r.raw_n > 0 and r.raw_n >= r.whole_minutes_n}
 

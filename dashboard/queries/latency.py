@@ -68,20 +68,20 @@ GROUP BY service, endpoint
 ORDER BY requests DESC, service, endpoint
 """
 
-# `complete`: raw events hold at least what the rollups count in the range's whole minutes (they
-# would not after an early purge of raw data).
-RAW_ENDPOINT_PERCENTILES_SQL = f"""
+# Exact percentiles from raw events, beside what the histograms count in the range's whole minutes:
+# raw events hold at least that much unless they were purged early (then the histograms answer).
+RAW_SUMMARY_SQL = f"""
 WITH raw AS (
-    SELECT service, endpoint, count(*) AS requests, quantile_cont(duration_ms, {_RAW_QUANTILES}) AS p
+    SELECT service, endpoint, count(*) AS n, quantile_cont(duration_ms, {_RAW_QUANTILES}) AS p
     FROM request_events
     WHERE ts >= $since
       AND ts < $until
       AND ($service IS NULL OR service = $service)
     GROUP BY service, endpoint
 ),
-rolled AS (
-    SELECT service, endpoint, sum(requests) AS requests
-    FROM request_rollup
+hist AS (
+    SELECT service, endpoint, sum(count) AS n
+    FROM latency_hist
     WHERE minute >= $whole_since
       AND minute < $whole_until
       AND ($service IS NULL OR service = $service)
@@ -89,13 +89,27 @@ rolled AS (
 )
 SELECT service,
        endpoint,
-       CAST(coalesce(raw.requests, 0) AS BIGINT) AS requests,
-       {_RAW_COLUMNS},
-       coalesce(raw.requests, 0) >= coalesce(rolled.requests, 0) AS complete
+       CAST(coalesce(raw.n, 0) AS BIGINT) AS raw_n,
+       CAST(coalesce(hist.n, 0) AS BIGINT) AS whole_minutes_n,
+       {_RAW_COLUMNS}
 FROM raw
-FULL OUTER JOIN rolled USING (service, endpoint)
-ORDER BY requests DESC, service, endpoint
+FULL OUTER JOIN hist USING (service, endpoint)
 """
+
+
+def raw_summary(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime,
+                service: str | None = None) -> pd.DataFrame:
+    """[service, endpoint, raw_n, whole_minutes_n, p50_ms, p95_ms, p99_ms]: exact percentiles of the raw
+    events in [since, until) and how many requests the histograms hold in its whole minutes."""
+    whole_since, whole_until = _whole_minutes(since, until)
+    df, _ = run_query(RAW_SUMMARY_SQL, {"since": since, "until": until, "service": service,
+                                        "whole_since": whole_since, "whole_until": whole_until},
+                      max_rows=1_000_000, con=con)
+    return df
+
+
+def _busiest_first(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["requests", "service", "endpoint"], ascending=[False, True, True], ignore_index=True)
 
 
 def _whole_minutes(since: datetime, until: datetime) -> tuple[datetime, datetime]:
@@ -124,18 +138,15 @@ def endpoint_percentiles(
     if not reads_raw(since, until):
         df, _ = run_query(ENDPOINT_PERCENTILES_SQL, params | tier_params(con, since, until), max_rows=max_rows, con=con)
         return df
-    whole_since, whole_until = _whole_minutes(since, until)
-    raw, _ = run_query(RAW_ENDPOINT_PERCENTILES_SQL, params | {"whole_since": whole_since, "whole_until": whole_until},
-                       max_rows=max_rows, con=con)
-    complete = raw.pop("complete").astype(bool)
+    summary = raw_summary(con, since=since, until=until, service=service)
+    complete = summary["raw_n"] >= summary["whole_minutes_n"]
+    raw = summary.drop(columns="whole_minutes_n").rename(columns={"raw_n": "requests"})
     if complete.all():
-        return raw
+        return _busiest_first(raw).iloc[:max_rows]
     hist, _ = run_query(ENDPOINT_PERCENTILES_SQL, params | tier_params(con, since, until), max_rows=max_rows, con=con)
     exact = raw[complete]
     rest = hist[~hist.set_index(["service", "endpoint"]).index.isin(exact.set_index(["service", "endpoint"]).index)]
-    df = pd.concat([exact, rest], ignore_index=True)
-    return df.sort_values(["requests", "service", "endpoint"], ascending=[False, True, True],
-                          ignore_index=True).iloc[:max_rows]
+    return _busiest_first(pd.concat([exact, rest], ignore_index=True)).iloc[:max_rows]
 
 
 LATENCY_OVER_TIME_SQL = f"""
