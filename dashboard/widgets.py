@@ -8,6 +8,7 @@ shows the "too slow, narrow the range" panel here, for every page."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ import streamlit as st
 
 from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
-from dashboard import columns, queries
+from dashboard import charts, columns, queries
 from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
 from dashboard.queries._run import QueryLimitExceeded, QueryTooSlow, query_timeout_s
 
@@ -188,9 +189,12 @@ def _cached(db: str, calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...])
     # Functions are named (not passed) so the cache key is plain data; exceptions are not cached.
     try:
         with read(db) as con:
-            return [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
+            frames = [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
     except QueryLimitExceeded as exc:
         return _OverLimit(isinstance(exc, QueryTooSlow), str(exc))
+    for frame in frames:      # names this result for figure(), which would otherwise hash its content
+        frame.attrs["result"] = uuid.uuid4().hex
+    return frames
 
 
 def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[str, pd.DataFrame] | None:
@@ -218,6 +222,8 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
     if isinstance(frames, _OverLimit):
         too_slow(frames)
         return None
+    for frame in frames:      # each call gets its own copy: the result's name holds for this copy only
+        frame.attrs["copy"] = id(frame)
     return dict(zip(calls, frames))
 
 
@@ -243,9 +249,12 @@ def range_caption(since: datetime, until: datetime) -> None:
 def csv_download(df: pd.DataFrame, name: str, *, label: str = "Download CSV") -> None:
     """A download button for `df` as `perfdeck-<name>.csv`; time columns get a `_utc` suffix so
     the file says what its timestamps are. Text is redacted: no page's CSV carries a secret."""
-    out = df.rename(columns={c: f"{c}_utc" for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])})
+    def contents() -> str:     # made on the click, not at every rerun of every viewer
+        out = df.rename(columns={c: f"{c}_utc" for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])})
+        return redact(out.to_csv(index=False))
+
     st.download_button(
-        label, redact(out.to_csv(index=False)), file_name=f"perfdeck-{name}.csv", mime="text/csv",
+        label, contents, file_name=f"perfdeck-{name}.csv", mime="text/csv",
         key=f"csv-{name}", on_click="ignore", icon=":material/download:", type="tertiary",
     )
 
@@ -269,6 +278,29 @@ def down_components(df: pd.DataFrame, what: str) -> None:
         error = f" Error: {as_text(redact(row.error))}." if isinstance(row.error, str) and row.error else ""
         st.error(f"**{what} {as_text(row.name)}{target} is down** since {row.since:%Y-%m-%d %H:%M} UTC "
                  f"(checked {row.checked_at:%H:%M:%S} UTC).{error}{last_ok}", icon=":material/error:")
+
+
+def figure(build: Callable[..., Any], *args: Any, **kwargs: Any):
+    """`build(*args, **kwargs)`, a `dashboard.charts` builder, made once per distinct input for every
+    session: fifty viewers of a page refreshing on the same cached data share one figure instead of each
+    building it again (Plotly's figure building is most of a rerun's time). The figure is shared, so it
+    must not be changed afterwards. A frame as `load()` returned it is known by its result's name; any
+    other frame (one derived from it too) by its content."""
+    if getattr(charts, build.__name__, None) is not build:
+        raise ValueError(f"{build.__name__} is not a dashboard.charts builder")
+    return _figure(build.__name__, args, kwargs)
+
+
+def _frame_key(df: pd.DataFrame) -> str | bytes:
+    if df.attrs.get("copy") == id(df) and df.attrs.get("result"):
+        return df.attrs["result"]
+    return (pd.util.hash_pandas_object(df.dtypes).to_numpy().tobytes()
+            + pd.util.hash_pandas_object(df).to_numpy().tobytes())
+
+
+@st.cache_resource(ttl=CACHE_TTL_S, max_entries=256, show_spinner=False, hash_funcs={pd.DataFrame: _frame_key})
+def _figure(build: str, args: tuple, kwargs: dict):
+    return getattr(charts, build)(*args, **kwargs)
 
 
 def chart(fig, data: pd.DataFrame | None, name: str) -> None:

@@ -144,7 +144,7 @@ def body() -> None:
         return
     headline(rows)
     widgets.table(shown(rows), "compare", column_config=COLUMNS, csv=rows)   # the CSV: numbers as queried
-    st.plotly_chart(charts.ratio_chart(rows), key="chart-compare-ratio")
+    st.plotly_chart(widgets.figure(charts.ratio_chart, rows), key="chart-compare-ratio")
     latency(rows, before, after, service)
 
 

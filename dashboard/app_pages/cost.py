@@ -154,9 +154,10 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
         return
     daily = month["daily"]
     lines = ((f"daily budget {money(cost.daily_budget)}", cost.daily_budget),) if cost.daily_budget else ()
-    widgets.chart(charts.stacked_bars(daily.assign(time=daily["day"], stack="spend"), y="spend_usd", stack="stack",
-                                      title="Spend per day this month (UTC)", y_title="spend", y_format="usd", hlines=lines,
-                                      height=280, deploys=month["deploys"]), daily, "cost-per-day")
+    fig = widgets.figure(charts.stacked_bars, daily.assign(time=daily["day"], stack="spend"), y="spend_usd",
+                         stack="stack", title="Spend per day this month (UTC)", y_title="spend", y_format="usd",
+                         hlines=lines, height=280, deploys=month["deploys"])
+    widgets.chart(fig, daily, "cost-per-day")
     if not budget.empty:
         widgets.csv_download(budget, "budgets", label="Download budgets (CSV)")
 
@@ -167,9 +168,10 @@ def spend(scope: dict, models: pd.DataFrame, x_range, deploys: pd.DataFrame) -> 
     over = widgets.load({"over": q.cost_over_time}, **scope, by=GROUPINGS[label])
     if over is None:
         return
-    widgets.chart(charts.stacked_bars(over["over"], y="cost_usd", stack="key", title=f"LLM spend by {label.lower()}",
-                                      y_title="spend per bucket", y_format="usd", x_range=x_range, deploys=deploys),
-                  over["over"], f"cost-by-{GROUPINGS[label]}")
+    fig = widgets.figure(charts.stacked_bars, over["over"], y="cost_usd", stack="key",
+                         title=f"LLM spend by {label.lower()}", y_title="spend per bucket", y_format="usd",
+                         x_range=x_range, deploys=deploys)
+    widgets.chart(fig, over["over"], f"cost-by-{GROUPINGS[label]}")
     st.markdown("**Models**: calls, tokens and spend")
     widgets.table(models, "cost-models", column_config=shown(models), column_order=MODEL_ORDER)
 
@@ -183,9 +185,10 @@ def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, 
         st.info("No request with a request id called an LLM in this range.", icon=":material/info:")
         return
     widgets.table(requests, "cost-per-request", column_config=shown(requests))
-    widgets.chart(charts.bars(requests.assign(label=requests["endpoint"] + " · " + requests["service"]),
-                              x="p95_usd", y="label", title="p95 cost per request", x_title="USD per request",
-                              x_format="usd", vlines=(("target", target),)), None, "cost-p95")
+    fig = widgets.figure(charts.bars, requests.assign(label=requests["endpoint"] + " · " + requests["service"]),
+                         x="p95_usd", y="label", title="p95 cost per request", x_title="USD per request",
+                         x_format="usd", vlines=(("target", target),))
+    widgets.chart(fig, None, "cost-p95")
     st.markdown("**Most expensive requests**")
     widgets.table(expensive, "cost-expensive-requests", column_config=shown(expensive), column_order=EXPENSIVE_ORDER)
     ids = expensive["request_id"].tolist()

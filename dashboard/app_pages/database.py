@@ -222,13 +222,14 @@ def buffer_and_connections(data: dict, x_range, deploys) -> None:
     low = min(0.9, ratio["hit_ratio"].min() - 0.02) if not ratio.empty else 0
     left, right = st.columns(2)
     with left:
-        widgets.chart(charts.time_lines(ratio, {"hit_ratio": "hit ratio"}, title="Buffer cache hit ratio",
-                                        y_title="blocks from memory", y_format="percent", y_range=(low, 1.005),
-                                        x_range=x_range, deploys=deploys), data["hit_ratio"], "db-cache-hit-ratio")
+        fig = widgets.figure(charts.time_lines, ratio, {"hit_ratio": "hit ratio"}, title="Buffer cache hit ratio",
+                             y_title="blocks from memory", y_format="percent", y_range=(low, 1.005),
+                             x_range=x_range, deploys=deploys)
+        widgets.chart(fig, data["hit_ratio"], "db-cache-hit-ratio")
     with right:
-        widgets.chart(charts.stacked_area(connections, y="connections", stack="state", title="Connections by state",
-                                          y_title="connections", x_range=x_range, deploys=deploys),
-                      data["connections"], "db-connections")
+        fig = widgets.figure(charts.stacked_area, connections, y="connections", stack="state",
+                             title="Connections by state", y_title="connections", x_range=x_range, deploys=deploys)
+        widgets.chart(fig, data["connections"], "db-connections")
 
 
 def health(data: dict, x_range, deploys) -> None:

@@ -26,21 +26,23 @@ HOW_TO = ("`perfdeck collect` samples this machine (the `[host]` section of perf
           "processes to watch); run it on each host you want here.")
 
 
+def time_lines(where, key: str, *args, **kwargs) -> None:
+    where.plotly_chart(widgets.figure(charts.time_lines, *args, **kwargs), key=f"chart-{key}")
+
+
 def machine(data: dict, lines: dict) -> None:
     over_time = data["over_time"]
     left, right = st.columns(2)
-    left.plotly_chart(charts.time_lines(over_time, {"cpu_percent": "CPU"}, title="CPU (all cores)", y_title="busy",
-                                        y_format="percent100", y_range=(0, 100), **lines), key="chart-cpu")
-    right.plotly_chart(charts.time_lines(over_time, {"mem_percent": "memory", "swap_percent": "swap"},
-                                         title="Memory and swap in use", y_title="in use", y_format="percent100",
-                                         y_range=(0, 100), dashes={"swap_percent": "dot"}, **lines), key="chart-mem")
+    time_lines(left, "cpu", over_time, {"cpu_percent": "CPU"}, title="CPU (all cores)", y_title="busy",
+               y_format="percent100", y_range=(0, 100), **lines)
+    time_lines(right, "mem", over_time, {"mem_percent": "memory", "swap_percent": "swap"},
+               title="Memory and swap in use", y_title="in use", y_format="percent100",
+               y_range=(0, 100), dashes={"swap_percent": "dot"}, **lines)
     left, right = st.columns(2)
-    left.plotly_chart(charts.time_lines(over_time, {"disk_read_bps": "read", "disk_write_bps": "write"},
-                                        title="Disk I/O", y_title="throughput", y_format="bytes_per_s",
-                                        dashes={"disk_write_bps": "dot"}, **lines), key="chart-disk-io")
-    right.plotly_chart(charts.time_lines(over_time, {"net_recv_bps": "received", "net_sent_bps": "sent"},
-                                         title="Network", y_title="throughput", y_format="bytes_per_s",
-                                         dashes={"net_sent_bps": "dot"}, **lines), key="chart-net")
+    time_lines(left, "disk-io", over_time, {"disk_read_bps": "read", "disk_write_bps": "write"},
+               title="Disk I/O", y_title="throughput", y_format="bytes_per_s", dashes={"disk_write_bps": "dot"}, **lines)
+    time_lines(right, "net", over_time, {"net_recv_bps": "received", "net_sent_bps": "sent"},
+               title="Network", y_title="throughput", y_format="bytes_per_s", dashes={"net_sent_bps": "dot"}, **lines)
     widgets.csv_download(over_time, "host-over-time", label="Download chart data (CSV)")
     st.subheader("Disks")
     if data["disks"].empty:
@@ -60,10 +62,10 @@ def processes(data: dict, lines: dict) -> None:
     series = ["host", "process"] if over_time["host"].nunique() > 1 else "process"
     lines = lines | {"by": series}
     left, right = st.columns(2)
-    left.plotly_chart(charts.time_lines(over_time, {"rss_bytes": "RSS"}, title="Resident memory (RSS)",
-                                        y_title="RSS", y_format="bytes", **lines), key="chart-proc-rss")
-    right.plotly_chart(charts.time_lines(over_time, {"cpu_percent": "CPU"}, title="Process CPU (100 % = one core)",
-                                         y_title="CPU", y_format="percent100", **lines), key="chart-proc-cpu")
+    time_lines(left, "proc-rss", over_time, {"rss_bytes": "RSS"}, title="Resident memory (RSS)",
+               y_title="RSS", y_format="bytes", **lines)
+    time_lines(right, "proc-cpu", over_time, {"cpu_percent": "CPU"}, title="Process CPU (100 % = one core)",
+               y_title="CPU", y_format="percent100", **lines)
     st.caption("Processes of the same name are summed (e.g. all workers of one server).")
     widgets.csv_download(over_time, "process-over-time", label="Download chart data (CSV)")
 

@@ -166,12 +166,12 @@ def body() -> None:
         return
     # All endpoints: every request pooled (a slow endpoint's tail shows), unlike the cards' typical request.
     title = f"Latency percentiles: {endpoint or 'all requests pooled'}"     # charts make names Plotly text
-    st.plotly_chart(charts.latency_chart(latency["latency"], data["deploys"], x_range=(since, until),
-                                         title=title, log_y=log_y), key="latency_chart")
+    st.plotly_chart(widgets.figure(charts.latency_chart, latency["latency"], data["deploys"],
+                                   x_range=(since, until), title=title, log_y=log_y), key="latency_chart")
     widgets.csv_download(latency["latency"], "latency-over-time", label="Download chart data (CSV)")
 
     st.subheader("Traffic")
-    st.plotly_chart(charts.traffic_chart(data["rate"], data["deploys"], x_range=(since, until)),
+    st.plotly_chart(widgets.figure(charts.traffic_chart, data["rate"], data["deploys"], x_range=(since, until)),
                     key="traffic_chart")
     widgets.csv_download(data["rate"], "traffic-over-time", label="Download chart data (CSV)")
     if not data["deploys"].empty:
