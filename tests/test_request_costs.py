@@ -28,7 +28,8 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "acme-unknown-1")      # the last one has no 
 
 def workload(seed: int, n: int = 120) -> tuple[list, list]:
     """(request events, LLM calls) of `n` requests over 40 minutes: most with an event, some with calls
-    only, calls up to 2 s before their event, some arriving minutes late; a few events without an id."""
+    only, calls up to 2 s before their event, some arriving minutes late; a few events without an id, a
+    few calls without an endpoint (a request known only from such calls has none)."""
     rng = random.Random(seed)
     events, calls = [], []
     for i in range(n):
@@ -39,7 +40,8 @@ def workload(seed: int, n: int = 120) -> tuple[list, list]:
             events.append((ts, endpoint, rng.uniform(5, 900), 200, "GET", rid if rng.random() < 0.95 else None, None))
         for j in range(rng.choice((0, 0, 1, 1, 2, 3))):
             calls.append((ts - rng.uniform(0, 2), "openai", rng.choice(MODELS), rng.randint(10, 4000),
-                          rng.randint(1, 800), 0, rid, endpoint, f"u{i % 7}", rng.random() < 0.1, 500.0, 0))
+                          rng.randint(1, 800), 0, rid, endpoint if rng.random() < 0.85 else None, f"u{i % 7}",
+                          rng.random() < 0.1, 500.0, 0))
     return events, calls
 
 

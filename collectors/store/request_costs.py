@@ -49,7 +49,11 @@ ON CONFLICT (request_id) DO UPDATE SET
     -- while no event places the request, its earliest call does
     ts = CASE WHEN has_event OR ts <= excluded.first_call_ts THEN ts ELSE excluded.first_call_ts END,
     service = CASE WHEN has_event OR first_call_ts <= excluded.first_call_ts THEN service ELSE excluded.service END,
-    endpoint = CASE WHEN has_event OR first_call_ts <= excluded.first_call_ts THEN endpoint ELSE excluded.endpoint END,
+    -- the first call that names an endpoint, as arg_min does (exact unless a request's calls name
+    -- different endpoints and the first of them names none)
+    endpoint = CASE WHEN has_event OR excluded.endpoint IS NULL THEN endpoint
+                    WHEN endpoint IS NULL OR first_call_ts > excluded.first_call_ts THEN excluded.endpoint
+                    ELSE endpoint END,
     first_call_ts = least(first_call_ts, excluded.first_call_ts)
 """
 
