@@ -142,72 +142,72 @@ def _request_params(since: datetime, until: datetime, service: str | None) -> di
     return {**_params(since, until, service), "wide_since": since - JOIN_MARGIN, "wide_until": until + JOIN_MARGIN}
 
 
-# A range's percentile of a cost over `requests` requests of which the `priced` most costly are in
-# `ranked` (k = 0 for the cheapest of them) and the rest cost nothing: quantile_cont's interpolation
-# between the values at ranks floor(r) and ceil(r), r = q * (requests - 1), the first `requests -
-# priced` ranks being zeros. Built from code constants only.
+# A range's percentile of a cost over `requests` requests of which the `priced` ones are in `costs`
+# (sorted, 1-based) and the rest cost nothing: quantile_cont's interpolation between the values at
+# ranks floor(r) and ceil(r), r = q * (requests - 1), the first `requests - priced` ranks being zeros.
+# Built from code constants only.
 def _percentile(q: float) -> str:
-    rank = f"{q} * (p.requests - 1)"
-    at = "coalesce(max(x.usd) FILTER (WHERE x.k = {} - (p.requests - p.priced)), 0)"
-    return (f"CASE WHEN p.requests > 0 THEN {at.format(f'floor({rank})')} * (1 - ({rank} - floor({rank})))"
+    rank = f"{q} * (requests - 1)"
+    at = "CASE WHEN {0} < requests - priced THEN 0 ELSE costs[CAST({0} - (requests - priced) AS BIGINT) + 1] END"
+    return (f"CASE WHEN requests > 0 THEN {at.format(f'floor({rank})')} * (1 - ({rank} - floor({rank})))"
             f" + {at.format(f'ceil({rank})')} * ({rank} - floor({rank})) END")
 
 
-# Without compute: every figure from the per-request rows and the rollups' request counts. {group}
-# is the grouping key: the endpoint, or one group for all endpoints that call an LLM.
+# Without compute: every figure from the per-request rows and the rollups' request counts, per
+# endpoint ({keys} and {group} name it) or over every endpoint that made a call (both empty). The
+# percentiles sort each group's costs as one list (list_sort), not with a window over the rows.
 REQUEST_COSTS_SQL = f"""
-WITH llm AS (
-    SELECT {{group}} AS grp, service, endpoint, calls, CAST(llm_usd AS DOUBLE) AS usd, has_event
-    FROM llm_requests
-    WHERE ts >= $since
-      AND ts < $until
-      AND ($service IS NULL OR service = $service)
-),
-recorded AS (
+WITH recorded AS (
     SELECT service, endpoint, sum(requests) AS requests
     FROM ({ROLLUP_ROWS})
     WHERE ($service IS NULL OR service = $service)
     GROUP BY service, endpoint
 ),
-endpoints AS (
-    -- Every endpoint that made a call in the range, with all its requests
-    SELECT DISTINCT grp, service, endpoint FROM llm
-),
-per_group AS (
-    SELECT e.grp, CAST(sum(coalesce(r.requests, 0)) AS BIGINT) AS recorded
-    FROM endpoints AS e
-    LEFT JOIN recorded AS r USING (service, endpoint)
-    GROUP BY e.grp
+per_endpoint AS (
+    -- Every endpoint that made a call in the range, with its requests known only from their calls (a
+    -- request whose calls name no endpoint and which has no event is in no endpoint: left out, as
+    -- the query-time join leaves it)
+    SELECT service, endpoint,
+           count(*) AS priced,
+           count(*) FILTER (WHERE NOT has_event) AS unrecorded,
+           sum(calls) AS calls,
+           sum(CAST(llm_usd AS DOUBLE)) AS total,
+           max(CAST(llm_usd AS DOUBLE)) AS max_usd,
+           list(CAST(llm_usd AS DOUBLE)) AS costs
+    FROM llm_requests
+    WHERE ts >= $since
+      AND ts < $until
+      AND ($service IS NULL OR service = $service)
+      AND endpoint IS NOT NULL
+    GROUP BY service, endpoint
 ),
 p AS (
-    SELECT l.grp, any_value(l.service) AS service, any_value(l.endpoint) AS endpoint,
-           any_value(g.recorded) + count(*) FILTER (WHERE NOT l.has_event) AS requests,
-           count(*) AS priced, sum(l.calls) AS calls, sum(l.usd) AS total, max(l.usd) AS max_usd
-    FROM llm AS l
-    JOIN per_group AS g USING (grp)
-    GROUP BY l.grp
-),
-x AS (
-    SELECT grp, usd, row_number() OVER (PARTITION BY grp ORDER BY usd) - 1 AS k
-    FROM llm
+    SELECT {{keys}}
+           CAST(sum(coalesce(r.requests, 0) + e.unrecorded) AS BIGINT) AS requests,
+           CAST(sum(e.priced) AS BIGINT) AS priced,
+           sum(e.calls) AS calls,
+           sum(e.total) AS total,
+           max(e.max_usd) AS max_usd,
+           list_sort(flatten(list(e.costs))) AS costs
+    FROM per_endpoint AS e
+    LEFT JOIN recorded AS r USING (service, endpoint)
+    {{group}}
 )
 SELECT {{keys}}
-       CAST(p.requests AS BIGINT) AS requests,
-       CAST(p.priced AS BIGINT) AS llm_requests,
-       p.calls / p.requests AS calls_per_request,
-       p.total / p.requests AS mean_usd,
+       requests,
+       priced AS llm_requests,
+       calls / requests AS calls_per_request,
+       total / requests AS mean_usd,
        {_percentile(0.5)} AS p50_usd,
        {_percentile(0.95)} AS p95_usd,
-       p.max_usd,
-       p.total AS total_usd,
+       max_usd,
+       total AS total_usd,
        0.0 AS compute_usd
 FROM p
-LEFT JOIN x USING (grp)
-GROUP BY p.grp, p.service, p.endpoint, p.requests, p.priced, p.calls, p.total, p.max_usd
 {{order}}
 """
-BY_ENDPOINT = {"group": "service || chr(0) || endpoint", "keys": "p.service, p.endpoint,",
-               "order": "ORDER BY total_usd DESC, requests DESC, p.service, p.endpoint"}
+BY_ENDPOINT = {"keys": "service, endpoint,", "group": "GROUP BY service, endpoint",
+               "order": "ORDER BY total_usd DESC, requests DESC, service, endpoint"}
 
 
 def request_costs(
@@ -248,8 +248,8 @@ def request_cost_overall(
         sql = REQUEST_COSTS_WITH_COMPUTE_SQL.format(keys="", group="")
         df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
         return df
-    df, _ = run_query(REQUEST_COSTS_SQL.format(group="0", keys="", order=""), _ranged(con, since, until, service),
-                      con=con)
+    df, _ = run_query(REQUEST_COSTS_SQL.format(group="", keys="", order="WHERE priced > 0"),
+                      _ranged(con, since, until, service), con=con)
     if df.empty:     # no endpoint called an LLM: one row saying so, as with compute
         df = pd.DataFrame([{**dict.fromkeys(df.columns, float("nan")), "requests": 0, "llm_requests": 0}],
                           columns=df.columns)
