@@ -209,28 +209,36 @@ def db_connections(con: duckdb.DuckDBPyConnection, *, since: datetime, until: da
 
 SEQ_SCANS_SQL = f"""
 WITH samples AS (
-    SELECT target,
-           {label_sql("table")} AS "table",
-           name,
-           ts,
-           value,
-           lag(value) OVER (PARTITION BY target, labels, name ORDER BY ts) AS previous
+    SELECT ts, target, labels, name, value
     FROM db_metrics
     WHERE ts >= $since
       AND ts < $until
       AND name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read', 'table.n_live_tup',
                    'table.n_dead_tup', 'table.size_bytes')
+      AND value IS NOT NULL
 ),
 -- Counter growth over the range: the sum of the rises between samples; a counter that went down
--- was reset (pg_stat_reset), so it grew by its new value in that interval.
-g AS (
-    SELECT target,
-           "table",
-           name,
-           arg_max(value, ts) AS last,
-           sum(CASE WHEN previous IS NULL THEN 0 WHEN value >= previous THEN value - previous ELSE value END)
-               AS growth
+-- was reset (pg_stat_reset), so it grew by its new value in that interval. Each counter's samples
+-- are taken in time order as one list (a window over every sample sorted them all, 30x slower).
+counters AS (
+    SELECT target, labels, name, NULL AS last_ts, NULL AS last,
+           coalesce(list_sum(list_transform(range(2, len(v) + 1),
+                                            lambda i: CASE WHEN v[i] >= v[i - 1] THEN v[i] - v[i - 1] ELSE v[i] END)),
+                    0) AS growth
+    FROM (SELECT target, labels, name, list(value ORDER BY ts) AS v
+          FROM samples
+          WHERE name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read')
+          GROUP BY target, labels, name)
+),
+gauges AS (
+    SELECT target, labels, name, max(ts) AS last_ts, arg_max(value, ts) AS last, NULL AS growth
     FROM samples
+    WHERE name NOT IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read')
+    GROUP BY target, labels, name
+),
+g AS (
+    SELECT target, {label_sql("table")} AS "table", name, arg_max(last, last_ts) AS last, sum(growth) AS growth
+    FROM (SELECT * FROM counters UNION ALL SELECT * FROM gauges)
     GROUP BY target, "table", name
 ),
 w AS (
