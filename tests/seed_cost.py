@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pandas as pd
 
-from collectors.store import migrate, request_costs, write
+from collectors.store import llm_rollup, migrate, request_costs, write
 from collectors.store.histogram import BUCKET_SQL
 
 PRICE_VERSION = "genai-prices 0.2.3"
@@ -75,7 +75,7 @@ def store_rollups(con, events: str = "request_events") -> None:
 def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool = False) -> None:
     """Write the rows into the store at `path` (migrated first if new). Calls and events go in separate
     transactions, in the order asked, like two SDK batches ingested one after the other; each writes
-    what ingest writes beside them (request rollups, per-request costs). Events are written once."""
+    what ingest writes beside them (request rollups, per-request costs, spend rollups). Events are written once."""
     def insert(table: str, columns: tuple[str, ...], rows) -> None:
         if not rows:
             return
@@ -88,6 +88,8 @@ def seed_cost(path, *, calls=(), events=(), cpu_samples=(), events_first: bool =
             con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM _seeded")
             if table == "request_events":
                 store_rollups(con, "_seeded")
+            if table == "llm_calls":
+                llm_rollup.add(con, "_seeded")      # the spend rollups ingest keeps beside the calls
             con.execute("DROP TABLE _seeded")
             # and the per-request costs, as the write transaction keeps them
             calls = pd.DataFrame(rows, columns=list(columns)) if table == "llm_calls" else None

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from seed_cost import CALL_COLUMNS, EVENT_COLUMNS, call, event, store_rollups
 
-from collectors.store import migrate, request_costs, write
+from collectors.store import llm_rollup, migrate, request_costs, write
 
 WINDOW = timedelta(minutes=5)
 API, WORKER = "shop-api", "worker"
@@ -98,6 +98,7 @@ def seed_health(path, *, now: datetime, redis_down: bool = True) -> None:
                 [call(now - timedelta(seconds=200 - i), "gpt-4o", cost=COST_PER_CALL, service=API,
                       request_id=f"rec-{i}", endpoint="/recommendations") for i in range(10)])
         request_costs.rebuild(con)          # what ingest keeps beside the calls
+        llm_rollup.rebuild(con, spans=True)
         # service, host, cache, namespace, hits, misses, lookups_timed, lookup_ms_sum, lookup_ms_max
         cache = ("minute", "service", "host", "cache", "namespace", "hits", "misses", "lookups_timed",
                  "lookup_ms_sum", "lookup_ms_max")

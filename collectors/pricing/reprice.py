@@ -1,15 +1,15 @@
 """Repricing a range on purpose (`perfdeck reprice`): price the stored calls of a range again with a
 price book, show what would change (`plan_reprice`), then write it in the caller's transaction
-(`apply_reprice`), the per-request costs kept at ingest following their calls."""
+(`apply_reprice`), the per-request costs and the spend rollups kept at ingest following their calls."""
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from collectors.store import request_costs
+from collectors.store import llm_rollup, request_costs
 from collectors.store.ingest import COST_COLUMNS
 
 if TYPE_CHECKING:
@@ -79,7 +79,10 @@ def apply_reprice(con, plan: Repricing) -> int:
         """)
         repriced = con.execute("SELECT DISTINCT request_id FROM llm_calls WHERE request_id IS NOT NULL"
                                " AND rowid IN (SELECT row_id FROM _repriced)").df()["request_id"]
+        [(first, last)] = con.execute("SELECT min(ts), max(ts) FROM llm_calls"
+                                      " WHERE rowid IN (SELECT row_id FROM _repriced)").fetchall()
     finally:
         con.unregister("_repriced")
     request_costs.refresh(con, repriced)        # the per-request costs kept at ingest follow their calls
+    llm_rollup.rebuild(con, first, last + timedelta(microseconds=1))   # and so does the spend kept per period
     return plan.changed

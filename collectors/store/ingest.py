@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from collectors.sdk.batch import CLEARED
-from collectors.store import request_costs, schema
+from collectors.store import llm_rollup, request_costs, schema
 from collectors.store.histogram import BUCKET_SQL
 from collectors.store.schema import INT32, MAX_DURATION_MS, MAX_LABEL, MAX_TAGS_BYTES, Limits, clean
 
@@ -294,8 +294,11 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
     if not batches:
         return 0
     _write_requests(con, [b for b in batches if b.requests is not None and len(b.requests)])
+    # The LLM calls of all batches gather here, then go to llm_calls and its rollups in one statement each.
+    con.execute("CREATE OR REPLACE TEMP TABLE _llm_new AS FROM llm_calls LIMIT 0")
     for b in batches:
         _write_small(con, b)
+    _write_llm(con)
     _write_request_costs(con, batches)
     # One statement per table for all batches: per-row statements cost ~0.5 ms each.
     _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
@@ -309,6 +312,14 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
         _insert(con, "INSERT INTO sdk_health BY NAME SELECT now()::TIMESTAMP AS ts, * FROM _incoming", pd.DataFrame(
             health, columns=["service", "host", "pid", "dropped", "send_errors", "rejected", "rejected_reasons"]))
     return sum(b.events for b in batches)
+
+
+def _write_llm(con: duckdb.DuckDBPyConnection) -> None:
+    """The transaction's LLM calls, and their spend rollups (collectors.store.llm_rollup)."""
+    if con.execute("SELECT count(*) FROM _llm_new").fetchone()[0]:
+        con.execute("INSERT INTO llm_calls SELECT * FROM _llm_new")
+        llm_rollup.add(con, "_llm_new")
+    con.execute("DROP TABLE _llm_new")
 
 
 def _write_request_costs(con: duckdb.DuckDBPyConnection, batches: list[Batch]) -> None:
@@ -473,7 +484,7 @@ STORED: dict[str, Stored] = {
     """)),
     "queries": Stored(_shape_minutes, _write_queries),
     "llm": Stored(_shape_llm, _inserting("""
-        INSERT INTO llm_calls BY NAME
+        INSERT INTO _llm_new BY NAME
         SELECT ts, ? AS service, ? AS host, provider, model, input_tokens, output_tokens, cached_input_tokens,
                request_id, endpoint, "user" AS user_id, cache_hit, latency_ms, cache_write_tokens,
                input_cost_usd::DECIMAL(18, 12) AS input_cost_usd,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import duckdb
 
-from collectors.store import request_costs
+from collectors.store import llm_rollup, request_costs
 from collectors.store.connection import utcnow
 from collectors.store.rollups import roll_tiers
 
@@ -393,7 +393,7 @@ def m009_rollup_tiers(con: duckdb.DuckDBPyConnection) -> None:
             ts TIMESTAMP NOT NULL
         );
     """)
-    roll_tiers(con, utcnow())
+    # The backfill (roll_tiers) runs in m012, once every table of the tiers exists.
 
 
 def m010_llm_requests(con: duckdb.DuckDBPyConnection) -> None:
@@ -435,11 +435,20 @@ def m011_ingest_rollup(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m012_llm_rollup(con: duckdb.DuckDBPyConnection) -> None:
+    # LLM spend per minute (with hour and day tiers), per user and day, and each request's span of
+    # calls, kept at ingest (collectors.store.llm_rollup), so the Cost page's spend queries read a few
+    # rows per period instead of every call; filled from the calls already stored.
+    con.execute(llm_rollup.DDL)
+    llm_rollup.rebuild(con, spans=True)
+    roll_tiers(con, utcnow())     # the tiers of stores older than them (m009), LLM spend's too
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
                                                                   m009_rollup_tiers, m010_llm_requests,
-                                                                  m011_ingest_rollup]
+                                                                  m011_ingest_rollup, m012_llm_rollup]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -36,6 +36,11 @@ TABLES: dict[str, tuple[str, str]] = {
     "request_rollup_hour": ("hour", "hour"),
     "latency_hist_day": ("day", "rollup"),
     "request_rollup_day": ("day", "rollup"),
+    "llm_rollup": ("minute", "minute"),
+    "llm_rollup_hour": ("hour", "rollup"),        # few rows a day: kept as long as the calls
+    "llm_rollup_day": ("day", "rollup"),
+    "llm_user_day": ("day", "rollup"),
+    "llm_request_spans": ("last_ts", "rollup"),   # a request goes with its last call
     "cache_stats": ("minute", "rollup"),
     "query_stats": ("minute", "rollup"),
     "query_hist": ("minute", "rollup"),
@@ -56,6 +61,9 @@ TABLES: dict[str, tuple[str, str]] = {
 
 # A tier's rows stay until the next tier holds them: kind -> the watermark that bounds its purge.
 _HELD_BY = {"minute": "hour", "hour": "day"}
+# LLM calls and the spend kept of them go by whole UTC days, together: a range reaching past the
+# retention then finds in the rollups exactly the calls that are left.
+WHOLE_DAYS = {"llm_calls", "llm_rollup_hour", "llm_rollup_day", "llm_user_day", "llm_request_spans"}
 
 
 def retention_days() -> dict[str, int]:
@@ -84,6 +92,8 @@ def cutoffs(now: datetime, days: dict[str, int] | None = None,
             cut = min(cut, held) if held else now - timedelta(days=retention_days()["rollup"])
             # Whole hours (days) go, so the rollup job knows which periods still have all their rows.
             cut = floor(cut, TIERS[_HELD_BY[kind]])
+        if table in WHOLE_DAYS:
+            cut = floor(cut, TIERS["day"])
         out[table] = cut
     return out
 

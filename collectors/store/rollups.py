@@ -1,4 +1,4 @@
-"""Compaction of the per-minute rollups, and the hour and day tiers of the request rollups.
+"""Compaction of the per-minute rollups, and the hour and day tiers of the request and LLM rollups.
 
 Every ingest transaction appends its own rollup rows, so a minute fed by many small batches holds many
 rows per key. Sums stay right either way; compaction merges them into one row per key so queries over
@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import duckdb
 
+from collectors.store import llm_rollup
 from collectors.store.tiers import DAY, HOUR, TIERED, TIERS, ceil, floor, rolled_until, set_mark
 from collectors.store.tiers import table as tier_table
 
@@ -24,6 +25,7 @@ ROLLUPS: dict[str, tuple[str, str]] = {
     "cache_stats": ("minute, service, host, cache, namespace",
                     "sum(hits), sum(misses), sum(lookups_timed), sum(lookup_ms_sum), max(lookup_ms_max)"),
     "query_hist": ("minute, service, fingerprint, bucket", "sum(count)"),
+    "llm_rollup": (f"minute, {llm_rollup.KEYS}", llm_rollup.MERGED),
 }
 # query_stats keeps its column order: key columns are not contiguous.
 _QUERY_STATS = """
@@ -37,7 +39,8 @@ _QUERY_STATS = """
 
 def mergeable(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Rows compact() would remove from each rollup table over all time: the preview of a full compaction."""
-    keys = {table: k for table, (k, _) in ROLLUPS.items()} | {"query_stats": "minute, service, database, fingerprint"}
+    keys = {table: k for table, (k, _) in ROLLUPS.items()} | {"query_stats": "minute, service, database, fingerprint",
+                                                                "llm_user_day": "day, service, user_id"}
     return {table: con.execute(f"SELECT (SELECT count(*) FROM {table}) - "
                                f"(SELECT count(*) FROM (SELECT DISTINCT {k} FROM {table}))").fetchone()[0]
             for table, k in keys.items()}
@@ -50,18 +53,22 @@ def compact(con: duckdb.DuckDBPyConnection, since: datetime, until: datetime) ->
         removed += _rewrite(con, table, f"SELECT {keys}, {values} FROM {table} "
                                         "WHERE minute >= ? AND minute < ? GROUP BY ALL", since, until)
     removed += _rewrite(con, "query_stats", _QUERY_STATS, since, until)
+    # Users' spend is kept per day: the days the range touches.
+    days = (floor(since, DAY), ceil(until, DAY))
+    removed += _rewrite(con, "llm_user_day", f"SELECT day, service, user_id, {llm_rollup.USER_MERGED} "
+                                             "FROM llm_user_day WHERE day >= ? AND day < ? GROUP BY ALL", *days, "day")
     return removed
 
 
-def _rewrite(con: duckdb.DuckDBPyConnection, table: str, merged_sql: str, since, until) -> int:
-    before = con.execute(f"SELECT count(*) FROM {table} WHERE minute >= ? AND minute < ?",
+def _rewrite(con: duckdb.DuckDBPyConnection, table: str, merged_sql: str, since, until, time: str = "minute") -> int:
+    before = con.execute(f"SELECT count(*) FROM {table} WHERE {time} >= ? AND {time} < ?",
                          [since, until]).fetchone()[0]
     if before == 0:
         return 0
     con.execute(f"CREATE OR REPLACE TEMP TABLE _merged AS {merged_sql}", [since, until])
     after = con.execute("SELECT count(*) FROM _merged").fetchone()[0]
     if after < before:
-        con.execute(f"DELETE FROM {table} WHERE minute >= ? AND minute < ?", [since, until])
+        con.execute(f"DELETE FROM {table} WHERE {time} >= ? AND {time} < ?", [since, until])
         con.execute(f"INSERT INTO {table} SELECT * FROM _merged")
     con.execute("DROP TABLE _merged")
     return before - after

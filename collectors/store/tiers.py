@@ -1,6 +1,6 @@
-"""The time tiers of the request rollups.
+"""The time tiers of the request rollups and the LLM spend rollup.
 
-Ingest writes per-minute rows (`latency_hist`, `request_rollup`). The rollup job
+Ingest writes per-minute rows (`latency_hist`, `request_rollup`, `llm_rollup`). The rollup job
 (`collectors.store.rollups.roll_tiers`) merges complete hours of minutes into `<table>_hour` (column
 `hour`) and complete days of hours into `<table>_day` (column `day`); buckets and counters merge by
 addition, so every tier holds exactly what its minutes hold. `rollup_watermarks` says how far each
@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import duckdb
 
+from collectors.store import llm_rollup
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -24,6 +26,7 @@ TIERED: dict[str, tuple[str, str, str]] = {
     "request_rollup": ("service, endpoint",
                        "sum(requests) AS requests, sum(errors) AS errors, sum(duration_sum_ms) AS duration_sum_ms, "
                        "max(duration_max_ms) AS duration_max_ms", "requests"),
+    "llm_rollup": (llm_rollup.KEYS, llm_rollup.MERGED, "calls"),
 }
 # tier (its time column and table suffix) -> its width
 TIERS: dict[str, timedelta] = {"hour": HOUR, "day": DAY}

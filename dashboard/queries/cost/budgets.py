@@ -7,7 +7,7 @@ import duckdb
 import pandas as pd
 
 from dashboard.queries._run import run_query
-from dashboard.queries.cost._common import RANGE, _params
+from dashboard.queries.cost._common import CALL_ROWS, llm_params
 
 # -- 10, 11. days and budgets ----------------------------------------------------------------------------------
 
@@ -20,9 +20,9 @@ WITH days AS (
                          INTERVAL 1 DAY) AS t(d)
 ),
 spend AS (
-    SELECT CAST(ts AS DATE) AS day, sum(cost_usd) AS spend, count(*) AS calls
-    FROM llm_calls
-    WHERE {RANGE}
+    SELECT CAST(time AS DATE) AS day, sum(cost_usd) AS spend, CAST(sum(calls) AS BIGINT) AS calls
+    FROM ({CALL_ROWS})
+    WHERE ($service IS NULL OR service = $service)
     GROUP BY day
 )
 SELECT days.day,
@@ -38,7 +38,7 @@ def daily_spend(
     con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime, service: str | None = None,
 ) -> pd.DataFrame:
     """[day, spend_usd, calls] for every UTC day in [since, until), zero days included."""
-    df, _ = run_query(DAILY_SPEND_SQL, _params(since, until, service), con=con)
+    df, _ = run_query(DAILY_SPEND_SQL, llm_params(con, since, until, service, step=86400), con=con)
     return df
 
 
@@ -73,13 +73,11 @@ FIRST_CALL_SQL = """
 SELECT min(ts) AS first_call FROM llm_calls WHERE ($service IS NULL OR service = $service)
 """
 
-BUDGET_SPEND_SQL = """
-SELECT CAST(coalesce(sum(cost_usd) FILTER (WHERE ts >= $period_start), 0) AS DOUBLE) AS spent,
-       CAST(coalesce(sum(cost_usd) FILTER (WHERE ts >= $recent_start), 0) AS DOUBLE) AS recent
-FROM llm_calls
-WHERE ts >= least($period_start, $recent_start)
-  AND ts < $now
-  AND ($service IS NULL OR service = $service)
+# What was spent in [$since, $until): the period so far, then the burn rate's recent window.
+SPEND_SQL = f"""
+SELECT CAST(coalesce(sum(cost_usd), 0) AS DOUBLE) AS spent
+FROM ({CALL_ROWS})
+WHERE ($service IS NULL OR service = $service)
 """
 
 BUDGET_COLUMNS = ["period", "budget_usd", "spent_usd", "share_used", "elapsed_share", "burn_rate_per_day",
@@ -125,9 +123,8 @@ def budget_status(
         if not pd.isna(first_call):
             recent_start = max(recent_start, pd.Timestamp(first_call).to_pydatetime())
         recent_hours = max((now - recent_start).total_seconds(), 0.0) / 3600
-        params = {"period_start": start, "recent_start": recent_start, "now": now, "service": service}
-        spend, _ = run_query(BUDGET_SPEND_SQL, params, con=con)
-        spent, recent = float(spend["spent"].iloc[0]), float(spend["recent"].iloc[0])
+        spent, recent = (float(run_query(SPEND_SQL, llm_params(con, frm, now, service), con=con)[0]["spent"].iloc[0])
+                         for frm in (start, recent_start))
         fc = forecast_period(spent, start, end, now, recent, recent_hours)
         rows.append({
             "period": period,

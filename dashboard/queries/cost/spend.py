@@ -1,4 +1,9 @@
-"""What was spent: totals, over time, per model and per user, and what caching saved."""
+"""What was spent: totals, over time, per model and per user, and what caching saved.
+
+They add up the LLM spend rollups kept at ingest (collectors.store.llm_rollup), never the calls of
+the whole range: CALL_ROWS gives the calls of a range as rollup rows (the tiers' whole periods, the
+ragged ends from the calls), users' spend comes from their day rows, and how many requests made a
+call from each request's span of calls. Every figure equals the sum over the calls themselves."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -6,29 +11,65 @@ from datetime import datetime
 import duckdb
 import pandas as pd
 
+from collectors.store.tiers import DAY, ceil, floor
 from dashboard.queries._run import run_query
-from dashboard.queries.cost._common import RANGE, TOKENS_PER_S, _params
+from dashboard.queries.cost._common import CALL_ROWS, _params, llm_params
 
 # -- 1. totals -------------------------------------------------------------------------------------
 
+# How many requests made a call in [$since, $until): each (request, service, user)'s span of calls
+# says so, unless it starts before the range and ends after it; then the calls of the range tell
+# (UNSURE_CALLS, added only when such spans exist).
+SERVICE = "($service IS NULL OR service = $service)"
+USER_PATTERN = "($pattern IS NULL OR user_id ILIKE $pattern ESCAPE '\\')"
+SPANS_FILTER = f"""first_ts < $until AND last_ts >= $since AND {SERVICE} AND {USER_PATTERN}"""
+REQUEST_SPANS = f"""
+    SELECT request_id, user_id, sole
+    FROM llm_request_spans
+    WHERE {SPANS_FILTER}
+      AND (first_ts >= $since OR last_ts < $until)"""
+UNSURE_SQL = f"""
+SELECT count(*) AS n FROM llm_request_spans WHERE {SPANS_FILTER} AND first_ts < $since AND last_ts >= $until
+"""
+UNSURE_CALLS = f"""
+    UNION ALL
+    SELECT request_id, user_id, false AS sole
+    FROM llm_calls
+    WHERE ts >= $since AND ts < $until AND {SERVICE} AND {USER_PATTERN}
+      AND request_id IN (SELECT request_id FROM llm_request_spans
+                         WHERE {SPANS_FILTER} AND first_ts < $since AND last_ts >= $until)"""
+
+
+# Distinct requests: a request's only span row is one; the few others are told apart by id (apart: a
+# DISTINCT aggregate costs its hash table over every row, filtered or not).
+REQUESTS_COUNT = """(SELECT count(*) FROM ({requests}) WHERE sole)
+               + (SELECT count(DISTINCT request_id) FROM ({requests}) WHERE NOT sole)"""
+
+
+def _requests_sql(con, params: dict) -> str:
+    """The (request_id, user_id, sole) rows of the requests with a call in the range (see REQUEST_SPANS)."""
+    unsure, _ = run_query(UNSURE_SQL, {k: params[k] for k in ("since", "until", "service", "pattern")}, con=con)
+    return REQUEST_SPANS + (UNSURE_CALLS if unsure["n"].iloc[0] else "")
+
+
 COST_TOTALS_SQL = f"""
 WITH calls AS (
-    SELECT count(*) AS calls,
-           count(cost_usd) AS priced_calls,
-           count(*) FILTER (WHERE cache_hit) AS cache_hit_calls,
+    SELECT CAST(coalesce(sum(calls), 0) AS BIGINT) AS calls,
+           CAST(coalesce(sum(calls) FILTER (WHERE priced), 0) AS BIGINT) AS priced_calls,
+           CAST(coalesce(sum(calls) FILTER (WHERE cache_hit), 0) AS BIGINT) AS cache_hit_calls,
            coalesce(sum(cost_usd), 0) AS spend,
            sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens,
            sum(cached_input_tokens) AS cached_input_tokens,
-           count(DISTINCT request_id) AS llm_requests,
-           count(request_id) AS calls_in_requests,
-           coalesce(sum(cost_usd) FILTER (WHERE request_id IS NOT NULL), 0) AS spend_in_requests,
+           {REQUESTS_COUNT} AS llm_requests,
+           CAST(coalesce(sum(calls_in_requests), 0) AS BIGINT) AS calls_in_requests,
+           coalesce(sum(cost_in_requests_usd), 0) AS spend_in_requests,
            coalesce(sum(saved_usd) FILTER (WHERE cache_hit), 0) AS saved_result_cache,
            coalesce(sum(saved_usd) FILTER (WHERE NOT cache_hit), 0) AS saved_cache_read,
-           {TOKENS_PER_S} AS output_tokens_per_s,
-           min(ts) AS first_call
-    FROM llm_calls
-    WHERE {RANGE}
+           sum(timed_output_tokens) / nullif(sum(timed_latency_ms) / 1000, 0) AS output_tokens_per_s,
+           min(first_ts) AS first_call
+    FROM ({CALL_ROWS})
+    WHERE {SERVICE}
 )
 SELECT calls,
        priced_calls,
@@ -57,7 +98,8 @@ def cost_totals(
     saved_result_cache_usd, saved_cache_read_usd, output_tokens_per_s, first_call] over the calls
     in [since, until). Sums are 0 when there are no calls; ratios and first_call are then null.
     The per-request ratios count only calls that carry a request_id."""
-    df, _ = run_query(COST_TOTALS_SQL, _params(since, until, service), con=con)
+    params = {**llm_params(con, since, until, service), "pattern": None}
+    df, _ = run_query(COST_TOTALS_SQL.format(requests=_requests_sql(con, params)), params, con=con)
     return df
 
 
@@ -66,14 +108,14 @@ def cost_totals(
 # The only columns cost_over_time may group by (the SQL names them; values never reach the text).
 OVER_TIME_KEYS = {"model": "model", "endpoint": "endpoint", "service": "service", "provider": "provider"}
 
-COST_OVER_TIME_SQL = """
-SELECT time_bucket(to_seconds(CAST($bucket_s AS BIGINT)), ts) AS time,
-       coalesce({key}, '(none)') AS key,
+COST_OVER_TIME_SQL = f"""
+SELECT time_bucket(to_seconds(CAST($bucket_s AS BIGINT)), time) AS time,
+       coalesce({{key}}, '(none)') AS key,
        CAST(coalesce(sum(cost_usd), 0) AS DOUBLE) AS cost_usd,
-       count(*) AS calls,
+       CAST(sum(calls) AS BIGINT) AS calls,
        CAST(coalesce(sum(saved_usd), 0) AS DOUBLE) AS saved_usd
-FROM llm_calls
-WHERE {range}
+FROM ({CALL_ROWS})
+WHERE {SERVICE}
 GROUP BY ALL
 ORDER BY time, key
 """
@@ -92,8 +134,8 @@ def cost_over_time(
     (model, endpoint, service or provider; null shown as "(none)"). Unpriced calls add to calls only."""
     if by not in OVER_TIME_KEYS:
         raise ValueError(f"cannot group cost by {by!r}: one of {', '.join(OVER_TIME_KEYS)}")
-    sql = COST_OVER_TIME_SQL.format(key=OVER_TIME_KEYS[by], range=RANGE)
-    df, _ = run_query(sql, {**_params(since, until, service), "bucket_s": bucket_s}, con=con)
+    sql = COST_OVER_TIME_SQL.format(key=OVER_TIME_KEYS[by])
+    df, _ = run_query(sql, {**llm_params(con, since, until, service, step=bucket_s), "bucket_s": bucket_s}, con=con)
     df.attrs["bucket_seconds"] = bucket_s
     return df
 
@@ -103,8 +145,8 @@ def cost_over_time(
 MODEL_USAGE_SQL = f"""
 SELECT provider,
        model,
-       count(*) AS calls,
-       count(*) FILTER (WHERE cache_hit) AS cache_hit_calls,
+       CAST(sum(calls) AS BIGINT) AS calls,
+       CAST(coalesce(sum(calls) FILTER (WHERE cache_hit), 0) AS BIGINT) AS cache_hit_calls,
        CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
        CAST(sum(cached_input_tokens) AS BIGINT) AS cached_input_tokens,
@@ -113,13 +155,14 @@ SELECT provider,
        CAST(sum(cost_usd) AS DOUBLE) AS spend_usd,
        CAST(sum(saved_usd) AS DOUBLE) AS saved_usd,
        -- The model's own latency: a result-cache hit never reached it.
-       avg(latency_ms) FILTER (WHERE NOT cache_hit) AS avg_latency_ms,
-       {TOKENS_PER_S} AS output_tokens_per_s,
-       CAST(sum(cost_usd) AS DOUBLE) / nullif(count(cost_usd), 0) AS cost_per_call_usd,
+       sum(latency_sum_ms) FILTER (WHERE NOT cache_hit)
+           / nullif(sum(latency_count) FILTER (WHERE NOT cache_hit), 0) AS avg_latency_ms,
+       sum(timed_output_tokens) / nullif(sum(timed_latency_ms) / 1000, 0) AS output_tokens_per_s,
+       CAST(sum(cost_usd) AS DOUBLE) / nullif(sum(calls) FILTER (WHERE priced), 0) AS cost_per_call_usd,
        string_agg(DISTINCT price_version, ', ' ORDER BY price_version) AS price_version,
-       count(*) - count(cost_usd) AS unpriced_calls
-FROM llm_calls
-WHERE {RANGE}
+       CAST(coalesce(sum(calls) FILTER (WHERE NOT priced), 0) AS BIGINT) AS unpriced_calls
+FROM ({CALL_ROWS})
+WHERE {SERVICE}
 GROUP BY provider, model
 ORDER BY spend_usd DESC NULLS LAST, calls DESC, provider, model
 """
@@ -133,21 +176,21 @@ def model_usage(
     price_version, unpriced_calls] per model, highest spend first. avg_latency_ms leaves out cache
     hits; cost_per_call_usd is over priced calls; price_version lists the distinct versions used
     ("a, b"), null when no call was priced."""
-    df, _ = run_query(MODEL_USAGE_SQL, _params(since, until, service), con=con)
+    df, _ = run_query(MODEL_USAGE_SQL, llm_params(con, since, until, service), con=con)
     return df
 
 
 UNPRICED_MODELS_SQL = f"""
 SELECT provider,
        model,
-       count(*) AS calls,
+       CAST(sum(calls) AS BIGINT) AS calls,
        CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
        CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
-       min(ts) AS first_seen,
-       max(ts) AS last_seen
-FROM llm_calls
-WHERE {RANGE}
-  AND cost_usd IS NULL
+       min(first_ts) AS first_seen,
+       max(last_ts) AS last_seen
+FROM ({CALL_ROWS})
+WHERE {SERVICE}
+  AND NOT priced
 GROUP BY provider, model
 ORDER BY calls DESC, provider, model
 """
@@ -158,24 +201,55 @@ def unpriced_models(
 ) -> pd.DataFrame:
     """[provider, model, calls, input_tokens, output_tokens, first_seen, last_seen] for the calls
     the price list could not price, most calls first: what to add to the price overrides."""
-    df, _ = run_query(UNPRICED_MODELS_SQL, _params(since, until, service), con=con)
+    df, _ = run_query(UNPRICED_MODELS_SQL, llm_params(con, since, until, service), con=con)
     return df
 
 
 # -- 8. users ----------------------------------------------------------------------------------------------
 
+# Whole days [$day_since, $day_until) from the users' day rows, the ragged ends from the calls.
+_USER_CALLS = """
+    SELECT service, user_id, 1 AS calls, cost_usd, input_tokens + output_tokens AS tokens, saved_usd, ts AS last_ts
+    FROM llm_calls"""
 USER_COSTS_SQL = f"""
-SELECT coalesce(user_id, '(anonymous)') AS user_id,
-       count(*) AS calls,
-       count(DISTINCT request_id) AS llm_requests,
-       CAST(coalesce(sum(cost_usd), 0) AS DOUBLE) AS spend_usd,
-       CAST(sum(input_tokens + output_tokens) AS BIGINT) AS tokens,
-       CAST(coalesce(sum(saved_usd), 0) AS DOUBLE) AS saved_usd,
-       max(ts) AS last_call
-FROM llm_calls
-WHERE {RANGE}
-  AND ($pattern IS NULL OR user_id ILIKE $pattern ESCAPE '\\')
-GROUP BY llm_calls.user_id
+WITH per_user AS (
+    SELECT user_id,
+           sum(calls) AS calls,
+           sum(cost_usd) AS cost_usd,
+           sum(tokens) AS tokens,
+           sum(saved_usd) AS saved_usd,
+           max(last_ts) AS last_call
+    FROM (
+        SELECT user_id, calls, cost_usd, tokens, saved_usd, last_ts, service
+        FROM llm_user_day
+        WHERE day >= $day_since AND day < $day_until
+        UNION ALL BY NAME
+        {_USER_CALLS} WHERE ts >= $since AND ts < $day_since
+        UNION ALL BY NAME
+        {_USER_CALLS} WHERE ts >= $day_until AND ts < $until
+    )
+    WHERE {SERVICE}
+      AND {USER_PATTERN}
+    GROUP BY user_id
+),
+requests AS (
+    SELECT user_id, CAST(sum(n) AS BIGINT) AS llm_requests
+    FROM (
+        SELECT user_id, count(*) AS n FROM ({{requests}}) WHERE sole GROUP BY user_id
+        UNION ALL
+        SELECT user_id, count(DISTINCT request_id) AS n FROM ({{requests}}) WHERE NOT sole GROUP BY user_id
+    )
+    GROUP BY user_id
+)
+SELECT coalesce(p.user_id, '(anonymous)') AS user_id,
+       CAST(p.calls AS BIGINT) AS calls,
+       coalesce(r.llm_requests, 0) AS llm_requests,
+       CAST(coalesce(p.cost_usd, 0) AS DOUBLE) AS spend_usd,
+       CAST(p.tokens AS BIGINT) AS tokens,
+       CAST(coalesce(p.saved_usd, 0) AS DOUBLE) AS saved_usd,
+       p.last_call
+FROM per_user AS p
+LEFT JOIN requests AS r ON p.user_id IS NOT DISTINCT FROM r.user_id
 ORDER BY spend_usd DESC, calls DESC, user_id
 LIMIT $limit
 """
@@ -201,8 +275,13 @@ def user_costs(
     """[user_id, calls, llm_requests, spend_usd, tokens, saved_usd, last_call] per user (calls
     without one as "(anonymous)"), highest spend first. `search` keeps the users whose id contains
     it, case-insensitively (taken literally: % and _ are not wildcards)."""
-    params = {**_params(since, until, service), "pattern": _contains_pattern(search), "limit": limit}
-    df, _ = run_query(USER_COSTS_SQL, params, con=con)
+    params = {**_params(since, until, service), "pattern": _contains_pattern(search)}
+    day_since, day_until = ceil(since, DAY), floor(until, DAY)
+    if day_since >= day_until:      # no whole day: all from the calls
+        day_since = day_until = until
+    requests = _requests_sql(con, params)
+    params |= {"limit": limit, "day_since": day_since, "day_until": day_until}
+    df, _ = run_query(USER_COSTS_SQL.format(requests=requests), params, con=con)
     return df
 
 
@@ -212,14 +291,14 @@ CACHE_SAVINGS_SQL = f"""
 WITH per_key AS (
     SELECT endpoint,
            model,
-           count(*) AS calls,
-           count(*) FILTER (WHERE cache_hit) AS cache_hit_calls,
+           CAST(sum(calls) AS BIGINT) AS calls,
+           CAST(coalesce(sum(calls) FILTER (WHERE cache_hit), 0) AS BIGINT) AS cache_hit_calls,
            coalesce(sum(saved_usd) FILTER (WHERE cache_hit), 0) AS saved_result_cache,
            sum(cached_input_tokens) AS cached_input_tokens,
            coalesce(sum(saved_usd) FILTER (WHERE NOT cache_hit), 0) AS saved_cache_read,
            coalesce(sum(cost_usd), 0) AS spend
-    FROM llm_calls
-    WHERE {RANGE}
+    FROM ({CALL_ROWS})
+    WHERE {SERVICE}
     GROUP BY endpoint, model
 )
 SELECT endpoint,
@@ -242,5 +321,5 @@ def cache_savings(
     """[endpoint, model, calls, cache_hit_calls, hit_rate, saved_result_cache_usd, cached_input_tokens,
     saved_cache_read_usd, spend_usd] per (endpoint, model), most saved first. The result cache saves
     whole calls (hit_rate is its hit rate); the provider's prompt cache saves part of the input price."""
-    df, _ = run_query(CACHE_SAVINGS_SQL, _params(since, until, service), con=con)
+    df, _ = run_query(CACHE_SAVINGS_SQL, llm_params(con, since, until, service), con=con)
     return df
