@@ -1,10 +1,11 @@
 """Every read query the pages run, timed on a store of a given size, beside exact percentiles from the
 raw events measured in the same run.
 
-    .venv/bin/python bench/scale.py [--events N] [--days D] [--series S] [--store FILE] [--keep]
+    .venv/bin/python bench/scale.py [--events N] [--days D] [--series S] [--store FILE [--migrate]] [--keep]
 
 defaults: 2,000,000 raw events over the last 7 days, 90 days of per-minute history, 30 endpoints x 4
-services. --store reuses a store built before (with --keep) instead of building one.
+services. --store reuses a store built before (with --keep) instead of building one; --migrate applies this
+code's pending migrations to it first (a store kept by an older checkout, measured before and after).
 
 Building (untimed, through the store's own write path):
 - raw: N request events with ids, one LLM call per 5 requests (same id), a cache lookup per 10,
@@ -13,15 +14,16 @@ Building (untimed, through the store's own write path):
   the raw events and their per-minute rollups as the collector does.
 - history: the D days before the raw window, per-minute rows of `latency_hist` and `request_rollup`
   (one bucket spread per series and minute, ~12 buckets) and LLM calls (one per series and minute),
-  inserted by SQL in the shape ingest gives them; then the store's rollup job
+  inserted by SQL in the shape ingest gives them, with the LLM spend rollups made from those calls
+  (collectors.store.llm_rollup.rebuild, when the store has them); then the store's rollup job
   (collectors.store.rollups.compact over everything, and the tier job when the store has one) runs
   as the collector would run it.
 
 Timed: each query function of dashboard.queries that a page calls with a time range, at 1 h, 24 h,
-7 d, 30 d and the whole history, on a read-only connection opened for it (first call = a fresh
-connection, then the median of REPEATS warm calls), and `quantile_cont` over the raw events of
-the same range for reference (only for ranges inside the raw window). Nothing is asserted; a table
-is printed."""
+7 d, 30 d, 90 d and the whole history (and budget_status, which takes no range, at now), on a
+read-only connection opened for it (first call = a fresh connection, then the median of REPEATS
+warm calls), and `quantile_cont` over the raw events of the same range for reference (only for ranges
+inside the raw window). Nothing is asserted; a table is printed."""
 from __future__ import annotations
 
 import argparse
@@ -45,10 +47,16 @@ from collectors.store import connection, migrate, rollups
 from collectors.store.ingest import decode, write_batches
 from collectors.store.schema import Limits
 
+try:
+    from collectors.store import llm_rollup
+except ImportError:     # a store from before the LLM spend rollups: its calls alone
+    llm_rollup = None
+
 REPEATS = 3
 BATCH = 10_000
 RAW_DAYS = 7
-RANGES = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7), "30 d": timedelta(days=30)}
+RANGES = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7), "30 d": timedelta(days=30),
+          "90 d": timedelta(days=90)}
 # Query functions that need more than a range, and what to give them here.
 EXTRA = {"compute_costs": {"usd_per_core_hour": 0.05}, "cost_export": {"by": "day"}, "forecast_period": None,
          "request_calls": None, "typical_percentiles": None, "run_query": None, "bucket_seconds": None, "deploy_windows": None,
@@ -131,6 +139,8 @@ def build_history(path: Path, days: int, keys: list[tuple[str, str]], now: datet
                    'bench' AS price_version, m.minute AS priced_at
             FROM ({minutes}) AS m, keys AS k
         """)
+        if llm_rollup is not None:      # what ingest keeps beside the calls (stores that have it)
+            llm_rollup.rebuild(con, start, end)
         rollups.compact(con, datetime(1970, 1, 1), datetime(9999, 1, 1))
         tiers = getattr(rollups, "roll_tiers", None)
         if tiers is not None:
@@ -189,6 +199,12 @@ def measure(path: Path, history_days: int) -> None:
             warm = statistics.median(timed(fetch, con, RAW_REFERENCE, [now - span, now]) for _ in range(REPEATS))
         cells.append(f"{'':>8} /{warm:>7.0f}")
     print(f"{'ref: quantile_cont on raw':<26}" + "".join(f"{c:>18}" for c in cells))
+    # budget_status takes no range: "today" and "this month" at now (its figures span up to a month).
+    with duckdb.connect(str(path), read_only=True) as con:
+        kwargs = {"now": now, "daily_budget": 100.0, "monthly_budget": 3000.0}
+        first = timed(q.budget_status, con, **kwargs)
+        warm = statistics.median(timed(q.budget_status, con, **kwargs) for _ in range(REPEATS))
+    print(f"{'budget_status (now)':<26}{first:>8.0f} /{warm:>7.0f}")
 
 
 def main() -> None:
@@ -198,8 +214,15 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=30, help="endpoints, spread over 4 services")
     ap.add_argument("--store", type=Path, help="a store built before: measure only")
     ap.add_argument("--keep", action="store_true", help="keep the built store and print its path")
+    ap.add_argument("--migrate", action="store_true",
+                    help="with --store: first bring it to this code's schema, as the collector does at start")
     args = ap.parse_args()
     if args.store:
+        if args.migrate:
+            t0 = time.perf_counter()
+            with connection.write(args.store) as con:
+                applied = migrate(con)
+            print(f"migrated: {', '.join(applied) or 'nothing to do'} in {time.perf_counter() - t0:.0f} s")
         measure(args.store, args.days)
         return
     folder = Path(tempfile.mkdtemp(prefix="perfdeck-scale-"))
