@@ -2,6 +2,7 @@
 command line's reports.
 
     ms(1234.5)         -> "1.23 s"         duration(490)   -> "8.2 min"     count(9333.7) -> "9,334"
+    duration_ms(661927) -> "11 min"
     money(0.00141)     -> "$0.00141"       percent(0.625)  -> "62.5 %"      ratio(4.94)   -> "×4.94"
     value(0.62, "ratio") -> "62 %"         ms(None)        -> "—"
 
@@ -51,6 +52,8 @@ def ms(x) -> str:
     v = float(x)
     if v >= 1000:
         return f"{v / 1000:,.2f} s"
+    if abs(v) < 0.1:      # '0.02 ms', not '0.0 ms'
+        return f"{number(v)} ms"
     return f"{v:,.1f} ms" if v < 100 else f"{v:,.0f} ms"
 
 
@@ -67,6 +70,12 @@ def duration(seconds, *, whole: bool = False) -> str:
             n = s / size
             return f"{n:,.0f} {unit}" if abs(n) >= 10 else f"{n:.1f}".removesuffix(".0") + f" {unit}"
     return f"{s:.0f} s" if whole else f"{number(s)} s"
+
+
+def duration_ms(x) -> str:
+    """How long, from milliseconds, for a time that may run to hours (a statement's total time):
+    661927 -> '11 min', 4073 -> '4.07 s', 165 -> '165 ms'."""
+    return MISSING if missing(x) else duration(float(x) / 1000)
 
 
 def money(x) -> str:

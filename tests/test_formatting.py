@@ -2,6 +2,7 @@
 while their numbers stay numbers."""
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
 
@@ -82,3 +83,42 @@ def test_a_table_shows_missing_values_as_a_dash_and_keeps_full_columns_numeric()
     assert shown["calls_day"].tolist() == [11287.0, 3.0]                    # a count: whole, still a number
     assert shown["p95_ms"].tolist() == [12.5, 30.25] and shown_config["p95_ms"] is config["p95_ms"]
     assert df["spend_usd"].isna().sum() == 1 and df["calls_day"].iloc[0] == 11287.354   # the frame (and CSV) untouched
+
+
+def displayed(styler) -> pd.DataFrame:
+    """What a table's cells show, as Streamlit reads them off a Styler (its display values)."""
+    styler._compute()
+    body = styler._translate(False, False)["body"]
+    return pd.DataFrame([[cell["display_value"] for cell in row if cell.get("type") == "td"] for row in body],
+                        columns=styler.data.columns)
+
+
+def test_percentages_sizes_and_durations_read_as_words_and_stay_numbers():
+    """Seen in the tour: "3.06%" in a table beside "0.16 %" on a card, "12.4MB" beside "26 GB", and a statement's
+    total time as 661,927 ms. Each column reads as collectors.formatting writes it; the CSV keeps the numbers."""
+    df = pd.DataFrame({"error_rate": [0.0306, 0.6202, 0.0], "gain": [97.0, 62.02, 5.0],
+                       "size": [12_400_000, 26e9, 270.6e9], "total_ms": [661_927.0, 4_073.0, 0.02],
+                       "calls": [10871.0, 3.0, 1.0], "plain": [1.5, 2.25, 0.0042], "name": ["a", "b", "c"]})
+    config = {"error_rate": columns.percent("Error rate"), "gain": columns.percent100("Gain"),
+              "size": columns.size("Size"), "total_ms": columns.duration_ms("Total time"),
+              "calls": columns.count("Calls"), "name": columns.text("Name")}
+    shown, shown_config = columns.readable(df, config)
+    cells = displayed(shown)
+    assert cells["error_rate"].tolist() == ["3.06 %", "62 %", "0 %"]
+    assert cells["gain"].tolist() == ["97 %", "62 %", "5 %"]
+    assert cells["size"].tolist() == ["12.4 MB", "26 GB", "271 GB"]
+    assert cells["total_ms"].tolist() == ["11 min", "4.07 s", "0.02 ms"]
+    assert cells["plain"].tolist() == ["1.5", "2.25", "0.0042"]          # no format of its own: the house's number
+    assert shown.data["total_ms"].tolist() == df["total_ms"].tolist()    # still numbers: they sort as numbers
+    for name in ("error_rate", "gain", "size", "total_ms"):             # no format: the Styler's words show
+        assert shown_config[name]["type_config"]["type"] == "number" and not shown_config[name]["type_config"]["format"]
+        assert columns.WORDS not in shown_config[name]
+    json.dumps(shown_config)                                             # nothing Streamlit cannot send
+
+
+def test_a_missing_percentage_reads_as_a_dash_beside_words():
+    df = pd.DataFrame({"hit_rate": [0.481, None], "spend_usd": [0.5, 0.25]})
+    shown, shown_config = columns.readable(df, {"hit_rate": columns.percent("Hit rate"),
+                                                "spend_usd": columns.usd("Spend")})
+    assert isinstance(shown, pd.DataFrame) and shown["hit_rate"].tolist() == ["48.1 %", "—"]
+    assert shown_config["hit_rate"]["type_config"] == {"type": "text"} and columns.WORDS not in shown_config["hit_rate"]
