@@ -413,6 +413,19 @@ def test_replayed_batches_and_compaction_change_nothing(built, tmp_path):
     check(path, now)
 
 
+def test_late_calls_of_rolled_hours_count_at_once(built, tmp_path):
+    """Calls arriving for hours already rolled (and minutes already purged), in batches of LLM calls
+    only: the collector's tier job is not told of them, so ingest counts them in the tiers itself."""
+    path, now = copy(built, tmp_path)
+    epoch = (now - datetime(1970, 1, 1)).total_seconds()
+    late = [c for c in workload(9, 80, epoch) if c[1][0] < epoch - 3600]
+    with duckdb.connect(str(path)) as con:
+        before = con.execute("SELECT sum(calls) FROM llm_rollup_hour").fetchone()[0]
+        ingest(con, batches(late, random.Random(10), 3, epoch), 1, epoch)
+        assert con.execute("SELECT sum(calls) FROM llm_rollup_hour").fetchone()[0] > before
+    check(path, now)
+
+
 def test_a_reprice_moves_the_rollups_with_the_calls(built, tmp_path):
     path, now = copy(built, tmp_path)
     prices = tmp_path / "prices.toml"

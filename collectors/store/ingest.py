@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import duckdb
 import msgspec
@@ -34,7 +35,9 @@ import pyarrow.compute as pc
 from collectors.sdk.batch import CLEARED
 from collectors.store import llm_rollup, request_costs, schema
 from collectors.store.histogram import BUCKET_SQL
+from collectors.store.rollups import settle_late
 from collectors.store.schema import INT32, MAX_DURATION_MS, MAX_LABEL, MAX_TAGS_BYTES, Limits, clean
+from collectors.store.tiers import rolled_until
 
 COST_COLUMNS = ("input_cost_usd", "output_cost_usd", "cost_usd", "saved_usd", "price_version")
 
@@ -295,10 +298,13 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
         return 0
     _write_requests(con, [b for b in batches if b.requests is not None and len(b.requests)])
     # The LLM calls of all batches gather here, then go to llm_calls and its rollups in one statement each.
-    con.execute("CREATE OR REPLACE TEMP TABLE _llm_new AS FROM llm_calls LIMIT 0")
+    llm = any("llm" in b.frames for b in batches)
+    if llm:
+        con.execute("CREATE OR REPLACE TEMP TABLE _llm_new AS FROM llm_calls LIMIT 0")
     for b in batches:
         _write_small(con, b)
-    _write_llm(con)
+    if llm:
+        _write_llm(con)
     _write_request_costs(con, batches)
     # One statement per table for all batches: per-row statements cost ~0.5 ms each.
     _insert(con, "INSERT INTO ingested_batches SELECT *, now()::TIMESTAMP FROM _incoming", pd.DataFrame(
@@ -316,9 +322,14 @@ def write_batches(con: duckdb.DuckDBPyConnection, batches: list[Batch], source: 
 
 def _write_llm(con: duckdb.DuckDBPyConnection) -> None:
     """The transaction's LLM calls, and their spend rollups (collectors.store.llm_rollup)."""
-    if con.execute("SELECT count(*) FROM _llm_new").fetchone()[0]:
+    [(calls, first, last)] = con.execute("SELECT count(*), min(ts), max(ts) FROM _llm_new").fetchall()
+    if calls:
         con.execute("INSERT INTO llm_calls SELECT * FROM _llm_new")
         llm_rollup.add(con, "_llm_new")
+        rolled = rolled_until(con)["hour"]
+        if rolled is not None and first < rolled:
+            # Calls of hours already rolled: into their hours and days now (see settle_late).
+            settle_late(con, (first, last + timedelta(minutes=1)))
     con.execute("DROP TABLE _llm_new")
 
 

@@ -140,10 +140,13 @@ def add(con: duckdb.DuckDBPyConnection, source: str) -> None:
     """)
     con.execute("""
         INSERT INTO llm_request_spans
-        SELECT *, true FROM _spans AS n
-        WHERE NOT EXISTS (SELECT 1 FROM llm_request_spans AS s
-                          WHERE s.request_id = n.request_id AND s.service = n.service
-                            AND s.user_id IS NOT DISTINCT FROM n.user_id)
+        SELECT n.*, true
+        FROM _spans AS n
+        LEFT JOIN (SELECT request_id, service, user_id
+                   FROM llm_request_spans
+                   WHERE request_id IN (SELECT request_id FROM _spans)) AS s   -- a join, not a scan per row
+          ON s.request_id = n.request_id AND s.service = n.service AND s.user_id IS NOT DISTINCT FROM n.user_id
+        WHERE s.request_id IS NULL
     """)
     con.execute("""
         UPDATE llm_request_spans SET sole = false

@@ -95,14 +95,7 @@ def roll_tiers(con: duckdb.DuckDBPyConnection, now: datetime,
 
     Every step rebuilds whole periods from their source, so a second run changes nothing."""
     marks = rolled_until(con)
-    done = {"late_rows": _merge_late(con, marks)}
-    stale = _stale_hours(con, marks, touched)
-    for lo, hi in _runs(stale, HOUR):
-        _rebuild(con, "hour", lo, hi)
-    stale_days = sorted({floor(h, DAY) for h in stale if marks["day"] and h < marks["day"]})
-    for lo, hi in _runs(stale_days, DAY):
-        _rebuild(con, "day", lo, hi)
-    done |= {"hours_rebuilt": len(stale), "days_rebuilt": len(stale_days)}
+    done = settle_late(con, touched, marks)
 
     target = floor(now - LATE_GRACE, HOUR)
     done["hours_rolled"] = _advance(con, "hour", marks["hour"] or _first(con, "minute", HOUR), target)
@@ -110,6 +103,22 @@ def roll_tiers(con: duckdb.DuckDBPyConnection, now: datetime,
     day_target = floor(hour_mark, DAY) if hour_mark else None
     done["days_rolled"] = _advance(con, "day", marks["day"] or _first(con, "hour", DAY), day_target)
     return done
+
+
+def settle_late(con: duckdb.DuckDBPyConnection, touched: tuple[datetime, datetime] | None,
+                marks: dict | None = None) -> dict[str, int]:
+    """Steps 1 and 2 of roll_tiers: minutes written into periods already rolled (or purged) counted in
+    their hours and days. Ingest runs it itself for LLM calls of rolled hours, which the collector's
+    tier job is not told about (it hears of the minutes of requests, caches and queries)."""
+    marks = marks or rolled_until(con)
+    done = {"late_rows": _merge_late(con, marks)}
+    stale = _stale_hours(con, marks, touched)
+    for lo, hi in _runs(stale, HOUR):
+        _rebuild(con, "hour", lo, hi)
+    stale_days = sorted({floor(h, DAY) for h in stale if marks["day"] and h < marks["day"]})
+    for lo, hi in _runs(stale_days, DAY):
+        _rebuild(con, "day", lo, hi)
+    return done | {"hours_rebuilt": len(stale), "days_rebuilt": len(stale_days)}
 
 
 def _advance(con, tier: str, start: datetime | None, target: datetime | None) -> int:
