@@ -228,6 +228,42 @@ def assert_no_overprint(fig, width: float) -> None:
             assert right <= other[0] or other[1] <= left or bottom <= other[2] or other[3] <= top, (boxes[i], other)
 
 
+def assert_labels_above_the_data(fig) -> None:
+    """Marker labels sit in the band kept above every y axis' domain (so no data line runs under them), have no
+    background, and the figure grew by the band so the data keeps its height."""
+    band_px, share = charts.label_band(fig)
+    labels = [a for a in fig.layout.annotations if a.hovertext]
+    assert labels and band_px > 0
+    for a in labels:
+        assert (a.yref, a.y, a.yanchor) == ("paper", 1, "top") and a.bgcolor is None
+        assert -a.yshift + charts.LABEL_ROW_PX <= band_px
+    margin = fig.layout.margin
+    plot_px = fig.layout.height - margin.t - margin.b - charts.X_AXIS_PX       # the plot measured short
+    for name in (k for k in fig.layout if k.startswith("yaxis") and not fig.layout[k].overlaying):
+        top = (fig.layout[name].domain or (0, 1))[1]
+        assert (1 - top) * plot_px >= band_px - 1e-6, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deploy_labels_sit_above_the_data_not_over_it(kind):
+    """Seen in the tour: a label with a white box over the p99 line (Overview) and the network lines (Host)."""
+    times = [UNTIL - timedelta(days=3), UNTIL - timedelta(days=3), UNTIL - timedelta(days=1)]
+    fig = build(kind, latency_frame(), deploys_at(*times, service=["api", "worker", "api"]))
+    assert len([a for a in fig.layout.annotations if a.hovertext]) == 3
+    assert_labels_above_the_data(fig)
+
+
+def test_the_band_keeps_the_data_height_and_the_legend_in_place():
+    plain = charts.time_lines(latency_frame(), {"p50_ms": "p50"}, title="t", y_title="y", x_range=(SINCE, UNTIL))
+    marked = charts.time_lines(latency_frame(), {"p50_ms": "p50"}, title="t", y_title="y", x_range=(SINCE, UNTIL),
+                               deploys=deploys_at(UNTIL - timedelta(days=2)))
+    band_px, _ = charts.label_band(marked)
+    assert marked.layout.height == plain.layout.height + band_px
+    for fig in (plain, marked):        # title and legend stay the same px from the top
+        assert (1 - fig.layout.legend.y) * fig.layout.height == pytest.approx(charts.TITLE_TOP_PX + charts.TITLE_PX)
+    assert charts.label_band(plain) == (0, 0.0)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_up_to_four_deploys_are_labelled_where_nothing_overprints(seed):
     rng = random.Random(seed)
@@ -276,7 +312,7 @@ def test_a_long_version_is_shortened_in_the_label_not_in_hover():
     assert version in marker_trace(fig).hovertext[0]
 
 
-# --- Actions: the same, at the bottom -----------------------------------------------------------------
+# --- Actions: the same, marked at the foot -----------------------------------------------------------------
 def actions_at(*times) -> pd.DataFrame:
     return pd.DataFrame({"ts": list(times), "label": [f"clear {i}" for i in range(len(times))],
                          "action": "app_cache.clear", "target": "<product_lru>"})
@@ -292,7 +328,19 @@ def test_actions_get_a_hover_marker_at_the_foot_and_stay_inside_the_axis():
     assert marker.hovertext[0].startswith("app_cache.clear &lt;product_lru&gt;<br>")
     assert [pd.Timestamp(s.x0) for s in fig.layout.shapes if s.line.dash == "dot"] == [pd.Timestamp(inside)]
     [label] = [a for a in fig.layout.annotations if a.hovertext]
-    assert label.text == "clear 1" and label.yanchor == "bottom"
+    assert label.text == "clear 1" and label.yanchor == "top"      # in the band above the data, like a deploy's
+    assert_labels_above_the_data(fig)
+
+
+def test_action_labels_go_under_the_deploy_labels_in_the_band():
+    frame = hourly(DATA_FROM, UNTIL, hit_rate=0.5)
+    fig = charts.time_lines(frame, {"hit_rate": "hit rate"}, title="t", y_title="y", x_range=(SINCE, UNTIL),
+                            deploys=deploys_at(UNTIL - timedelta(days=2)))
+    fig = charts.add_action_markers(fig, actions_at(UNTIL - timedelta(days=2)))
+    deploy, action = (a for a in fig.layout.annotations if a.hovertext)
+    assert (deploy.text, action.text) == ("v1.0.0", "clear 0")
+    assert -action.yshift >= -deploy.yshift + charts.LABEL_ROW_PX      # a row of its own, below
+    assert_labels_above_the_data(fig)
 
 
 def test_many_close_actions_go_to_hover_only():
@@ -350,3 +398,36 @@ def test_legend_rows_wrap_like_a_row_of_entries():
     ten = 2 * (charts.LEGEND_ITEM_PX + charts.LEGEND_CHAR_PX * 10)     # two entries of ten characters
     assert charts.legend_rows(["&lt;" * 10] * 2, ten) == 1               # as shown: "<" ten times
     assert charts.legend_rows(["x" * 40] * 2, ten) == 2
+
+
+# --- Legends say only what is drawn, in the order one reads it ----------------------------------------------
+def test_a_stack_without_bars_is_left_out_of_the_legend_and_named():
+    """Seen on the Cost page: gpt-4o (every call from cache, $0) and an unpriced model in the legend, no bars."""
+    frame = pd.concat([hourly(DATA_FROM, UNTIL, model=m, cost=c) for m, c in
+                       (("claude", 0.01), ("gpt-4o", 0.0), ("acme-local-7b", 0.0))])
+    fig = charts.stacked_bars(frame, y="cost", stack="model", title="t", y_title="spend per hour", y_format="usd",
+                              x_range=(SINCE, UNTIL), empty="no priced spend")
+    assert [t.name for t in fig.data] == ["claude"]
+    assert fig.layout.title.subtitle.text == "No bars (no priced spend): acme-local-7b, gpt-4o"
+    nothing = charts.stacked_bars(frame.assign(cost=0.0), y="cost", stack="model", title="t", y_title="y",
+                                  x_range=(SINCE, UNTIL), empty="no priced spend")
+    assert len(nothing.data) == 3 and not nothing.layout.title.subtitle.text     # all zero: zero bars, as before
+
+
+def test_the_latency_legend_reads_p50_p95_p99_however_the_lines_are_drawn():
+    fig = charts.latency_chart(latency_frame(), x_range=(SINCE, UNTIL))
+    fig.data = tuple(sorted(fig.data, key=lambda t: t.name == "p95"))      # Compare draws p95 last
+    assert [t.name for t in fig.data] == ["p50", "p99", "p95"]
+    assert [t.name for t in sorted(fig.data, key=lambda t: t.legendrank)] == ["p50", "p95", "p99"]
+
+
+def test_size_and_percent_ticks_read_as_the_tables_do():
+    """Seen in the tour: "500MB" and "30%" on the axes beside "487 MB" and "30.1 %" in the tables."""
+    frame = hourly(DATA_FROM, UNTIL, rss=487e6, hit=0.62)
+    rss = charts.time_lines(frame, {"rss": "RSS"}, title="t", y_title="RSS", y_format="bytes", x_range=(SINCE, UNTIL))
+    assert list(rss.layout.yaxis.ticktext) == ["0 B", "100 MB", "200 MB", "300 MB", "400 MB", "500 MB"]
+    hits = charts.time_lines(frame, {"hit": "hit rate"}, title="t", y_title="hits", y_format="percent",
+                             y_range=(0.6, 1.005), x_range=(SINCE, UNTIL))
+    assert list(hits.layout.yaxis.ticktext)[:5] == ["60 %", "70 %", "80 %", "90 %", "100 %"]
+    traffic = build("traffic", latency_frame())
+    assert list(traffic.layout.yaxis2.ticktext)[:2] == ["0 %", "0.2 %"]

@@ -1,12 +1,14 @@
 """Time charts: latency percentiles, traffic, and the sampler pages' lines, areas and bars."""
 
 import html
+import math
 from datetime import datetime
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from collectors.formatting import percent, size
 from dashboard.charts.base import (
     DEPLOY_COLOUR,
     ERRORS_COLOUR,
@@ -31,11 +33,12 @@ def latency_chart(
 ) -> go.Figure:
     """p50/p95/p99 lines over time from `latency_over_time` (columns time, p50_ms, p95_ms, p99_ms)."""
     fig = go.Figure()
-    for col, (name, colour) in PERCENTILE_STYLE.items():
+    for rank, (col, (name, colour)) in enumerate(PERCENTILE_STYLE.items()):
         if col in df:
             fig.add_trace(go.Scatter(
                 x=df["time"], y=df[col], name=name, mode="lines", line={"color": colour, "width": 2},
                 hovertemplate="%{y:,.1f} ms",
+                legendrank=1000 + rank,    # p50, p95, p99 in the legend, whatever order they are drawn in
             ))
     fig.update_xaxes(title_text=TIME_AXIS)
     shown = fit_time_axis(fig, df["time"], x_range, deploys=deploys)
@@ -71,7 +74,8 @@ def traffic_chart(
         customdata=df[["errors"]], hovertemplate="%{y:.2%} (%{customdata[0]:,} errors)",
     ), row=2, col=1)
     fig.update_yaxes(title_text="requests / s", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="errors (% of requests)", tickformat=".1%", rangemode="tozero", row=2, col=1)
+    fig.update_yaxes(title_text="errors (% of requests)", tickformat=".1%", rangemode="tozero", row=2, col=1,
+                     **word_ticks(0, df["error_rate"].max() if len(df) else 0, percent))
     fig.update_xaxes(title_text=TIME_AXIS, row=2, col=1)
     shown = fit_time_axis(fig, df["time"], x_range, deploys=deploys)
     _layout(fig, title, 440)
@@ -96,6 +100,23 @@ Y_FORMATS = {
     "number": (",.3~r", "", "%{y:,.3g}"),
     "usd": ("$,.4~r", "", "$%{y:,.4~r}"),
 }
+
+
+# Axes whose tick labels a d3 format can't write as the tables do ("500 MB", "30 %": a space before the unit):
+# y_format -> the words of one tick.
+TICK_WORDS = {"percent": percent, "bytes": size, "bytes_per_s": lambda v: f"{size(v)}/s"}
+
+
+def word_ticks(lo: float, hi: float, words) -> dict:
+    """About five round ticks from `lo` to `hi` and one past it (an autoranged axis ends a little above its data;
+    Plotly leaves out ticks beyond the axis), 1-2-5 steps, labelled in `words`; {} without a span."""
+    if not (hi > lo):
+        return {}
+    raw = (hi - lo) / 5
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    ticks = [round(k * step, 12) for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 2)]
+    return {"tickvals": ticks, "ticktext": [words(t) for t in ticks]}
 
 
 # Measured in the dashboard's browser: title 21 px high, subtitle 15 px under it at 39-54 px from the top,
@@ -171,7 +192,7 @@ def time_lines(
     for name, y in hlines:
         colour = THRESHOLD_COLOURS.get(name, DEPLOY_COLOUR)
         fig.add_hline(y=y, line={"color": colour, "width": 1, "dash": "dot"}, layer="below",
-                      annotation={"text": f"{name} {y:.0%}" if y_format == "percent" else f"{name} {y:g}",
+                      annotation={"text": f"{name} {percent(y)}" if y_format == "percent" else f"{name} {y:g}",
                                   "font": {"size": 10, "color": colour}, "xanchor": "left", "x": 1,
                                   "yanchor": "middle"})
     fig.update_xaxes(title_text=TIME_AXIS)
@@ -181,6 +202,11 @@ def time_lines(
     else:
         fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix,
                          **({"range": list(y_range)} if y_range else {"rangemode": "tozero"}))
+        if y_format in TICK_WORDS:
+            values = pd.concat([df[c] for c in columns if c in df]).dropna() if len(df) else pd.Series(dtype=float)
+            lo, hi = y_range or (0, values.max() if not values.empty else 0)
+            fig.update_yaxes(ticksuffix="", **word_ticks(lo, min(hi, 1) if y_format == "percent" else hi,
+                                                          TICK_WORDS[y_format]))
     _layout(fig, title, height)
     # Stacked from the top edge, each at a fixed distance from it: the title, what the line styles mean,
     # then the legend, which grows downwards into room kept for as many rows as it takes at half width.
@@ -251,14 +277,21 @@ def bars(
 def stacked_bars(
     df: pd.DataFrame, *, y: str, stack: str, title: str, y_title: str, y_format: str = "number",
     x_range: tuple[datetime, datetime] | None = None, hlines: tuple[tuple[str, float], ...] = (),
-    top: int = 8, height: int = 340, deploys: pd.DataFrame | None = None,
+    top: int = 8, height: int = 340, deploys: pd.DataFrame | None = None, empty: str | None = None,
 ) -> go.Figure:
     """`df[y]` over `df["time"]` as bars stacked by `stack`, the `top` largest stacks by total and the
-    rest summed as "other" (e.g. spend per hour by model); `hlines` are labelled horizontal lines."""
+    rest summed as "other" (e.g. spend per hour by model); `hlines` are labelled horizontal lines. A stack
+    with nothing to draw (a total of 0 or none) is left out of the legend; given `empty`, why (e.g. "no
+    priced spend"), a subtitle names those stacks."""
     tickformat, suffix, hover = Y_FORMATS[y_format]
     fig = go.Figure()
+    nothing: list[str] = []
     if not df.empty:
         totals = df.groupby(stack)[y].sum().sort_values(ascending=False)
+        if (totals > 0).any():      # all zero: zero bars, the axis still says so
+            nothing = [str(k) for k, v in totals.items() if not v > 0]
+            totals = totals[totals > 0]
+            df = df[df[stack].isin(totals.index)]
         keep = set(totals.index[:top])
         df = df.assign(**{stack: df[stack].where(df[stack].isin(keep), "other")})
         order = [k for k in totals.index if k in keep] + (["other"] if len(totals) > top else [])
@@ -276,5 +309,8 @@ def stacked_bars(
                           bar_width=steps.min() if not steps.empty else None)
     fig.update_yaxes(title_text=y_title, tickformat=tickformat, ticksuffix=suffix, rangemode="tozero")
     _layout(fig, title, height)
+    if empty and nothing:
+        fig.update_layout(title={"subtitle": {"text": plot_text(f"No bars ({empty}): {', '.join(nothing)}"),
+                                              "font": {"size": 11}}})
     fig.update_layout(barmode="stack", hovermode="x unified")
     return add_deploy_markers(_no_data(fig) if df.empty else fig, deploys, shown)

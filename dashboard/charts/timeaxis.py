@@ -1,6 +1,6 @@
 """The time axis of every time chart: fitted to the data when it covers clearly less of the picked range
 (and saying so), and the deploys and maintenance actions marked on it, with labels only where they provably
-overprint nothing (the rest in hover)."""
+overprint nothing (the rest in hover): in a band kept above the data, so a label never covers a line."""
 
 from datetime import datetime
 
@@ -118,6 +118,11 @@ LABEL_ROWS = 2
 MAX_LABELS = 4           # more marks than this: hover only
 LABEL_MAX_CHARS = 24
 MARKER_AXIS = "y9"       # an invisible 0..1 axis over the first plot, for the hover markers
+# The label band: the y axes' domains end below it, and the figure grows by it so the data keeps its height.
+# Its share of the plot is worked out from a plot height measured generously short (the x axis' ticks, title
+# and note take at most X_AXIS_PX), so the band is never lower than its labels.
+X_AXIS_PX = 80
+BAND_PAD_PX = 4
 
 
 def _label_px(text: str) -> float:
@@ -170,8 +175,8 @@ def _short(text: str) -> str:
 def _marks(fig: go.Figure, rows: pd.DataFrame, x_range, *, labels: list[str], hovers: list[str], name: str,
            colour: str, dash: str, top: bool) -> go.Figure:
     """Full-height lines at `rows["ts"]`, a hover marker (a trace named `name`) on each, at the top or
-    bottom edge, and, where
-    `place_labels` finds room, a short label; marks outside the span shown are left out."""
+    bottom edge of the data, and, where `place_labels` finds room, a short label in the band above the data;
+    marks outside the span shown are left out."""
     start, end = _shown_span(fig, x_range, rows["ts"])
     ts = _times(rows["ts"]).reindex(rows.index)
     inside = ((ts >= start) & (ts <= end)).to_numpy()
@@ -196,18 +201,53 @@ def _marks(fig: go.Figure, rows: pd.DataFrame, x_range, *, labels: list[str], ho
         ))
     span = (end - start) or pd.Timedelta(seconds=1)
     fractions = [(t - start) / span for t in ts]
-    for t, text, hover, spot in zip(ts, labels, hovers, place_labels(fractions, labels)):
+    spots = place_labels(fractions, labels)
+    rows_used = max((spot[0] + 1 for spot in spots if spot), default=0)
+    if not rows_used:
+        return fig
+    below = _reserve_band(fig, rows_used * LABEL_ROW_PX + BAND_PAD_PX)     # under the labels already there
+    for t, text, hover, spot in zip(ts, labels, hovers, spots):
         if spot is None:
             continue
         row, anchor = spot
         fig.add_annotation(
-            x=t, y=1 if top else 0, xref="x", yref="paper", text=plot_text(text), showarrow=False,
-            xanchor=anchor, yanchor="top" if top else "bottom",
+            x=t, y=1, xref="x", yref="paper", text=plot_text(text), showarrow=False,
+            xanchor=anchor, yanchor="top",
             xshift=LABEL_GAP_PX if anchor == "left" else -LABEL_GAP_PX,
-            yshift=-row * LABEL_ROW_PX if top else row * LABEL_ROW_PX,
-            font={"size": 11, "color": colour}, bgcolor="rgba(255,255,255,0.8)", hovertext=hover,
+            yshift=-(below + row * LABEL_ROW_PX),
+            font={"size": 11, "color": colour}, hovertext=hover,
         )
     return fig
+
+
+def label_band(fig: go.Figure) -> tuple[int, float]:
+    """(px, share of the plot area) kept above the data for marker labels; (0, 0.0) when none."""
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    return meta.get("label_band_px", 0), meta.get("label_band_share", 0.0)
+
+
+def _reserve_band(fig: go.Figure, px: int) -> int:
+    """Keep `px` more at the top of the plot area for labels, above every y axis' domain, and make the
+    figure that much taller; returns the px of band already there (where the new rows start)."""
+    had_px, had_share = label_band(fig)
+    margin = fig.layout.margin
+    before = fig.layout.height or 450
+    height = before + px
+    total = had_px + px
+    share = total / max(height - (margin.t or 0) - (margin.b or 0) - X_AXIS_PX, total * 2)
+    scale = (1 - share) / (1 - had_share)
+    for name in [k for k in fig.layout if k.startswith("yaxis")]:
+        axis = fig.layout[name]
+        if axis.overlaying:         # drawn in the domain of the axis it overlays
+            continue
+        lo, hi = axis.domain or (0, 1)
+        axis.domain = [lo * scale, hi * scale]
+    for item in (fig.layout.title, fig.layout.legend):      # placed in px from the top: they stay there
+        if item.yref == "container" and isinstance(item.y, (int, float)):
+            item.y = 1 - (1 - item.y) * before / height
+    meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+    fig.update_layout(height=height, meta={**meta, "label_band_px": total, "label_band_share": share})
+    return had_px
 
 
 def add_deploy_markers(
@@ -234,8 +274,9 @@ ACTION_COLOUR = "#7B2CBF"
 
 def add_action_markers(fig: go.Figure, actions: pd.DataFrame | None) -> go.Figure:
     """A dotted vertical line per maintenance action (from `queries.cache_actions`) inside the span the
-    figure shows, with a marker at its foot (hover: action, target, time) and, for a few, a short label
-    at the bottom where it overprints nothing, so it reads apart from the deploys marked at the top."""
+    figure shows, with a marker at its foot (hover: action, target, time), so it reads apart from the deploys
+    marked at the top, and, for a few, a short label in its colour in the band above the data (under the
+    deploys' labels) where it overprints nothing."""
     if actions is None or actions.empty:
         return fig
     labels = [_short(str(row.label)) for row in actions.itertuples(index=False)]
