@@ -178,3 +178,25 @@ def test_reprice_moves_the_requests_with_their_calls(tmp_path):
         request_costs.rebuild(con)
         assert rows(con) == after
     assert sum(r[11] for r in after) == calls_total > before
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(costs=st.lists(st.one_of(st.just(Decimal(0)), st.decimals("0.000001", "5", places=6),
+                                st.sampled_from([Decimal("0.0021"), Decimal("0.0022")])), min_size=1, max_size=300),
+       zeros=st.integers(0, 400))
+def test_percentiles_are_quantile_cont_over_every_request(costs, zeros):
+    """Costs from one tie to many buckets, among requests that made no call (counted by the rollups):
+    p50 and p95 equal quantile_cont over all of them, $0 for those without a call."""
+    import numpy as np
+
+    start = pd.Timestamp(NOW, unit="s").to_pydatetime()
+    with duckdb.connect() as con:
+        migrate(con)
+        con.execute("INSERT INTO request_rollup VALUES (?, 'api', '/chat', ?, 0, 0, 0)", [start, zeros + len(costs)])
+        con.executemany("INSERT INTO llm_requests VALUES (?, ?, ?, 'api', '/chat', 'h', NULL, 1, 1, ['m'], 1, 1, ?, true)",
+                        [[f"r{i}", start, start, c] for i, c in enumerate(costs)])
+        got = request_cost_figures(con, since=start, until=start + pd.Timedelta(minutes=1)).iloc[0]
+    everything = [0.0] * zeros + [float(c) for c in costs]
+    assert got.requests == len(everything) and got.llm_requests == len(costs)
+    assert got.p50_usd == pytest.approx(np.quantile(everything, 0.5), rel=1e-9, abs=1e-12)
+    assert got.p95_usd == pytest.approx(np.quantile(everything, 0.95), rel=1e-9, abs=1e-12)

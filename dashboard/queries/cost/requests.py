@@ -142,20 +142,29 @@ def _request_params(since: datetime, until: datetime, service: str | None) -> di
     return {**_params(since, until, service), "wide_since": since - JOIN_MARGIN, "wide_until": until + JOIN_MARGIN}
 
 
-# A range's percentile of a cost over `requests` requests of which the `priced` ones are in `costs`
-# (sorted, 1-based) and the rest cost nothing: quantile_cont's interpolation between the values at
-# ranks floor(r) and ceil(r), r = q * (requests - 1), the first `requests - priced` ranks being zeros.
-# Built from code constants only.
+# The percentiles are exact without sorting every request: costs are counted per ~0.5 % wide log
+# bucket (a hash aggregate), the bucket holding each rank needed is found from the counts, and only
+# the requests in those few buckets are sorted.
+QUANTILE_COSTS = (0.5, 0.95)
+COST_BUCKET = ("CASE WHEN llm_usd > 0 THEN CAST(floor(ln(CAST(llm_usd AS DOUBLE)) * 200) AS INTEGER) "
+               "ELSE -2147483648 END")
+
+
+# A range's percentile of a cost over `requests` requests of which the `priced` ones have a cost (the
+# rest cost nothing): quantile_cont's interpolation between the values at ranks floor(r) and ceil(r),
+# r = q * (requests - 1), the first `requests - priced` ranks being zeros. `cost_at` maps a rank among the
+# priced requests (0 = the cheapest) to its cost. Built from code constants only.
 def _percentile(q: float) -> str:
-    rank = f"{q} * (requests - 1)"
-    at = "CASE WHEN {0} < requests - priced THEN 0 ELSE costs[CAST({0} - (requests - priced) AS BIGINT) + 1] END"
-    return (f"CASE WHEN requests > 0 THEN {at.format(f'floor({rank})')} * (1 - ({rank} - floor({rank})))"
+    rank = f"{q} * (p.requests - 1)"
+    at = "CASE WHEN {0} < p.requests - p.priced THEN 0 ELSE cost_at[CAST({0} - (p.requests - p.priced) AS BIGINT)] END"
+    return (f"CASE WHEN p.requests > 0 THEN {at.format(f'floor({rank})')} * (1 - ({rank} - floor({rank})))"
             f" + {at.format(f'ceil({rank})')} * ({rank} - floor({rank})) END")
 
 
-# Without compute: every figure from the per-request rows and the rollups' request counts, per
-# endpoint ({keys} and {group} name it) or over every endpoint that made a call (both empty). The
-# percentiles sort each group's costs as one list (list_sort), not with a window over the rows.
+_RANKS = ", ".join(f"floor({q} * (requests - 1)), ceil({q} * (requests - 1))" for q in QUANTILE_COSTS)
+
+# Without compute: every figure from the per-request rows and the rollups' request counts, per group:
+# (gs, ge) = the endpoint ({gs} = service, {ge} = endpoint), or '' and '' for every endpoint that made a call.
 REQUEST_COSTS_SQL = f"""
 WITH recorded AS (
     SELECT service, endpoint, sum(requests) AS requests
@@ -163,50 +172,66 @@ WITH recorded AS (
     WHERE ($service IS NULL OR service = $service)
     GROUP BY service, endpoint
 ),
-per_endpoint AS (
-    -- Every endpoint that made a call in the range, with its requests known only from their calls (a
-    -- request whose calls name no endpoint and which has no event is in no endpoint: left out, as
-    -- the query-time join leaves it)
-    SELECT service, endpoint,
-           count(*) AS priced,
-           count(*) FILTER (WHERE NOT has_event) AS unrecorded,
-           sum(calls) AS calls,
-           sum(CAST(llm_usd AS DOUBLE)) AS total,
-           max(CAST(llm_usd AS DOUBLE)) AS max_usd,
-           list(CAST(llm_usd AS DOUBLE)) AS costs
+llm AS (
+    -- a request whose calls name no endpoint and which has no event is in no endpoint: left out, as
+    -- the query-time join leaves it
+    SELECT {{gs}} AS gs, {{ge}} AS ge, service, endpoint, calls, has_event, CAST(llm_usd AS DOUBLE) AS usd,
+           {COST_BUCKET} AS b
     FROM llm_requests
     WHERE ts >= $since
       AND ts < $until
       AND ($service IS NULL OR service = $service)
       AND endpoint IS NOT NULL
-    GROUP BY service, endpoint
+),
+per_endpoint AS (
+    SELECT gs, ge, service, endpoint,
+           count(*) AS priced, count(*) FILTER (WHERE NOT has_event) AS unrecorded, sum(calls) AS calls,
+           sum(usd) AS total, max(usd) AS max_usd
+    FROM llm
+    GROUP BY gs, ge, service, endpoint
 ),
 p AS (
-    SELECT {{keys}}
+    SELECT gs, ge,
            CAST(sum(coalesce(r.requests, 0) + e.unrecorded) AS BIGINT) AS requests,
            CAST(sum(e.priced) AS BIGINT) AS priced,
-           sum(e.calls) AS calls,
-           sum(e.total) AS total,
-           max(e.max_usd) AS max_usd,
-           list_sort(flatten(list(e.costs))) AS costs
+           sum(e.calls) AS calls, sum(e.total) AS total, max(e.max_usd) AS max_usd
     FROM per_endpoint AS e
     LEFT JOIN recorded AS r USING (service, endpoint)
-    {{group}}
+    GROUP BY gs, ge
+),
+buckets AS (
+    SELECT gs, ge, b, n, sum(n) OVER (PARTITION BY gs, ge ORDER BY b) - n AS before
+    FROM (SELECT gs, ge, b, count(*) AS n FROM llm GROUP BY gs, ge, b)
+),
+ranks AS (
+    -- the ranks among the priced requests the percentiles read, each with the bucket holding it
+    SELECT DISTINCT r.gs, r.ge, r.k, b.b, CAST(r.k - b.before AS BIGINT) AS i
+    FROM (SELECT gs, ge, CAST(unnest([{_RANKS}]) - (requests - priced) AS BIGINT) AS k FROM p) AS r
+    JOIN buckets AS b ON b.gs = r.gs AND b.ge = r.ge AND r.k >= b.before AND r.k < b.before + b.n
+),
+picked AS (
+    SELECT r.gs, r.ge, map(list(r.k), list(r.v)) AS cost_at
+    FROM (SELECT r.gs, r.ge, r.k, list_sort(list(l.usd))[r.i + 1] AS v
+          FROM ranks AS r
+          JOIN llm AS l ON l.gs = r.gs AND l.ge = r.ge AND l.b = r.b
+          GROUP BY r.gs, r.ge, r.k, r.i) AS r
+    GROUP BY r.gs, r.ge
 )
 SELECT {{keys}}
-       requests,
-       priced AS llm_requests,
-       calls / requests AS calls_per_request,
-       total / requests AS mean_usd,
+       p.requests,
+       p.priced AS llm_requests,
+       p.calls / p.requests AS calls_per_request,
+       p.total / p.requests AS mean_usd,
        {_percentile(0.5)} AS p50_usd,
        {_percentile(0.95)} AS p95_usd,
-       max_usd,
-       total AS total_usd,
+       p.max_usd,
+       p.total AS total_usd,
        0.0 AS compute_usd
 FROM p
+LEFT JOIN picked USING (gs, ge)
 {{order}}
 """
-BY_ENDPOINT = {"keys": "service, endpoint,", "group": "GROUP BY service, endpoint",
+BY_ENDPOINT = {"gs": "service", "ge": "endpoint", "keys": "p.gs AS service, p.ge AS endpoint,",
                "order": "ORDER BY total_usd DESC, requests DESC, service, endpoint"}
 
 
@@ -248,7 +273,7 @@ def request_cost_overall(
         sql = REQUEST_COSTS_WITH_COMPUTE_SQL.format(keys="", group="")
         df, _ = run_query(sql, _compute_params(since, until, service, usd_per_core_hour), con=con)
         return df
-    df, _ = run_query(REQUEST_COSTS_SQL.format(group="", keys="", order="WHERE priced > 0"),
+    df, _ = run_query(REQUEST_COSTS_SQL.format(gs="''", ge="''", keys="", order="WHERE p.priced > 0"),
                       _ranged(con, since, until, service), con=con)
     if df.empty:     # no endpoint called an LLM: one row saying so, as with compute
         df = pd.DataFrame([{**dict.fromkeys(df.columns, float("nan")), "requests": 0, "llm_requests": 0}],
