@@ -186,7 +186,7 @@ class Collector:
     def _mark_dirty(self, batches) -> None:
         lows, highs = [], []
         for b in batches:
-            for frame, col in ((b.requests, "ts"), (b.cache, "minute"), (b.queries, "minute")):
+            for frame, col in ((b.requests, "ts"), (b.llm, "ts"), (b.cache, "minute"), (b.queries, "minute")):
                 if frame is not None and len(frame):
                     values = frame[col]
                     if hasattr(values, "to_pandas"):

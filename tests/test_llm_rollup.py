@@ -512,3 +512,23 @@ def test_any_batch_split_and_arrival_order_gives_the_raw_figures(short_tiers, se
             llm_rollup.rebuild(con, spans=True)
             assert con.execute("SELECT * FROM llm_request_spans ORDER BY ALL").fetchall() == spans
             assert con.execute("SELECT * FROM llm_user_day ORDER BY ALL").fetchall() == users
+
+
+def test_the_collector_compacts_minutes_that_only_llm_calls_touched(tmp_path):
+    """Two batches of LLM calls alone, for one minute, in two collector runs: the second run's
+    compaction merges their minute rows (the collector marked only request, cache and query minutes)."""
+    import time
+
+    from collectors.daemon import Collector
+    from collectors.sdk.transport.spool import SpoolTransport
+
+    store, spool = tmp_path / "perfdeck.duckdb", tmp_path / "spool"
+    ts = (time.time() // 60 - 2) * 60 + 5
+    for _ in range(2):
+        SpoolTransport(spool).send(*encode(service="api", host="h", pid=1, sent_at=ts + 10, llm=[
+            (ts, "openai", "gpt-4o-mini", 100, 20, 0, None, "/chat", "u1", False, 300.0, 0)])[:2])
+        Collector(store, spool_dir=spool).run_once()
+    with read(store) as con:
+        rows = con.execute("SELECT calls FROM llm_rollup WHERE minute = to_timestamp(?)::TIMESTAMP",
+                           [ts // 60 * 60]).fetchall()
+    assert rows == [(2,)]
