@@ -214,6 +214,24 @@ def test_every_nav_page_renders_without_errors(server, page):
         assert page.locator(".js-plotly-plot").count() >= (title not in WITHOUT_CHARTS), title
 
 
+# The tour found wide tables cut at the right edge: a user had to scroll sideways to see their last columns.
+WIDE_TABLES = "() => [...document.querySelectorAll('[data-testid=\"stDataFrame\"] .dvn-scroller')]" \
+              ".map(s => [s.scrollWidth, s.clientWidth])"
+
+
+def test_every_table_fits_a_1500_px_window(server, page):
+    assert page.viewport_size["width"] == 1500
+    for path in ("", "database", "host", "cost", "compare", "alerts", "ingest", "caches", "actions"):
+        page.goto(f"{server}/{path}?range=Last+7+days")
+        _settle(page)
+        checks = page.locator('[data-testid="stExpander"] summary', has_text="All checks")
+        if checks.count():           # the Overview's table of every check, in its expander
+            checks.first.click()
+            page.wait_for_timeout(1500)
+        widths = page.evaluate(WIDE_TABLES)
+        assert all(scroll <= client + 1 for scroll, client in widths), (path or "overview", widths)
+
+
 def test_down_redis_callout_on_caches_page(server, page):
     page.goto(f"{server}/caches")
     _settle(page)

@@ -243,3 +243,11 @@ def test_the_page_shows_now_and_worst_side_by_side_readably(migrated_store, monk
         ["resolved", "8.2 min", "shop-api /search", "healthy", "150 ms", "200 ms", "p95 of /search 150 ms ≤ 200 ms healthy",
          "critical", "1,240 ms"]]
     assert "None" not in history.astype(str).to_numpy().ravel().tolist()
+    # Seen in the tour: the level now beside the worst severity, whose level was not shown. Each value has its own.
+    assert frames(at)["alerts-firing"][["peak_severity", "peak_value", "peak_level", "severity", "value", "threshold"]
+                                       ].values.tolist()[1] == ["critical", "1,500 ms", "1,000 ms", "warning", "640 ms",
+                                                                "500 ms"]
+    assert history["peak_level"].tolist() == ["1,000 ms", "500 ms", "1,000 ms"]
+    firing_table = next(d for d in at.dataframe if "peak_level" in d.value and "resolved_at" not in d.value)
+    order = list(firing_table.proto.column_order)
+    assert order.index("peak_level") == order.index("peak_value") + 1 and order.index("threshold") == order.index("value") + 1

@@ -235,3 +235,19 @@ def test_too_few_requests_show_a_dash_and_p95_is_drawn_over_p99(store, monkeypat
     latency = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
     assert [t["name"] for t in latency][-1] == "p95"
     assert next(t for t in latency if t["name"] == "p99")["line"]["dash"] == "dot"
+
+
+def test_the_table_fits_the_page_and_the_legend_reads_p50_p95_p99(store, monkeypatch):
+    """Seen in the tour: the table ran past the page ("p99 before…" cut) and the legend read p50, p99, p95."""
+    import json
+
+    from test_compare import AFTER, BEFORE, make_events, seed
+    at = two_windows_on(seed(store, make_events()), monkeypatch, BEFORE, AFTER)
+    table = at.dataframe[0]
+    assert list(table.proto.column_order) == ["service", "endpoint", "verdict", "p95_ratio", "ci", "body", "p_value",
+                                              "p95", "p50", "p99"]
+    slow = table.value.set_index("endpoint").loc["/slow"]
+    assert re.fullmatch(r"[\d,]+\.\d → [\d,]+\.\d", slow["p95"]) and re.fullmatch(r"[\d,]+\.\d → [\d,]+\.\d", slow["p99"])
+    latency = json.loads(at.get("plotly_chart")[1].proto.spec)["data"]
+    ranked = sorted((t for t in latency if "legendrank" in t), key=lambda t: t["legendrank"])
+    assert [t["name"] for t in ranked] == ["p50", "p95", "p99"]

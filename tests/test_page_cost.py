@@ -2,6 +2,7 @@
 prices each call) → DuckDB."""
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -96,8 +97,16 @@ def test_cost_page_answers_the_four_questions(seeded):
     p95 = metric(at, "p95 per request")
     assert float(p95.value[1:]) == pytest.approx(per_request.set_index("endpoint").loc["/chat", "p95_usd"], rel=1e-3)
     assert p95.delta == "within target"
-    # what caching saved
+    # what caching saved; a model no price list knows saved an unknown amount ("—"), as its spend is unknown
     assert metric(at, "Calls answered from cache").value == "10"
+    saved = next(d.value for d in at.dataframe if "saved_result_cache_usd" in d.value)
+    acme = saved[saved["model"] == "acme-local-7b"]
+    assert not acme.empty and (acme[["saved_result_cache_usd", "saved_cache_read_usd", "spend_usd"]] == "—").all(axis=None)
+    assert (saved[saved["model"] != "acme-local-7b"]["saved_result_cache_usd"] != "—").all()
+    # the spend chart names its bar's span, and says which models have no bars rather than list them bare
+    spend = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert spend["yaxis"]["title"]["text"] == "spend per 5 min"                # the last 24 hours: 5-minute bars
+    assert spend["title"]["subtitle"]["text"] == "No bars (no priced spend): acme-local-7b"
     # whether the month stays in budget
     assert metric(at, "Month forecast").value.startswith("$")
     assert any("Today" in m.value for m in at.markdown) and any("This month" in m.value for m in at.markdown)

@@ -1,6 +1,7 @@
 """AppTest of the Database page on a seeded store and an empty one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,14 @@ def test_database_page(seeded):
     queries = table(at, "fingerprint")
     assert queries["fingerprint"].iloc[0] == "SELECT * FROM orders WHERE customer_id = ?"
     assert queries["total_ms"].is_monotonic_decreasing and queries["p95_ms"].notna().all()
+    # Seen in the tour: a total of 661,927 ms, and the table cut at the right. Total time in words (the
+    # number stays, for sorting and the CSV); the example statement only in the CSV.
+    shown = next(d for d in at.dataframe if "fingerprint" in d.value)
+    config = json.loads(shown.proto.columns)
+    assert config["total_ms"]["label"] == "Total time" and not config["total_ms"]["type_config"].get("format")
+    assert "sample_sql" in queries and "sample_sql" not in shown.proto.column_order
+    assert "Above the p95 when fewer than 5 % of the calls" in config["mean_ms"]["help"]
+    assert "same calls" in config["p95_ms"]["help"]
     # legacy-pg has pg_stat_statements off: the sampler's hint says how to turn it on.
     assert len(at.info) == 1
     assert "legacy-pg" in at.info[0].value and "shared_preload_libraries" in at.info[0].value

@@ -1,6 +1,7 @@
 """AppTest of the Host page on a seeded store and an empty one."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,10 @@ def test_host_page_all_hosts(seeded):
     assert sorted(processes["pid"]) == [50, 101, 102, 301]
     disks = next(d.value for d in at.dataframe if "mount" in d.value)
     assert disks["used_percent"].iloc[0] == 87.0
+    config = json.loads(next(d for d in at.dataframe if "mount" in d.value).proto.columns)
+    labels = [c["label"] for c in config.values() if "label" in c]
+    assert len(labels) == 5
+    assert len(labels) == len(set(labels))      # seen in the tour: two columns both titled "Used"
     assert len(at.get("plotly_chart")) == 6
     assert {b.key for b in at.download_button} >= {
         "csv-host-disks", "csv-host-processes", "csv-host-over-time", "csv-process-over-time"}

@@ -2,6 +2,7 @@
 one, a missing one, and names that look like markdown."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -116,7 +117,10 @@ def test_all_well(tmp_path, monkeypatch):
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run_app(PAGE)
     assert [s.value for s in at.success] == ["All 6 ingest checks within their targets over the last 5 min."]
-    assert table(at, "unacked")[["waiting", "lag"]].values.tolist() == [["0", "—"]]
+    assert table(at, "unacked")[["waiting", "lag"]].values.tolist() == [[0, "—"]]
+    # Seen in the tour: "0" left-aligned as text. A number column, right-aligned.
+    sources = next(d for d in at.dataframe if "unacked" in d.value.columns)
+    assert json.loads(sources.proto.columns)["waiting"]["type_config"]["type"] == "number"
     assert {c.value for c in at.caption} >= {"No batch quarantined in this range.",
                                              "No note about a source in this range."}
 

@@ -80,6 +80,11 @@ def test_overview_shows_metrics_table_and_charts(seeded):
         "csv-endpoints", "csv-latency-over-time", "csv-traffic-over-time"}
     assert len(at.get("plotly_chart")) == 2
     assert not notices(at)
+    # Enough requests everywhere: no "Tail" column, empty on every row (the CSV keeps it).
+    shown = next(d for d in at.dataframe if "p95_ms" in d.value.columns)
+    assert "tail" not in shown.proto.column_order and (table["tail"] == "").all()
+    caption = next(c.value for c in at.caption if c.value.startswith("Changes are against"))
+    assert "can sit higher or lower" in caption and "so its lines sit higher" not in caption
 
 
 def test_a_shift_in_traffic_mix_alone_does_not_move_the_headline_latency(tmp_path, monkeypatch):
@@ -131,6 +136,7 @@ def test_endpoints_with_few_requests_say_their_tail_is_their_slowest(tmp_path, m
     assert dict(zip(table["endpoint"], table["tail"])) == {
         "/one": "p95 and p99: its only request", "/ten": "p95 and p99 from the 2 slowest",
         "/fifty": "p99 from the 2 slowest", "/many": ""}
+    assert "tail" in next(d for d in at.dataframe if "p95_ms" in d.value.columns).proto.column_order
 
 
 def test_service_filter_and_endpoint_picker(seeded):

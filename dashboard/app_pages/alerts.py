@@ -25,10 +25,11 @@ COLUMNS = {
     "started_at": WHEN("Fired (UTC)"), "resolved_at": WHEN("Resolved (UTC)"), "firing": TEXT("Firing for"),
     "duration": TEXT("Lasted"), "value": TEXT("Value now", help="The latest evaluation (once resolved: the one "
                                                                 "that resolved it)"),
-    "threshold": TEXT("Threshold", help="The level of the severity now (the target once healthy)"),
-    "message": TEXT("Message", width="large", help="The latest evaluation, as severity, value and threshold say"),
+    "threshold": TEXT("Level now", help="The level of the severity now (the target once healthy)"),
+    "message": TEXT("Latest message", width=300, help="The latest evaluation (once resolved: the one that resolved it)"),
     "peak_severity": TEXT("Worst severity", help="The worst severity reached while it fired"),
     "peak_value": TEXT("Worst value", help="The worst value seen while it fired (the lowest for hit rates)"),
+    "peak_level": TEXT("Worst level", help="The level of the worst severity, as the thresholds are set now"),
     "silenced": st.column_config.CheckboxColumn("Silenced"),
     "notifications": columns.count("Messages", help="Notifications that carried this alert"),
 }
@@ -56,11 +57,35 @@ def units() -> dict[str, str]:
         return {}
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def thresholds() -> dict:
+    try:
+        return configured_thresholds()
+    except ValueError:      # a broken thresholds file: no level for the worst severity
+        return {}
+
+
+# A severity -> the level it is judged by: crossing it makes that severity (degraded and healthy: the target).
+LEVEL_OF = {"critical": "critical", "warning": "warning", "degraded": "target", "healthy": "target"}
+
+
+def worst_level(row) -> float | None:
+    """The level of the row's worst severity, so the worst value is read against its own level, as the value
+    now is against the level now."""
+    threshold = thresholds().get(row.rule)
+    if threshold is None or row.peak_severity not in LEVEL_OF:
+        return None
+    service = row.service if isinstance(row.service, str) else None
+    subject = row.subject if isinstance(row.subject, str) else None
+    return getattr(threshold.levels_for(service, subject), LEVEL_OF[row.peak_severity])
+
+
 def readable(df: pd.DataFrame) -> pd.DataFrame:
-    """Values as text in their rule's unit: current and worst side by side."""
+    """Values as text in their rule's unit: current and worst side by side, each with its level."""
     unit = df["rule"].map(units()).fillna("")
+    df = df.assign(peak_level=[worst_level(row) for row in df.itertuples(index=False)])
     return df.assign(**{c: [fmt.value(v, u) if u else fmt.number(v) for v, u in zip(df[c], unit)]
-                        for c in ("value", "threshold", "peak_value")})
+                        for c in ("value", "threshold", "peak_value", "peak_level")})
 
 
 def span(seconds: float) -> str:
@@ -94,9 +119,12 @@ def current(now) -> None:
         st.success("No alerts firing.", icon=":material/check_circle:")
     else:
         shown = readable(active).assign(firing=active["firing_s"].map(fmt.duration))
-        widgets.table(shown[["severity", "value", "threshold", "peak_severity", "peak_value", "target", "message", "rule",
-                             "started_at", "firing", "silenced", "notifications"]], "alerts-firing",
-                      column_config=COLUMNS, csv=active)
+        # Fits the page: the message says again what severity, value and level now say (it is in the CSV).
+        widgets.table(shown[["rule", "target", "severity", "value", "threshold", "peak_severity", "peak_value",
+                             "peak_level", "firing", "silenced", "notifications", "started_at", "message"]],
+                      "alerts-firing", column_config=COLUMNS, csv=active,
+                      column_order=["rule", "target", "severity", "value", "threshold", "peak_severity", "peak_value",
+                                    "peak_level", "firing", "silenced"])
     st.subheader("Silences")
     if silences.empty:
         st.caption("No silence is active.")
@@ -130,9 +158,13 @@ def history(now) -> tuple:
         else:
             shown = readable(df).assign(duration=df["duration_s"].map(fmt.duration))
             # The worst moment beside the reading now, before the long message (the filter above is by worst).
-            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "peak_severity", "peak_value", "severity",
-                                 "value", "threshold", "target", "message", "rule", "silenced", "notifications"]],
-                          "alert-history", column_config=COLUMNS, csv=df)
+            # Fits the page: the latest evaluation is its message (severity, value and level now are in the CSV).
+            widgets.table(shown[["started_at", "resolved_at", "duration", "state", "peak_severity", "peak_value",
+                                 "peak_level", "severity", "value", "threshold", "target", "message", "rule", "silenced",
+                                 "notifications"]],
+                          "alert-history", column_config=COLUMNS, csv=df,
+                          column_order=["started_at", "duration", "state", "peak_severity", "peak_value", "peak_level",
+                                        "rule", "target", "message"])
     return since, until, label
 
 

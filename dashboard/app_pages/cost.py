@@ -9,7 +9,7 @@ import streamlit as st
 
 import dashboard.queries as q
 from collectors import config
-from collectors.formatting import money
+from collectors.formatting import money, percent
 from collectors.health.settings import configured_thresholds
 from collectors.pricing import PriceBook
 from collectors.store import db_path, utcnow
@@ -40,7 +40,7 @@ COLUMNS = {
     "price_version": TEXT("Priced with"), "unpriced_calls": COUNT("Unpriced"),
     "user_id": TEXT("User"), "last_call": WHEN("Last call (UTC)"),
     "ts": WHEN("Time (UTC)", seconds=True), "request_id": TEXT("Request"),
-    "duration_ms": columns.ms("Duration (ms)", decimals=0), "models": TEXT("Models"),
+    "duration_ms": columns.duration_ms("Duration"), "models": TEXT("Models"),
     "latency_ms": columns.ms("Latency (ms)", decimals=0), "cache_hit": st.column_config.CheckboxColumn("From cache"),
     "hit_rate": columns.percent("Hit rate"),
     "saved_result_cache_usd": USD("Saved: answered from cache"), "saved_cache_read_usd": USD("Saved: prompt-cache reads"),
@@ -51,12 +51,12 @@ HOW_TO = ("LLM calls are recorded by `sdk.record_llm_call(...)` or the OpenAI / 
 GROUPINGS = {"Model": "model", "Endpoint": "endpoint", "Service": "service"}
 
 
-# Wide tables lead with what they are about and the money; the columns past the page's width scroll (all in the CSV).
-MODEL_ORDER = ["model", "provider", "calls", "spend_usd", "saved_usd", "cost_per_call_usd", "cache_hit_calls",
-               "input_tokens", "output_tokens", "cached_input_tokens", "avg_latency_ms", "output_tokens_per_s",
-               "unpriced_calls", "cache_write_tokens", "price_version"]
-EXPENSIVE_ORDER = ["request_id", "ts", "endpoint", "cost_usd", "calls", "models", "duration_ms", "user_id", "service",
-                   "input_tokens", "output_tokens"]
+# Wide tables lead with what they are about and the money, and show what fits the page; the CSV has every column.
+MODEL_ORDER = ["model", "provider", "calls", "unpriced_calls", "spend_usd", "saved_usd", "cost_per_call_usd",
+               "cache_hit_calls", "input_tokens", "output_tokens", "avg_latency_ms"]
+MODEL_MORE = "cached input, cache writes, output tokens / s and the price list used"
+EXPENSIVE_ORDER = ["ts", "endpoint", "cost_usd", "calls", "models", "duration_ms", "input_tokens", "output_tokens",
+                   "user_id", "request_id"]
 
 
 def shown(df: pd.DataFrame) -> dict:
@@ -142,10 +142,10 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
     for col, b in zip(st.columns(max(len(budget), 1)), budget.itertuples(index=False)):
         verdict = "on track" if b.on_track else "forecast over budget"
         col.markdown(f"**{b.period.capitalize()}**: {money(b.spent_usd)} of {money(b.budget_usd)} "
-                     f"({b.share_used:.0%}) · {verdict}")
+                     f"({percent(b.share_used)}) · {verdict}")
         col.progress(min(float(b.share_used), 1.0))
         col.caption(f"Burn rate {money(b.burn_rate_per_day)} / day · forecast {money(b.forecast_usd)} "
-                    f"({b.forecast_share:.0%} of budget) by {b.period_end:%Y-%m-%d %H:%M} UTC")
+                    f"({percent(b.forecast_share)} of budget) by {b.period_end:%Y-%m-%d %H:%M} UTC")
     now = utcnow()
     month = widgets.load({"daily": q.daily_spend, "deploys": q.deploys},
                          since=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
@@ -169,11 +169,20 @@ def spend(scope: dict, models: pd.DataFrame, x_range, deploys: pd.DataFrame) -> 
     if over is None:
         return
     fig = widgets.figure(charts.stacked_bars, over["over"], y="cost_usd", stack="key",
-                         title=f"LLM spend by {label.lower()}", y_title="spend per bucket", y_format="usd",
-                         x_range=x_range, deploys=deploys)
+                         title=f"LLM spend by {label.lower()}", y_title=f"spend per {per_bucket(scope['bucket_s'])}",
+                         y_format="usd", x_range=x_range, deploys=deploys, empty="no priced spend")
     widgets.chart(fig, over["over"], f"cost-by-{GROUPINGS[label]}")
     st.markdown("**Models**: calls, tokens and spend")
     widgets.table(models, "cost-models", column_config=shown(models), column_order=MODEL_ORDER)
+    st.caption(f"The CSV also has {MODEL_MORE}.")
+
+
+def per_bucket(seconds: int) -> str:
+    """A bar's time span in words: 'minute', '5 min', 'hour', '6 hours', 'day'."""
+    for unit, size, one in (("days", 86400, "day"), ("hours", 3600, "hour"), ("min", 60, "minute")):
+        if seconds >= size and seconds % size == 0:
+            return one if seconds == size else f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, compute: bool) -> None:
@@ -208,7 +217,7 @@ def users(scope: dict) -> None:
         widgets.table(data["users"], "cost-users", column_config=shown(data["users"]))
 
 
-def savings(t: pd.Series, saved: pd.DataFrame) -> None:
+def savings(t: pd.Series, saved: pd.DataFrame, models: pd.DataFrame) -> None:
     st.subheader("What caching saved")
     a, b, c = st.columns(3)
     a.metric("Calls answered from cache", f"{t.cache_hit_calls:,}", border=True,
@@ -216,7 +225,11 @@ def savings(t: pd.Series, saved: pd.DataFrame) -> None:
     b.metric("Their price, not paid", money(t.saved_result_cache_usd), border=True)
     c.metric("Prompt-cache reads", money(t.saved_cache_read_usd), border=True,
              help=f"{t.cached_input_tokens:,} input tokens billed at the cache-read rate instead of the input rate")
-    widgets.table(saved, "cost-savings", column_config=shown(saved))
+    # A model no price list knows saved an unknown amount, like its unknown spend in the Models table.
+    unknown = saved["model"].isin(models.loc[models["spend_usd"].isna(), "model"])
+    money_columns = [c for c in saved.columns if c.endswith("_usd")]
+    shown_saved = saved.assign(**{c: saved[c].where(~unknown) for c in money_columns})
+    widgets.table(shown_saved, "cost-savings", column_config=shown(saved))
 
 
 def body() -> None:
@@ -251,7 +264,7 @@ def body() -> None:
     spend(scope | {"bucket_s": bucket_s}, data["models"], (since, until), data["deploys"])
     per_request(per_req["requests"], expensive["expensive"], target,
                 cost.compute_usd_per_core_hour is not None)
-    savings(t, data["saved"])
+    savings(t, data["saved"], data["models"])
     budgets(budget["budget"], cost, filters.service)
     users(scope)
 

@@ -21,14 +21,19 @@ SOURCES = {"sdk": "Your services (SDK)", "pg": "PostgreSQL (pg_stat_statements)"
 ORDERS = {"total": "Total time", "mean": "Mean time", "calls": "Calls"}
 QUERY_COLUMNS = {
     "service": TEXT("Service"), "target": TEXT("Database"), "database": TEXT("Database"),
-    "fingerprint": TEXT("Statement", width="large", help="Literals replaced by ?"),
-    "sample_sql": TEXT("Example", width="medium"), "query": TEXT("Statement", width="large"),
-    "calls": COUNT("Calls"), "total_ms": COUNT("Total (ms)"),
-    # One precision for the statement's latencies, so its max never reads below its p95.
-    "mean_ms": MS("Mean (ms)", decimals=2), "p95_ms": MS("p95 (ms)", decimals=2, help="From the SDK's histograms"),
+    "fingerprint": TEXT("Statement", width="large", help="Literals replaced by ? (the CSV has an example of each)"),
+    "query": TEXT("Statement", width="large"),
+    "calls": COUNT("Calls"), "total_ms": columns.duration_ms("Total time", help="All its calls together"),
+    # One precision for the statement's latencies, so its max never reads below its p95. Mean and p95 are
+    # of the same calls (the SDK's counts and its histograms); a few very slow calls pull the mean above it.
+    "mean_ms": MS("Mean (ms)", decimals=2, help=(
+        "Total time / calls. Above the p95 when fewer than 5 % of the calls, much slower than the rest, "
+        "take most of the time")),
+    "p95_ms": MS("p95 (ms)", decimals=2, help=(
+        "95 % of the calls took at most this (from the SDK's latency histograms of the same calls, within 1 %). "
+        "Equal to the max when at least 5 % of the calls took about as long as the slowest")),
     "max_ms": MS("Max (ms)", decimals=2), "rows": COUNT("Rows"),
     "cache_hit_ratio": columns.percent("Buffer hits", help="shared blocks hit / (hit + read)"),
-    "queryid": st.column_config.NumberColumn("queryid", format="plain"),
 }
 TARGET_COLUMNS = {
     "target": TEXT("Database"), "pgss_enabled": st.column_config.CheckboxColumn("pg_stat_statements"),
@@ -48,17 +53,19 @@ SEQ_COLUMNS = {
     "live_rows": COUNT("Live rows"), "dead_rows": COUNT("Dead rows"),
     "size_bytes": columns.size("Size"),
 }
+# The example statement and pg_stat_statements' queryid are in the CSV only: the table fits the page.
 QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms",
-               "rows", "cache_hit_ratio", "database", "sample_sql", "queryid"]
+                      "rows", "cache_hit_ratio", "database"]
 ADVICE_COLUMNS = {
     "status": TEXT("Status", help="open, or when it was created from perfdeck (UTC)"),
-    "statement": TEXT("Index to create", width="large"),
-    "est_improvement_pct": columns.percent100("Estimated gain", help=(
-        "How much cheaper the statements it helps get, weighted by the time each takes today")),
-    "time_saved": TEXT("Time saved / day", help="Estimated from the calls per day and their mean latency"),
+    "statement": TEXT("Index to create", width=430),
+    "est_improvement_pct": columns.percent100("Gain", help=(
+        "Estimated: how much cheaper the statements it helps get, weighted by the time each takes today")),
+    "time_saved": TEXT("Saved / day", help="Time saved a day, estimated from the calls per day and their mean latency"),
     "calls_day": COUNT("Calls / day"),
-    "mean_ms": MS("Mean now (ms)", decimals=2, help="Calls-weighted mean latency of the statements it helps"),
-    "queries": st.column_config.ListColumn("Statements it helps", width="medium"),
+    "mean_ms": MS("Mean (ms)", decimals=2, help="Calls-weighted mean latency of the statements it helps, now"),
+    # Last, in the room left: a click on the cell shows them all.
+    "queries": st.column_config.ListColumn("Statements it helps", width=190),
 }
 FINDING_COLUMNS = {
     "kind": TEXT("Finding"), "index_name": TEXT("Index"), "table": TEXT("Table"),
@@ -104,8 +111,12 @@ def top_queries(since, until, targets) -> None:
                                               "listed under `[[database]]` in perfdeck.toml or in `PERFDECK_DATABASE_URLS`.")
         st.info(f"No statements from {SOURCES[source]} in this time range. {how}", icon=":material/info:")
         return
-    widgets.table(data["queries"], f"top-queries-{source}", column_config=QUERY_COLUMNS,
-                  column_order=[c for c in QUERY_COLUMN_ORDER if c in data["queries"]])
+    queries = data["queries"]
+    widgets.table(queries, f"top-queries-{source}", column_config=QUERY_COLUMNS,
+                  column_order=[c for c in QUERY_COLUMN_ORDER if c in queries])
+    if "p95_ms" in queries and (queries["mean_ms"] > queries["p95_ms"]).any():
+        st.caption("Where the mean is above the p95, fewer than 5 % of the statement's calls took most of its "
+                   "time: a few calls much slower than the rest.")
 
 
 def qualified(df: pd.DataFrame) -> pd.Series:

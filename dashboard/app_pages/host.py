@@ -13,8 +13,8 @@ TEXT, SIZE = columns.text, columns.size
 ALL_HOSTS = "All hosts"
 DISK_COLUMNS = {
     "host": TEXT("Host"), "mount": TEXT("Mount"),
-    "used_percent": st.column_config.ProgressColumn("Used", format="%.1f %%", min_value=0, max_value=100),
-    "used_bytes": SIZE("Used"), "total_bytes": SIZE("Size"),
+    "used_percent": st.column_config.ProgressColumn("Used %", format="%.1f %%", min_value=0, max_value=100),
+    "used_bytes": SIZE("Used space"), "total_bytes": SIZE("Size"),
 }
 PROCESS_COLUMNS = {
     "host": TEXT("Host"), "process": TEXT("Process"), "pid": st.column_config.NumberColumn("PID", format="%d"),

@@ -26,10 +26,10 @@ COLLECTOR_LATE_S = 60    # the collector reports every ~10 s: past this, say it 
 COLUMNS = {
     "severity": TEXT("Severity"), "message": TEXT("Check", width="large"),
     "check": TEXT("Check name", help="Its name in thresholds.toml"),
-    "source": TEXT("Source"), "waiting": TEXT("Waiting", help="Batches waiting to be ingested"),
+    "source": TEXT("Source"), "waiting": COUNT("Waiting", help="Batches waiting to be ingested"),
     "lag": TEXT("Ingest lag", help="Age of the oldest waiting batch"),
-    "length": TEXT("Stream length", help="Entries in the Redis stream (XLEN)"),
-    "unacked": TEXT("Unacknowledged", help="Stream entries delivered to a collector, not yet acknowledged"),
+    "length": COUNT("Stream length", help="Entries in the Redis stream (XLEN); none for a spool"),
+    "unacked": COUNT("Unacknowledged", help="Stream entries delivered to a collector, not yet acknowledged"),
     "reported": TEXT("Last report", help="When the collector last reported this source (about every 10 s)"),
     "error": TEXT("Error", width="large"),
     "service": TEXT("Service", width="medium"), "batches": COUNT("Batches"), "events": COUNT("Events"),
@@ -97,8 +97,8 @@ def sources(until) -> None:
     if latest > COLLECTOR_LATE_S:
         st.warning(f"The collector last reported {age(latest)} before the end of the range: nothing it "
                    "would ingest is being stored.", icon=":material/warning:")
-    shown = df.assign(waiting=df["pending"].map(fmt.count), lag=df["oldest_pending_s"].map(age),
-                      length=df["stream_length"].map(fmt.count), unacked=df["stream_pending"].map(fmt.count),
+    shown = df.assign(waiting=df["pending"], lag=df["oldest_pending_s"].map(age),
+                      length=df["stream_length"], unacked=df["stream_pending"],
                       reported=df["report_age_s"].map(lambda s: f"{age(s)} ago"))
     show(shown, "ingest-sources", ["source", "waiting", "lag", "length", "unacked", "reported", "error"], "")
 

@@ -40,12 +40,11 @@ as_text = widgets.as_text   # messages name services, endpoints, caches and sour
 CHECK_COLUMNS = {
     "severity": columns.text("Severity"),
     "component": columns.text("Component"),
-    "message": columns.text("Check", width="large"),
-    "service": columns.text("Service"),
-    "subject": columns.text("Subject"),
-    "check": columns.text("Check name", help="Its name in thresholds.toml"),
     "value": columns.text("Value"),
     "level": columns.text("Level", help="The level crossed, or the target"),
+    "check": columns.text("Check name", help="Its name in thresholds.toml"),
+    # Last, in the room left; it names the service and subject (their own columns are in the CSV).
+    "message": columns.text("Check", width=480),
 }
 
 
@@ -107,11 +106,12 @@ def headline(now: pd.Series, before: pd.Series | None, typical: pd.Series, typic
             if abs(difference / previous) < 0.0005:
                 delta, arrow = "no change", "off"
             else:
-                delta = (change or (lambda d, b: f"{d / b:+.1%}"))(difference, previous)
+                delta = (change or (lambda d, b: f"{d / b * 100:+.1f} %"))(difference, previous)
                 colour = "inverse" if bad_up else "off"
         col.metric(label, shown, delta, help=help_, delta_color=colour, delta_arrow=arrow, border=True)
     st.caption("Changes are against the previous period of the same length. Typical: each endpoint's percentile "
-               "weighted by its requests (the chart below pools all requests, so its lines sit higher).")
+               "weighted by its requests. The chart below takes each percentile over all requests pooled, not per "
+               "endpoint, so its lines can sit higher or lower than the cards.")
 
 
 def tail_note(requests: int) -> str:
@@ -153,7 +153,9 @@ def body() -> None:
     endpoints = data["percentiles"].merge(
         data["traffic"][["service", "endpoint", "error_rate"]], on=["service", "endpoint"], how="left")
     endpoints["tail"] = endpoints["requests"].map(tail_note)
-    widgets.table(endpoints[list(ENDPOINT_COLUMNS)], "endpoints", column_config=ENDPOINT_COLUMNS)
+    # The tail note only where some endpoint has one: with enough requests everywhere it would be an empty column.
+    shown = [c for c in ENDPOINT_COLUMNS if c != "tail" or endpoints["tail"].astype(bool).any()]
+    widgets.table(endpoints[list(ENDPOINT_COLUMNS)], "endpoints", column_config=ENDPOINT_COLUMNS, column_order=shown)
 
     st.subheader("Latency over time")
     pick, scale = st.columns([3, 1], vertical_alignment="bottom")
