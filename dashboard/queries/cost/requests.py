@@ -183,11 +183,19 @@ llm AS (
       AND ($service IS NULL OR service = $service)
       AND endpoint IS NOT NULL
 ),
+fine AS (
+    -- one pass over the requests: per endpoint and cost bucket (the group follows from the endpoint)
+    SELECT any_value(gs) AS gs, any_value(ge) AS ge, service, endpoint, b,
+           count(*) AS n, count(*) FILTER (WHERE NOT has_event) AS unrecorded, sum(calls) AS calls,
+           sum(usd) AS total, min(usd) AS lo, max(usd) AS hi
+    FROM llm
+    GROUP BY service, endpoint, b
+),
 per_endpoint AS (
     SELECT gs, ge, service, endpoint,
-           count(*) AS priced, count(*) FILTER (WHERE NOT has_event) AS unrecorded, sum(calls) AS calls,
-           sum(usd) AS total, max(usd) AS max_usd
-    FROM llm
+           sum(n) AS priced, sum(unrecorded) AS unrecorded, sum(calls) AS calls, sum(total) AS total,
+           max(hi) AS max_usd
+    FROM fine
     GROUP BY gs, ge, service, endpoint
 ),
 p AS (
@@ -200,22 +208,28 @@ p AS (
     GROUP BY gs, ge
 ),
 buckets AS (
-    SELECT gs, ge, b, n, sum(n) OVER (PARTITION BY gs, ge ORDER BY b) - n AS before
-    FROM (SELECT gs, ge, b, count(*) AS n FROM llm GROUP BY gs, ge, b)
+    SELECT gs, ge, b, n, lo, hi, sum(n) OVER (PARTITION BY gs, ge ORDER BY b) - n AS before
+    FROM (SELECT gs, ge, b, sum(n) AS n, min(lo) AS lo, max(hi) AS hi FROM fine GROUP BY gs, ge, b)
 ),
 ranks AS (
     -- the ranks among the priced requests the percentiles read, each with the bucket holding it
-    SELECT DISTINCT r.gs, r.ge, r.k, b.b, CAST(r.k - b.before AS BIGINT) AS i
+    SELECT DISTINCT r.gs, r.ge, r.k, b.b, b.lo, b.hi, CAST(r.k - b.before AS BIGINT) AS i
     FROM (SELECT gs, ge, CAST(unnest([{_RANKS}]) - (requests - priced) AS BIGINT) AS k FROM p) AS r
     JOIN buckets AS b ON b.gs = r.gs AND b.ge = r.ge AND r.k >= b.before AND r.k < b.before + b.n
 ),
 picked AS (
-    SELECT r.gs, r.ge, map(list(r.k), list(r.v)) AS cost_at
-    FROM (SELECT r.gs, r.ge, r.k, list_sort(list(l.usd))[r.i + 1] AS v
-          FROM ranks AS r
-          JOIN llm AS l ON l.gs = r.gs AND l.ge = r.ge AND l.b = r.b
-          GROUP BY r.gs, r.ge, r.k, r.i) AS r
-    GROUP BY r.gs, r.ge
+    SELECT gs, ge, map(list(k), list(v)) AS cost_at
+    FROM (
+        -- a bucket of equal costs needs no sort
+        SELECT gs, ge, k, lo AS v FROM ranks WHERE lo = hi
+        UNION ALL
+        SELECT r.gs, r.ge, r.k, list_sort(list(l.usd))[r.i + 1] AS v
+        FROM ranks AS r
+        JOIN llm AS l ON l.gs = r.gs AND l.ge = r.ge AND l.b = r.b
+        WHERE r.lo < r.hi
+        GROUP BY r.gs, r.ge, r.k, r.i
+    )
+    GROUP BY gs, ge
 )
 SELECT {{keys}}
        p.requests,
