@@ -160,6 +160,10 @@ def test_a_destructive_action_needs_the_typed_name_then_shows_in_the_audit_csv(d
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
     assert [(r["action"], r["outcome"]) for r in rows][:3] == [
         ("store.purge_raw", "done"), ("app_cache.clear", "done"), ("operator.login", "done")]
+    # The audit log fits the 1500 px window: nothing to scroll sideways for (its other columns are in the CSV).
+    widths = page.evaluate("() => [...document.querySelectorAll('[data-testid=\"stDataFrame\"] .dvn-scroller')]"
+                           ".map(s => [s.scrollWidth, s.clientWidth])")
+    assert widths and all(scroll <= client + 1 for scroll, client in widths), widths
 
 
 def test_the_advisor_recommends_the_demo_indexes_and_one_is_created_from_the_database_page(demo, page):

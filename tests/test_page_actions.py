@@ -85,3 +85,8 @@ def test_an_operator_logs_in_runs_an_action_and_finds_it_in_the_audit_log(seeded
                     ("operator", "store.compact", "done")]
     log = at.dataframe[-1].value
     assert log["action"].tolist()[:1] == ["store.compact"] and log["outcome"].tolist()[:1] == ["done"]
+    # The log fits the page: the result last (an error in its place when it failed), the rest in the CSV.
+    assert list(at.dataframe[-1].proto.column_order) == ["ts", "actor", "action", "target", "outcome", "duration_ms",
+                                                         "result"]
+    refused = log[log["outcome"] == "refused"]
+    assert refused["result"].str.startswith("error: ").all() or refused["error"].isna().all()

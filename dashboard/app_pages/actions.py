@@ -25,11 +25,13 @@ with st.container(border=True):
 
 TEXT = columns.text
 AUDIT_COLUMNS = {
-    "ts": columns.when("Time (UTC)", seconds=True), "actor": TEXT("Who"), "action": TEXT("Action"),
-    "target": TEXT("Target"), "outcome": TEXT("Outcome"), "duration_ms": columns.ms("Duration (ms)", decimals=0),
-    "result": TEXT("Result", width="large"), "error": TEXT("Error"), "params": TEXT("Parameters"),
-    "preview": TEXT("Preview", width="medium"), "figures": TEXT("Figures"),
+    "ts": columns.when("Time (UTC)", seconds=True), "actor": TEXT("Who"), "action": TEXT("Action", width=160),
+    "target": TEXT("Target", width=160), "outcome": TEXT("Outcome"), "duration_ms": columns.duration_ms("Took"),
+    "result": TEXT("Result", width=300, help="What it did, or the error that stopped it"),
+    "error": TEXT("Error"), "params": TEXT("Parameters"), "preview": TEXT("Preview"), "figures": TEXT("Figures"),
 }
+# What fits the page, the result last; parameters, preview and figures are in the CSV.
+AUDIT_SHOWN = ["ts", "actor", "action", "target", "outcome", "duration_ms", "result"]
 SPANS = {"Last 24 hours": timedelta(days=1), "Last 7 days": timedelta(days=7), "Last 30 days": timedelta(days=30),
          "Last 400 days": timedelta(days=400)}
 ALL = "All"
@@ -49,4 +51,7 @@ if facets is not None:
         if log["log"].empty:
             st.caption("No actions in this range.")
         else:
-            widgets.table(log["log"][list(AUDIT_COLUMNS)], "action-audit", column_config=AUDIT_COLUMNS)
+            rows = log["log"][list(AUDIT_COLUMNS)]
+            failed = rows["error"].notna() & (rows["error"] != "")
+            shown = rows.assign(result=rows["result"].where(~failed, "error: " + rows["error"].astype(str)))
+            widgets.table(shown, "action-audit", column_config=AUDIT_COLUMNS, column_order=AUDIT_SHOWN, csv=rows)
