@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from seed_store import seed_store
 from streamlit.testing.v1 import AppTest
 
 from collectors.samplers.database import pg_stat_statements_hint
-from collectors.store import migrate, write
+from collectors.store import migrate, utcnow, write
+from collectors.store.histogram import bucket_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "dashboard" / "app_pages" / "database.py")
@@ -98,3 +100,30 @@ def test_empty_store_says_how_to_get_data(tmp_path, monkeypatch):
     assert len(at.info) == 1
     assert "perfdeck demo" in at.info[0].value and "PERFDECK_DATABASE_URLS" in at.info[0].value
     assert not at.dataframe
+
+
+def test_a_mean_above_the_p95_and_a_p95_at_the_max_are_explained(tmp_path, monkeypatch):
+    """Seen in the tour: "mean 0.53, p95 0.07" in one row, p95 equal to Max in another. Both are true of
+    the same calls; the page says why."""
+    minute = utcnow().replace(second=0, microsecond=0) - timedelta(hours=1)
+    calls = {"UPDATE stock SET n = n - ? WHERE id = ?": [0.05] * 970 + [20.0] * 30,    # a few lock waits
+             "SELECT * FROM report WHERE day = ?": [5.0] * 100}                       # every call alike
+    path = tmp_path / "perfdeck.duckdb"
+    with write(path) as con:
+        migrate(con)
+        for fingerprint, durations in calls.items():
+            con.execute("INSERT INTO query_stats VALUES (?, 'api', 'shop', ?, ?, ?, ?, ?, ?)",
+                        [minute, fingerprint, fingerprint, len(durations), sum(durations), min(durations),
+                         max(durations)])
+            for bucket in {bucket_of(d) for d in durations}:
+                con.execute("INSERT INTO query_hist VALUES (?, 'api', ?, ?, ?)",
+                            [minute, fingerprint, bucket, sum(bucket_of(d) == bucket for d in durations)])
+    monkeypatch.setenv("PERFDECK_DB", str(path))
+    at = run()
+    assert not at.exception, at.exception
+    rows = table(at, "fingerprint").set_index("fingerprint")
+    update, report = rows.loc["UPDATE stock SET n = n - ? WHERE id = ?"], rows.loc["SELECT * FROM report WHERE day = ?"]
+    assert update["mean_ms"] > update["p95_ms"] and report["p95_ms"] == report["max_ms"]
+    [note] = [c.value for c in at.caption if "p95" in c.value]
+    assert "mean is above the p95, fewer than 5 % of the statement's calls took most of its time" in note
+    assert "p95 is the max, at least 5 % of the calls took about as long as the slowest" in note

@@ -114,9 +114,14 @@ def top_queries(since, until, targets) -> None:
     queries = data["queries"]
     widgets.table(queries, f"top-queries-{source}", column_config=QUERY_COLUMNS,
                   column_order=[c for c in QUERY_COLUMN_ORDER if c in queries])
+    notes = []
     if "p95_ms" in queries and (queries["mean_ms"] > queries["p95_ms"]).any():
-        st.caption("Where the mean is above the p95, fewer than 5 % of the statement's calls took most of its "
-                   "time: a few calls much slower than the rest.")
+        notes.append("Where the mean is above the p95, fewer than 5 % of the statement's calls took most of its "
+                     "time: a few calls much slower than the rest.")
+    if "p95_ms" in queries and (queries["p95_ms"] >= queries["max_ms"]).any():
+        notes.append("Where the p95 is the max, at least 5 % of the calls took about as long as the slowest.")
+    if notes:       # both are true of the same calls (mean from their total, p95 from their histograms)
+        st.caption(" ".join(notes))
 
 
 def qualified(df: pd.DataFrame) -> pd.Series:
