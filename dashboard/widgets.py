@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
+from collectors.health import assess
 from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
 from dashboard import charts, columns, queries
@@ -280,15 +281,21 @@ def down_components(df: pd.DataFrame, what: str) -> None:
                  f"(checked {row.checked_at:%H:%M:%S} UTC).{error}{last_ok}", icon=":material/error:")
 
 
-def figure(build: Callable[..., Any], *args: Any, **kwargs: Any):
-    """`build(*args, **kwargs)`, a `dashboard.charts` builder, made once per distinct input for every
-    session: fifty viewers of a page refreshing on the same cached data share one figure instead of each
-    building it again (Plotly's figure building is most of a rerun's time). The figure is shared, so it
-    must not be changed afterwards. A frame as `load()` returned it is known by its result's name; any
-    other frame (one derived from it too) by its content."""
-    if getattr(charts, build.__name__, None) is not build:
-        raise ValueError(f"{build.__name__} is not a dashboard.charts builder")
-    return _figure(build.__name__, args, kwargs)
+# Modules whose functions `shared` may run: pure functions of frames (figure builders, the pages'
+# summaries of query results, the health verdicts), whose values are never changed by their callers.
+SHAREABLE = {m.__name__: m for m in (charts, queries, assess)}
+
+
+def shared(fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    """`fn(*args, **kwargs)` computed once per distinct input for every session: fifty viewers of a page
+    refreshing on the same cached data share one figure (Plotly's figure building was half of a rerun)
+    and one of each summary instead of each making its own. The value is shared, so it must not be
+    changed afterwards. A frame as `load()` returned it is known by its result's name; any other frame
+    (one derived from it too) by its content."""
+    module = next((name for name, m in SHAREABLE.items() if getattr(m, fn.__name__, None) is fn), None)
+    if module is None:
+        raise ValueError(f"{fn.__name__} is not a function of {', '.join(SHAREABLE)}")
+    return _shared(module, fn.__name__, args, kwargs)
 
 
 def _frame_key(df: pd.DataFrame) -> str | bytes:
@@ -298,9 +305,9 @@ def _frame_key(df: pd.DataFrame) -> str | bytes:
             + pd.util.hash_pandas_object(df).to_numpy().tobytes())
 
 
-@st.cache_resource(ttl=CACHE_TTL_S, max_entries=256, show_spinner=False, hash_funcs={pd.DataFrame: _frame_key})
-def _figure(build: str, args: tuple, kwargs: dict):
-    return getattr(charts, build)(*args, **kwargs)
+@st.cache_resource(ttl=CACHE_TTL_S, max_entries=512, show_spinner=False, hash_funcs={pd.DataFrame: _frame_key})
+def _shared(module: str, name: str, args: tuple, kwargs: dict):
+    return getattr(SHAREABLE[module], name)(*args, **kwargs)
 
 
 def chart(fig, data: pd.DataFrame | None, name: str) -> None:

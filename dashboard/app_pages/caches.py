@@ -73,12 +73,12 @@ def app_caches(data: dict, x_range, deploys) -> None:
     ), data["actions"]), over_time, "app-caches-over-time")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(widgets.figure(charts.time_lines,
+        st.plotly_chart(widgets.shared(charts.time_lines,
             over_time, {"mean_lookup_ms": "mean", "max_lookup_ms": "max"}, by=by, title="Lookup time",
             y_title="lookup time", y_format="ms", log_y=True, dashes={"max_lookup_ms": "dot"},
             deploys=deploys, x_range=x_range), key="chart-app-lookup-time")
     with right:
-        st.plotly_chart(widgets.figure(charts.time_lines,
+        st.plotly_chart(widgets.shared(charts.time_lines,
             over_time, {"lookups_per_s": "lookups / s"}, by=by, title="Lookups per second",
             y_title="lookups / s", y_format="per_s", deploys=deploys, x_range=x_range), key="chart-app-ops")
     with st.expander(f"By namespace ({len(data['namespaces'])})"):
@@ -99,13 +99,13 @@ def redis(data: dict, x_range, actions, deploys) -> None:
         hlines=hit_rate_lines((None, instance) for instance in data["summary"]["instance"]),
     ), actions), over_time, "redis-over-time")
     left, right = st.columns(2)
-    left.plotly_chart(widgets.figure(charts.time_lines, over_time, {"ops_per_sec": "ops / s"},
+    left.plotly_chart(widgets.shared(charts.time_lines, over_time, {"ops_per_sec": "ops / s"},
                                      title="Commands per second", y_title="ops / s", y_format="per_s", **lines),
                       key="chart-redis-ops")
-    right.plotly_chart(widgets.figure(charts.time_lines,
+    right.plotly_chart(widgets.shared(charts.time_lines,
         over_time, {"evicted_per_sec": "evicted", "expired_per_sec": "expired"}, title="Evictions and expirations",
         y_title="keys / s", y_format="per_s", dashes={"expired_per_sec": "dot"}, **lines), key="chart-redis-evictions")
-    st.plotly_chart(widgets.figure(charts.time_lines,
+    st.plotly_chart(widgets.shared(charts.time_lines,
         over_time, {"used_memory": "used", "used_memory_peak": "peak", "maxmemory": "maxmemory"},
         title="Memory: used, peak and maxmemory", y_title="memory", y_format="bytes",
         dashes={"used_memory_peak": "dot", "maxmemory": "dash"}, **lines), key="chart-redis-memory")
@@ -115,7 +115,7 @@ def redis(data: dict, x_range, actions, deploys) -> None:
     if namespaces.empty:
         st.caption("No namespace sample in this range (the sampler's `sample_keys` may be 0).")
     else:
-        st.plotly_chart(widgets.figure(charts.bars, namespaces.head(40), x="estimated_bytes", y="namespace",
+        st.plotly_chart(widgets.shared(charts.bars, namespaces.head(40), x="estimated_bytes", y="namespace",
                                        colour_by="instance", title="Estimated memory by namespace", x_title="memory",
                                        x_format="bytes"), key="chart-redis-namespaces")
         widgets.table(namespaces, "redis-namespaces", column_config=NAMESPACE_COLUMNS)

@@ -162,7 +162,7 @@ def body() -> None:
                   column_order=SHOWN)
     st.caption("The CSV also has the p50 ratio, the requests in each window and whether each row is from raw events "
                "or histograms.")
-    st.plotly_chart(widgets.figure(charts.ratio_chart, rows), key="chart-compare-ratio")
+    st.plotly_chart(widgets.shared(charts.ratio_chart, rows), key="chart-compare-ratio")
     latency(rows, before, after, service)
 
 

@@ -154,7 +154,7 @@ def budgets(budget: pd.DataFrame, cost: config.CostSettings, service: str | None
         return
     daily = month["daily"]
     lines = ((f"daily budget {money(cost.daily_budget)}", cost.daily_budget),) if cost.daily_budget else ()
-    fig = widgets.figure(charts.stacked_bars, daily.assign(time=daily["day"], stack="spend"), y="spend_usd",
+    fig = widgets.shared(charts.stacked_bars, daily.assign(time=daily["day"], stack="spend"), y="spend_usd",
                          stack="stack", title="Spend per day this month (UTC)", y_title="spend", y_format="usd",
                          hlines=lines, height=280, deploys=month["deploys"])
     widgets.chart(fig, daily, "cost-per-day")
@@ -168,7 +168,7 @@ def spend(scope: dict, models: pd.DataFrame, x_range, deploys: pd.DataFrame) -> 
     over = widgets.load({"over": q.cost_over_time}, **scope, by=GROUPINGS[label])
     if over is None:
         return
-    fig = widgets.figure(charts.stacked_bars, over["over"], y="cost_usd", stack="key",
+    fig = widgets.shared(charts.stacked_bars, over["over"], y="cost_usd", stack="key",
                          title=f"LLM spend by {label.lower()}", y_title=f"spend per {per_bucket(scope['bucket_s'])}",
                          y_format="usd", x_range=x_range, deploys=deploys, empty="no priced spend")
     widgets.chart(fig, over["over"], f"cost-by-{GROUPINGS[label]}")
@@ -194,7 +194,7 @@ def per_request(requests: pd.DataFrame, expensive: pd.DataFrame, target: float, 
         st.info("No request with a request id called an LLM in this range.", icon=":material/info:")
         return
     widgets.table(requests, "cost-per-request", column_config=shown(requests))
-    fig = widgets.figure(charts.bars, requests.assign(label=requests["endpoint"] + " · " + requests["service"]),
+    fig = widgets.shared(charts.bars, requests.assign(label=requests["endpoint"] + " · " + requests["service"]),
                          x="p95_usd", y="label", title="p95 cost per request", x_title="USD per request",
                          x_format="usd", vlines=(("target", target),))
     widgets.chart(fig, None, "cost-p95")

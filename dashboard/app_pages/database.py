@@ -238,12 +238,12 @@ def buffer_and_connections(data: dict, x_range, deploys) -> None:
     low = min(0.9, ratio["hit_ratio"].min() - 0.02) if not ratio.empty else 0
     left, right = st.columns(2)
     with left:
-        fig = widgets.figure(charts.time_lines, ratio, {"hit_ratio": "hit ratio"}, title="Buffer cache hit ratio",
+        fig = widgets.shared(charts.time_lines, ratio, {"hit_ratio": "hit ratio"}, title="Buffer cache hit ratio",
                              y_title="blocks from memory", y_format="percent", y_range=(low, 1.005),
                              x_range=x_range, deploys=deploys)
         widgets.chart(fig, data["hit_ratio"], "db-cache-hit-ratio")
     with right:
-        fig = widgets.figure(charts.stacked_area, connections, y="connections", stack="state",
+        fig = widgets.shared(charts.stacked_area, connections, y="connections", stack="state",
                              title="Connections by state", y_title="connections", x_range=x_range, deploys=deploys)
         widgets.chart(fig, data["connections"], "db-connections")
 

@@ -27,7 +27,7 @@ HOW_TO = ("`perfdeck collect` samples this machine (the `[host]` section of perf
 
 
 def time_lines(where, key: str, *args, **kwargs) -> None:
-    where.plotly_chart(widgets.figure(charts.time_lines, *args, **kwargs), key=f"chart-{key}")
+    where.plotly_chart(widgets.shared(charts.time_lines, *args, **kwargs), key=f"chart-{key}")
 
 
 def machine(data: dict, lines: dict) -> None:

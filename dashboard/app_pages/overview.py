@@ -63,7 +63,7 @@ def health_banner() -> None:
     if checks.empty:
         st.caption(f"Health: nothing had enough data in the last {span} to be judged.")
         return
-    status, reasons = overall(checks)
+    status, reasons = widgets.shared(overall, checks)
     callout, _, icon = SEVERITY_STYLE[status]
     if reasons:
         more = f" and {len(reasons) - SHOWN_REASONS} more" if len(reasons) > SHOWN_REASONS else ""
@@ -72,7 +72,7 @@ def health_banner() -> None:
         text = f"all {len(checks)} checks within their targets"
     callout(f"**Health: {status}** · {text}", icon=icon)
     with st.container(horizontal=True, gap="small"):
-        for row in components(checks).itertuples(index=False):
+        for row in widgets.shared(components, checks).itertuples(index=False):
             _, colour, badge_icon = SEVERITY_STYLE[row.severity]
             st.badge(f"{as_text(row.component)}: {row.severity}", icon=badge_icon, color=colour, help=as_text(row.reason))
     with st.expander(f"All checks ({len(checks)}) over the last {span} to {until:%H:%M:%S} UTC, "
@@ -146,8 +146,8 @@ def body() -> None:
                             since=since - (until - since), until=since, service=filters.service)
     before = previous["totals"].iloc[0] if previous and not previous["totals"].empty else None
     endpoints_before = previous["percentiles"] if previous else data["percentiles"].iloc[:0]
-    headline(data["totals"].iloc[0], before, q.typical_percentiles(data["percentiles"]),
-             q.typical_percentiles(endpoints_before, mix=data["percentiles"]))
+    headline(data["totals"].iloc[0], before, widgets.shared(q.typical_percentiles, data["percentiles"]),
+             widgets.shared(q.typical_percentiles, endpoints_before, mix=data["percentiles"]))
 
     st.subheader("Endpoints")
     endpoints = data["percentiles"].merge(
@@ -168,12 +168,12 @@ def body() -> None:
         return
     # All endpoints: every request pooled (a slow endpoint's tail shows), unlike the cards' typical request.
     title = f"Latency percentiles: {endpoint or 'all requests pooled'}"     # charts make names Plotly text
-    st.plotly_chart(widgets.figure(charts.latency_chart, latency["latency"], data["deploys"],
+    st.plotly_chart(widgets.shared(charts.latency_chart, latency["latency"], data["deploys"],
                                    x_range=(since, until), title=title, log_y=log_y), key="latency_chart")
     widgets.csv_download(latency["latency"], "latency-over-time", label="Download chart data (CSV)")
 
     st.subheader("Traffic")
-    st.plotly_chart(widgets.figure(charts.traffic_chart, data["rate"], data["deploys"], x_range=(since, until)),
+    st.plotly_chart(widgets.shared(charts.traffic_chart, data["rate"], data["deploys"], x_range=(since, until)),
                     key="traffic_chart")
     widgets.csv_download(data["rate"], "traffic-over-time", label="Download chart data (CSV)")
     if not data["deploys"].empty:
