@@ -193,7 +193,7 @@ def _cached(db: str, calls: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...])
             frames = [getattr(queries, name)(con, **dict(kwargs)) for name, kwargs in calls]
     except QueryLimitExceeded as exc:
         return _OverLimit(isinstance(exc, QueryTooSlow), str(exc))
-    for frame in frames:      # names this result for figure(), which would otherwise hash its content
+    for frame in frames:      # names this result for shared(), which would otherwise hash its content
         frame.attrs["result"] = uuid.uuid4().hex
     return frames
 
