@@ -101,3 +101,19 @@ def spooled(spool, kind: str) -> list[dict]:
         else:
             rows += json.loads(payload).get(kind, [])
     return rows
+
+
+def ingest_payloads(con, payloads: list[bytes], per_transaction: int, now: float, book=None) -> None:
+    """SDK batches through the collector's path: decoded at `now`, priced (by `book`, else the packaged
+    price list), written `per_transaction` batches to a transaction."""
+    from collectors.pricing import PriceBook
+    from collectors.store.ingest import decode, write_batches
+
+    book = book or PriceBook.load(None)
+    decoded = [decode(p, now=now) for p in payloads]
+    for b in decoded:
+        book.price_frame(b.llm)
+    for i in range(0, len(decoded), per_transaction):
+        con.begin()
+        write_batches(con, decoded[i:i + per_transaction], "test")
+        con.commit()

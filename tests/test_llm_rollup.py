@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from helpers import ingest_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +22,6 @@ from collectors.pricing import PriceBook
 from collectors.pricing.reprice import apply_reprice, plan_reprice
 from collectors.sdk.batch import encode
 from collectors.store import llm_rollup, migrate, read, utcnow, write
-from collectors.store.ingest import decode, write_batches
 from collectors.store.migrations import MIGRATIONS
 from collectors.store.retention import purge
 from collectors.store.rollups import compact, roll_tiers
@@ -330,17 +330,6 @@ def batches(calls: list, rng: random.Random, pieces: int, now: float) -> list[by
     return out
 
 
-def ingest(con, payloads: list[bytes], per_transaction: int, now: float, book: PriceBook | None = None) -> None:
-    book = book or PriceBook.load(None)
-    decoded = [decode(p, now=now) for p in payloads]
-    for b in decoded:
-        book.price_frame(b.llm)
-    for i in range(0, len(decoded), per_transaction):
-        con.begin()
-        write_batches(con, decoded[i:i + per_transaction], "test")
-        con.commit()
-
-
 def settle(con, now: datetime) -> None:
     """What the collector runs after ingest: the tier job, then retention."""
     con.begin()
@@ -368,10 +357,10 @@ def built(tmp_path_factory):
     with write(path) as con:
         migrate(con)
     with duckdb.connect(str(path)) as con:
-        ingest(con, batches(workload(1, 700, epoch), random.Random(2), 20, epoch), 3, epoch)
+        ingest_payloads(con, batches(workload(1, 700, epoch), random.Random(2), 20, epoch), 3, epoch)
         settle(con, now)
         late = [c for c in workload(3, 60, epoch) if c[1][0] < epoch - 3600]
-        ingest(con, batches(late, random.Random(4), 4, epoch), 2, epoch)
+        ingest_payloads(con, batches(late, random.Random(4), 4, epoch), 2, epoch)
         settle(con, now)
         marks = dict(con.execute("SELECT * FROM rollup_watermarks").fetchall())
     assert {"hour", "day", "minute_purge"} <= set(marks)
@@ -401,9 +390,9 @@ def test_replayed_batches_and_compaction_change_nothing(built, tmp_path):
     epoch = (now - datetime(1970, 1, 1)).total_seconds()
     payloads = batches(workload(5, 80, epoch, span_s=3 * 3600), random.Random(6), 6, epoch)
     with duckdb.connect(str(path)) as con:
-        ingest(con, payloads, 2, epoch)
+        ingest_payloads(con, payloads, 2, epoch)
         before = con.execute("SELECT count(*), sum(calls) FROM llm_rollup").fetchall()
-        ingest(con, payloads + payloads[:2], 3, epoch)      # a replay: the same batch ids again
+        ingest_payloads(con, payloads + payloads[:2], 3, epoch)      # a replay: the same batch ids again
         assert con.execute("SELECT count(*), sum(calls) FROM llm_rollup").fetchall() == before
         con.begin()
         removed = compact(con, datetime(1970, 1, 1), datetime(9999, 1, 1))
@@ -421,7 +410,7 @@ def test_late_calls_of_rolled_hours_count_at_once(built, tmp_path):
     late = [c for c in workload(9, 80, epoch) if c[1][0] < epoch - 3600]
     with duckdb.connect(str(path)) as con:
         before = con.execute("SELECT sum(calls) FROM llm_rollup_hour").fetchone()[0]
-        ingest(con, batches(late, random.Random(10), 3, epoch), 1, epoch)
+        ingest_payloads(con, batches(late, random.Random(10), 3, epoch), 1, epoch)
         assert con.execute("SELECT sum(calls) FROM llm_rollup_hour").fetchone()[0] > before
     check(path, now)
 
@@ -452,7 +441,7 @@ def test_a_store_from_before_the_rollups_is_filled_by_the_migration(tmp_path):
     with write(scratch) as con:
         migrate(con)
     with duckdb.connect(str(scratch)) as con:
-        ingest(con, batches(workload(7, 300, epoch), random.Random(8), 10, epoch), 5, epoch)
+        ingest_payloads(con, batches(workload(7, 300, epoch), random.Random(8), 10, epoch), 5, epoch)
     with write(path) as con:
         con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
         for migration in MIGRATIONS[:11]:
@@ -492,10 +481,10 @@ def test_any_batch_split_and_arrival_order_gives_the_raw_figures(short_tiers, se
         with write(path) as con:
             migrate(con)
         with duckdb.connect(str(path)) as con:
-            ingest(con, payloads[:len(payloads) - len(held_back)], per_transaction, epoch)
+            ingest_payloads(con, payloads[:len(payloads) - len(held_back)], per_transaction, epoch)
             settle(con, now)
             if held_back:
-                ingest(con, held_back, per_transaction, epoch)
+                ingest_payloads(con, held_back, per_transaction, epoch)
                 settle(con, now)
         with read(path) as con:
             for name in ("cost_totals", "model_usage", "unpriced_models", "cache_savings", "daily_spend", "user_costs"):

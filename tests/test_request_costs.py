@@ -12,13 +12,13 @@ from decimal import Decimal
 import duckdb
 import pandas as pd
 import pytest
+from helpers import ingest_payloads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collectors.pricing import PriceBook
 from collectors.sdk.batch import encode
 from collectors.store import migrate, read, request_costs, write
-from collectors.store.ingest import decode, write_batches
 from dashboard.queries import expensive_requests, request_cost_overall
 from dashboard.queries import request_costs as request_cost_figures
 
@@ -60,14 +60,7 @@ def batches(events: list, calls: list, rng: random.Random, pieces: int) -> list[
 
 
 def ingest(con: duckdb.DuckDBPyConnection, payloads: list[bytes], per_transaction: int) -> None:
-    book = PriceBook.load(None)
-    decoded = [decode(p, now=NOW + 3600) for p in payloads]
-    for b in decoded:
-        book.price_frame(b.llm)
-    for i in range(0, len(decoded), per_transaction):
-        con.begin()
-        write_batches(con, decoded[i:i + per_transaction], "test")
-        con.commit()
+    ingest_payloads(con, payloads, per_transaction, now=NOW + 3600)
 
 
 @pytest.fixture(scope="module")
