@@ -23,10 +23,23 @@ PostgreSQL
     connections                  client backends of the server by state (active, idle, ...)  state=<state>
     connections.max              max_connections
     table.seq_scan, table.seq_tup_read, table.idx_scan, table.n_live_tup, table.n_dead_tup
+    table.n_mod_since_analyze    rows changed since the last analyze               table=<schema.name>
     table.size_bytes             pg_total_relation_size (heap + indexes + toast)
+    table.heap_bytes             pg_relation_size of the heap alone
+    table.bloat_bytes            estimated heap bytes beyond what the live rows need (NULL before ANALYZE)
+    table.xid_age                age(relfrozenxid) of the table or its toast, the older (wraparound)
     table.last_vacuum, table.last_autovacuum, table.last_analyze, table.last_autoanalyze
                                  epoch seconds, NULL when never                    table=<schema.name>
     index.idx_scan, index.size_bytes       table=<schema.name>,index=<name>,unique=0|1,primary=0|1
+    database.xid_age             age(datfrozenxid) of every database of the server   database=<db>
+    setting.autovacuum_freeze_max_age     the server's setting (where anti-wraparound vacuums start)
+    replication.standby          1 on a standby (in recovery), 0 on a primary
+    replication.replicas         rows of pg_stat_replication (primary only)
+    replication.lag_bytes, replication.replay_lag_s    per replica (primary)       replica=<name>
+    replication.replay_delay_s   standby: seconds since the last replayed transaction, 0 when caught up
+    pg_stat_statements.covered_s seconds this sample's pg_statements deltas cover: the interval since the
+                                 last sample, or since pg_stat_statements_info.stats_reset (PG 14+) when
+                                 it was reset in between; absent on the baseline sample
 SQLite
     sqlite.file_size_bytes, sqlite.wal_size_bytes, sqlite.page_count, sqlite.page_size,
     sqlite.freelist_count
@@ -39,7 +52,13 @@ SQLite
 `pg_statements` rows are the deltas of pg_stat_statements between two samples for the current
 database, summed per queryid over users: the first sample only sets the baseline; an entry that is
 new, was reset or was evicted and re-created counts from zero (never a negative delta); only entries
-with calls in the interval are written, the top TOP_STATEMENTS by total time."""
+with calls in the interval are written, the top TOP_STATEMENTS by total time. perfdeck's own
+statements are left out: any text starting with "/* perfdeck" (the sampler's, the advisor's and the
+dashboard's marks), and the few statements its drivers send on their own, which cannot carry a mark
+(DRIVER_STATEMENTS: SQLAlchemy's first-connect checks, psycopg's type lookup).
+
+`pg_activity` rows (PostgreSQL) are a snapshot of the live backends each sample: see
+collectors.samplers.pg_depth."""
 from __future__ import annotations
 
 import os
@@ -50,7 +69,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from collectors.redact import redact
-from collectors.samplers import Rows, Sampler
+from collectors.samplers import Rows, Sampler, pg_depth
 
 METRICS = (
     "pg_stat_statements.enabled", "database.size_bytes", "cache.hit_ratio", "cache.hit_ratio.interval",
@@ -60,6 +79,9 @@ METRICS = (
     "table.last_autoanalyze", "index.idx_scan", "index.size_bytes",
     "sqlite.file_size_bytes", "sqlite.wal_size_bytes", "sqlite.page_count", "sqlite.page_size",
     "sqlite.freelist_count", "table.rows", "table.rows_estimate", "index.info",
+    "table.n_mod_since_analyze", "table.heap_bytes", "table.bloat_bytes", "table.xid_age", "database.xid_age",
+    "setting.autovacuum_freeze_max_age", "replication.standby", "replication.replicas", "replication.lag_bytes",
+    "replication.replay_lag_s", "replication.replay_delay_s", "pg_stat_statements.covered_s",
 )
 TOP_STATEMENTS = 200          # pg_statements rows per sample, by total time in the interval
 MAX_TABLES = 1000             # largest tables (and their indexes) sampled per database
@@ -68,8 +90,16 @@ DBSTAT_MAX_BYTES = 1 << 30    # SQLite: dbstat reads every page, so only on file
 CONNECT_TIMEOUT = 5           # seconds
 STATEMENT_TIMEOUT_MS = 10_000
 CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
-_MARK = "/* perfdeck sampler */"  # on every statement we run, so ours are left out of pg_statements
-_TABLE_STATS = ("seq_scan", "seq_tup_read", "idx_scan", "n_live_tup", "n_dead_tup")
+_MARK = pg_depth.MARK  # on every statement we run, so ours are left out of pg_statements
+OWN_PREFIX = "/* perfdeck"         # the sampler's, the advisor's and the dashboard's marks
+# What perfdeck's drivers send by themselves, with no way to mark it (seen in pg_stat_statements of a
+# real server): SQLAlchemy's checks on a new engine's first connection and psycopg's type lookup.
+DRIVER_STATEMENTS = frozenset({
+    "select pg_catalog.version()", "select current_schema()", "show standard_conforming_strings",
+    "show transaction isolation level",
+})
+_DRIVER_PREFIXES = ("SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype",)
+_TABLE_STATS = ("seq_scan", "seq_tup_read", "idx_scan", "n_live_tup", "n_dead_tup", "n_mod_since_analyze")
 _TABLE_TIMES = ("last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze")
 
 
@@ -81,6 +111,14 @@ def pg_stat_statements_hint() -> str:
 
 def _sql(body: str):
     return text(f"{_MARK}\n{body}")
+
+
+def perfdecks_own(query: str | None) -> bool:
+    """Is this pg_stat_statements text one of perfdeck's own statements (see the module doc)?"""
+    if query is None:
+        return False
+    query = query.lstrip()
+    return query.startswith(OWN_PREFIX) or query in DRIVER_STATEMENTS or query.startswith(_DRIVER_PREFIXES)
 
 
 def _labels(**kv) -> str:
@@ -101,6 +139,7 @@ class DatabaseSampler(Sampler):
         self._caps: dict = {"dialect": self.url.get_backend_name()}
         self._pgss_base: dict | None = None        # (userid, queryid, toplevel) -> counters
         self._pgss_reset = None                     # pg_stat_statements_info.stats_reset at the baseline
+        self._pgss_ts: datetime | None = None       # when the baseline counters were read
         self._texts: dict[int, str] = {}
         self._blks: tuple[int, int] | None = None   # (blks_hit, blks_read) at the last sample
 
@@ -207,11 +246,17 @@ class DatabaseSampler(Sampler):
             add("index.idx_scan", il, scans)
             add("index.size_bytes", il, isize)
 
-        statements = self._pg_statements(con, now)
+        pg_depth.maintenance(con, add, [t[0] for t in tables])
+        statements, covered = self._pg_statements(con, now)
         add("pg_stat_statements.enabled", None, int(statements is not None))
+        if covered is not None:
+            add("pg_stat_statements.covered_s", None, covered)
+        activity = pg_depth.activity(con, now, self.name)
         out = [Rows("db_metrics", metrics)]
         if statements:
             out.append(Rows("pg_statements", statements))
+        if activity:
+            out.append(Rows("pg_activity", activity))
         return out
 
     def _pgss_capability(self, con: Connection) -> str | None:
@@ -226,13 +271,15 @@ class DatabaseSampler(Sampler):
             return "the pg_stat_statements extension is not created in this database"
         return None
 
-    def _pg_statements(self, con: Connection, now: datetime) -> list[tuple] | None:
-        """pg_statements rows for this interval ([] on the baseline sample), None when unavailable."""
+    def _pg_statements(self, con: Connection, now: datetime) -> tuple[list[tuple] | None, float | None]:
+        """pg_statements rows for this interval ([] on the baseline sample), None when unavailable; and the
+        seconds those rows cover (None on the baseline)."""
         reason = self._pgss_capability(con)
         rows = reset = None
         if reason is None:
-            # A savepoint, so that an error here (permissions, an old version) spares the rest.
-            sp = con.begin_nested()
+            # A savepoint, so that an error here (permissions, an old version) spares the rest. Ours, with
+            # the mark: SQLAlchemy's begin_nested() sends SAVEPOINT sa_savepoint_1 unmarked.
+            con.execute(_sql("SAVEPOINT perfdeck_pgss"))
             try:
                 new = con.dialect.server_version_info >= (13,)
                 total = "total_exec_time" if new else "total_time"
@@ -246,20 +293,27 @@ class DatabaseSampler(Sampler):
                 """)).all()
                 if con.dialect.server_version_info >= (14,):
                     reset = con.execute(_sql("SELECT stats_reset FROM pg_stat_statements_info")).scalar()
-                sp.commit()
+                con.execute(_sql("RELEASE SAVEPOINT perfdeck_pgss"))
             except SQLAlchemyError as exc:
-                sp.rollback()
+                con.execute(_sql("ROLLBACK TO SAVEPOINT perfdeck_pgss"))
                 reason = redact(f"pg_stat_statements is not readable: {type(exc).__name__}: {exc}", self.url).strip()[:300]
         self._caps["pg_stat_statements"] = {"enabled": reason is None, "reason": reason,
                                             "hint": None if reason is None else pg_stat_statements_hint()}
         if reason is not None:
             self._pgss_base = None
-            return None
+            return None, None
         current = {(u, q, t): (c, ms, r, h, rd) for u, q, t, c, ms, r, h, rd in rows}
         base, self._pgss_base = self._pgss_base, current
         was_reset, self._pgss_reset = base is not None and reset != self._pgss_reset, reset
+        since, self._pgss_ts = self._pgss_ts, now
         if base is None:
-            return []
+            return [], None
+        # What the deltas cover: since the last sample, or since the reset when there was one in between
+        # (what ran before it in this interval is gone with it).
+        start = since
+        if was_reset and reset is not None:
+            start = min(max(pg_depth._naive_utc(reset), since), now)
+        covered = max(0.0, (now - start).total_seconds())
         deltas: dict[int, list] = {}
         for key, cur in current.items():
             prev = base.get(key)
@@ -276,12 +330,12 @@ class DatabaseSampler(Sampler):
         out = []
         for qid, (calls, ms, nrows, hit, read) in top:
             query = texts.get(qid)
-            if query is not None and query.startswith(_MARK):
+            if perfdecks_own(query):
                 continue
             out.append((now, self.name, qid, query, calls, ms, nrows, hit, read))
             if len(out) >= self.top_statements:
                 break
-        return out
+        return out, covered
 
     def _query_texts(self, con: Connection, queryids: list[int]) -> dict[int, str]:
         missing = [q for q in queryids if q not in self._texts]

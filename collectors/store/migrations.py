@@ -444,11 +444,38 @@ def m012_llm_rollup(con: duckdb.DuckDBPyConnection) -> None:
     roll_tiers(con, utcnow())     # the tiers of stores older than them (m009), LLM spend's too
 
 
+def m013_postgres_depth(con: duckdb.DuckDBPyConnection) -> None:
+    # Snapshots of a PostgreSQL target's live backends, one row per backend per sample
+    # (collectors.samplers.pg_depth): what runs, waits, blocks, and the locks involved.
+    con.execute("""
+        CREATE TABLE pg_activity (
+            ts TIMESTAMP NOT NULL,
+            target VARCHAR NOT NULL,
+            pid INTEGER NOT NULL,
+            backend_start TIMESTAMP,        -- with pid, names one backend: a pid is reused
+            usename VARCHAR,
+            application_name VARCHAR,
+            client_addr VARCHAR,
+            state VARCHAR,                  -- active, idle in transaction, ... (pg_stat_activity.state)
+            wait_event_type VARCHAR,
+            wait_event VARCHAR,
+            query_start TIMESTAMP,
+            xact_start TIMESTAMP,
+            query_s DOUBLE,                 -- how long its current (or last) statement has run
+            xact_s DOUBLE,                  -- how old its transaction is
+            blocked_by INTEGER[],           -- pg_blocking_pids()
+            locks VARCHAR[],                -- "holds RowExclusiveLock on public.t", "waits for ShareLock on ..."
+            query VARCHAR                   -- redacted, cut at 2,000 characters
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
                                                                   m009_rollup_tiers, m010_llm_requests,
-                                                                  m011_ingest_rollup, m012_llm_rollup]
+                                                                  m011_ingest_rollup, m012_llm_rollup,
+                                                                  m013_postgres_depth]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -28,6 +28,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "db_metrics": ("ts", "raw"),
     "redis_slowlog": ("ts", "rollup"),
     "pg_statements": ("ts", "rollup"),
+    "pg_activity": ("ts", "raw"),        # snapshots of live backends, kept as long as the other samples
     "sdk_health": ("ts", "raw"),
     "ingest_sources": ("ts", "raw"),
     "latency_hist": ("minute", "minute"),
