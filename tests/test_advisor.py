@@ -232,10 +232,10 @@ def test_refuses_anything_but_a_single_select(advisor_db, sql):
 def test_server_refuses_a_second_statement_that_slipped_past_the_parser(advisor_db):
     import psycopg
 
-    from collectors.advisor.hypopg import _cost
+    from collectors.advisor.plan import cost
     with advisor_db.connect("advisor") as con, con.cursor() as cur:
         with pytest.raises(psycopg.errors.SyntaxError):   # "cannot insert multiple commands into a prepared statement"
-            _cost(cur, "SELECT 1; DELETE FROM items", 0)
+            cost(cur, "SELECT 1; DELETE FROM items", 0)
     assert advisor_db.execute("SELECT count(*) FROM items", dbname="advisor") == [(200000,)]
 
 

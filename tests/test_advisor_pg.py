@@ -185,18 +185,20 @@ def test_equality_picks_the_selective_column(db):
     advice = _choose(db, sql, [C("items", "status"), C("items", "owner")])
     assert advice.method == "heuristic" and advice.base_cost == 200_000
     assert advice.best == C("items", "owner")
-    # rows read through an index weigh RANDOM_READ (4) sequential ones
-    assert {t.candidate.columns: round(t.cost) for t in advice.trials} == {("status",): 266_667, ("owner",): 160}
+    # rows read through an index weigh RANDOM_READ (4) sequential ones; an index dearer than the scan
+    # (status: 4 x 66,667 rows) is not taken, so it costs the scan, as hypopg's planner would say
+    assert {t.candidate.columns: round(t.cost) for t in advice.trials} == {("status",): 200_000, ("owner",): 160}
     # owner's cost is 160 to within the rounding above: ANALYZE samples rows, so its distinct count (and the
     # cost) moves a little between runs (CI once saw 160.29: 0.9991986 against 0.9992 ± 1e-6)
     assert advice.reduction == pytest.approx(1 - 4 / 5000, abs=0.5 / 200_000)
 
 
 def test_range_only_column(db):
-    # an open range keeps a third of the rows: read one by one through an index, dearer than a scan
+    # an open range keeps a third of the rows: read one by one through an index (4 x 66,667), dearer
+    # than the scan, which stays the cheapest path
     advice = _choose(db, "SELECT * FROM items WHERE created_at >= $1")
     assert advice.best is None
-    assert advice.trials[0].cost == pytest.approx(4 * 200_000 / 3)
+    assert advice.trials[0].cost == advice.base_cost == 200_000
 
 
 def test_equality_then_range(db):
@@ -223,7 +225,7 @@ def test_tiny_table_gets_nothing(db):
 
 def test_two_values_read_half_the_table(db):
     advice = _choose(db, "SELECT * FROM items WHERE flag = $1")
-    assert advice.trials[0].cost == pytest.approx(4 * 100_000, rel=0.01)
+    assert advice.trials[0].cost == advice.base_cost == 200_000      # 4 x 100,000 through an index
     assert advice.best is None
 
 

@@ -5,10 +5,12 @@
     report = advise(url, [Statement("SELECT ... WHERE a = $1", calls=1, total_ms=0)])
 
 The method follows the database: PostgreSQL with hypopg installed -> hypothetical indexes; PostgreSQL
-without it -> the statistics heuristic; SQLite -> query plans on an in-memory copy of the schema. A
-statement that cannot be analysed (unparsable, refused, the method failed on it) is counted in
-`Report.failed` with its reason and never stops the others. See the README's "Index advisor" for
-the steps.
+without it -> the statistics heuristic; SQLite -> query plans on an in-memory copy of the schema. On
+PostgreSQL the columns come from the statement's plan (`plan.read`: through views, CTEs and
+partitions) merged with its text. Every statement gets an `Outcome`: the index it wants, or why none
+(reads only catalogues, no table, already cheap, no index cuts it enough), or why it could not be
+analysed (unparsable, refused, the plan failed: also in `Report.failed`); one never stops the others.
+See the README's "Index advisor" for the steps.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from collectors.advisor import workload
-from collectors.advisor.candidates import Candidate, candidates, quote
+from collectors.advisor import plan, workload
+from collectors.advisor.candidates import Candidate, TableUse, candidates, candidates_for, columns_used, merge_uses, quote
 from collectors.advisor.model import (
     DEFAULT_MIN_SHARE,
     MIN_TABLE_ROWS,
@@ -34,6 +36,7 @@ from collectors.advisor.model import (
     Recommendation,
     Statement,
 )
+from collectors.advisor.plan import MARK
 from collectors.redact import redact
 from collectors.store.connection import utcnow
 
@@ -64,6 +67,16 @@ class Settings:
         return cls(**kw)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the advisor made of one statement of the workload."""
+    statement: Statement
+    verdict: str               # "create" | "none" | "failed"
+    detail: str                # the index wanted, or why none
+    base_cost: float | None = None
+    best_cost: float | None = None
+
+
 @dataclass
 class Report:
     target: str
@@ -73,6 +86,7 @@ class Report:
     recommendations: list[Recommendation] = field(default_factory=list)
     findings: list[IndexFinding] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)   # (statement, reason)
+    outcomes: list[Outcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -130,20 +144,34 @@ def advise(url: str, statements: list[Statement] | None = None, *, store_workloa
         for statement in statements:
             try:
                 text = workload.prepare(statement.text, dialect)
-                found = candidates(text, dialect, method.existing)
-                if not found:
-                    continue
-                report.analysed += 1
-                result = method.validate(text, found)
+                result, why = method.analyse(text)
             except Exception as exc:   # one statement's failure never stops the others
-                report.failed.append((statement.text, f"{type(exc).__name__}: {exc}".splitlines()[0][:300]))
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                report.failed.append((statement.text, reason))
+                report.outcomes.append(Outcome(statement, "failed", reason))
                 continue
-            if result.best is not None:
+            report.analysed += result is not None
+            if result is not None and result.best is not None:
                 advice.append((statement, result))
+                best = result.best
+                why = f"{best.table} ({', '.join(best.columns)}): {100 * result.reduction:.0f} % cheaper"
+            report.outcomes.append(Outcome(statement, "create" if result and result.best else "none", why,
+                                           result and result.base_cost, result and result.best_cost))
         report.recommendations = [method.recommendation(*r) for r in _fold(advice)]
         report.findings = method.findings()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _on_relations(text_uses: list[TableUse], plan_uses: list[TableUse]) -> list[TableUse]:
+    """The text's reading of the relations the plan reads, named as the plan names them (schema
+    included); what the text names that the plan does not scan (a view, a CTE) is left out."""
+    out = []
+    for use in text_uses:
+        match = next((p for p in plan_uses if p.table == use.table and use.schema in (None, p.schema)), None)
+        if match is not None:
+            out.append(TableUse(match.table, match.schema, use.equality, use.range, use.join, use.order))
+    return out
 
 
 def _fold(advice: list[tuple[Statement, Advice]]) -> list[tuple[Candidate, str, list[tuple[Statement, float]]]]:
@@ -172,6 +200,7 @@ class _Method:
     def __init__(self, conn, dialect: str, settings: Settings):
         self.conn, self.dialect = conn, dialect
         s = settings
+        self.min_share, self.min_base_cost = s.min_share, s.min_rows
         if dialect == "sqlite":
             from collectors.advisor import sqlite_plan
             self.catalog, self.name, self.hypothetical = sqlite_plan, "sqlite-plan", False
@@ -181,26 +210,65 @@ class _Method:
             self.catalog = pg_catalog
             self.hypothetical = pg_catalog.hypopg_installed(conn)
             self.name = "hypopg" if self.hypothetical else "heuristic"
+            if self.hypothetical:
+                self.min_base_cost = s.min_base_cost
             self._validate = (partial(hypopg.validate, min_share=s.min_share, min_base_cost=s.min_base_cost)
                               if self.hypothetical else
                               partial(heuristic.choose, min_share=s.min_share, min_rows=s.min_rows))
         self.existing = self.catalog.existing_indexes(conn)
 
-    def validate(self, text: str, found: list[Candidate]) -> Advice:
-        return self._validate(self.conn, text, found)
+    def analyse(self, text: str) -> tuple[Advice | None, str]:
+        """The advice on one prepared statement (None when there was nothing to try) and, when no
+        index is advised, why."""
+        if self.dialect == "sqlite":
+            found = candidates(text, self.dialect, self.existing)
+            if not found:
+                return None, "no column it filters, joins or sorts on lacks an index"
+            result = self._validate(self.conn, text, found)
+            return result, "" if result.best else self._no_gain(result, [])
+        with plan.session(self.conn) as cur:
+            reading = plan.read(cur, text, plan.check_select(text))
+        if not reading.uses:
+            return None, ("reads only system catalogues" if reading.catalogs
+                          else "reads no table (no index can help)")
+        uses = merge_uses(reading.uses, _on_relations(columns_used(text, "postgres"), reading.uses))
+        found = candidates_for(uses, self.existing)
+        served = f"; the plan uses {', '.join(reading.indexes)}" if reading.indexes else ""
+        if not found:
+            return None, f"no column it filters, joins or sorts on lacks an index{served}"
+        result = self._validate(self.conn, text, found, uses=uses, existing=self.existing)
+        return result, "" if result.best else self._no_gain(result, reading.indexes)
+
+    def _no_gain(self, result: Advice, indexes: list[str]) -> str:
+        served = f", served by {', '.join(indexes)}" if indexes else ""
+        if result.base_cost < self.min_base_cost:
+            unit = "rows read" if result.method != "hypopg" else "planner cost"
+            return f"already cheap: {result.base_cost:,.0f} {unit}, under {self.min_base_cost:,.0f}{served}"
+        best = min(result.trials, key=lambda t: t.cost, default=None)
+        if best is None:
+            return "no candidate could be tried: " + ", ".join(f"({', '.join(c.columns)})" for c in result.skipped)
+        cut = 100 * (1 - best.cost / result.base_cost) if result.base_cost else 0
+        return (f"no index cuts its cost by {100 * self.min_share:.0f} %: the best, {best.candidate.table} "
+                f"({', '.join(best.candidate.columns)}), by {cut:.0f} %{served}")
 
     def schema_of(self, c: Candidate) -> str | None:
         """The schema an unqualified table resolves to on the search path (PostgreSQL)."""
         if c.schema or self.dialect == "sqlite":
             return c.schema
-        row = self.conn.execute("SELECT n.nspname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
+        row = self.conn.execute(MARK + "SELECT n.nspname FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace "
                                 "WHERE t.oid = to_regclass(%s)", (quote(c.table),)).fetchone()
         return row[0] if row else None
+
+    def _partitioned(self, table: str) -> bool:
+        row = self.conn.execute(MARK + "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)",
+                                (table,)).fetchone()
+        return bool(row and row[0])
 
     def recommendation(self, c: Candidate, method: str, helped: list[tuple[Statement, float]]) -> Recommendation:
         schema = self.schema_of(c)
         table = f"{quote(schema)}.{quote(c.table)}" if schema else quote(c.table)
-        concurrently = "CONCURRENTLY " if self.dialect == "postgres" else ""
+        # a partitioned table takes no CONCURRENTLY: its index is built on every partition at once
+        concurrently = "CONCURRENTLY " if self.dialect == "postgres" and not self._partitioned(table) else ""
         create = (f"CREATE INDEX {concurrently}{quote(index_name(c.table, c.columns))} ON {table} "
                   f"({', '.join(map(quote, c.columns))})")
         total_per_day = sum(s.total_ms / s.days for s, _ in helped)

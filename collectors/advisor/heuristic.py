@@ -3,8 +3,12 @@
 Nothing is run but catalogue queries: the captured text is only parsed (`columns_used`), to know in
 which position each column is used. Costs are estimated rows read:
 
-1. Per table of the statement: its rows (pg_class.reltuples) and its columns' pg_stats lines. The
-   base cost is a sequential scan of every table: the sum of their rows (a single table: its rows).
+1. Per table of the statement: its rows (pg_class.reltuples) and its columns' pg_stats lines. Its
+   base cost is its cheapest existing access path: a sequential scan (its rows), or an existing
+   btree index whose leading columns the statement uses, costed as a candidate on those columns
+   would be (steps 3-5). The statement's base is the sum over its tables. So an index that already
+   serves a query makes the base small, and a wider twin of it ((aid, tid) beside (aid)) is never
+   proposed: a statement whose base is under `min_rows` rows is already cheap.
 2. Per candidate, skipped (listed in `Advice.skipped`): a table of fewer than `min_rows` rows, a
    column without a pg_stats line (the table was never analyzed, or it has no such column), and a
    column the statement neither filters nor sorts on.
@@ -19,19 +23,20 @@ which position each column is used. Costs are estimated rows read:
    scan). A row read through an index costs RANDOM_READ rows of a sequential scan (PostgreSQL's
    random_page_cost / seq_page_cost): the candidate's cost is the base with its table's rows replaced
    by RANDOM_READ x its estimate. So an index that reads a third or half of a table is never worth it.
-6. `model.pick()`: the fewest rows wins (ties to fewer columns, as single columns come first) when it
-   cuts the base by at least `min_share`. For a single table, reduction = 1 - rows read / reltuples.
+6. `model.choose()`: the single column reading the fewest rows when it cuts the base by at least
+   `min_share`, a two-column one (then a three-column one extending the best pair, given the
+   statement's `uses`) only if it cuts that again. For a single table, reduction = 1 - rows read / base.
 
 Rows are counted, not pages: the RANDOM_READ weight stands in for the planner's page costs.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from collectors.advisor.candidates import Candidate, TableUse, columns_used
-from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, Trial, pick
-from collectors.advisor.pg_catalog import ColumnStats, column_stats, table_rows
+from collectors.advisor.candidates import Candidate, TableUse, columns_used, existing_of, widen
+from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, Trial, advice
+from collectors.advisor.pg_catalog import ColumnStats, column_stats, existing_indexes, table_rows
 
 RANGE_SELECTIVITY = 1 / 3      # DEFAULT_INEQ_SEL in PostgreSQL's selfuncs.h
 RANDOM_READ = 4.0              # random_page_cost / seq_page_cost, PostgreSQL's defaults
@@ -42,16 +47,36 @@ class _Table:
     use: TableUse
     rows: float                        # reltuples; 0 when never vacuumed nor analyzed (-1)
     stats: dict[str, ColumnStats]
+    base: float = 0.0                  # rows its cheapest existing access path reads (step 1)
 
 
-def _tables(conn, sql: str) -> dict[tuple[str | None, str], _Table]:
-    """The statement's tables that exist, keyed by (schema, table) as the parser names them."""
+def _tables(conn, uses: list[TableUse], existing: dict, min_rows: int) -> dict[tuple[str | None, str], _Table]:
+    """The statement's tables that exist, keyed by (schema, table) as `uses` names them."""
     tables = {}
-    for use in columns_used(sql, "postgres"):
+    for use in uses:
         rows = table_rows(conn, use.schema, use.table)
         if rows is not None:
-            tables[(use.schema, use.table)] = _Table(use, max(rows, 0.0), column_stats(conn, use.schema, use.table))
+            table = _Table(use, max(rows, 0.0), column_stats(conn, use.schema, use.table))
+            paths = [RANDOM_READ * r for ix in existing_of(use, existing)
+                     if (r := _rows_read(table, Candidate(use.table, use.schema, _served(table, ix)), min_rows))
+                     is not None]
+            tables[(use.schema, use.table)] = replace(table, base=min([table.rows, *paths]))
     return tables
+
+
+def _served(table: _Table, index: list[str]) -> tuple[str, ...]:
+    """The leading columns of an existing index that the statement's filters use (after a range
+    column an index narrows no further): what it can search on."""
+    use, prefix = table.use, []
+    for column in index:
+        if column in use.equality or column in use.join:
+            prefix.append(column)
+        elif column in use.range:
+            prefix.append(column)
+            break
+        else:
+            break
+    return tuple(prefix)
 
 
 def _equality_selectivity(stats: ColumnStats, rows: float) -> float:
@@ -74,27 +99,37 @@ def _selectivity(table: _Table, column: str) -> float | None:
 
 def _rows_read(table: _Table | None, candidate: Candidate, min_rows: int) -> float | None:
     """Estimated rows the candidate index reads; None when it cannot be estimated or is not worth it."""
-    if table is None or table.rows < min_rows:
+    if table is None or table.rows < min_rows or not candidate.columns:
         return None
     selectivities = [_selectivity(table, column) for column in candidate.columns]
     return None if None in selectivities else table.rows * math.prod(selectivities)
 
 
-def choose(conn, sql: str, candidates: list[Candidate], *, min_share: float = DEFAULT_MIN_SHARE,
+def choose(conn, sql: str, candidates: list[Candidate], *, uses: list[TableUse] | None = None,
+           existing: dict | None = None, min_share: float = DEFAULT_MIN_SHARE,
            min_rows: int = MIN_TABLE_ROWS) -> Advice:
-    """The candidate reading the fewest estimated rows, if it cuts them by `min_share`; see the module doc."""
-    tables = _tables(conn, sql)
-    base = sum(t.rows for t in tables.values())
+    """The candidate reading the fewest estimated rows, if it cuts them by `min_share`; see the module doc.
+    `uses` (default: the text's own reading) and `existing` (default: the catalogue's) as `advise` has them."""
+    uses = columns_used(sql, "postgres") if uses is None else uses
+    existing = existing_indexes(conn) if existing is None else existing
+    tables = _tables(conn, uses, existing, min_rows)
+    base = sum(t.base for t in tables.values())
     trials: list[Trial] = []
     skipped: list[Candidate] = []
-    for cand in candidates:
+
+    def attempt(cand: Candidate) -> None:
         table = tables.get((cand.schema, cand.table))
         rows = _rows_read(table, cand, min_rows)
         if rows is None:
             skipped.append(cand)
         else:
-            trials.append(Trial(cand, base - table.rows + RANDOM_READ * rows))
-    best, worth = pick(base, trials, min_share=min_share)
-    if not worth:
-        return Advice(base, tuple(trials), None, None, tuple(skipped), method="heuristic")
-    return Advice(base, tuple(trials), best.candidate, best.cost, tuple(skipped), method="heuristic")
+            trials.append(Trial(cand, base - table.base + min(table.base, RANDOM_READ * rows)))
+
+    for cand in candidates:
+        attempt(cand)
+    pairs = [t for t in trials if len(t.candidate.columns) == 2]
+    if pairs:
+        pair = min(pairs, key=lambda t: t.cost).candidate
+        for cand in widen(tables[(pair.schema, pair.table)].use, pair, existing):
+            attempt(cand)
+    return advice(base, trials, skipped, "heuristic", min_share=min_share, min_base_cost=min_rows)

@@ -30,7 +30,7 @@ candidates (from `collectors.advisor.candidates`):
    cost is scaled by LIMIT / rows produced (a `?` LIMIT counts as `PLACEHOLDER_LIMIT`). A subquery adds
    its own cost, a correlated one once per outer row. A candidate the plan does not use costs the base.
 5. Candidates on tables under `min_rows` rows, or naming a table or column the catalogue lacks, are
-   skipped (`Advice.skipped`). `model.pick()` chooses among the single-column trials (the cheapest, if
+   skipped (`Advice.skipped`). `model.choose()` chooses among the single-column trials (the cheapest, if
    it cuts the base by `min_share`), then a two-column trial only if it cuts that choice's cost by
    `min_share` again: a wider index must earn its extra column, as the first one earned its place.
 
@@ -50,7 +50,7 @@ from sqlglot.dialects.sqlite import SQLite
 from sqlglot.tokens import TokenType
 
 from collectors.advisor.candidates import Candidate, columns_used, parse, quote
-from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, IndexFinding, Trial, pick, redundant
+from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, IndexFinding, Trial, advice, redundant
 
 METHOD = "sqlite-plan"
 ROW_COUNT_CAP = 10_000_000     # a table without statistics is counted up to this many rows
@@ -411,16 +411,6 @@ class _Costing:
 
 # -- 5. validate ---------------------------------------------------------------------------------
 
-def _choose(base: float, trials: list[Trial], min_share: float) -> Trial | None:
-    """The cheapest single-column trial worth an index, then wider ones only if each cuts it again."""
-    chosen, reference = None, base
-    for width in sorted({len(t.candidate.columns) for t in trials}):
-        best, worth = pick(reference, [t for t in trials if len(t.candidate.columns) == width], min_share=min_share)
-        if worth:
-            chosen, reference = best, best.cost
-    return chosen
-
-
 def validate(conn, sql: str, candidates: list[Candidate], *, min_share: float = DEFAULT_MIN_SHARE,
              min_rows: int = MIN_TABLE_ROWS, sample_rows: int = 200_000) -> Advice:
     """Plan `sql` on a schema copy without and with each candidate index; see the module doc."""
@@ -440,7 +430,4 @@ def validate(conn, sql: str, candidates: list[Candidate], *, min_share: float = 
                 trials.append(Trial(cand, copy.cost_with(*found, sql, params, query)))
     finally:
         copy.db.close()
-    best = _choose(base, trials, min_share)
-    if best is None:
-        return Advice(base, tuple(trials), None, None, tuple(skipped), method=METHOD)
-    return Advice(base, tuple(trials), best.candidate, best.cost, tuple(skipped), method=METHOD)
+    return advice(base, trials, skipped, METHOD, min_share=min_share)
