@@ -24,6 +24,7 @@ PostgreSQL
     connections.max              max_connections
     table.seq_scan, table.seq_tup_read, table.idx_scan, table.n_live_tup, table.n_dead_tup
     table.n_mod_since_analyze    rows changed since the last analyze               table=<schema.name>
+    table.idx_tup_fetch          live rows fetched by index scans (beside seq_tup_read: rows read by seq scans)
     table.size_bytes             pg_total_relation_size (heap + indexes + toast)
     table.heap_bytes             pg_relation_size of the heap alone
     table.bloat_bytes            estimated heap bytes beyond what the live rows need (NULL before ANALYZE)
@@ -79,7 +80,8 @@ METRICS = (
     "table.last_autoanalyze", "index.idx_scan", "index.size_bytes",
     "sqlite.file_size_bytes", "sqlite.wal_size_bytes", "sqlite.page_count", "sqlite.page_size",
     "sqlite.freelist_count", "table.rows", "table.rows_estimate", "index.info",
-    "table.n_mod_since_analyze", "table.heap_bytes", "table.bloat_bytes", "table.xid_age", "database.xid_age",
+    "table.n_mod_since_analyze", "table.idx_tup_fetch", "table.heap_bytes", "table.bloat_bytes", "table.xid_age",
+    "database.xid_age",
     "setting.autovacuum_freeze_max_age", "replication.standby", "replication.replicas", "replication.lag_bytes",
     "replication.replay_lag_s", "replication.replay_delay_s", "pg_stat_statements.covered_s",
 )
@@ -99,7 +101,8 @@ DRIVER_STATEMENTS = frozenset({
     "show transaction isolation level",
 })
 _DRIVER_PREFIXES = ("SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype",)
-_TABLE_STATS = ("seq_scan", "seq_tup_read", "idx_scan", "n_live_tup", "n_dead_tup", "n_mod_since_analyze")
+_TABLE_STATS = ("seq_scan", "seq_tup_read", "idx_scan", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+                "idx_tup_fetch")
 _TABLE_TIMES = ("last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze")
 
 

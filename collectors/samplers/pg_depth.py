@@ -70,7 +70,8 @@ LOCKS_SQL = """
 SELECT l.pid, l.granted, l.mode, l.locktype,
        CASE WHEN c.oid IS NOT NULL THEN quote_ident(n.nspname) || '.' || quote_ident(c.relname)
             WHEN l.locktype = 'transactionid' THEN 'transaction ' || l.transactionid::text
-            WHEN l.locktype = 'advisory' THEN 'advisory key ' || coalesce(l.classid::text, '') || '/' || coalesce(l.objid::text, '')
+            WHEN l.locktype = 'advisory'
+                 THEN 'advisory key ' || coalesce(l.classid::text, '') || '/' || coalesce(l.objid::text, '')
             ELSE l.locktype END AS what
 FROM pg_locks l
 LEFT JOIN pg_class c ON c.oid = l.relation

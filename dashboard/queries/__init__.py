@@ -24,7 +24,6 @@ from dashboard.queries.caches import (
     app_cache_namespaces,
     app_cache_over_time,
     app_cache_summary,
-    redis_namespaces,
     redis_over_time,
     redis_slowlog,
     redis_summary,
@@ -59,6 +58,15 @@ from dashboard.queries.database import (
 from dashboard.queries.health import health_checks, health_measurements
 from dashboard.queries.host import host_disks, host_over_time, hosts, processes_latest, processes_over_time
 from dashboard.queries.latency import endpoint_percentiles, latency_over_time, typical_percentiles
+from dashboard.queries.pg_depth import (
+    pg_activity_now,
+    pg_index_sizes,
+    pg_long_running,
+    pg_replication,
+    pg_statement_history,
+    pg_table_health,
+    pg_xid_ages,
+)
 from dashboard.queries.pipeline import (
     collector_rejects,
     ingest_sources,
@@ -69,6 +77,14 @@ from dashboard.queries.pipeline import (
     sdk_reject_reasons,
     service_losses,
     source_notes,
+)
+from dashboard.queries.redis import (
+    redis_biggest_keys,
+    redis_clients,
+    redis_commands,
+    redis_memory_by_type,
+    redis_namespaces,
+    redis_sample_coverage,
 )
 from dashboard.queries.samplers import component_status
 from dashboard.queries.traffic import endpoint_traffic, totals, traffic_over_time
@@ -89,8 +105,8 @@ __all__ = [
     "cache_actions",
     "cache_savings",
     "collector_rejects",
-    "component_status",
     "compare_windows",
+    "component_status",
     "compute_costs",
     "cost_export",
     "cost_over_time",
@@ -119,13 +135,25 @@ __all__ = [
     "model_usage",
     "notification_log",
     "notification_stats",
+    "pg_activity_now",
+    "pg_index_sizes",
+    "pg_long_running",
+    "pg_replication",
+    "pg_statement_history",
+    "pg_table_health",
     "pg_top_statements",
+    "pg_xid_ages",
     "processes_latest",
     "processes_over_time",
     "quarantine_counts",
     "quarantined_batches",
+    "redis_biggest_keys",
+    "redis_clients",
+    "redis_commands",
+    "redis_memory_by_type",
     "redis_namespaces",
     "redis_over_time",
+    "redis_sample_coverage",
     "redis_slowlog",
     "redis_summary",
     "regression_checks",

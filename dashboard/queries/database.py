@@ -17,9 +17,12 @@ QUERY_ORDER = {
     "mean": "mean_ms DESC",
     "calls": "calls DESC",
 }
-# A table is flagged when most of its scans in the range were sequential and it has at least this
-# many live rows (small tables are cheaper to scan than to index).
+# A table is flagged by the rows its sequential scans read in the range, not by how many scans there
+# were (one scan of a big table reads more than thousands of index lookups): when they read at least
+# SEQ_ROWS_READ_MIN rows, more than its index scans fetched, on a table of at least SEQ_SCAN_MIN_ROWS
+# live rows (small tables are cheaper to scan than to index).
 SEQ_SCAN_MIN_ROWS = 10_000
+SEQ_ROWS_READ_MIN = 1_000_000
 
 
 def _order(order_by: str) -> str:
@@ -92,6 +95,18 @@ def sdk_top_queries(
 
 
 PG_STATEMENTS_SQL = """
+WITH covered AS (
+    -- The seconds the sampled deltas cover, per target: from each sample to the one before, or to the
+    -- pg_stat_statements reset in between (the sampler's pg_stat_statements.covered_s).
+    SELECT target, sum(value) AS covered_s
+    FROM db_metrics
+    WHERE ts >= $since
+      AND ts < $until
+      AND name = 'pg_stat_statements.covered_s'
+      AND ($target IS NULL OR target = $target)
+    GROUP BY target
+),
+s AS (
 SELECT target,
        queryid,
        arg_max(query, ts) AS query,
@@ -105,6 +120,10 @@ WHERE ts >= $since
   AND ts < $until
   AND ($target IS NULL OR target = $target)
 GROUP BY target, queryid
+)
+SELECT s.*, s.calls * 86400.0 / nullif(c.covered_s, 0) AS calls_per_day
+FROM s
+LEFT JOIN covered c USING (target)
 ORDER BY {order}, target, queryid
 """
 
@@ -118,9 +137,12 @@ def pg_top_statements(
     order_by: str = "total",
     max_rows: int = 50,
 ) -> pd.DataFrame:
-    """[target, queryid, query, calls, total_ms, mean_ms, rows, cache_hit_ratio] per
+    """[target, queryid, query, calls, total_ms, mean_ms, rows, cache_hit_ratio, calls_per_day] per
     pg_stat_statements entry, summed over the sampled deltas in the range, top `max_rows` by
-    `order_by`. cache_hit_ratio = shared blocks hit / (hit + read) of those statements."""
+    `order_by`. cache_hit_ratio = shared blocks hit / (hit + read) of those statements. calls_per_day
+    is the calls over the time the samples in the range actually cover (not the whole range: the
+    collector may have started later, been stopped, or pg_stat_statements reset since), NULL for
+    samples from before the sampler recorded it."""
     sql = PG_STATEMENTS_SQL.format(order=_order(order_by))
     params = {"since": since, "until": until, "target": target}
     df, _ = run_query(sql, params, max_rows=max_rows, con=con)
@@ -213,8 +235,8 @@ WITH samples AS (
     FROM db_metrics
     WHERE ts >= $since
       AND ts < $until
-      AND name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read', 'table.n_live_tup',
-                   'table.n_dead_tup', 'table.size_bytes')
+      AND name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read', 'table.idx_tup_fetch',
+                   'table.n_live_tup', 'table.n_dead_tup', 'table.size_bytes')
       AND value IS NOT NULL
 ),
 -- Counter growth over the range: the sum of the rises between samples; a counter that went down
@@ -227,13 +249,13 @@ counters AS (
                     0) AS growth
     FROM (SELECT target, labels, name, list(value ORDER BY ts) AS v
           FROM samples
-          WHERE name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read')
+          WHERE name IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read', 'table.idx_tup_fetch')
           GROUP BY target, labels, name)
 ),
 gauges AS (
     SELECT target, labels, name, max(ts) AS last_ts, arg_max(value, ts) AS last, NULL AS growth
     FROM samples
-    WHERE name NOT IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read')
+    WHERE name NOT IN ('table.seq_scan', 'table.idx_scan', 'table.seq_tup_read', 'table.idx_tup_fetch')
     GROUP BY target, labels, name
 ),
 g AS (
@@ -247,6 +269,7 @@ w AS (
            CAST(max(growth) FILTER (WHERE name = 'table.seq_scan') AS BIGINT) AS seq_scans,
            CAST(coalesce(max(growth) FILTER (WHERE name = 'table.idx_scan'), 0) AS BIGINT) AS idx_scans,
            CAST(max(growth) FILTER (WHERE name = 'table.seq_tup_read') AS BIGINT) AS seq_rows_read,
+           CAST(max(growth) FILTER (WHERE name = 'table.idx_tup_fetch') AS BIGINT) AS idx_rows_fetched,
            CAST(max(last) FILTER (WHERE name = 'table.n_live_tup') AS BIGINT) AS live_rows,
            CAST(max(last) FILTER (WHERE name = 'table.n_dead_tup') AS BIGINT) AS dead_rows,
            max(last) FILTER (WHERE name = 'table.size_bytes') AS size_bytes
@@ -259,10 +282,13 @@ SELECT target,
        idx_scans,
        seq_scans / nullif(seq_scans + idx_scans, 0) AS seq_share,
        seq_rows_read,
+       idx_rows_fetched,
+       seq_rows_read / nullif(seq_rows_read + coalesce(idx_rows_fetched, 0), 0) AS seq_rows_share,
        live_rows,
        dead_rows,
        size_bytes,
-       seq_scans > idx_scans AND coalesce(live_rows, 0) >= $min_rows AS flagged
+       coalesce(seq_rows_read >= $min_read AND seq_rows_read > coalesce(idx_rows_fetched, 0)
+                AND live_rows >= $min_rows, FALSE) AS flagged
 FROM w
 WHERE seq_scans > 0
 ORDER BY flagged DESC, seq_rows_read DESC NULLS LAST, seq_scans DESC, target, "table"
@@ -275,12 +301,15 @@ def seq_scan_tables(
     since: datetime,
     until: datetime,
     min_rows: int = SEQ_SCAN_MIN_ROWS,
+    min_read: int = SEQ_ROWS_READ_MIN,
     max_rows: int = 200,
 ) -> pd.DataFrame:
     """Tables with sequential scans in the range (PostgreSQL): [target, table, seq_scans, idx_scans,
-    seq_share, seq_rows_read (growth over the range), live_rows, dead_rows, size_bytes (latest),
-    flagged]. flagged = more sequential than index scans on a table of at least `min_rows` rows;
-    flagged tables first, then by rows read sequentially."""
-    params = {"since": since, "until": until, "min_rows": min_rows}
+    seq_share (of the scans), seq_rows_read and idx_rows_fetched (growth over the range),
+    seq_rows_share (of the rows read), live_rows, dead_rows, size_bytes (latest), flagged].
+    flagged = sequential scans read at least `min_read` rows in the range, more than index scans
+    fetched, on a table of at least `min_rows` live rows; flagged tables first, then by rows read
+    sequentially."""
+    params = {"since": since, "until": until, "min_rows": min_rows, "min_read": min_read}
     df, _ = run_query(SEQ_SCANS_SQL, params, max_rows=max_rows, con=con)
     return df
