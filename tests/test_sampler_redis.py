@@ -210,12 +210,14 @@ def test_memory_by_namespace(server):
     assert "ns=session" not in d["redis.ns_mean_ttl_sec"]
     assert d["redis.ns_sampled_bytes"]["ns=user"] > d["redis.ns_sampled_bytes"]["ns=session"] > 0
     assert d["redis.ns_estimated_bytes"] == d["redis.ns_sampled_bytes"]  # everything was sampled
-    # bounded: 50 keys sampled, totals scaled up by dbsize / sampled
+    # bounded: about 50 keys sampled (whole SCAN batches: a bucket may hold two), totals scaled up by
+    # dbsize / sampled
     small = RedisSampler(name="r", url=server.url(2), interval=1, sample_keys=50)
     d, _ = _sample(small)
-    assert d["redis.sample_keys"][""] == 50 == sum(d["redis.ns_sampled_keys"].values())
+    n = d["redis.sample_keys"][""]
+    assert 50 <= n < 60 and n == sum(d["redis.ns_sampled_keys"].values())
     for label, size in d["redis.ns_sampled_bytes"].items():
-        assert d["redis.ns_estimated_bytes"][label] == pytest.approx(size * 302 / 50)
+        assert d["redis.ns_estimated_bytes"][label] == pytest.approx(size * 302 / n)
     # another separator
     dash = RedisSampler(name="r", url=server.url(2), interval=1, namespace_separator="v2")
     d, _ = _sample(dash)

@@ -1,4 +1,4 @@
-"""The Redis sampler: one per instance (by URL). INFO, SLOWLOG and memory by key namespace.
+"""The Redis sampler: one per instance (by URL). INFO, SLOWLOG, the keyspace sample and the clients.
 
 Rows go to `redis_metrics(ts, instance, name, labels, value)` (instance = the sampler's name) and to
 `redis_slowlog(instance, entry_id, ts, duration_us, command, client)`, which the daemon inserts with
@@ -8,32 +8,34 @@ Rates and the hit rate come from the deltas of INFO counters between two samples
 - no lookups in the interval -> no hit-rate row at all (never a made-up 100 %);
 - a restart (run_id changes, uptime goes down) or CONFIG RESETSTAT (a counter goes down) makes the
   sample a new baseline: no rates from it, never negative ones.
-The sampler's own commands must not count as traffic: TTL (used by the namespace sample) counts as a
-keyspace hit in Redis, so after sampling the namespaces the sampler reads INFO again and the deltas of
-the next sample start from there.
+The sampler's own commands are not traffic: after its SLOWLOG, SCAN, DBSIZE, MEMORY USAGE, TYPE, PTTL
+and CLIENT LIST (TYPE and PTTL count as keyspace hits in Redis) it reads INFO again, and the next
+deltas start from there. The only command of its own they then hold is that INFO, which is taken off
+total_commands_processed and off INFO's own commandstats (its time too, pro rata).
 
-Memory by namespace: a bounded SCAN (never KEYS) of at most `sample_keys` keys of the URL's database,
-MEMORY USAGE and PTTL pipelined; the prefix is the text before the last `namespace_separator` ("(none)"
-for keys without one). The estimated total scales the sampled bytes by DBSIZE / sampled keys. At most
-MAX_NAMESPACES namespaces are written (largest first), the rest are summed as "(other)".
+The keyspace sample (memory by namespace and by data type, the biggest keys) and the clients' summary
+are in `collectors.samplers.redis_keys`. The connection is named "perfdeck-sampler" (CLIENT SETNAME).
 
 `redact` (collectors.redact) is re-exported here for the modules that used to import it from this one.
 
-Labels: "db=0", "cmd=get", "ns=<prefix>" (the prefix is written as is, so split on the first "=").
+Labels: "db=0", "cmd=get", "ns=<prefix>" (the prefix is written as is, so split on the first "="),
+and, escaped by `redis_keys.labels()`: "type=<type>", "key=<name>,type=<type>",
+"name=<client name>,host=<host>,cmd=<command>".
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import datetime, timezone
 
 import redis
 
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler
+from collectors.samplers.redis_keys import MAX_NAMESPACES, SAMPLER_CLIENT_NAME, TOP_KEYS, KeyspaceSample, client_rows
 
 SOCKET_TIMEOUT = 2.0
 SLOWLOG_ENTRIES = 128
-MAX_NAMESPACES = 50
 
 # The metric names this sampler writes. Name: (unit, labels, meaning)
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -60,26 +62,43 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "redis.db_expires": ("", "db=N", "keys with a TTL in a database"),
     "redis.cmd_calls_per_sec": ("1/s", "cmd=name", "calls of a command per second over the interval"),
     "redis.cmd_usec_per_call": ("us", "cmd=name", "mean time of a command over the interval (only when called)"),
+    "redis.cmd_calls": ("", "cmd=name", "calls of a command in the interval (only when called)"),
+    "redis.cmd_usec": ("us", "cmd=name", "time spent in a command in the interval (only when called)"),
     "redis.ns_sampled_keys": ("", "ns=prefix", "keys of the namespace in this sample"),
     "redis.ns_sampled_bytes": ("B", "ns=prefix", "MEMORY USAGE of those keys"),
     "redis.ns_estimated_bytes": ("B", "ns=prefix", "sampled bytes scaled by DBSIZE / sampled keys"),
     "redis.ns_ttl_share": ("0-1", "ns=prefix", "share of the sampled keys that have a TTL"),
     "redis.ns_mean_ttl_sec": ("s", "ns=prefix", "mean remaining TTL of those that have one"),
-    "redis.sample_keys": ("", "", "keys sampled for the namespaces this interval (all namespaces)"),
-    "redis.sample_ms": ("ms", "", "time the namespace sample took"),
+    "redis.type_sampled_keys": ("", "type=name", "keys of a data type in this sample"),
+    "redis.type_sampled_bytes": ("B", "type=name", "MEMORY USAGE of those keys"),
+    "redis.type_estimated_bytes": ("B", "type=name", "sampled bytes scaled by DBSIZE / sampled keys"),
+    "redis.key_bytes": ("B", "key=name,type=name", "MEMORY USAGE of a key of the running top-N biggest"),
+    "redis.sample_keys": ("", "", "keys sampled this interval (all namespaces)"),
+    "redis.sample_bytes": ("B", "", "MEMORY USAGE of those keys"),
+    "redis.sample_key_share": ("0-1", "", "sampled keys / DBSIZE"),
+    "redis.sample_memory_share": ("0-1", "", "sampled bytes / INFO used_memory_dataset (at most 1)"),
+    "redis.scan_pass": ("s", "", "start time (epoch) of the pass of the SCAN cursor this sample belongs to"),
+    "redis.scan_wrapped": ("", "", "1 on the sample whose SCAN cursor came back to 0 (the pass is complete)"),
+    "redis.used_memory_dataset": ("B", "", "used_memory_dataset (memory of the keys and values)"),
+    "redis.sample_ms": ("ms", "", "time the keyspace sample took"),
     "redis.dbsize": ("", "", "DBSIZE of the sampled database"),
+    "redis.clients": ("", "name=,host=,cmd=", "connections of a client name and host now in a command"),
+    "redis.clients_oldest_sec": ("s", "name=,host=,cmd=", "age of the oldest of those connections"),
+    "redis.clients_idle_min_sec": ("s", "name=,host=,cmd=", "idle time of the least idle of them"),
+    "redis.clients_idle_max_sec": ("s", "name=,host=,cmd=", "idle time of the most idle of them"),
 }
 
 _GAUGES = {
     "used_memory": "redis.used_memory", "used_memory_rss": "redis.used_memory_rss",
     "used_memory_peak": "redis.used_memory_peak", "maxmemory": "redis.maxmemory",
+    "used_memory_dataset": "redis.used_memory_dataset",
     "mem_fragmentation_ratio": "redis.mem_fragmentation_ratio", "connected_clients": "redis.connected_clients",
     "blocked_clients": "redis.blocked_clients", "uptime_in_seconds": "redis.uptime_seconds",
     "instantaneous_ops_per_sec": "redis.instantaneous_ops_per_sec", "keyspace_hits": "redis.keyspace_hits",
     "keyspace_misses": "redis.keyspace_misses", "evicted_keys": "redis.evicted_keys",
     "expired_keys": "redis.expired_keys",
 }
-__all__ = ["METRICS", "RedisSampler", "redact"]
+__all__ = ["MAX_NAMESPACES", "METRICS", "RedisSampler", "redact"]
 
 _COUNTERS = ("keyspace_hits", "keyspace_misses", "total_commands_processed", "evicted_keys", "expired_keys")
 
@@ -100,16 +119,25 @@ class RedisSampler(Sampler):
     kind = "redis"
 
     def __init__(self, name: str, url: str, interval: float = 10, namespace_separator: str = ":",
-                 sample_keys: int = 1000):
+                 sample_keys: int = 1000, top_keys: int = TOP_KEYS, clients: bool = True):
         self.name, self.url, self.interval = name, url, float(interval)
         self.target = redact(url)   # the components table and the pages show this one
-        self.separator, self.sample_keys = namespace_separator, int(sample_keys)
-        self.client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT,
+        self.keyspace = KeyspaceSample(sample_keys, namespace_separator, top_keys)
+        self.clients = bool(clients)
+        self.client = redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, client_name=SAMPLER_CLIENT_NAME,
                                            socket_connect_timeout=SOCKET_TIMEOUT, retry_on_timeout=False)
         self._base: _Baseline | None = None
-        self._own_commands = 0  # commands this sampler sent since the baseline INFO
+        self._own: Counter = Counter()  # commands this sampler sent since the baseline INFO, by name
         self.last_slowlog_id = -1
         self._run_id: str | None = None
+
+    @property
+    def separator(self) -> str:
+        return self.keyspace.separator
+
+    @property
+    def sample_keys(self) -> int:
+        return self.keyspace.sample_keys
 
     def close(self) -> None:
         self.client.close()
@@ -137,7 +165,7 @@ class RedisSampler(Sampler):
             row("redis.hits_per_sec", d["keyspace_hits"] / elapsed)
             row("redis.misses_per_sec", d["keyspace_misses"] / elapsed)
             # Less our own commands since the baseline (the INFO that took it counts itself after its reply).
-            ops = max(0, d["total_commands_processed"] - self._own_commands)
+            ops = max(0, d["total_commands_processed"] - sum(self._own.values()))
             row("redis.ops_per_sec", ops / elapsed)
             row("redis.evicted_per_sec", d["evicted_keys"] / elapsed)
             row("redis.expired_per_sec", d["expired_keys"] / elapsed)
@@ -146,9 +174,14 @@ class RedisSampler(Sampler):
             dc, du = calls - before[0], usec - before[1]
             if dc < 0 or du < 0:
                 continue
+            ours = min(dc, self._own.get(cmd, 0))
+            if ours:   # our calls' own time is not known apart: theirs is taken pro rata
+                dc, du = dc - ours, du * (dc - ours) / dc
             row("redis.cmd_calls_per_sec", dc / elapsed, f"cmd={cmd}")
             if dc:
                 row("redis.cmd_usec_per_call", du / dc, f"cmd={cmd}")
+                row("redis.cmd_calls", dc, f"cmd={cmd}")
+                row("redis.cmd_usec", du, f"cmd={cmd}")
 
     # -- SLOWLOG ---------------------------------------------------------------------------------
     def _slowlog_rows(self) -> list[tuple]:
@@ -175,66 +208,6 @@ class RedisSampler(Sampler):
         self.last_slowlog_id = newest
         return out
 
-    # -- memory by namespace ---------------------------------------------------------------------
-    def _prefix(self, key: bytes) -> str:
-        text = key.decode("utf-8", "backslashreplace")
-        head, sep, _ = text.rpartition(self.separator) if self.separator else ("", "", text)
-        return head if sep else "(none)"
-
-    def _namespace_rows(self, row) -> bool:
-        """Sample at most sample_keys keys; True when any command that touches key stats was sent."""
-        if self.sample_keys <= 0:
-            return False
-        started = time.perf_counter()
-        keys: list[bytes] = []
-        cursor = 0
-        while len(keys) < self.sample_keys:  # SCAN, never KEYS; stops after sample_keys keys
-            cursor, batch = self.client.scan(cursor, count=min(self.sample_keys, 1000))
-            self._own_commands += 1
-            keys.extend(batch[:self.sample_keys - len(keys)])
-            if cursor == 0:
-                break
-        dbsize = self.client.dbsize()
-        self._own_commands += 1
-        row("redis.dbsize", dbsize)
-        stats: dict[str, list] = {}   # prefix -> [keys, bytes, with ttl, ttl seconds sum]
-        if keys:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.memory_usage(key)
-                pipe.pttl(key)
-            replies = pipe.execute(raise_on_error=False)
-            for i, key in enumerate(keys):
-                size, pttl = replies[2 * i], replies[2 * i + 1]
-                if not isinstance(size, int) or not isinstance(pttl, int) or pttl == -2:
-                    continue  # gone since the SCAN
-                s = stats.setdefault(self._prefix(key), [0, 0, 0, 0.0])
-                s[0] += 1
-                s[1] += size
-                if pttl >= 0:
-                    s[2] += 1
-                    s[3] += pttl / 1000.0
-        sampled = sum(s[0] for s in stats.values())
-        if len(stats) > MAX_NAMESPACES:
-            ranked = sorted(stats.items(), key=lambda kv: kv[1][1], reverse=True)
-            stats = dict(ranked[:MAX_NAMESPACES - 1])
-            other = [0, 0, 0, 0.0]
-            for _, s in ranked[MAX_NAMESPACES - 1:]:
-                other = [a + b for a, b in zip(other, s)]
-            stats["(other)"] = other
-        scale = dbsize / sampled if sampled else 0.0
-        for prefix, (n, size, with_ttl, ttl_sum) in sorted(stats.items()):
-            label = f"ns={prefix}"
-            row("redis.ns_sampled_keys", n, label)
-            row("redis.ns_sampled_bytes", size, label)
-            row("redis.ns_estimated_bytes", size * scale, label)
-            row("redis.ns_ttl_share", with_ttl / n, label)
-            if with_ttl:
-                row("redis.ns_mean_ttl_sec", ttl_sum / with_ttl, label)
-        row("redis.sample_keys", sampled)
-        row("redis.sample_ms", (time.perf_counter() - started) * 1000.0)
-        return bool(keys)
-
     # -- the sampler -----------------------------------------------------------------------------
     def collect(self, now: datetime) -> list[Rows]:
         metrics: list[tuple] = []
@@ -248,12 +221,17 @@ class RedisSampler(Sampler):
             self.last_slowlog_id = -1  # entry ids start again at 0 after a restart
         self._run_id = info.get("run_id")
         self._info_rows(info, at, row)
-        self._base, self._own_commands = _Baseline(info, at), 1
+        self._base, self._own = _Baseline(info, at), Counter(info=1)
         slowlog = self._slowlog_rows()
-        self._own_commands += 1
-        if self._namespace_rows(row):
-            # TTL counts as a keyspace hit: the next deltas start after our own lookups.
-            after = self.client.info("all")
-            if after.get("run_id") == self._run_id:
-                self._base, self._own_commands = _Baseline(after, time.monotonic()), 1
+        self._own["slowlog|get"] += 1
+        started = time.perf_counter()
+        dataset = info.get("used_memory_dataset")
+        if self.keyspace.collect(self.client, self._own, row, float(dataset) if dataset else None):
+            row("redis.sample_ms", (time.perf_counter() - started) * 1000.0)
+        if self.clients:
+            client_rows(self.client, self._own, row)
+        # TYPE and PTTL count as keyspace hits: the next deltas start after our own commands.
+        after = self.client.info("all")
+        if after.get("run_id") == self._run_id:
+            self._base, self._own = _Baseline(after, time.monotonic()), Counter(info=1)
         return [Rows("redis_metrics", metrics), Rows("redis_slowlog", slowlog, once=True)]

@@ -1,4 +1,5 @@
-"""App caches (`cache_stats`, from the SDK) and Redis instances (`redis_metrics`, `redis_slowlog`).
+"""App caches (`cache_stats`, from the SDK) and Redis instances (`redis_metrics`, `redis_slowlog`);
+Redis in depth (namespaces, types, biggest keys, commands, clients) is in `dashboard.queries.redis`.
 
 Hit rates are always sum(hits) / sum(hits + misses) over the bucket or range, never an average of
 ratios; a bucket without lookups has no hit rate at all (no row), never a made-up 100 %."""
@@ -10,7 +11,6 @@ import duckdb
 import pandas as pd
 
 from dashboard.queries._run import bucket_seconds, run_query
-from dashboard.queries.samplers import label_sql
 
 APP_CACHE_SUMMARY_SQL = """
 SELECT service,
@@ -199,39 +199,6 @@ def redis_summary(con: duckdb.DuckDBPyConnection, *, since: datetime, until: dat
     range), ops_per_sec, evicted_per_sec (means), used_memory, used_memory_peak, maxmemory,
     mem_fragmentation_ratio, connected_clients, keys (latest values), last_sample]."""
     df, _ = run_query(REDIS_SUMMARY_SQL, {"since": since, "until": until}, max_rows=500, con=con)
-    return df
-
-
-REDIS_NAMESPACES_SQL = f"""
-WITH samples AS (
-    SELECT instance, max(ts) AS ts
-    FROM redis_metrics
-    WHERE ts >= $since
-      AND ts < $until
-      AND name = 'redis.ns_estimated_bytes'
-    GROUP BY instance
-)
-SELECT m.instance,
-       {label_sql("ns", rest=True)} AS namespace,
-       max(m.value) FILTER (WHERE m.name = 'redis.ns_estimated_bytes') AS estimated_bytes,
-       CAST(max(m.value) FILTER (WHERE m.name = 'redis.ns_sampled_keys') AS BIGINT) AS sampled_keys,
-       max(m.value) FILTER (WHERE m.name = 'redis.ns_ttl_share') AS ttl_share,
-       max(m.value) FILTER (WHERE m.name = 'redis.ns_mean_ttl_sec') AS mean_ttl_sec,
-       max(m.ts) AS sampled_at
-FROM redis_metrics AS m
-JOIN samples USING (instance, ts)
-WHERE m.name IN ('redis.ns_estimated_bytes', 'redis.ns_sampled_keys', 'redis.ns_ttl_share',
-                 'redis.ns_mean_ttl_sec')
-GROUP BY m.instance, namespace
-ORDER BY m.instance, estimated_bytes DESC NULLS LAST, namespace
-"""
-
-
-def redis_namespaces(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime) -> pd.DataFrame:
-    """Memory by key namespace from each instance's latest namespace sample in the range:
-    [instance, namespace, estimated_bytes, sampled_keys, ttl_share, mean_ttl_sec, sampled_at],
-    largest first within an instance."""
-    df, _ = run_query(REDIS_NAMESPACES_SQL, {"since": since, "until": until}, max_rows=2_000, con=con)
     return df
 
 
