@@ -1,9 +1,11 @@
 """Caches: are the app caches and the Redis instances earning their keep, and is Redis healthy?"""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 import dashboard.queries as q
+from collectors import formatting as fmt
 from collectors.health.settings import configured_thresholds
 from dashboard import charts, columns, widgets
 from dashboard.actions.app_cache import ClearAppCache
@@ -34,6 +36,32 @@ NAMESPACE_COLUMNS = {
     "estimated_bytes": SIZE("Estimated memory", help="Sampled bytes scaled by DBSIZE / sampled keys"),
     "sampled_keys": COUNT("Sampled keys"), "ttl_share": columns.percent("Keys with a TTL"),
     "mean_ttl_sec": COUNT("Mean TTL (s)"), "sampled_at": WHEN("Sampled (UTC)"),
+}
+TYPE_COLUMNS = {
+    "instance": TEXT("Instance"), "type": TEXT("Data type"),
+    "estimated_bytes": SIZE("Estimated memory", help="Sampled bytes scaled by DBSIZE / sampled keys"),
+    "share": columns.percent("Share of key memory"), "sampled_keys": COUNT("Sampled keys"),
+    "sampled_bytes": SIZE("Sampled memory", help="MEMORY USAGE of the sampled keys"),
+}
+KEY_COLUMNS = {
+    "instance": TEXT("Instance"), "key": TEXT("Key", width="large"), "type": TEXT("Data type"),
+    "bytes": SIZE("Memory", help="MEMORY USAGE, measured again at every sample"),
+    "share": columns.percent("Share of the dataset", help="Memory / INFO used_memory_dataset"),
+    "sampled_at": WHEN("Measured (UTC)"),
+}
+COMMAND_COLUMNS = {
+    "instance": TEXT("Instance"), "command": TEXT("Command"), "calls": COUNT("Calls"),
+    "calls_per_sec": columns.decimal("Calls / s", decimals=1, help="Mean over the samples in the range"),
+    "usec_per_call": columns.decimal("Time per call (µs)", decimals=1),
+    "total_ms": columns.duration_ms("Total time"),
+    "time_share": columns.percent("Share of command time", help="Of the instance's command time in the range"),
+}
+CLIENT_COLUMNS = {
+    "instance": TEXT("Instance"), "name": TEXT("Client name"), "host": TEXT("Host"),
+    "command": TEXT("Command", help="The last command each connection ran (or is blocked in)"),
+    "perfdeck": columns.text("perfdeck's own"), "connections": COUNT("Connections"),
+    "oldest_ms": columns.duration_ms("Oldest connection"), "idle_min_ms": columns.duration_ms("Least idle"),
+    "idle_max_ms": columns.duration_ms("Most idle"), "sampled_at": WHEN("Listed (UTC)"),
 }
 SLOWLOG_COLUMNS = {
     "ts": WHEN("Time (UTC)", seconds=True), "instance": TEXT("Instance"),
@@ -110,20 +138,77 @@ def redis(data: dict, x_range, actions, deploys) -> None:
         title="Memory: used, peak and maxmemory", y_title="memory", y_format="bytes",
         dashes={"used_memory_peak": "dot", "maxmemory": "dash"}, **lines), key="chart-redis-memory")
 
-    st.markdown("**Memory by key namespace** (latest sample of each instance)")
-    namespaces = data["namespaces"]
-    if namespaces.empty:
-        st.caption("No namespace sample in this range (the sampler's `sample_keys` may be 0).")
-    else:
-        st.plotly_chart(widgets.shared(charts.bars, namespaces.head(40), x="estimated_bytes", y="namespace",
-                                       colour_by="instance", title="Estimated memory by namespace", x_title="memory",
-                                       x_format="bytes"), key="chart-redis-namespaces")
-        widgets.table(namespaces, "redis-namespaces", column_config=NAMESPACE_COLUMNS)
+    namespaces(data)
+    memory_by_type(data["types"])
+    biggest_keys(data["keys"])
+    commands(data["commands"])
+    clients(data["clients"])
     st.markdown("**Slow log** (slowest first)")
     if data["slowlog"].empty:
         st.caption("No SLOWLOG entries in this range.")
     else:
         widgets.table(data["slowlog"], "redis-slowlog", column_config=SLOWLOG_COLUMNS)
+
+
+def coverage_lines(coverage) -> None:
+    """One line per instance: which pass of the keyspace sample the tables below add up, and what share
+    of the keys and of the dataset's memory it saw."""
+    for row in coverage.itertuples(index=False):
+        when = (f"{row.first_sample:%H:%M:%S}–{row.last_sample:%H:%M:%S} UTC" if row.samples > 1
+                else f"{row.last_sample:%H:%M:%S} UTC")
+        keys = (f"{row.sampled_keys:,} of {row.dbsize:,} keys ({fmt.percent(row.key_share)})"
+                if pd.notna(row.dbsize) and pd.notna(row.key_share) else "share of keys not recorded")
+        memory = (f"{fmt.size(row.sampled_bytes)}, {fmt.percent(row.memory_share)} of the dataset's memory"
+                  if pd.notna(row.memory_share) else "share of memory not recorded")
+        whole = "a whole pass over the keyspace" if row.complete else "a pass still under way"
+        st.caption(f"{widgets.as_text(row.instance)}: sampled {keys}, {memory}; {row.samples:,} "
+                   f"sample{'s' if row.samples != 1 else ''} at {when}, {whole}.")
+
+
+def namespaces(data: dict) -> None:
+    st.markdown("**Memory by key namespace** (one pass of the keyspace sample of each instance)")
+    frame = data["namespaces"]
+    if frame.empty:
+        st.caption("No namespace sample in this range (the sampler's `sample_keys` may be 0).")
+        return
+    coverage_lines(data["coverage"])
+    st.plotly_chart(widgets.shared(charts.bars, frame.head(40), x="estimated_bytes", y="namespace",
+                                   colour_by="instance", title="Estimated memory by namespace", x_title="memory",
+                                   x_format="bytes"), key="chart-redis-namespaces")
+    widgets.table(frame, "redis-namespaces", column_config=NAMESPACE_COLUMNS)
+
+
+def memory_by_type(frame) -> None:
+    st.markdown("**Memory by data type** (the same pass, estimated to the whole keyspace)")
+    if frame.empty:
+        st.caption("No data types in this range: the collector has not sampled keys by type yet, or `sample_keys` is 0.")
+        return
+    widgets.table(frame, "redis-memory-by-type", column_config=TYPE_COLUMNS)
+
+
+def biggest_keys(frame) -> None:
+    st.markdown("**Biggest keys** (MEMORY USAGE; the running top over successive samples)")
+    if frame.empty:
+        st.caption("No keys measured in this range: the database is empty, or `sample_keys` is 0.")
+        return
+    widgets.table(frame, "redis-biggest-keys", column_config=KEY_COLUMNS)
+
+
+def commands(frame) -> None:
+    st.markdown("**Commands** (INFO commandstats over the range, most total time first; perfdeck's own left out)")
+    if frame.empty:
+        st.caption("No commands were called in this range (the sampler's own are not counted).")
+        return
+    widgets.table(frame, "redis-commands", column_config=COMMAND_COLUMNS)
+
+
+def clients(frame) -> None:
+    st.markdown("**Connected clients** (CLIENT LIST at the latest sample, by client name, host and command)")
+    if frame.empty:
+        st.caption("No client list in this range: the collector has not listed clients yet.")
+        return
+    shown = frame.assign(perfdeck=frame["perfdeck"].map({True: "yes", False: ""}))
+    widgets.table(shown, "redis-clients", csv=frame, column_config=CLIENT_COLUMNS)
 
 
 def body() -> None:
@@ -134,7 +219,9 @@ def body() -> None:
     if app is None:
         return
     rds = widgets.load({"summary": q.redis_summary, "over_time": q.redis_over_time,
-                        "namespaces": q.redis_namespaces, "slowlog": q.redis_slowlog}, since=since, until=until)
+                        "namespaces": q.redis_namespaces, "coverage": q.redis_sample_coverage,
+                        "types": q.redis_memory_by_type, "keys": q.redis_biggest_keys, "commands": q.redis_commands,
+                        "clients": q.redis_clients, "slowlog": q.redis_slowlog}, since=since, until=until)
     status = widgets.load({"components": q.component_status}, kind="redis")
     if rds is None or status is None:
         return
