@@ -10,7 +10,9 @@ to watch, with environment overrides. Every key is optional:
     url = "redis://127.0.0.1:6379/0"
     interval = 10
     namespace_separator = ":"      # prefix = text before the last separator
-    sample_keys = 1000             # keys sampled per interval for memory by namespace (SCAN, never KEYS)
+    sample_keys = 1000             # keys sampled per interval, the SCAN cursor moving on (never KEYS); 0 = off
+    top_keys = 20                  # biggest keys kept (MEMORY USAGE, a running top across samples)
+    clients = true                 # CLIENT LIST summed up by client name, host and command
 
     [[database]]
     name = "app"

@@ -254,9 +254,11 @@ def test_a_dead_or_hung_redis_fails_fast(server):
 
 def test_built_from_config_with_the_documented_keys():
     [host, r] = build_samplers({"redis": [{"name": "cache", "url": "redis://:secret@127.0.0.1:1/0", "interval": 5,
-                                           "namespace_separator": "|", "sample_keys": 10}]})
+                                           "namespace_separator": "|", "sample_keys": 10, "top_keys": 3,
+                                           "clients": False}]})
     assert isinstance(host, HostSampler) and isinstance(r, RedisSampler)
     assert (r.name, r.kind, r.interval, r.separator, r.sample_keys) == ("cache", "redis", 5.0, "|", 10)
+    assert (r.keyspace.top_keys, r.clients) == (3, False)
     assert "secret" not in r.target
     assert r.client.connection_pool.connection_kwargs["socket_timeout"] == 2
 
