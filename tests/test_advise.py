@@ -149,15 +149,14 @@ def test_advise_postgres_with_hypopg(shop_pg):
     report = advise(shop_pg, settings=Settings(min_ms_per_day=0))
     assert report.method == "hypopg" and not report.failed
     by_table = {(r.table, r.columns): r for r in report.recommendations}
-    # the lookup wants (customer_id, created_at): no sort before its LIMIT; the UPDATE's WHERE wants
-    # (customer_id) and folds into it; status (3 values) gets nothing, nor the join, which reads a third
-    # of the orders by created_at whatever index it has
-    assert list(by_table) == [("orders", ("customer_id", "created_at"))]
-    r = by_table["orders", ("customer_id", "created_at")]
-    assert r.create_sql == ('CREATE INDEX CONCURRENTLY "ix_orders_customer_id_created_at" ON "public"."orders" '
-                            '("customer_id", "created_at")')
+    # the lookup and the UPDATE's WHERE want (customer_id): with it the lookup sorts 10 rows before its
+    # LIMIT, already cheap, so created_at does not earn a place; status (3 values) gets nothing, nor the
+    # join, which reads a third of the orders by created_at whatever index it has
+    assert list(by_table) == [("orders", ("customer_id",))]
+    r = by_table["orders", ("customer_id",)]
+    assert r.create_sql == 'CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON "public"."orders" ("customer_id")'
     assert r.method == "hypopg" and r.est_improvement_pct > 90 and len(r.queries) == 2
-    assert r.queries[1] == "UPDATE orders SET amount = amount WHERE customer_id = $1"
+    assert "UPDATE orders SET amount = amount WHERE customer_id = $1" in r.queries
     assert r.time_saved_ms_per_day > 0 and r.calls_per_day > 0
     found = {(f.kind, f.index) for f in report.findings}
     assert ("duplicate", "events_kind") in found
@@ -221,7 +220,6 @@ def test_daemon_stores_the_advice_of_each_run(shop_pg, tmp_path, monkeypatch):
                              "WHERE target = 'shop' AND kind = 'create'").fetchall()
         error = con.execute("SELECT error FROM advisor_runs WHERE target = 'gone'").fetchone()[0]
     assert runs == [("gone", None, None, False), ("shop", "hypopg", True, True)]
-    assert advice == [("create", "orders", ["customer_id", "created_at"],
-                       'CREATE INDEX CONCURRENTLY "ix_orders_customer_id_created_at" ON "public"."orders" '
-                       '("customer_id", "created_at")', True)]
+    assert advice == [("create", "orders", ["customer_id"],
+                       'CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON "public"."orders" ("customer_id")', True)]
     assert "no SQLite database file" in error

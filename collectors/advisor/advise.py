@@ -223,7 +223,7 @@ class _Method:
         if self.dialect == "sqlite":
             found = candidates(text, self.dialect, self.existing)
             if not found:
-                return None, "no column it filters, joins or sorts on lacks an index"
+                return None, "already indexed: no column it filters, joins or sorts on lacks an index"
             result = self._validate(self.conn, text, found)
             return result, "" if result.best else self._no_gain(result, [])
         with plan.session(self.conn) as cur:
@@ -235,7 +235,7 @@ class _Method:
         found = candidates_for(uses, self.existing)
         served = f"; the plan uses {', '.join(reading.indexes)}" if reading.indexes else ""
         if not found:
-            return None, f"no column it filters, joins or sorts on lacks an index{served}"
+            return None, f"already indexed: no column it filters, joins or sorts on lacks an index{served}"
         result = self._validate(self.conn, text, found, uses=uses, existing=self.existing)
         return result, "" if result.best else self._no_gain(result, reading.indexes)
 

@@ -17,7 +17,9 @@ which position each column is used. Costs are estimated rows read:
    the commonest value's frequency. The value of a normalized statement ($1) is unknown, so a
    skewed column is not read by its most common values; this is the estimate PostgreSQL makes for a
    generic plan too. For a join column it is the rows read per lookup.
-4. Selectivity of a range or order column: 1/3, PostgreSQL's own default for `col > $1`.
+4. Selectivity of a range or order column: 1/3, PostgreSQL's own default for `col > $1`. But an
+   index that returns the rows in ORDER BY's order (equality columns, then all ORDER BY columns) stops
+   a `LIMIT n` after n rows (a `LIMIT $1`: PLACEHOLDER_LIMIT), unless the rows are grouped first.
 5. A candidate reads its table's rows times the product of its columns' selectivities (the columns
    are assumed independent; candidates lead with an equality column, so each column narrows the
    scan). A row read through an index costs RANDOM_READ rows of a sequential scan (PostgreSQL's
@@ -34,12 +36,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from collectors.advisor.candidates import Candidate, TableUse, columns_used, existing_of, widen
+from sqlglot import exp
+
+from collectors.advisor.candidates import Candidate, TableUse, columns_used, existing_of, parse, widen
 from collectors.advisor.model import DEFAULT_MIN_SHARE, MIN_TABLE_ROWS, Advice, Trial, advice
 from collectors.advisor.pg_catalog import ColumnStats, column_stats, existing_indexes, table_rows
 
 RANGE_SELECTIVITY = 1 / 3      # DEFAULT_INEQ_SEL in PostgreSQL's selfuncs.h
 RANDOM_READ = 4.0              # random_page_cost / seq_page_cost, PostgreSQL's defaults
+PLACEHOLDER_LIMIT = 100        # rows a `LIMIT $1` is assumed to ask for
 
 
 @dataclass(frozen=True)
@@ -97,12 +102,31 @@ def _selectivity(table: _Table, column: str) -> float | None:
     return None
 
 
-def _rows_read(table: _Table | None, candidate: Candidate, min_rows: int) -> float | None:
-    """Estimated rows the candidate index reads; None when it cannot be estimated or is not worth it."""
+def _rows_read(table: _Table | None, candidate: Candidate, min_rows: int, limit: int | None = None) -> float | None:
+    """Estimated rows the candidate index reads; None when it cannot be estimated or is not worth it.
+    An index that returns the rows in the statement's ORDER BY (equality columns, then every ORDER BY
+    column in order) stops after LIMIT rows."""
     if table is None or table.rows < min_rows or not candidate.columns:
         return None
-    selectivities = [_selectivity(table, column) for column in candidate.columns]
-    return None if None in selectivities else table.rows * math.prod(selectivities)
+    use, columns = table.use, candidate.columns
+    lead = next((i for i, c in enumerate(columns) if c not in use.equality), len(columns))
+    sorted_read = limit is not None and use.order and columns[lead:] == tuple(use.order)
+    selectivities = [_selectivity(table, column) for column in (columns[:lead] if sorted_read else columns)]
+    if None in selectivities:
+        return None
+    rows = table.rows * math.prod(selectivities)
+    return min(rows, limit) if sorted_read else rows
+
+
+def _limit(sql: str) -> int | None:
+    """The rows a plain `SELECT ... ORDER BY ... LIMIT n` asks for (`LIMIT $1`: PLACEHOLDER_LIMIT);
+    None when there is no LIMIT or the rows are grouped, aggregated or made distinct before it."""
+    tree = parse(sql, "postgres")
+    limit = tree.args.get("limit") if isinstance(tree, exp.Select) else None
+    if limit is None or tree.args.get("group") or tree.args.get("distinct") or tree.find(exp.AggFunc):
+        return None
+    value = limit.expression
+    return int(value.this) if isinstance(value, exp.Literal) and value.is_int else PLACEHOLDER_LIMIT
 
 
 def choose(conn, sql: str, candidates: list[Candidate], *, uses: list[TableUse] | None = None,
@@ -113,13 +137,14 @@ def choose(conn, sql: str, candidates: list[Candidate], *, uses: list[TableUse] 
     uses = columns_used(sql, "postgres") if uses is None else uses
     existing = existing_indexes(conn) if existing is None else existing
     tables = _tables(conn, uses, existing, min_rows)
+    limit = _limit(sql)
     base = sum(t.base for t in tables.values())
     trials: list[Trial] = []
     skipped: list[Candidate] = []
 
     def attempt(cand: Candidate) -> None:
         table = tables.get((cand.schema, cand.table))
-        rows = _rows_read(table, cand, min_rows)
+        rows = _rows_read(table, cand, min_rows, limit)
         if rows is None:
             skipped.append(cand)
         else:

@@ -67,11 +67,12 @@ def pick(base: float, trials: list[Trial], *, min_share: float, min_base_cost: f
 
 def choose(base: float, trials: list[Trial], *, min_share: float, min_base_cost: float = 0.0) -> Trial | None:
     """The cheapest single-column trial worth an index, then a wider one only if it cuts that one's cost
-    by `min_share` again: a wider index must earn its extra column as the first one earned its place."""
+    by `min_share` again and that cost was not already cheap (under `min_base_cost`): a wider index must
+    earn its extra column as the first one earned its place."""
     chosen, reference = None, base
     for width in sorted({len(t.candidate.columns) for t in trials}):
         best, worth = pick(reference, [t for t in trials if len(t.candidate.columns) == width],
-                           min_share=min_share, min_base_cost=min_base_cost if chosen is None else 0.0)
+                           min_share=min_share, min_base_cost=min_base_cost)
         if worth:
             chosen, reference = best, best.cost
     return chosen
