@@ -169,8 +169,9 @@ def test_reset_pg_stat_statements_forgets_every_entry(targets, act, migrated_sto
         run_action(ResetStatements(), {"target": "pg"}, preview, actor=operator, confirmation="yes", db=migrated_store)
     assert sql(targets, "SELECT count(*) FROM pg_stat_statements WHERE query LIKE '%pgss_t%'") == [(2,)]
     result = run_action(ResetStatements(), {"target": "pg"}, preview, actor=operator, confirmation="pg", db=migrated_store)
-    # all that is left is the reset call itself, recorded as it finished
-    assert sql(targets, "SELECT query FROM pg_stat_statements") == [("SELECT pg_stat_statements_reset()",)]
+    # all that is left is the reset call itself, recorded as it finished, marked as perfdeck's own
+    assert sql(targets, "SELECT query FROM pg_stat_statements") == [
+        ("/* perfdeck dashboard */ SELECT pg_stat_statements_reset()",)]
     assert result.figures == {"entries_before": entries + 1}    # + the count the test ran after the preview
     assert [row[2:4] for row in audit(migrated_store)] == [("refused", "confirmation text did not match"), ("done", None)]
 

@@ -9,6 +9,8 @@ Design:
   are opened read-only for catalogue work and never created (a missing file is an unreachable target).
 - Errors leave as one line: could not connect, or the connection died -> TargetUnavailable; anything
   else the database said -> ActionError with its message (and PostgreSQL's detail line).
+- Every statement sent starts with MARK, "/* perfdeck dashboard */", so the database sampler leaves
+  perfdeck's own work out of the statements it reports (pg_stat_statements keeps the comment).
 - Lookups only ever bind names as parameters (pg_catalog, sqlite_master, pragma_* table functions).
   The only SQL built from names is built with `quote()`, which quotes every identifier through the
   dialect's preparer, and only from names the catalogue returned.
@@ -39,6 +41,7 @@ MAINTENANCE_TIMEOUT_MS = 7_200_000   # VACUUM / CREATE INDEX on a big table take
 LOCK_TIMEOUT_MS = 60_000             # give up rather than wait behind a long transaction
 SQLITE_BUSY_S = 30                   # SQLite: wait this long for another writer to finish
 PG_NAME_MAX = 63                     # bytes in a PostgreSQL identifier (NAMEDATALEN - 1)
+MARK = "/* perfdeck dashboard */"    # on every statement sent, so the sampler knows them for ours
 
 
 def dialect_of(target: targets.Target) -> str:
@@ -156,12 +159,14 @@ def quote(con: Connection, *parts: str | None) -> str:
 
 
 def run(con: Connection, statement: str) -> None:
-    """Run one statement built with quote(), exactly as shown (% escaped for the driver, if it needs it)."""
+    """Run one statement built with quote(), exactly as shown (% escaped for the driver, if it needs it),
+    after perfdeck's mark."""
+    statement = f"{MARK} {statement}"
     con.exec_driver_sql(statement.replace("%", "%%") if _percent_placeholders(con) else statement)
 
 
 def _rows(con: Connection, sql: str, **params) -> list:
-    return list(con.execute(text(sql), params))
+    return list(con.execute(text(f"{MARK} {sql}"), params))
 
 
 def _is_pg(con: Connection) -> bool:
@@ -266,7 +271,7 @@ def columns(con: Connection, schema: str | None, table_name: str) -> list[str]:
 
 def database_size(con: Connection) -> int:
     if _is_pg(con):
-        return con.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+        return con.exec_driver_sql(f"{MARK} SELECT pg_database_size(current_database())").scalar()
     return _sqlite_file_bytes(con)
 
 
@@ -365,7 +370,7 @@ def stats_reset(con: Connection) -> str | None:
     if not _is_pg(con):
         return None
     return con.exec_driver_sql(
-        "SELECT stats_reset::text FROM pg_stat_database WHERE datname = current_database()").scalar()
+        f"{MARK} SELECT stats_reset::text FROM pg_stat_database WHERE datname = current_database()").scalar()
 
 
 def sqlite_pages(con: Connection) -> dict:
@@ -379,7 +384,7 @@ def pg_stat_statements_installed(con: Connection) -> bool:
 
 def pg_stat_statements_count(con: Connection) -> int:
     """Entries in pg_stat_statements, all databases of the server (what a reset forgets)."""
-    return con.exec_driver_sql("SELECT count(*) FROM pg_stat_statements").scalar()
+    return con.exec_driver_sql(f"{MARK} SELECT count(*) FROM pg_stat_statements").scalar()
 
 
 def covering_index(con: Connection, schema: str | None, table_name: str, cols: list[str], unique: bool):
