@@ -42,6 +42,7 @@ TYPE_COLUMNS = {
     "estimated_bytes": SIZE("Estimated memory", help="Sampled bytes scaled by DBSIZE / sampled keys"),
     "share": columns.percent("Share of key memory"), "sampled_keys": COUNT("Sampled keys"),
     "sampled_bytes": SIZE("Sampled memory", help="MEMORY USAGE of the sampled keys"),
+    "sampled_at": WHEN("Sampled (UTC)", help="The last sample of the pass"),
 }
 KEY_COLUMNS = {
     "instance": TEXT("Instance"), "key": TEXT("Key", width="large"), "type": TEXT("Data type"),
