@@ -227,7 +227,8 @@ class RedisSource:
                  consumer: str | None = None, block_ms: int = 0):
         import redis
 
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
+                                           client_name="perfdeck-collector")   # marked in CLIENT LIST
         self.stream, self.quarantine_dir, self.block_ms = stream, Path(quarantine_dir), block_ms
         self.consumer = consumer or socket.gethostname()
         self.name = f"redis:{stream}"

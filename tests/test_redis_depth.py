@@ -332,3 +332,21 @@ def test_the_pass_shown_is_the_latest_complete_one(migrated_store):
 def _epoch(t) -> float:
     """A naive UTC time as epoch seconds (the sampler names a pass by time.time() at its start)."""
     return t.replace(tzinfo=UTC).timestamp()
+
+
+def test_perfdecks_other_connections_are_named_and_marked(server, migrated_store, tmp_path):
+    """The collector's stream reader, the SDK's transport and the actions name their connections too."""
+    from collectors.sdk.transport.redis import RedisTransport
+    from collectors.sources import RedisSource
+
+    source = RedisSource(server.url(), tmp_path / "quarantine")
+    transport = RedisTransport(server.url())
+    for client in (source.client, transport.client):
+        client.ping()
+    collect(RedisSampler(name="r", url=server.url(), interval=1, sample_keys=0), migrated_store)
+    with read(migrated_store) as con:
+        df = redis_clients(con, **_range())
+    assert df.set_index("name")["perfdeck"].to_dict() == {
+        "perfdeck-collector": True, "perfdeck-sdk": True, SAMPLER_CLIENT_NAME: True}
+    source.client.close()
+    transport.client.close()

@@ -59,7 +59,8 @@ def _one_line(exc: BaseException, url: str | None = None) -> str:
 def _client(name: str) -> Iterator[redis.Redis]:
     """A client of the configured Redis `name`; Redis errors leave as one-line ActionErrors."""
     target = targets.get("redis", name)
-    client = redis.Redis.from_url(target.url, socket_timeout=5, socket_connect_timeout=2)
+    client = redis.Redis.from_url(target.url, socket_timeout=5, socket_connect_timeout=2,
+                                  client_name="perfdeck-actions")   # marked in CLIENT LIST
     try:
         yield client
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

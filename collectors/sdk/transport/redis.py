@@ -39,7 +39,8 @@ class RedisTransport:
         import redis  # noqa: PLC0415 - optional dependency, only for this transport
 
         self.url, self.stream, self.maxlen = url, stream, maxlen
-        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self.client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
+                                           client_name="perfdeck-sdk")   # marked in CLIENT LIST
         self._add = self.client.register_script(_ADD_UNLESS_FULL)
 
     def send(self, batch_id: str, payload: bytes) -> None:
@@ -68,7 +69,8 @@ class RedisChannel:
     def client(self):
         if self._client is None:
             import redis  # noqa: PLC0415 - optional dependency, only for this channel
-            self._client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+            self._client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2,
+                                                client_name="perfdeck-control")
         return self._client
 
     # listener side
