@@ -30,6 +30,9 @@ from tests.pg import pg_cluster  # noqa: F401  (the session fixture)
      "SELECT * FROM t WHERE a = ? AND note = 'is it :x or ?'"),
     ("UPDATE products SET stock = max(stock - ?, 0) WHERE id = ?", "sqlite", "SELECT 1 FROM products WHERE id = ?"),
     ("DELETE FROM orders WHERE customer_id = $1", "postgres", "SELECT 1 FROM orders WHERE customer_id = $1"),
+    # the SET's $1 is not in the WHERE: PREPARE could not type it (pgbench's UPDATEs failed so)
+    ("UPDATE accounts SET abalance = abalance + $1 WHERE aid = $2 AND note <> '$3'", "postgres",
+     "SELECT 1 FROM accounts WHERE aid = $1 AND note <> '$3'"),
 ])
 def test_prepare(text, dialect, expected):
     assert prepare(text, dialect) == expected

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from psycopg import sql as pgsql
 
 from collectors.advisor.model import IndexFinding, redundant
+from collectors.advisor.plan import MARK
 
 _USER_SCHEMA = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
 
@@ -85,7 +86,7 @@ class _Index:
 def _indexes(conn) -> list[_Index]:
     out = []
     for (oid, schema, table, name, method, unique, valid, partial, has_include, columns, classes, collations,
-         backs, plain, visible, size, scans) in conn.execute(_INDEXES):
+         backs, plain, visible, size, scans) in conn.execute(MARK + _INDEXES):
         out.append(_Index(oid, schema, table, name, method, unique, valid, partial, has_include,
                           tuple(c[0] for c in columns), tuple(c[0] or c[1] for c in columns),
                           tuple(zip(classes, collations)), backs, plain, visible, size, scans))
@@ -94,7 +95,7 @@ def _indexes(conn) -> list[_Index]:
 
 def hypopg_installed(conn) -> bool:
     """Is the hypopg extension created in this database (not merely available on the server)?"""
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')").fetchone()[0]
+    return conn.execute(MARK + "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')").fetchone()[0]
 
 
 def existing_indexes(conn) -> dict[str, list[list[str]]]:
@@ -113,7 +114,7 @@ def existing_indexes(conn) -> dict[str, list[list[str]]]:
 def table_rows(conn, schema: str | None, table: str) -> float | None:
     """pg_class.reltuples of the table (-1: never vacuumed nor analyzed); None when there is no such table.
     Without a schema, the table the search_path finds."""
-    row = conn.execute(_RELATION, {"schema": schema, "table": table}).fetchone()
+    row = conn.execute(MARK + _RELATION, {"schema": schema, "table": table}).fetchone()
     return None if row is None else float(row[2])
 
 
@@ -128,7 +129,7 @@ class ColumnStats:
 def column_stats(conn, schema: str | None, table: str) -> dict[str, ColumnStats]:
     """pg_stats per column of the table; empty when it was never analyzed. For a table with children
     (inheritance or partitions) the statistics of the whole tree win, since a query on it reads them all."""
-    rows = conn.execute(f"""
+    rows = conn.execute(MARK + f"""
         SELECT s.attname, s.null_frac, s.n_distinct, s.most_common_freqs[1]
         FROM pg_stats s JOIN ({_RELATION}) r ON r.nspname = s.schemaname AND r.relname = s.tablename
         ORDER BY s.inherited""", {"schema": schema, "table": table})
@@ -136,7 +137,7 @@ def column_stats(conn, schema: str | None, table: str) -> dict[str, ColumnStats]
 
 
 def _since(conn) -> str:
-    reset = conn.execute("SELECT stats_reset::timestamptz(0)::text FROM pg_stat_database "
+    reset = conn.execute(MARK + "SELECT stats_reset::timestamptz(0)::text FROM pg_stat_database "
                          "WHERE datname = current_database()").fetchone()
     return reset[0] if reset and reset[0] else "the server started"
 

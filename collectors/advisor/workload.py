@@ -10,7 +10,8 @@ first because they cover every client):
 
 `prepare()` turns a captured text into what the parser and EXPLAIN accept: driver placeholders
 (`%(name)s`, `%s`, `:name`, `?`, `$1`) rewritten to the dialect's own, and the WHERE of an UPDATE or
-DELETE lifted into `SELECT 1 FROM table WHERE ...`, so that only a SELECT is ever explained.
+DELETE lifted into `SELECT 1 FROM table WHERE ...` (its parameters renumbered from $1), so that only a
+SELECT is ever explained.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sqlglot import exp
 
 from collectors.advisor.candidates import parse
 from collectors.advisor.model import Statement
+from collectors.advisor.plan import MARK
 from collectors.sdk.fingerprint import fingerprint
 
 MAX_STATEMENTS = 100          # the most expensive ones; past that the tail is cheap anyway
@@ -31,15 +33,16 @@ _PLACEHOLDER = re.compile(r"%\([A-Za-z_]\w*\)s|%s|\$\d+|\?\d*|(?<![:\w]):[A-Za-z
 _ANALYSABLE = re.compile(r"^\s*(\(\s*)*(select|with|update|delete)\b", re.I)
 
 
-def _rewrite_placeholders(text: str, dialect: str) -> str:
-    """Every driver placeholder as $1, $2, ... (postgres) or ? (sqlite); string literals untouched."""
+def _rewrite_placeholders(text: str, dialect: str, *, renumber: bool = False) -> str:
+    """Every driver placeholder as $1, $2, ... (postgres) or ? (sqlite); string literals untouched.
+    `$n` ones are kept as they are, or numbered 1, 2, ... in order of appearance with `renumber`."""
     numbers: dict[str, int] = {}
 
     def one(m: re.Match) -> str:
         if dialect == "sqlite":
             return "?"
         token = m.group(0)
-        if token.startswith("$"):
+        if token.startswith("$") and not renumber:
             return token
         key = token if token not in ("%s", "?") else f"#{len(numbers)}"   # each bare one is a new parameter
         return f"${numbers.setdefault(key, len(numbers) + 1)}"
@@ -61,22 +64,26 @@ def prepare(text: str, dialect: str) -> str:
     if where is None or tree.args.get("from_") or tree.args.get("from") or tree.args.get("using"):
         raise ValueError("an UPDATE/DELETE without WHERE, or joining other tables, has nothing one index answers")
     out = "postgres" if dialect == "postgres" else "sqlite"
-    return exp.select("1").from_(tree.this).where(where.this).sql(dialect=out)
+    # the WHERE lifted out of `UPDATE t SET a = a + $1 WHERE id = $2` keeps only $2, and PREPARE cannot
+    # tell the type of a $1 it never sees: its parameters are numbered again from $1
+    return _rewrite_placeholders(exp.select("1").from_(tree.this).where(where.this).sql(dialect=out), dialect,
+                                 renumber=True)
+
 
 
 def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS) -> list[Statement]:
     """The current database's most expensive SELECT/UPDATE/DELETE statements (a psycopg connection)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('pg_stat_statements') IS NOT NULL")
+        cur.execute(MARK + "SELECT to_regclass('pg_stat_statements') IS NOT NULL")
         if not cur.fetchone()[0]:
             return []
-        cur.execute("SELECT to_regclass('pg_stat_statements_info') IS NOT NULL")   # PostgreSQL 14+
-        cur.execute("SELECT coalesce((SELECT stats_reset FROM pg_stat_statements_info), pg_postmaster_start_time())"
-                    if cur.fetchone()[0] else "SELECT pg_postmaster_start_time()")
+        cur.execute(MARK + "SELECT to_regclass('pg_stat_statements_info') IS NOT NULL")   # PostgreSQL 14+
+        cur.execute(MARK + "SELECT coalesce((SELECT stats_reset FROM pg_stat_statements_info), pg_postmaster_start_time())"
+                    if cur.fetchone()[0] else MARK + "SELECT pg_postmaster_start_time()")
         since = cur.fetchone()[0]
-        cur.execute("SELECT now() - %s", (since,))
+        cur.execute(MARK + "SELECT now() - %s", (since,))
         days = max(cur.fetchone()[0] / timedelta(days=1), 1 / 24)
-        cur.execute("""
+        cur.execute(MARK + """
             SELECT query, sum(calls)::bigint, sum(total_exec_time)
             FROM pg_stat_statements
             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
