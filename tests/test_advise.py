@@ -222,7 +222,12 @@ def test_daemon_stores_the_advice_of_each_run(shop_pg, tmp_path, monkeypatch):
         advice = con.execute("SELECT kind, table_name, columns, statement, est_improvement_pct > 90 FROM index_advice "
                              "WHERE target = 'shop' AND kind = 'create'").fetchall()
         error = con.execute("SELECT error FROM advisor_runs WHERE target = 'gone'").fetchone()[0]
+        verdicts = dict(con.execute("SELECT query, verdict || ': ' || detail FROM advisor_statements "
+                                    "WHERE target = 'shop'").fetchall())
     assert runs == [("gone", None, None, False), ("shop", "hypopg", True, True)]
     assert advice == [("create", "orders", ["customer_id"],
                        'CREATE INDEX CONCURRENTLY "ix_orders_customer_id" ON "public"."orders" ("customer_id")', True)]
     assert "no SQLite database file" in error
+    assert verdicts["UPDATE orders SET amount = amount WHERE customer_id = $1"].startswith(
+        "create: orders (customer_id): ")
+    assert verdicts["SELECT count(*) FROM orders WHERE status = $1"].startswith("none: no index cuts its cost by 50 %")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from collectors.store import migrate, read, write
-from dashboard.queries import advisor_runs, index_findings, index_recommendations, index_verification
+from dashboard.queries import advisor_runs, advisor_statements, index_findings, index_recommendations, index_verification
 
 T = datetime(2026, 3, 1)
 FP_A = "SELECT * FROM orders WHERE customer_id = ?"
@@ -56,7 +56,7 @@ def drop(target, index, *, schema=None):
     return {"target": target, "schema": schema, "index": index}
 
 
-def seed_advisor(path, *, runs=(), advice=(), audit=(), query_stats=(), pg_statements=()) -> None:
+def seed_advisor(path, *, runs=(), advice=(), audit=(), query_stats=(), pg_statements=(), statements=()) -> None:
     """Write advisor runs, advice, index-action audit rows and statement figures into the store at `path`
     (migrated first if new). query_stats rows: (minute, service, fingerprint, calls, total_ms);
     pg_statements rows: (ts, target, query, calls, total_ms)."""
@@ -67,6 +67,7 @@ def seed_advisor(path, *, runs=(), advice=(), audit=(), query_stats=(), pg_state
         "VALUES (?, ?, ?, ?, ?, ?, ?)": audit,
         "INSERT INTO query_stats (minute, service, fingerprint, calls, total_ms) VALUES (?, ?, ?, ?, ?)": query_stats,
         "INSERT INTO pg_statements (ts, target, query, calls, total_ms) VALUES (?, ?, ?, ?, ?)": pg_statements,
+        "INSERT INTO advisor_statements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)": statements,
     }
     with write(path) as con:
         migrate(con)
@@ -173,10 +174,38 @@ def test_advisor_runs_latest_per_target(con):
     assert (pg["statements"], pg["analysed"], pg["seconds"], pg["notes"]) == (300, 80, 12.0, "hypopg 1.4")
 
 
+def test_advisor_statements_of_the_latest_run_that_did_not_fail(tmp_path):
+    path = tmp_path / "perfdeck.duckdb"
+    runs = [run_row(at("10:00"), "shop-pg", "hypopg"), run_row(at("11:00"), "shop-pg", "hypopg"),
+            run_row(at("12:00"), "shop-pg", None, error="connection refused"), run_row(at("11:00"), "shop")]
+
+    def row(ts, target, query, verdict, detail, ms_day):
+        return (ts, target, query, verdict, detail, 10.0, ms_day, None, None)
+    seed_advisor(path, runs=runs, statements=[
+        row(at("10:00"), "shop-pg", PG_Q, "create", "orders (status): 90 % cheaper", 900.0),   # an older run
+        row(at("11:00"), "shop-pg", "SELECT now()", "none", "reads no table (no index can help)", 50.0),
+        row(at("11:00"), "shop-pg", "SELECT * FROM pg_class", "none", "reads only system catalogues", 80.0),
+        row(at("11:00"), "shop-pg", "SELEC", "failed", "ValueError: cannot parse", 1.0),
+        row(at("11:00"), "shop-pg", PG_Q, "create", "orders (status): 93 % cheaper", 700.0),
+        row(at("11:00"), "shop", FP_A, "none", "already cheap: 12 rows read, under 10,000", 5.0),
+    ])
+    with read(path) as con:
+        df = advisor_statements(con)
+        assert records(df, "target", "query", "verdict", "detail") == [
+            ("shop", FP_A, "none", "already cheap: 12 rows read, under 10,000"),
+            ("shop-pg", PG_Q, "create", "orders (status): 93 % cheaper"),
+            ("shop-pg", "SELEC", "failed", "ValueError: cannot parse"),
+            ("shop-pg", "SELECT * FROM pg_class", "none", "reads only system catalogues"),
+            ("shop-pg", "SELECT now()", "none", "reads no table (no index can help)"),
+        ]
+        assert advisor_statements(con, "shop")["query"].tolist() == [FP_A]
+
+
 def test_advisor_runs_on_an_empty_store(tmp_path):
     seed_advisor(tmp_path / "empty.duckdb")
     with read(tmp_path / "empty.duckdb") as con:
         assert advisor_runs(con).empty and index_recommendations(con).empty and index_findings(con).empty
+        assert advisor_statements(con).empty
         assert index_verification(con).empty
 
 

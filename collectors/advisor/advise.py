@@ -303,7 +303,8 @@ def store_workload(con, url: str, target: str | None, *, days: float = 7.0) -> l
 
 
 def advisor_rows(report: Report, ts) -> list:
-    """The store rows of one run: its `advisor_runs` line and its `index_advice` lines."""
+    """The store rows of one run: its `advisor_runs` line, its `index_advice` lines and what became of
+    each statement (`advisor_statements`)."""
     from collectors.samplers import Rows
 
     notes = list(report.notes)
@@ -316,4 +317,7 @@ def advisor_rows(report: Report, ts) -> list:
               for r in report.recommendations]
     advice += [(ts, report.target, f.kind, f.schema, f.table, f.index, list(f.columns), f.drop_sql, None,
                 None, None, None, None, None, f.size_bytes, f.detail) for f in report.findings]
-    return [Rows("advisor_runs", [run]), Rows("index_advice", advice)]
+    outcomes = [(ts, report.target, redact(o.statement.key or o.statement.text), o.verdict, redact(o.detail),
+                 o.statement.calls_per_day, o.statement.total_ms / o.statement.days, o.base_cost, o.best_cost)
+                for o in report.outcomes]
+    return [Rows("advisor_runs", [run]), Rows("index_advice", advice), Rows("advisor_statements", outcomes)]

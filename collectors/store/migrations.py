@@ -470,12 +470,30 @@ def m013_postgres_depth(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m014_advisor_statements(con: duckdb.DuckDBPyConnection) -> None:
+    # What the index advisor made of each statement of a run: the index it wants, or why none (reads only
+    # catalogues, already cheap, no index cuts it enough), or why it could not be analysed.
+    con.execute("""
+        CREATE TABLE advisor_statements (
+            ts TIMESTAMP NOT NULL,      -- the run (advisor_runs.ts)
+            target VARCHAR NOT NULL,
+            query VARCHAR NOT NULL,     -- its key: SDK fingerprint or pg_stat_statements text
+            verdict VARCHAR NOT NULL,   -- create | none | failed
+            detail VARCHAR,             -- "orders (customer_id): 96 % cheaper" / the reason
+            calls_day DOUBLE,
+            ms_day DOUBLE,
+            base_cost DOUBLE,           -- in the method's unit (planner cost, or rows read)
+            best_cost DOUBLE
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
                                                                   m009_rollup_tiers, m010_llm_requests,
                                                                   m011_ingest_rollup, m012_llm_rollup,
-                                                                  m013_postgres_depth]
+                                                                  m013_postgres_depth, m014_advisor_statements]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

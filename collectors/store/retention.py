@@ -53,6 +53,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "quarantine": ("ts", "rollup"),
     "advisor_runs": ("ts", "rollup"),
     "index_advice": ("ts", "rollup"),
+    "advisor_statements": ("ts", "rollup"),
     "cache_sizes": ("minute", "rollup"),
     "alerts": ("started_at", "rollup"),
     "alert_notifications": ("ts", "rollup"),

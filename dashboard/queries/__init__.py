@@ -10,7 +10,13 @@ the CLI and tests call the same functions.
         df = endpoint_percentiles(con, since=since, until=until)
 """
 from dashboard.queries._run import bucket_seconds, run_query
-from dashboard.queries.advisor import advisor_runs, index_findings, index_recommendations, index_verification
+from dashboard.queries.advisor import (
+    advisor_runs,
+    advisor_statements,
+    index_findings,
+    index_recommendations,
+    index_verification,
+)
 from dashboard.queries.alerts import (
     active_alerts,
     active_silences,
@@ -93,6 +99,7 @@ __all__ = [
     "active_alerts",
     "active_silences",
     "advisor_runs",
+    "advisor_statements",
     "alert_facets",
     "alert_history",
     "app_cache_namespaces",

@@ -43,14 +43,15 @@ def advisor_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return df
 
 
-# The advice of each target's latest run that did not fail.
-_LATEST_ADVICE = """
+# Each target's latest run that did not fail, and its advice.
+_SHOWN_RUNS = """
 shown AS (
     SELECT target, max(ts) AS ts
     FROM advisor_runs
     WHERE error IS NULL
     GROUP BY target
-),
+)"""
+_LATEST_ADVICE = _SHOWN_RUNS + """,
 advice AS (
     SELECT a.*
     FROM index_advice AS a
@@ -101,6 +102,24 @@ def index_recommendations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     created_at: when a done `database.create_index` action made that index (same target, table and
     columns in order) after the run; NULL while the recommendation is open."""
     df, _ = run_query(RECOMMENDATIONS_SQL, max_rows=1_000, con=con)
+    return df
+
+
+STATEMENTS_SQL = f"""
+WITH {_SHOWN_RUNS}
+SELECT s.target, s.query, s.verdict, s.detail, s.calls_day, s.ms_day, s.ts
+FROM advisor_statements AS s
+JOIN shown USING (target, ts)
+WHERE $target IS NULL OR s.target = $target
+ORDER BY s.target, CASE s.verdict WHEN 'create' THEN 0 WHEN 'failed' THEN 1 ELSE 2 END, s.ms_day DESC NULLS LAST
+"""
+
+
+def advisor_statements(con: duckdb.DuckDBPyConnection, target: str | None = None) -> pd.DataFrame:
+    """What each target's latest run that did not fail made of each statement, those wanting an index
+    first, then those it could not analyse, then the rest, most time per day first: [target, query,
+    verdict (create | failed | none), detail (the index wanted, or why none), calls_day, ms_day, ts]."""
+    df, _ = run_query(STATEMENTS_SQL, {"target": target}, max_rows=5_000, con=con)
     return df
 
 
