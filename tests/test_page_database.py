@@ -40,7 +40,7 @@ def test_database_page(seeded):
     at = run()
     assert at.title[0].value == "Database"
     assert [h.value for h in at.subheader] == ["Top queries", "Index advisor", "Databases",
-                                               "Tables with many sequential scans"]
+                                               "Tables with many sequential scans", "PostgreSQL"]
     queries = table(at, "fingerprint")
     assert queries["fingerprint"].iloc[0] == "SELECT * FROM orders WHERE customer_id = ?"
     assert queries["total_ms"].is_monotonic_decreasing and queries["p95_ms"].notna().all()

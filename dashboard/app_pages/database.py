@@ -9,7 +9,7 @@ from collectors import formatting as fmt
 from collectors.redact import redact
 from collectors.samplers.database import pg_stat_statements_hint
 from collectors.store import utcnow
-from dashboard import charts, columns, widgets
+from dashboard import charts, columns, pg_sections, widgets
 from dashboard.actions.database_actions import CreateIndex, DropIndex
 from dashboard.actions.ui import action_panel
 
@@ -34,6 +34,8 @@ QUERY_COLUMNS = {
         "Equal to the max when at least 5 % of the calls took about as long as the slowest")),
     "max_ms": MS("Max (ms)", decimals=2), "rows": COUNT("Rows"),
     "cache_hit_ratio": columns.percent("Buffer hits", help="shared blocks hit / (hit + read)"),
+    "calls_per_day": COUNT("Calls / day", help=(
+        "Calls over the time the samples in this range cover (since a pg_stat_statements reset, if there was one)")),
 }
 TARGET_COLUMNS = {
     "target": TEXT("Database"), "pgss_enabled": st.column_config.CheckboxColumn("pg_stat_statements"),
@@ -45,17 +47,20 @@ TARGET_COLUMNS = {
 SEQ_COLUMNS = {
     "target": TEXT("Database"), "table": TEXT("Table"),
     "flagged": st.column_config.CheckboxColumn("Needs a look", help=(
-        f"More sequential than index scans on a table of at least {q.database.SEQ_SCAN_MIN_ROWS:,} rows")),
+        f"Sequential scans read at least {q.database.SEQ_ROWS_READ_MIN:,} rows in this range, more than index scans "
+        f"fetched, on a table of at least {q.database.SEQ_SCAN_MIN_ROWS:,} rows")),
+    "seq_rows_read": COUNT("Rows read by seq scans", help="In this time range"),
+    "idx_rows_fetched": COUNT("Rows fetched by index", help="In this time range"),
+    "seq_rows_share": columns.percent("Seq share of rows"),
     "seq_scans": COUNT("Seq scans", help="In this time range"),
     "idx_scans": COUNT("Index scans", help="In this time range"),
-    "seq_share": columns.percent("Seq share"),
-    "seq_rows_read": COUNT("Rows read by seq scans"),
+    "seq_share": columns.percent("Seq share of scans"),
     "live_rows": COUNT("Live rows"), "dead_rows": COUNT("Dead rows"),
     "size_bytes": columns.size("Size"),
 }
 # The example statement and pg_stat_statements' queryid are in the CSV only: the table fits the page.
-QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "total_ms", "mean_ms", "p95_ms", "max_ms",
-                      "rows", "cache_hit_ratio", "database"]
+QUERY_COLUMN_ORDER = ["service", "target", "fingerprint", "query", "calls", "calls_per_day", "total_ms", "mean_ms",
+                      "p95_ms", "max_ms", "rows", "cache_hit_ratio", "database"]
 ADVICE_COLUMNS = {
     "status": TEXT("Status", help="open, or when it was created from perfdeck (UTC)"),
     "statement": TEXT("Index to create", width=430),
@@ -89,7 +94,7 @@ HOW_TO = ("Statements come from the SDK's SQLAlchemy integration; databases are 
           "under `[[database]]` in perfdeck.toml or in `PERFDECK_DATABASE_URLS`.")
 
 
-def top_queries(since, until, targets) -> None:
+def top_queries(since, until, targets, deploys) -> None:
     st.subheader("Top queries")
     for target in targets[~targets["pgss_enabled"].fillna(True).astype(bool)]["target"]:
         hint = pg_stat_statements_hint()
@@ -122,6 +127,12 @@ def top_queries(since, until, targets) -> None:
         notes.append("Where the p95 is the max, at least 5 % of the calls took about as long as the slowest.")
     if notes:       # both are true of the same calls (mean from their total, p95 from their histograms)
         st.caption(" ".join(notes))
+    if source == "pg":
+        picked = pg_sections.statement_picker(queries)
+        history = picked and widgets.load({"history": q.pg_statement_history}, since=since, until=until,
+                                          target=picked[0], queryid=picked[1])
+        if history:
+            pg_sections.statement_history(history["history"], picked, (since, until), deploys)
 
 
 def qualified(df: pd.DataFrame) -> pd.Series:
@@ -257,15 +268,35 @@ def health(data: dict, x_range, deploys) -> None:
     if data["seq_scans"].empty:
         st.caption("No table was scanned sequentially in this range (PostgreSQL targets only).")
         return
-    st.caption("Scans in this time range. A large table read mostly by sequential scans usually "
-               "wants an index on the columns its queries filter by.")
+    st.caption("Rows read in this time range. A large table whose rows are read mostly by sequential scans "
+               "usually wants an index on the columns its queries filter by.")
     widgets.table(data["seq_scans"][list(SEQ_COLUMNS)], "seq-scan-tables", column_config=SEQ_COLUMNS)
+
+
+def postgres(data: dict) -> None:
+    st.subheader("PostgreSQL")
+    if data["xid"].empty and data["activity"].empty and data["tables"].empty:
+        st.caption("Live activity, vacuum, wraparound, sizes and replication come from PostgreSQL targets: none "
+                   "was sampled in this range.")
+        return
+    live, vacuum, sizes, replicas = st.tabs(["Activity", "Vacuum & wraparound", "Sizes", "Replication"])
+    with live:
+        pg_sections.activity(data["activity"], data["long"])
+    with vacuum:
+        pg_sections.maintenance(data["tables"], data["xid"])
+    with sizes:
+        pg_sections.sizes(data["tables"], data["indexes"])
+    with replicas:
+        pg_sections.replication(data["replication"])
 
 
 def body() -> None:
     since, until = filters.range.bounds()
     data = widgets.load({"targets": q.db_targets, "hit_ratio": q.db_cache_hit_ratio,
-                         "connections": q.db_connections, "seq_scans": q.seq_scan_tables}, since=since, until=until)
+                         "connections": q.db_connections, "seq_scans": q.seq_scan_tables,
+                         "activity": q.pg_activity_now, "long": q.pg_long_running, "tables": q.pg_table_health,
+                         "xid": q.pg_xid_ages, "indexes": q.pg_index_sizes, "replication": q.pg_replication},
+                        since=since, until=until)
     status = widgets.load({"components": q.component_status}, kind="database")
     sdk = widgets.load({"queries": q.sdk_top_queries, "deploys": q.deploys}, since=since, until=until,
                        service=filters.service)
@@ -278,12 +309,13 @@ def body() -> None:
     if data["targets"].empty and sdk["queries"].empty and status["components"].empty and advisor["runs"].empty:
         widgets.no_data_yet(f"No statements or database samples in this time range. {HOW_TO}")
         return
-    top_queries(since, until, data["targets"])
+    top_queries(since, until, data["targets"], sdk["deploys"])
     index_advisor(advisor)
     if data["targets"].empty:
         st.info(f"No database has been sampled in this time range. {HOW_TO}", icon=":material/info:")
         return
     health(data, (since, until), sdk["deploys"])
+    postgres(data)
 
 
 widgets.live(body, filters)

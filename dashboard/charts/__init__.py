@@ -12,4 +12,5 @@ from dashboard.charts.base import *  # noqa: F403
 from dashboard.charts.base import _HIDDEN  # noqa: F401 - widgets escapes markdown with the same set
 from dashboard.charts.compare import *  # noqa: F403
 from dashboard.charts.lines import *  # noqa: F403
+from dashboard.charts.statements import *  # noqa: F403
 from dashboard.charts.timeaxis import *  # noqa: F403

@@ -56,7 +56,8 @@ SELECT s.target, s.ts, s.pid, s.backend_start,
             ELSE coalesce(s.state, 'unknown') END AS activity,
        s.state, s.wait_event_type, s.wait_event,
        nullif(concat_ws(': ', s.wait_event_type, s.wait_event), '') AS wait,
-       s.query_s, s.xact_s, s.blocked_by, coalesce(b.blocks, 0) AS blocks, s.locks,
+       s.query_s, s.xact_s, s.query_s * 1000 AS query_ms, s.xact_s * 1000 AS xact_ms,
+       s.blocked_by, coalesce(b.blocks, 0) AS blocks, s.locks,
        s.usename, s.application_name, s.client_addr, s.query
 FROM snap s
 LEFT JOIN blocks b ON b.target = s.target AND b.pid = s.pid
@@ -71,7 +72,7 @@ def pg_activity_now(con: duckdb.DuckDBPyConnection, *, since: datetime, until: d
                     min_seconds: float | None = None) -> pd.DataFrame:
     """The latest snapshot of each PostgreSQL target's backends in the range: [target, ts, pid,
     backend_start, activity (running | waiting | idle in transaction | ...), state, wait_event_type,
-    wait_event, wait, query_s, xact_s, blocked_by (pids), blocks (how many it blocks), locks,
+    wait_event, wait, query_s, xact_s (and both in ms), blocked_by (pids), blocks (how many it blocks), locks,
     usename, application_name, client_addr, query]; blockers first, then the oldest. With
     `min_seconds`, only statements running and transactions open at least that long."""
     params = {"since": since, "until": until, "min_s": min_seconds}
