@@ -7,7 +7,8 @@
         engine = sqlalchemy.create_engine(pg_cluster.url)
         pg_cluster.stop(); pg_cluster.start()   # for down/up tests
 
-`pg_cluster` preloads pg_stat_statements (and has hypopg available to CREATE EXTENSION);
+`pg_cluster` preloads pg_stat_statements, and pg_qualstats when it is installed (every predicate
+sampled), and has hypopg available to CREATE EXTENSION;
 `pg_cluster_no_pgss` runs without shared_preload_libraries, for the "not enabled" paths. Both create
 the database `perfdeck_test` and run `CREATE EXTENSION pg_stat_statements` in it (on the second one
 the extension exists but its view raises, as on a server where the library was never preloaded).
@@ -77,6 +78,11 @@ class PgCluster:
     def url_for(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
 
+    def has_library(self, name: str) -> bool:
+        """Is the extension's shared library installed beside this server's binaries (Debian's layout:
+        /usr/lib/postgresql/15/lib, filled by e.g. postgresql-15-pg-qualstats)?"""
+        return (self.bindir.parent / "lib" / f"{name}.so").exists()
+
     # -- processes -------------------------------------------------------------------------------
     def _run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / args[0]), *args[1:]]
@@ -100,7 +106,9 @@ class PgCluster:
             "track_io_timing = on",
         ]
         if self.preload:
-            conf += ["shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = top"]
+            libraries = ["pg_stat_statements"] + (["pg_qualstats"] if self.has_library("pg_qualstats") else [])
+            conf += [f"shared_preload_libraries = '{', '.join(libraries)}'", "pg_stat_statements.track = top",
+                     "pg_qualstats.sample_rate = 1"]
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# tests/pg.py\n" + "\n".join(conf) + "\n")
         self.start()

@@ -264,3 +264,36 @@ def test_heuristic_agrees_with_hypopg(db, sql):
         con.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
         cands = candidates(sql, "postgres", existing_indexes(con))
         assert choose(con, sql, cands).best == validate(con, sql, cands).best
+
+
+# -- pg_qualstats: the predicates a statement was seen to run ------------------------------------------
+
+def test_qualstats_names_the_columns_a_statement_ran_its_predicates_on(db):
+    from collectors.advisor.pg_catalog import extension_installed, qualstats_uses
+    if not db.has_library("pg_qualstats"):
+        pytest.skip("pg_qualstats is not installed (Debian: postgresql-15-pg-qualstats)")
+    with db.connect(DB) as con:
+        assert not extension_installed(con, "pg_qualstats")
+        con.execute("CREATE EXTENSION pg_qualstats")
+        con.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        assert extension_installed(con, "pg_qualstats")
+        con.execute("CREATE TABLE measures (id int, device int, ts int, v int) PARTITION BY RANGE (ts)")
+        con.execute("CREATE TABLE measures_a PARTITION OF measures FOR VALUES FROM (0) TO (50000)")
+        con.execute("CREATE TABLE measures_b PARTITION OF measures FOR VALUES FROM (50000) TO (100001)")
+        con.execute("INSERT INTO measures SELECT g, g % 100, g, g FROM generate_series(1, 100000) g")
+        con.execute("ANALYZE measures")
+        con.execute("SELECT pg_qualstats_reset()")
+        con.execute("SELECT count(*) FROM measures m JOIN tiny t ON t.id = m.device WHERE m.ts > 10 AND m.v = 7")
+        con.execute("SELECT count(*) FROM items WHERE owner = 3 OR status = 1")
+        ids = dict(con.execute("SELECT query, array_agg(queryid) FROM pg_stat_statements "
+                               "WHERE query LIKE 'SELECT count(*) FROM %' GROUP BY query").fetchall())
+        joined = ids["SELECT count(*) FROM measures m JOIN tiny t ON t.id = m.device WHERE m.ts > $1 AND m.v = $2"]
+        uses = {(u.schema, u.table): u for u in qualstats_uses(con, joined)}
+        # the partitions' predicates are named on the partitioned table, where an index is made
+        assert set(uses) == {("public", "measures"), ("public", "tiny")}
+        assert (uses["public", "measures"].equality, uses["public", "measures"].range) == (["v"], ["ts"])
+        assert uses["public", "measures"].join == ["device"] and uses["public", "tiny"].join == ["id"]
+        # the two sides of an OR, which a reading of the text or of the plan leaves out
+        either = qualstats_uses(con, ids["SELECT count(*) FROM items WHERE owner = $1 OR status = $2"])
+        assert [(u.table, u.equality) for u in either] == [("items", ["owner", "status"])]
+        con.execute("DROP EXTENSION pg_qualstats")

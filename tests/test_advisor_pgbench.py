@@ -34,6 +34,8 @@ def pgbench_db(request, pg_cluster):  # noqa: F811
         con.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         if request.param == "hypopg":
             con.execute("CREATE EXTENSION hypopg")
+        if pg_cluster.has_library("pg_qualstats"):    # its predicates are read beside the plan's
+            con.execute("CREATE EXTENSION pg_qualstats")
         con.execute(HISTORY)
         con.execute("ANALYZE")
         con.execute("SELECT pg_stat_statements_reset()")

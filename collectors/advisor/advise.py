@@ -144,7 +144,7 @@ def advise(url: str, statements: list[Statement] | None = None, *, store_workloa
         for statement in statements:
             try:
                 text = workload.prepare(statement.text, dialect)
-                result, why = method.analyse(text)
+                result, why = method.analyse(text, statement.queryids)
             except Exception as exc:   # one statement's failure never stops the others
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 report.failed.append((statement.text, reason))
@@ -209,6 +209,7 @@ class _Method:
             from collectors.advisor import heuristic, hypopg, pg_catalog
             self.catalog = pg_catalog
             self.hypothetical = pg_catalog.hypopg_installed(conn)
+            self.qualstats = pg_catalog.extension_installed(conn, "pg_qualstats")
             self.name = "hypopg" if self.hypothetical else "heuristic"
             if self.hypothetical:
                 self.min_base_cost = s.min_base_cost
@@ -217,9 +218,9 @@ class _Method:
                               partial(heuristic.choose, min_share=s.min_share, min_rows=s.min_rows))
         self.existing = self.catalog.existing_indexes(conn)
 
-    def analyse(self, text: str) -> tuple[Advice | None, str]:
+    def analyse(self, text: str, queryids: tuple[int, ...] = ()) -> tuple[Advice | None, str]:
         """The advice on one prepared statement (None when there was nothing to try) and, when no
-        index is advised, why."""
+        index is advised, why. `queryids`: what pg_qualstats saw the statement run is read too."""
         if self.dialect == "sqlite":
             found = candidates(text, self.dialect, self.existing)
             if not found:
@@ -231,7 +232,8 @@ class _Method:
         if not reading.uses:
             return None, ("reads only system catalogues" if reading.catalogs
                           else "reads no table (no index can help)")
-        uses = merge_uses(reading.uses, _on_relations(columns_used(text, "postgres"), reading.uses))
+        seen = self.catalog.qualstats_uses(self.conn, queryids) if self.qualstats and queryids else []
+        uses = merge_uses(reading.uses, _on_relations(columns_used(text, "postgres") + seen, reading.uses))
         found = candidates_for(uses, self.existing)
         served = f"; the plan uses {', '.join(reading.indexes)}" if reading.indexes else ""
         if not found:

@@ -23,6 +23,7 @@ class Statement:
     source: str = "given"      # "pg_stat_statements" | "sdk" | "given"
     days: float = 1.0          # the span calls and total_ms cover
     key: str = ""              # how the store names it (SDK fingerprint or pg_stat_statements text)
+    queryids: tuple[int, ...] = ()   # its pg_stat_statements ids (one per user that ran it)
 
     @property
     def mean_ms(self) -> float:

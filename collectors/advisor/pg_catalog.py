@@ -1,6 +1,7 @@
 """What PostgreSQL's catalogue says about indexes and tables, for the index advisor.
 
 Existing indexes feed `candidates()` (nothing an index already starts with is proposed again);
+with pg_qualstats created, `qualstats_uses` adds the predicates it saw a statement run;
 `table_rows` and `column_stats` feed the statistics heuristic when hypopg is not installed; unused
 and duplicate indexes are findings of their own: they slow every write and take disk, serving no read.
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from psycopg import sql as pgsql
 
+from collectors.advisor.candidates import TableUse
 from collectors.advisor.model import IndexFinding, redundant
 from collectors.advisor.plan import MARK
 
@@ -95,7 +97,7 @@ def _indexes(conn) -> list[_Index]:
 
 def hypopg_installed(conn) -> bool:
     """Is the hypopg extension created in this database (not merely available on the server)?"""
-    return conn.execute(MARK + "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')").fetchone()[0]
+    return extension_installed(conn, "hypopg")
 
 
 def existing_indexes(conn) -> dict[str, list[list[str]]]:
@@ -109,6 +111,37 @@ def existing_indexes(conn) -> dict[str, list[list[str]]]:
         for key in keys:
             out.setdefault(key, []).append(ix.usable_keys)
     return out
+
+
+def extension_installed(conn, name: str) -> bool:
+    """Is the extension created in this database (not merely available on the server)?"""
+    return conn.execute(MARK + "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = %s)", (name,)).fetchone()[0]
+
+
+# The predicates pg_qualstats saw run for some statements: per qual its column (a join qual: both
+# columns; on a partition: named on the root of its tree), its operator and whether it joins.
+_QUALS = """
+    SELECT DISTINCT n.nspname, c.relname, a.attname, op.oprname, q.lrelid IS NOT NULL AND q.rrelid IS NOT NULL
+    FROM pg_qualstats q
+    CROSS JOIN LATERAL (VALUES (q.lrelid, q.lattnum), (q.rrelid, q.rattnum)) AS side(relid, attnum)
+    JOIN pg_attribute a ON a.attrelid = side.relid AND a.attnum = side.attnum
+    JOIN pg_class c ON c.oid = coalesce(pg_partition_root(side.relid), side.relid)
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_operator op ON op.oid = q.opno
+    WHERE q.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND q.queryid = ANY(%s) AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    ORDER BY 1, 2, 3"""
+_POSITIONS = {"=": "equality", "<": "range", ">": "range", "<=": "range", ">=": "range"}
+
+
+def qualstats_uses(conn, queryids: list[int]) -> list[TableUse]:
+    """The columns pg_qualstats saw these statements filter and join on, in the advisor's positions."""
+    uses: dict[tuple[str, str], TableUse] = {}
+    for schema, table, column, operator, join in conn.execute(MARK + _QUALS, (list(queryids),)):
+        position = "join" if join and operator == "=" else _POSITIONS.get(operator)
+        if position is not None:
+            uses.setdefault((schema, table), TableUse(table, schema)).add(position, column)
+    return list(uses.values())
 
 
 def table_rows(conn, schema: str | None, table: str) -> float | None:

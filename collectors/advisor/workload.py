@@ -84,14 +84,15 @@ def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS) -> list[Statem
         cur.execute(MARK + "SELECT now() - %s", (since,))
         days = max(cur.fetchone()[0] / timedelta(days=1), 1 / 24)
         cur.execute(MARK + """
-            SELECT query, sum(calls)::bigint, sum(total_exec_time)
+            SELECT query, sum(calls)::bigint, sum(total_exec_time), array_agg(DISTINCT queryid)
             FROM pg_stat_statements
             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
               AND query ~* '^\\s*\\(*\\s*(select|with|update|delete)\\M'
               AND query !~* '\\m(pg_[a-z_]+|information_schema|hypopg[a-z_]*)\\M'   -- catalogues: no index to add
             GROUP BY query ORDER BY 3 DESC LIMIT %s
         """, (limit,))
-        return [Statement(q, int(calls), float(ms), "pg_stat_statements", days, q) for q, calls, ms in cur]
+        return [Statement(q, int(calls), float(ms), "pg_stat_statements", days, q, tuple(ids))
+                for q, calls, ms, ids in cur]
 
 
 def from_store(con, *, databases: list[str], since: datetime, until: datetime,
