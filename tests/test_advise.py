@@ -200,6 +200,10 @@ def test_advise_cli_nothing_worth_an_index(tmp_path):
     human = CliRunner().invoke(main, ["advise", "--db", f"sqlite:///{path}", "--queries-file", str(sql_file),
                                       "--store", str(tmp_path / "none.duckdb")])
     assert human.exit_code == 0 and "No index is worth creating." in human.output
+    # and why, statement by statement: (a) is tried and found cheap; (id) is the table's own key
+    assert human.output.split("No index for 2 statements:\n")[1] == (
+        "    SELECT * FROM t WHERE a = 3\n      already cheap: 100 rows read, under 10,000\n"
+        "    SELECT * FROM t WHERE id = 4\n      already indexed: no column it filters, joins or sorts on lacks an index\n")
 
 
 def test_advise_cli_unreachable_database_is_one_line(tmp_path):

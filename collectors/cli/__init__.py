@@ -247,6 +247,11 @@ def _print_report(report) -> None:
     for f in report.findings:
         size = fmt.size(f.size_bytes) if f.size_bytes is not None else "size unknown"
         click.echo(f"\n{f.kind} index {f.index} on {f.table} ({', '.join(f.columns)}), {size}: {f.detail}\n  {f.drop_sql};")
+    skipped = [o for o in report.outcomes if o.verdict == "none"]
+    if skipped:
+        click.echo(f"\nNo index for {len(skipped)} statement{'s' if len(skipped) != 1 else ''}:")
+    for o in skipped:
+        click.echo(f"    {o.statement.text[:100]}\n      {o.detail}")
     for text, reason in report.failed:
         click.echo(f"\nnot analysed ({reason}): {text[:160]}", err=True)
 
