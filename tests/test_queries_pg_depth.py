@@ -200,3 +200,15 @@ def test_wraparound_levels(tmp_path):
                                                                  ["young", "ok"]]
     assert ages["left_before_stop"].tolist() == [1_500_000_000, 2_146_483_648 - 300_000_000, 2_146_483_648 - 1_000]
     assert tables["wraparound"].to_dict() == {"public.a": "ok", "public.b": "critical"}
+
+
+def test_activity_snapshots_go_with_the_other_samples(tmp_path):
+    from collectors.store.retention import purge
+    path, now = tmp_path / "r.duckdb", utcnow()
+    with write(path) as con:
+        migrate(con)
+        for age in (8, 6):
+            con.execute("INSERT INTO pg_activity (ts, target, pid, state, blocked_by, locks, query) "
+                        "VALUES (?, 'pg', 7, 'active', [], [], 'SELECT 1')", [now - timedelta(days=age)])
+        assert purge(con, now)["pg_activity"] == 1           # past the 7 days of raw samples
+        assert con.execute("SELECT count(*) FROM pg_activity").fetchone()[0] == 1

@@ -166,3 +166,38 @@ def test_covered_time_counts_from_a_reset(cluster, sampler):
     assert m[("pg_stat_statements.covered_s", None)] == pytest.approx((third - max(reset, second)).total_seconds(),
                                                                         abs=1e-6)
     assert m[("pg_stat_statements.covered_s", None)] <= (third - second).total_seconds()
+
+
+def test_replication_on_a_primary_and_its_standby(cluster):
+    """A real streaming standby (pg_basebackup -R): the primary lists it with its lag, the standby says
+    it is one and how far behind its replay is."""
+    standby = pg.PgCluster(bindir=cluster.bindir)
+    try:
+        standby._run("pg_basebackup", "-D", str(standby.datadir), "-R", "-X", "stream", "-h", "127.0.0.1",
+                     "-p", str(cluster.port), "-U", "postgres", "-c", "fast")
+        with open(standby.datadir / "postgresql.conf", "a") as f:
+            f.write(f"\nport = {standby.port}\nunix_socket_directories = '{standby.base}'\n")
+        standby.start()
+        assert wait_for(lambda: cluster.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                        == [(1,)])
+        cluster.execute("CREATE TABLE replicated_t AS SELECT 1 AS id", dbname=DB)
+        assert wait_for(lambda: standby.execute("SELECT to_regclass('replicated_t') IS NOT NULL", dbname=DB) == [(True,)])
+        on_primary = DatabaseSampler(name="primary", url=cluster.url_for(DB))
+        on_standby = DatabaseSampler(name="standby", url=standby.url_for(DB))
+        try:
+            primary = metrics(on_primary.collect(utcnow()))
+            # 0 once it has replayed all it received (WAL the primary writes meanwhile may make a sample wait)
+            replica = wait_for(lambda: (m := metrics(on_standby.collect(utcnow())))[("replication.replay_delay_s", None)]
+                               == 0 and m)
+        finally:
+            on_primary.close()
+            on_standby.close()
+        [(name,)] = cluster.execute("SELECT application_name FROM pg_stat_replication")
+        assert primary[("replication.standby", None)] == 0 and primary[("replication.replicas", None)] == 1
+        assert primary[("replication.lag_bytes", f"replica={name}")] >= 0
+        assert ("replication.replay_lag_s", f"replica={name}") in primary
+        assert replica[("replication.standby", None)] == 1 and ("replication.replicas", None) not in replica
+        assert replica[("replication.replay_delay_s", None)] == 0
+        assert ("table.xid_age", "table=public.replicated_t") in replica
+    finally:
+        standby.destroy()
