@@ -22,25 +22,23 @@ ACTIVITY_COLUMNS = {
     "wait": TEXT("Waiting on", help="pg_stat_activity wait_event_type: wait_event"),
     "blocks": COUNT("Blocks", help="Backends waiting for a lock it holds"),
     "blocked_by": st.column_config.ListColumn("Blocked by", help="pg_blocking_pids()"),
-    "locks": st.column_config.ListColumn("Locks", width=260, help="What it waits for, and its locks on your tables"),
-    "usename": TEXT("User"), "application_name": TEXT("Application"),
-    "query": TEXT("Statement", width="large"),
-}
+    "locks": st.column_config.ListColumn("Locks", width=170, help="What it waits for, and its locks on your tables"),
+    "query": TEXT("Statement", width=160),
+}   # what fits the page (a click on a cell shows it whole); the CSV also has the application, user, client
+#     address, start times and the raw wait event
 TABLE_COLUMNS = {
     "target": TEXT("Database"), "table": TEXT("Table"),
     "needs_vacuum": st.column_config.CheckboxColumn("Needs vacuum", help=(
         f"Dead rows are at least {pg_depth.DEAD_SHARE:.0%} of its rows and at least {pg_depth.DEAD_MIN_ROWS:,}")),
     "dead_rows": COUNT("Dead rows"), "dead_share": columns.percent("Dead share"),
-    "live_rows": COUNT("Live rows"),
     "last_vacuum": WHEN("Last vacuum (UTC)", help="Manual or autovacuum, the later"),
     "last_analyze": WHEN("Last analyze (UTC)", help="Manual or autoanalyze, the later"),
-    "changed_since_analyze": COUNT("Changed since analyze"),
     "bloat_bytes": columns.size("Bloat (est.)", help=(
         "Heap space beyond what the live rows need, estimated from pg_stats like the usual bloat queries")),
-    "bloat_share": columns.percent("Bloat share"),
     "xid_age": COUNT("Transaction ID age", help="age(relfrozenxid): transactions since the table was last frozen"),
     "wraparound": TEXT("Wraparound"),
-}
+}   # the CSV also has live rows, rows changed since the last analyze, the bloat's share and the time since
+#     the last vacuum
 XID_COLUMNS = {
     "target": TEXT("Server of"), "database": TEXT("Database"), "wraparound": TEXT("Level"),
     "xid_age": COUNT("Transaction ID age", help="age(datfrozenxid)"),

@@ -172,11 +172,13 @@ def make_samples(*, now: datetime, hours: float = 24, seed: int = 11) -> dict[st
             rows += [(ts, "shop-pg", "table.seq_scan", labels, float(int(counters[table][0]))),
                      (ts, "shop-pg", "table.idx_scan", labels, float(int(counters[table][1]))),
                      (ts, "shop-pg", "table.seq_tup_read", labels, float(int(counters[table][0]) * per_scan)),
+                     (ts, "shop-pg", "table.idx_tup_fetch", labels, float(int(counters[table][1]))),  # a row a lookup
                      (ts, "shop-pg", "table.n_live_tup", labels, float(live + i)),
                      (ts, "shop-pg", "table.n_dead_tup", labels, float(i % 100)),
                      (ts, "shop-pg", "table.size_bytes", labels, float(live * 200))]
         audit = 2.0 if i == len(minutes) // 2 else audit + 2  # stats reset halfway: the counter drops
         rows += [(ts, "legacy-pg", "table.seq_scan", "table=public.audit_log", audit),
+                 (ts, "legacy-pg", "table.seq_tup_read", "table=public.audit_log", audit * 80_000),
                  (ts, "legacy-pg", "table.n_live_tup", "table=public.audit_log", 80_000.0)]
     out["db_metrics"] = _long(rows, "target")
 

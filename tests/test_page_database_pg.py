@@ -28,8 +28,8 @@ PASSWORD = "correct horse battery"
 class Live:
     """holder (idle in a transaction, holding a row lock), waiter (blocked by it), sleeper (pg_sleep)."""
 
-    def __init__(self, cluster):
-        dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname={DB}"
+    def __init__(self, cluster, dbname: str = DB):
+        dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname={dbname}"
         self.cluster = cluster
         self.holder = psycopg.connect(dsn + " application_name=holder")
         self.waiter = psycopg.connect(dsn + " application_name=waiter")
