@@ -201,3 +201,27 @@ def test_replication_on_a_primary_and_its_standby(cluster):
         assert ("table.xid_age", "table=public.replicated_t") in replica
     finally:
         standby.destroy()
+
+
+def test_a_part_the_sampler_may_not_read_leaves_the_rest(cluster):
+    """A hardened server revokes pg_blocking_pids from PUBLIC: for a monitoring role without it the live
+    activity is missing, and capabilities() says why; the rest of the sample is there."""
+    cluster.execute("CREATE ROLE monitor LOGIN IN ROLE pg_monitor")
+    cluster.execute("REVOKE EXECUTE ON FUNCTION pg_blocking_pids(integer) FROM PUBLIC", dbname=DB)
+    s = DatabaseSampler(name="pg", url=f"postgresql+psycopg://monitor@127.0.0.1:{cluster.port}/{DB}")
+    busy = connect(cluster, "app-busy")
+    try:
+        busy.execute("SELECT 1")                     # idle in transaction: would be in the snapshot
+        rows = s.collect(utcnow())
+        assert activity(rows) == {}
+        assert s.capabilities()["activity"].startswith("not sampled: ProgrammingError: (psycopg.errors."
+                                                       "InsufficientPrivilege) permission denied for function "
+                                                       "pg_blocking_pids")
+        m = metrics(rows)
+        assert m[("replication.standby", None)] == 0 and ("database.xid_age", f"database={DB}") in m
+        assert m[("pg_stat_statements.enabled", None)] == 1
+    finally:
+        busy.close()
+        s.close()
+        cluster.execute("GRANT EXECUTE ON FUNCTION pg_blocking_pids(integer) TO PUBLIC", dbname=DB)
+        cluster.execute("DROP ROLE monitor")

@@ -249,17 +249,31 @@ class DatabaseSampler(Sampler):
             add("index.idx_scan", il, scans)
             add("index.size_bytes", il, isize)
 
-        pg_depth.maintenance(con, add, [t[0] for t in tables])
+        self._guarded(con, "maintenance", lambda: pg_depth.maintenance(con, add, [t[0] for t in tables]))
         statements, covered = self._pg_statements(con, now)
         add("pg_stat_statements.enabled", None, int(statements is not None))
         if covered is not None:
             add("pg_stat_statements.covered_s", None, covered)
-        activity = pg_depth.activity(con, now, self.name)
+        activity = self._guarded(con, "activity", lambda: pg_depth.activity(con, now, self.name)) or []
         out = [Rows("db_metrics", metrics)]
         if statements:
             out.append(Rows("pg_statements", statements))
         if activity:
             out.append(Rows("pg_activity", activity))
+        return out
+
+    def _guarded(self, con: Connection, what: str, fn):
+        """fn() in a savepoint: an error there (a permission, an old version) leaves the rest of the sample,
+        and capabilities()[what] says why it is missing; None then."""
+        con.execute(_sql(f"SAVEPOINT perfdeck_{what}"))
+        try:
+            out = fn()
+            con.execute(_sql(f"RELEASE SAVEPOINT perfdeck_{what}"))
+        except SQLAlchemyError as exc:
+            con.execute(_sql(f"ROLLBACK TO SAVEPOINT perfdeck_{what}"))
+            self._caps[what] = redact(f"not sampled: {type(exc).__name__}: {exc}", self.url).strip()[:300]
+            return None
+        self._caps.pop(what, None)
         return out
 
     def _pgss_capability(self, con: Connection) -> str | None:
