@@ -170,7 +170,7 @@ def namespaces(data: dict) -> None:
     st.markdown("**Memory by key namespace** (one pass of the keyspace sample of each instance)")
     frame = data["namespaces"]
     if frame.empty:
-        st.caption("No namespace sample in this range (the sampler's `sample_keys` may be 0).")
+        st.caption("No namespace sample in this range: the database is empty, or the sampler's `sample_keys` is 0.")
         return
     coverage_lines(data["coverage"])
     st.plotly_chart(widgets.shared(charts.bars, frame.head(40), x="estimated_bytes", y="namespace",
@@ -182,7 +182,7 @@ def namespaces(data: dict) -> None:
 def memory_by_type(frame) -> None:
     st.markdown("**Memory by data type** (the same pass, estimated to the whole keyspace)")
     if frame.empty:
-        st.caption("No data types in this range: the collector has not sampled keys by type yet, or `sample_keys` is 0.")
+        st.caption("No data types in this range: the database is empty, or the sampler's `sample_keys` is 0.")
         return
     widgets.table(frame, "redis-memory-by-type", column_config=TYPE_COLUMNS)
 
@@ -206,7 +206,7 @@ def commands(frame) -> None:
 def clients(frame) -> None:
     st.markdown("**Connected clients** (CLIENT LIST at the latest sample, by client name, host and command)")
     if frame.empty:
-        st.caption("No client list in this range: the collector has not listed clients yet.")
+        st.caption("No client list in this range: the sampler's `clients` setting is off, or it has not run yet.")
         return
     shown = frame.assign(perfdeck=frame["perfdeck"].map({True: "yes", False: ""}))
     widgets.table(shown, "redis-clients", csv=frame, column_config=CLIENT_COLUMNS)
