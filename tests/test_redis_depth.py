@@ -350,3 +350,27 @@ def test_perfdecks_other_connections_are_named_and_marked(server, migrated_store
         "perfdeck-collector": True, "perfdeck-sdk": True, SAMPLER_CLIENT_NAME: True}
     source.client.close()
     transport.client.close()
+
+
+@pytest.fixture(scope="module")
+def bare_store():
+    """An in-memory DuckDB with the store's schema, for many examples in one test."""
+    import duckdb
+
+    from collectors.store import migrate
+    con = duckdb.connect()
+    migrate(con)
+    yield con
+    con.close()
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=5, unique_by=as_name))
+def test_key_names_come_back_from_the_query_as_written(bare_store, names):
+    """Any key name (with "=", ",", "%", newlines, markdown) the sampler records, the query gives back."""
+    now = utcnow()
+    bare_store.execute("DELETE FROM redis_metrics")
+    bare_store.executemany("INSERT INTO redis_metrics VALUES (?, 'r', 'redis.key_bytes', ?, ?)",
+                           [(now, labels(key=as_name(n), type="hash"), float(i)) for i, n in enumerate(names)])
+    df = redis_biggest_keys(bare_store, since=now - timedelta(minutes=1), until=now + timedelta(minutes=1))
+    assert df["key"].tolist() == [as_name(n) for n in reversed(names)]
+    assert set(df["type"]) == {"hash"}
