@@ -3,6 +3,8 @@ biggest keys, memory by data type, per-command statistics without the sampler's 
 clients' summary, and the query functions that read them back (`dashboard.queries.redis`)."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from datetime import UTC, timedelta
@@ -374,3 +376,18 @@ def test_key_names_come_back_from_the_query_as_written(bare_store, names):
     df = redis_biggest_keys(bare_store, since=now - timedelta(minutes=1), until=now + timedelta(minutes=1))
     assert df["key"].tolist() == [as_name(n) for n in reversed(names)]
     assert set(df["type"]) == {"hash"}
+
+
+def test_commandstats_after_redis_benchmark(server):
+    """redis-benchmark's SETs and GETs, counted exactly, with the sampler's keyspace sample between."""
+    if not shutil.which("redis-benchmark"):
+        pytest.skip("redis-benchmark is not installed")
+    s = RedisSampler(name="r", url=server.url(), interval=1, sample_keys=100)
+    collect(s)
+    subprocess.run(["redis-benchmark", "-p", str(server.port), "-t", "set,get", "-n", "3000", "-c", "4", "-r", "500",
+                    "-q"], check=True, capture_output=True, timeout=120)
+    d = collect(s)
+    assert d["redis.cmd_calls"]["cmd=set"] == 3000 and d["redis.cmd_calls"]["cmd=get"] == 3000
+    assert not {"cmd=scan", "cmd=type", "cmd=pttl", "cmd=memory|usage", "cmd=dbsize", "cmd=info",
+                "cmd=client|list", "cmd=slowlog|get"} & set(d["redis.cmd_calls"])
+    assert 0 < d["redis.type_sampled_keys"][labels(type="string")] <= 500
