@@ -130,6 +130,27 @@ def test_a_run_shows_its_recommendations_findings_and_one_expander_each(env):
     assert not at.expander and frame_or_none(at, "time_saved") is None
 
 
+def test_each_statements_verdict_is_listed_with_its_reason(env):
+    store, _ = env
+    ran = utcnow().replace(microsecond=0) - timedelta(minutes=10)
+    verdicts = [(ran, "shop", FP, "create", "orders (customer_id): 92 % cheaper", 12_000.0, 5_400_000.0, 100.0, 8.0),
+                (ran, "shop", "SELECT * FROM **pg_class**", "none", "reads only system catalogues", 5.0, 60_000.0,
+                 None, None),
+                (ran, "shop", "SELEC", "failed", "ValueError: cannot parse", 1.0, 2_000.0, None, None)]
+    seed_shop_run(store, statements=verdicts)
+    at = run_app(PAGE)
+    assert not at.exception
+    label = "What the advisor made of each statement: 1 of 3 want an index"
+    assert label in [shown_text(e) for e in expanders(at)]
+    df = frame(at, "verdict")
+    assert df[["verdict", "query", "detail"]].values.tolist() == [
+        ["index", FP, "orders (customer_id): 92 % cheaper"],
+        ["not analysed", "SELEC", "ValueError: cannot parse"],
+        ["none", "SELECT * FROM **pg_class**", "reads only system catalogues"],
+    ]
+    assert "csv-advisor-statements" in {b.key for b in at.download_button}
+
+
 def log_in(monkeypatch) -> AppTest:
     monkeypatch.setenv("PERFDECK_OPERATOR_PASSWORD_HASH", hash_password(PASSWORD))
     at = AppTest.from_file(APP, default_timeout=60)

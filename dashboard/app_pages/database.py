@@ -86,6 +86,16 @@ VERIFY_COLUMNS = {
     "mean_ms_after": MS("Mean since (ms)", decimals=2, help="Since it was built"),
     "queries": st.column_config.ListColumn("Statements measured", width=200),
 }
+# What the latest run made of each statement: the verdict first, the statement in the room left.
+VERDICT_COLUMNS = {
+    "verdict": TEXT("Verdict", help="index: it wants one (above); none: no index helps it, and why; "
+                                    "not analysed: why it could not be"),
+    "detail": TEXT("Index wanted, or why none", width=420),
+    "ms_day": columns.duration_ms("Time / day", help="Execution time a day, from pg_stat_statements or the SDK"),
+    "calls_day": COUNT("Calls / day"),
+    "query": TEXT("Statement", width=330),
+}
+VERDICTS = {"create": "index", "none": "none", "failed": "not analysed"}
 NO_RUN_YET = ("No index advice yet: the collector runs the advisor hourly on every configured database, "
               "and `perfdeck advise --db URL` runs it on demand.")
 HOW_TO = ("Statements come from the SDK's SQLAlchemy integration; databases are sampled when listed "
@@ -213,6 +223,18 @@ def verification(created: pd.DataFrame) -> None:
                   column_order=list(VERIFY_COLUMNS))
 
 
+def verdicts(statements: pd.DataFrame) -> None:
+    if statements.empty:
+        return
+    wanting = int((statements["verdict"] == "create").sum())
+    with st.expander(f"What the advisor made of each statement: {wanting:,} of {len(statements):,} want an index",
+                     icon=":material/list:"):
+        st.caption("Statements that read only catalogues or no table, are already cheap or already indexed, or that "
+                   "no index makes at least half as costly get none; each says why.")
+        widgets.table(statements.assign(verdict=statements["verdict"].map(VERDICTS).fillna(statements["verdict"])),
+                      "advisor-statements", column_config=VERDICT_COLUMNS, column_order=list(VERDICT_COLUMNS))
+
+
 def index_advisor(data: dict) -> None:
     st.subheader("Index advisor")
     runs = data["runs"]
@@ -231,6 +253,7 @@ def index_advisor(data: dict) -> None:
         return                  # every run failed: nothing to show but the error
     mine = {name: df[df["target"] == target] for name, df in data.items()}
     recommendations(mine["advice"])
+    verdicts(mine["statements"])
     findings(mine["findings"])
     verification(mine["verification"])
 
@@ -299,7 +322,7 @@ def body() -> None:
     sdk = widgets.load({"queries": q.sdk_top_queries, "deploys": q.deploys}, since=since, until=until,
                        service=filters.service)
     advisor = widgets.load({"runs": q.advisor_runs, "advice": q.index_recommendations, "findings": q.index_findings,
-                            "verification": q.index_verification})
+                            "verification": q.index_verification, "statements": q.advisor_statements})
     if data is None or status is None or sdk is None or advisor is None:
         return
     widgets.range_caption(since, until)
