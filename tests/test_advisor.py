@@ -255,3 +255,44 @@ def test_a_failing_explain_raises_and_leaves_the_session_clean(advisor_db):
             validate(con, "SELECT * FROM items WHERE $1 IS NULL", [C("items", "owner")])
         assert _hypothetical_indexes(con) == 0
         assert con.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+
+
+# -- any text: a ValueError or an answer, never another exception ---------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from collectors.advisor.plan import _expression  # noqa: E402
+from collectors.advisor.workload import prepare  # noqa: E402
+
+_SQLISH = hs.lists(hs.sampled_from(["SELECT", "*", "FROM", "t", "WHERE", "a", "=", "$1", "AND", "(", ")", "ORDER BY",
+                                    "b", "AS", "x", ",", "'s'", "::text", "JOIN", "u", "ON", "t.a", "u.b", "WITH",
+                                    "c", "IN", "1", "<", "LIMIT", "UPDATE", "SET", "DELETE", "\"Q\"", ";", "--"]),
+                   max_size=25).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.one_of(_SQLISH, hs.text(max_size=80)))
+def test_any_text_is_read_or_refused_with_a_value_error(text):
+    for dialect in ("postgres", "sqlite"):
+        try:
+            found = candidates(prepare(text, dialect), dialect, {"t": [["a"]]})
+        except ValueError:
+            continue
+        assert all(c.columns and all(isinstance(col, str) and col for col in c.columns) for c in found)
+        assert all(c.columns[:1] != ("a",) for c in found if c.table == "t")    # (a) exists on t
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.one_of(_SQLISH, hs.text(max_size=80)))
+def test_a_plan_condition_of_any_shape_is_read_or_left_out(text):
+    for wrap in ("SELECT 1 WHERE {}", "SELECT 1 ORDER BY {}"):
+        tree = _expression(text, wrap)
+        assert tree is None or tree.key == "select"
+
+
+@given(hs.sampled_from(["a", "b", "c"]), hs.sampled_from(["x", "sorted_by", "Q"]), hs.booleans())
+def test_order_by_an_output_alias_or_position_reads_its_column(column, alias, by_position):
+    sql = f'SELECT id, {column} AS "{alias}" FROM t WHERE owner = $1 ORDER BY {2 if by_position else chr(34) + alias + chr(34)}'
+    (use,) = columns_used(sql, "postgres")
+    assert (use.equality, use.order) == (["owner"], [column])

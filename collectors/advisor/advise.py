@@ -242,7 +242,7 @@ class _Method:
         return result, "" if result.best else self._no_gain(result, reading.indexes)
 
     def _no_gain(self, result: Advice, indexes: list[str]) -> str:
-        served = f", served by {', '.join(indexes)}" if indexes else ""
+        served = f"; the plan uses {', '.join(indexes)}" if indexes else ""
         if result.base_cost < self.min_base_cost:
             unit = "rows read" if result.method != "hypopg" else "planner cost"
             return f"already cheap: {result.base_cost:,.0f} {unit}, under {self.min_base_cost:,.0f}{served}"

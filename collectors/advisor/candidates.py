@@ -82,8 +82,8 @@ def parse(sql: str, dialect: str) -> exp.Expression:
         raise ValueError(f"dialect must be one of {DIALECTS}, not {dialect!r}")
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
-    except sqlglot.errors.ParseError as e:
-        raise ValueError(f"cannot parse: {e}") from e
+    except sqlglot.errors.SqlglotError as e:      # ParseError, TokenError (an unclosed quote), ...
+        raise ValueError(f"cannot parse: {str(e).splitlines()[0]}") from e
     if len(statements) != 1:
         raise ValueError(f"expected one statement, got {len(statements)}")
     return statements[0]

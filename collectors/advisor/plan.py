@@ -118,9 +118,9 @@ def _expression(text: str, wrap: str) -> exp.Expression | None:
     """A plan's condition or sort key as sqlglot reads it; None for what it cannot (SubPlan, arrays...)."""
     try:
         tree = sqlglot.parse_one(wrap.format(text), read="postgres")
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError):
+    except sqlglot.errors.SqlglotError:
         return None
-    return tree
+    return tree if isinstance(tree, exp.Select) else None
 
 
 def read(cur, text: str, nparams: int) -> Reading:
