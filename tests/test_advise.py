@@ -148,6 +148,37 @@ def test_workload_from_pg_stat_statements(shop_pg, pg_cluster):  # noqa: F811
     assert all(s.days > 0 and s.total_ms > 0 for s in got)
 
 
+def test_calls_a_day_right_after_a_reset_count_the_time_since_it():
+    """pg_stat_statements counts since its reset: six minutes after one, an hour's floor on the span
+    understated calls/day tenfold; the span is now the time since the reset (never under a minute; the
+    floor is lifted here so a test need not wait one), bounded by two clocks. A cluster of its own: the
+    reset is server-wide, and only a full one moves stats_reset."""
+    import time
+
+    from tests.pg import PgCluster, pg_bin
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    cluster = PgCluster().init()
+    try:
+        with cluster.connect() as con:
+            con.execute("CREATE TABLE t AS SELECT g AS a FROM generate_series(1, 1000) g")
+            con.execute("SELECT pg_stat_statements_reset()")
+            reset_at = time.monotonic()
+            for i in range(20):
+                con.execute("SELECT count(*) FROM t WHERE a = %s", (i,))
+            time.sleep(1.0)
+            before = time.monotonic()
+            got = {s.text: s for s in from_pg_stat_statements(con, min_days=0)}
+            after = time.monotonic()
+            floored = {s.text: s for s in from_pg_stat_statements(con)}
+    finally:
+        cluster.destroy()
+    counted = got["SELECT count(*) FROM t WHERE a = $1"]
+    assert counted.calls == 20
+    assert (before - reset_at - 0.5) / 86400 <= counted.days <= (after - reset_at + 0.5) / 86400
+    assert floored["SELECT count(*) FROM t WHERE a = $1"].days == 1 / (24 * 60)
+
+
 def test_advise_postgres_with_hypopg(shop_pg):
     report = advise(shop_pg, settings=Settings(min_ms_per_day=0))
     assert report.method == "hypopg" and not report.failed

@@ -28,6 +28,9 @@ from collectors.sdk.fingerprint import fingerprint
 
 MAX_STATEMENTS = 100          # the most expensive ones; past that the tail is cheap anyway
 MIN_MS_PER_DAY = 1000.0       # statements costing less than a second a day are not worth an index
+# The shortest span calls are counted over: the time since a reset really covered (an hour's floor
+# understated calls/day tenfold six minutes after a pg_stat_statements reset), never below a minute
+MIN_DAYS = 1 / (24 * 60)
 _STRING = re.compile(r"('(?:[^']|'')*')")
 _PLACEHOLDER = re.compile(r"%\([A-Za-z_]\w*\)s|%s|\$\d+|\?\d*|(?<![:\w]):[A-Za-z_]\w*")
 _ANALYSABLE = re.compile(r"^\s*(\(\s*)*(select|with|update|delete)\b", re.I)
@@ -71,7 +74,7 @@ def prepare(text: str, dialect: str) -> str:
 
 
 
-def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS) -> list[Statement]:
+def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS, min_days: float = MIN_DAYS) -> list[Statement]:
     """The current database's most expensive SELECT/UPDATE/DELETE statements (a psycopg connection)."""
     with conn.cursor() as cur:
         cur.execute(MARK + "SELECT to_regclass('pg_stat_statements') IS NOT NULL")
@@ -82,7 +85,7 @@ def from_pg_stat_statements(conn, *, limit: int = MAX_STATEMENTS) -> list[Statem
                     if cur.fetchone()[0] else MARK + "SELECT pg_postmaster_start_time()")
         since = cur.fetchone()[0]
         cur.execute(MARK + "SELECT now() - %s", (since,))
-        days = max(cur.fetchone()[0] / timedelta(days=1), 1 / 24)
+        days = max(cur.fetchone()[0] / timedelta(days=1), min_days)
         cur.execute(MARK + """
             SELECT query, sum(calls)::bigint, sum(total_exec_time), array_agg(DISTINCT queryid)
             FROM pg_stat_statements
@@ -108,7 +111,7 @@ def from_store(con, *, databases: list[str], since: datetime, until: datetime,
     for key, sample, calls, total_ms, first in rows:
         if not _ANALYSABLE.match(sample or key):
             continue
-        days = max((until - max(first, since)) / timedelta(days=1), 1 / 24)
+        days = max((until - max(first, since)) / timedelta(days=1), MIN_DAYS)
         out.append(Statement(sample or key, int(calls), float(total_ms), "sdk", days, key))
     return out
 
