@@ -148,6 +148,12 @@ class PgCluster:
             con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
+    def database_with_statements(self, name: str) -> str:
+        """A new database with pg_stat_statements created in it; its name."""
+        self.create_database(name)
+        self.execute("CREATE EXTENSION pg_stat_statements", dbname=name)
+        return name
+
     def pgbench(self, *args: str, dbname: str = DBNAME, timeout: float = 120) -> str:
         """Run pgbench against the cluster (e.g. `pgbench("-i", "-s", "2")`); returns its output."""
         proc = self._run("pgbench", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", *args, dbname,

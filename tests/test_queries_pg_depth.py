@@ -27,8 +27,7 @@ DB = "perfdeck_pg_queries"
 
 @pytest.fixture(scope="module")
 def cluster(pg_cluster):
-    pg_cluster.create_database(DB)
-    pg_cluster.execute("CREATE EXTENSION pg_stat_statements", dbname=DB)
+    pg_cluster.database_with_statements(DB)
     return pg_cluster
 
 

@@ -140,9 +140,16 @@ def redis(data: dict, x_range, actions, deploys) -> None:
         dashes={"used_memory_peak": "dot", "maxmemory": "dash"}, **lines), key="chart-redis-memory")
 
     namespaces(data)
-    memory_by_type(data["types"])
-    biggest_keys(data["keys"])
-    commands(data["commands"])
+    redis_table(data["types"], "**Memory by data type** (the same pass, estimated to the whole keyspace)",
+                "No data types in this range: the database is empty, or the sampler's `sample_keys` is 0.",
+                "redis-memory-by-type", TYPE_COLUMNS)
+    redis_table(data["keys"], "**Biggest keys** (MEMORY USAGE; the running top over successive samples)",
+                "No keys measured in this range: the database is empty, or `sample_keys` is 0.",
+                "redis-biggest-keys", KEY_COLUMNS)
+    redis_table(data["commands"], "**Commands** (INFO commandstats over the range, most total time first; "
+                "perfdeck's own left out)",
+                "No commands were called in this range (the sampler's own are not counted).",
+                "redis-commands", COMMAND_COLUMNS)
     clients(data["clients"])
     st.markdown("**Slow log** (slowest first)")
     if data["slowlog"].empty:
@@ -179,28 +186,13 @@ def namespaces(data: dict) -> None:
     widgets.table(frame, "redis-namespaces", column_config=NAMESPACE_COLUMNS)
 
 
-def memory_by_type(frame) -> None:
-    st.markdown("**Memory by data type** (the same pass, estimated to the whole keyspace)")
+def redis_table(frame, title: str, empty: str, key: str, columns: dict) -> None:
+    """One Redis sub-section: its bold title, then its table, or one line on why it is empty."""
+    st.markdown(title)
     if frame.empty:
-        st.caption("No data types in this range: the database is empty, or the sampler's `sample_keys` is 0.")
+        st.caption(empty)
         return
-    widgets.table(frame, "redis-memory-by-type", column_config=TYPE_COLUMNS)
-
-
-def biggest_keys(frame) -> None:
-    st.markdown("**Biggest keys** (MEMORY USAGE; the running top over successive samples)")
-    if frame.empty:
-        st.caption("No keys measured in this range: the database is empty, or `sample_keys` is 0.")
-        return
-    widgets.table(frame, "redis-biggest-keys", column_config=KEY_COLUMNS)
-
-
-def commands(frame) -> None:
-    st.markdown("**Commands** (INFO commandstats over the range, most total time first; perfdeck's own left out)")
-    if frame.empty:
-        st.caption("No commands were called in this range (the sampler's own are not counted).")
-        return
-    widgets.table(frame, "redis-commands", column_config=COMMAND_COLUMNS)
+    widgets.table(frame, key, column_config=columns)
 
 
 def clients(frame) -> None:
