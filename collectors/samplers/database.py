@@ -93,6 +93,7 @@ CONNECT_TIMEOUT = 5           # seconds
 STATEMENT_TIMEOUT_MS = 10_000
 CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 _MARK = pg_depth.MARK  # on every statement we run, so ours are left out of pg_statements
+_sql = pg_depth.marked
 OWN_PREFIX = "/* perfdeck"         # the sampler's, the advisor's and the dashboard's marks
 # What perfdeck's drivers send by themselves, with no way to mark it (seen in pg_stat_statements of a
 # real server): SQLAlchemy's checks on a new engine's first connection and psycopg's type lookup.
@@ -110,10 +111,6 @@ def pg_stat_statements_hint() -> str:
     """How to enable pg_stat_statements, as the dashboard shows it."""
     return ("enable pg_stat_statements like this: add shared_preload_libraries = 'pg_stat_statements' "
             "to postgresql.conf, restart, then CREATE EXTENSION pg_stat_statements;")
-
-
-def _sql(body: str):
-    return text(f"{_MARK}\n{body}")
 
 
 def perfdecks_own(query: str | None) -> bool:

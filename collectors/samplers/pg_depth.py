@@ -30,7 +30,8 @@ MAX_LOCKS = 20          # lock descriptions kept per backend
 OWN_APP_PREFIX = "perfdeck"
 
 
-def _sql(body: str):
+def marked(body: str):
+    """`body` as a SQLAlchemy text() that carries the sampler's mark."""
     return text(f"{MARK}\n{body}")
 
 
@@ -88,11 +89,11 @@ ORDER BY l.pid, l.granted, c.relname, l.mode
 def activity(con: Connection, now: datetime, target: str, *, limit: int = MAX_BACKENDS) -> list[tuple]:
     """pg_activity rows: (ts, target, pid, backend_start, usename, application_name, client_addr, state,
     wait_event_type, wait_event, query_start, xact_start, query_s, xact_s, blocked_by, locks, query)."""
-    rows = con.execute(_sql(ACTIVITY_SQL), {"own": OWN_APP_PREFIX + "%", "n": limit}).all()
+    rows = con.execute(marked(ACTIVITY_SQL), {"own": OWN_APP_PREFIX + "%", "n": limit}).all()
     if not rows:
         return []
     locks: dict[int, list[str]] = {}
-    for pid, granted, mode, _locktype, what in con.execute(_sql(LOCKS_SQL), {"pids": [r[0] for r in rows]}):
+    for pid, granted, mode, _locktype, what in con.execute(marked(LOCKS_SQL), {"pids": [r[0] for r in rows]}):
         held = locks.setdefault(pid, [])
         if len(held) < MAX_LOCKS:
             held.append(f"{'holds' if granted else 'waits for'} {mode} on {what}")
@@ -168,22 +169,22 @@ SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
 
 def maintenance(con: Connection, add, relids: list[int]) -> None:
     """Freezing, bloat and replication metrics through `add(name, labels, value)` (see the sampler's doc)."""
-    for schema, rel, xid_age, heap, bloat in con.execute(_sql(TABLES_SQL), {"relids": relids}):
+    for schema, rel, xid_age, heap, bloat in con.execute(marked(TABLES_SQL), {"relids": relids}):
         tl = _labels(table=f"{schema}.{rel}")
         add("table.xid_age", tl, xid_age)
         add("table.heap_bytes", tl, heap)
         add("table.bloat_bytes", tl, bloat)
     freeze_max = None
-    for db, age, freeze_max in con.execute(_sql(DATABASES_SQL)):
+    for db, age, freeze_max in con.execute(marked(DATABASES_SQL)):
         add("database.xid_age", _labels(database=db), age)
     if freeze_max is not None:
         add("setting.autovacuum_freeze_max_age", None, freeze_max)
-    standby = bool(con.execute(_sql("SELECT pg_is_in_recovery()")).scalar())
+    standby = bool(con.execute(marked("SELECT pg_is_in_recovery()")).scalar())
     add("replication.standby", None, int(standby))
     if standby:
-        add("replication.replay_delay_s", None, con.execute(_sql(STANDBY_SQL)).scalar())
+        add("replication.replay_delay_s", None, con.execute(marked(STANDBY_SQL)).scalar())
         return
-    replicas = con.execute(_sql(REPLICATION_SQL)).all()
+    replicas = con.execute(marked(REPLICATION_SQL)).all()
     add("replication.replicas", None, len(replicas))
     for name, _state, lag_bytes, lag_s in replicas:
         rl = _labels(replica=str(name).replace(",", " ").replace("=", " "))
