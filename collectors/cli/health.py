@@ -3,12 +3,11 @@ when a check is at or beyond --fail-on, or when nothing could be judged)."""
 from __future__ import annotations
 
 import json
-import math
 
 import click
 
 from collectors.cli.options import CONTEXT, db_option, reading
-from collectors.health import SEVERITIES, UNKNOWN, severity_rank, target
+from collectors.health import SEVERITIES, target
 
 EXIT_FAIL = 2
 SHOWN_REASONS = 3
@@ -35,9 +34,25 @@ def _window_seconds(_ctx, _param, value):
         raise click.ClickException(f"--window: {value!r} is not a span like 5m, 15m or 1h") from None
 
 
-def _records(df) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in df.to_dict(orient="records")]
+def assessment(cfg: dict, window_s: float | None = None):
+    """(window_s, assess): what `perfdeck health` and the collector's `/healthz` judge, from a loaded
+    perfdeck.toml: the current health over `window_s` (default [alerts] window) with the [alerts]
+    thresholds file and the [cost] budgets; assess(con, now) -> the assessed checks. A broken thresholds,
+    [alerts] or [cost] table raises ValueError."""
+    from collectors import config
+    from collectors.health.settings import alert_settings
+    from collectors.health.thresholds import load_thresholds
+    from dashboard.queries.health import current_health
+
+    settings = alert_settings(cfg)
+    thresholds = load_thresholds(settings.thresholds_file)
+    cost = config.cost_settings(cfg)
+    window_s = window_s or settings.window_s
+
+    def assess(con, now):
+        return current_health(con, now=now, window_s=window_s, thresholds=thresholds, cost=cost)
+
+    return window_s, assess
 
 
 @click.command(context_settings=CONTEXT)
@@ -59,33 +74,24 @@ def health(db, window, config_path, as_json, fail_on) -> None:
     import duckdb
 
     from collectors import config
-    from collectors.health.assess import components, overall
-    from collectors.health.settings import alert_settings
-    from collectors.health.thresholds import load_thresholds
+    from collectors.health.assess import components, document, overall, passes
     from collectors.store import utcnow
-    from dashboard.queries.health import current_health
 
     try:
-        cfg = config.load(config_path)
-        settings = alert_settings(cfg)
-        thresholds = load_thresholds(settings.thresholds_file)
-        cost = config.cost_settings(cfg)
+        window_s, assess = assessment(config.load(config_path), window)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    window_s = window or settings.window_s
     now = utcnow().replace(microsecond=0)
     with reading(db) as con:
         try:
-            checks = current_health(con, now=now, window_s=window_s, thresholds=thresholds, cost=cost)
+            checks = assess(con, now)
         except duckdb.CatalogException:
             raise click.ClickException("the store has not been initialised (run `perfdeck collect` once)") from None
     status, reasons = overall(checks)
     per_component = components(checks)
 
     if as_json:
-        click.echo(json.dumps({
-            "status": status, "window_s": window_s, "at": now.isoformat() + "Z", "reasons": reasons,
-            "components": _records(per_component), "checks": _records(checks)}, indent=1, ensure_ascii=False))
+        click.echo(json.dumps(document(checks, window_s=window_s, at=now), indent=1, ensure_ascii=False))
     else:
         minutes = f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
         counted = f"{len(checks)} check" + ("" if len(checks) == 1 else "s")
@@ -103,5 +109,5 @@ def health(db, window, config_path, as_json, fail_on) -> None:
             click.echo("\nnot healthy:")
             click.echo("\n".join(_rows([(r.severity, r.check, target(r.service, r.subject), r.message)
                                         for r in unhealthy.itertuples()])))
-    if status == UNKNOWN or severity_rank(status) >= severity_rank(fail_on):
+    if not passes(status, fail_on):
         click.get_current_context().exit(EXIT_FAIL)

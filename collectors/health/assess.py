@@ -7,6 +7,7 @@ and a message ("p95 of /search 740 ms > 500 ms warning"); then one status per co
 Nothing judged is not healthy: `overall` then says "unknown", and why."""
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import pandas as pd
@@ -105,5 +106,24 @@ def overall(assessed: pd.DataFrame) -> tuple[str, list[str]]:
     return severity, assessed.loc[assessed["severity"] == severity, "message"].tolist()
 
 
+def passes(status: str, fail_on: str = "critical") -> bool:
+    """The gate of `perfdeck health` and `/healthz`: it fails when the overall status is at least `fail_on`
+    severe, and when nothing could be judged (UNKNOWN: a gate that sees no data cannot vouch for anything)."""
+    return status != UNKNOWN and severity_rank(status) < severity_rank(fail_on)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in df.to_dict(orient="records")]
+
+
+def document(assessed: pd.DataFrame, *, window_s: float, at: datetime) -> dict:
+    """{status, window_s, at, reasons, components, checks}: what `perfdeck health --json` prints and
+    `/healthz` answers, for the assessed checks of the window ending `at` (naive UTC)."""
+    status, reasons = overall(assessed)
+    return {"status": status, "window_s": window_s, "at": at.isoformat() + "Z", "reasons": reasons,
+            "components": _records(components(assessed)), "checks": _records(assessed)}
+
+
 __all__ = ["COMPONENT_COLUMNS", "NOTHING_JUDGED", "SEVERITIES", "UNKNOWN", "assess", "components",
-           "describe", "overall"]
+           "describe", "document", "overall", "passes"]
