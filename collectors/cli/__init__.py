@@ -35,16 +35,25 @@ def main(verbose: bool) -> None:
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between ingest ticks.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="What to watch: perfdeck.toml by default, or $PERFDECK_CONFIG.")
-def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
+@click.option("--http", "http_listen", default=None, metavar="HOST:PORT",
+              help="Serve GET /healthz and GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464 "
+                   "(default $PERFDECK_HTTP_LISTEN, [http] listen in perfdeck.toml, else no listener). Any "
+                   "address but loopback needs a bearer token: [http] token or $PERFDECK_HTTP_TOKEN.")
+def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) -> None:
     """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
     send, samples the host, Redis instances and databases named in perfdeck.toml, runs the index
-    advisor on those databases hourly, and evaluates the alert rules every [alerts] interval."""
+    advisor on those databases hourly, and evaluates the alert rules every [alerts] interval. With
+    --http it also answers /healthz (as `perfdeck health --json`) and /metrics for Prometheus."""
     from collectors import config
+    from collectors.cli.health import assessment
     from collectors.cli.wiring import build_collector
+    from collectors.http import Listener, http_settings
     from collectors.pricing import PriceFileError
 
-    try:   # a broken prices or thresholds file stops the start with one clear line
+    try:   # a broken prices, thresholds or [http] table stops the start with one clear line
         cfg = config.load(config_path)
+        listen = http_settings(cfg, http_listen)
+        window_s, assess = assessment(cfg) if listen else (None, None)
         collector = build_collector(cfg, db, sources=config.transport(cfg, spool=spool_dir, redis_url=redis_url),
                                     interval=interval)
     except (ValueError, PriceFileError) as exc:
@@ -57,8 +66,18 @@ def collect(db, spool_dir, redis_url, once, interval, config_path) -> None:
         click.echo(f"ingested {report.batches} batches ({report.events} events), "
                    f"quarantined {report.quarantined}")
         return
+    listener = None
+    if listen:
+        try:
+            listener = Listener(listen, collector.db, health=assess, window_s=window_s).start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror or exc}") from None
     collector.install_signal_handlers()
-    collector.run_forever()
+    try:
+        collector.run_forever()
+    finally:
+        if listener is not None:
+            listener.stop()
 
 
 EXPORTABLE = {
