@@ -37,12 +37,16 @@ to watch, with environment overrides. Every key is optional:
     max_future = "5m"              # events timed further ahead of the collector's clock are rejected
     max_age = "400d"               # and so are older ones (default: as long as rollups are kept)
 
+    [http]                         # `perfdeck collect` serves /healthz and /metrics (collectors.http)
+    listen = "127.0.0.1:9464"      # unset: no listener; --http overrides
+    token = "..."                  # bearer token; required on any address but loopback
+
 Environment: PERFDECK_HOST_INTERVAL; PERFDECK_ADVISOR_INTERVAL; PERFDECK_REDIS_URLS and PERFDECK_DATABASE_URLS (comma-separated
 URLs, added to the file's lists, each `name=url` or a bare URL named after its host and database);
 PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET and
 PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys (the target per request is the cost_per_query_usd
 threshold's); PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE; PERFDECK_SPOOL, PERFDECK_REDIS and
-PERFDECK_TRANSPORT (the SDK's) for [transport]."""
+PERFDECK_TRANSPORT (the SDK's) for [transport]; PERFDECK_HTTP_LISTEN and PERFDECK_HTTP_TOKEN for [http]."""
 from __future__ import annotations
 
 import os
