@@ -181,6 +181,24 @@ def test_collect_healthz_is_the_health_document_with_503_when_the_gate_fails(col
     assert get(port, "/nothing")[0] == 404
 
 
+def test_ingest_goes_on_while_the_listener_is_scraped(collector, tmp_path):
+    """Requests from an instrumented app reach /metrics within a few ticks while it is being scraped."""
+    from collectors import sdk
+
+    port, _ = collector
+    sdk.configure(service="live-app", transport=f"spool:{tmp_path / 'spool'}", flush_interval=60)
+    for i in range(25):
+        sdk.record_request("/live", 10.0 + i)
+    assert sdk.flush(10)
+
+    def seen():
+        assert get(port, "/healthz")[0] == 503                 # scraped all the while
+        fams = families(get(port, "/metrics")[2])
+        return samples(fams["perfdeck_requests"]).get((("endpoint", "/live"), ("service", "live-app")))
+
+    assert wait_for(seen, timeout=30) == 25
+
+
 def test_healthz_is_200_when_the_gate_passes(store, serve):
     seed_healthy(store, now=utcnow())
     status, _, body = get(serve(store), "/healthz")
