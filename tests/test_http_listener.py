@@ -251,6 +251,19 @@ def test_collect_refuses_a_non_loopback_address_without_a_token(tmp_path):
     assert not (tmp_path / "s.duckdb").exists()      # refused before anything started
 
 
+def test_collect_says_in_one_line_when_the_port_is_taken(tmp_path):
+    config = tmp_path / "perfdeck.toml"
+    config.write_text("[host]\nenabled = false\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, ["collect", "--db", str(tmp_path / "s.duckdb"), "--config", str(config),
+                                           "--spool", str(tmp_path / "spool"), "--http", f"127.0.0.1:{port}"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 # -- failures -------------------------------------------------------------------------------------------------
 
 def test_a_failing_request_is_a_500_and_the_listener_serves_on(store, serve, caplog):
