@@ -15,8 +15,10 @@ from collectors.sdk import api
 # Modules that start servers, browsers or the demo, run pages through AppTest, or search widely with
 # Hypothesis: `pytest -m "not slow"` leaves them out and runs the rest in well under a minute.
 SLOW_MODULES = {
-    "test_action_app_cache", "test_action_database", "test_action_redis", "test_actions", "test_advise",
-    "test_advisor_pg", "test_advisor_sqlite", "test_alerts", "test_browser", "test_browser_actions",
+    "test_action_app_cache", "test_action_database", "test_action_pg_backends", "test_action_redis",
+    "test_actions", "test_advise", "test_advisor_pg", "test_advisor_pgbench", "test_advisor_sqlite",
+    "test_advisor_suite", "test_alerts", "test_browser", "test_browser_actions", "test_http_listener",
+    "test_queries_pg_depth", "test_sampler_pg_depth",
     "test_browser_hostile", "test_cache_sizes", "test_compare", "test_control", "test_dashboard_launch", "test_demo",
     "test_demo_services", "test_demo_switch", "test_health", "test_ingest_faults", "test_ingest_property",
     "test_names_as_text", "test_notify", "test_pipeline", "test_queries_pipeline", "test_redact", "test_redis_depth",
