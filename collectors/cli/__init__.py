@@ -360,9 +360,11 @@ def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -
 
 # The dashboard's launch, health, alerts and regressions live in modules of their own; they import the
 # shared options above.
+from collectors.cli.alert_rules import alert_rules_command  # noqa: E402
 from collectors.cli.compare import compare, deploy  # noqa: E402
 from collectors.cli.dashboard import dashboard  # noqa: E402
 from collectors.cli.health import health  # noqa: E402
 
 for command in (dashboard, health, compare, deploy):
     main.add_command(command)
+export.add_command(alert_rules_command)
