@@ -293,6 +293,9 @@ def alert_rules(thresholds, settings) -> dict:
                 if direct.extra:
                     who += "{{ $labels.subject }}"
                 shown = direct.shown
+            elif severity == "warning" and all(lv.warning == lv.critical for lv in
+                                               (threshold.levels, *(o.levels for o in threshold.overrides))):
+                continue        # no warning band anywhere: a warning status never comes
             else:
                 expr = f"perfdeck_health_status{{check={promql_string(name)}}} >= {SEVERITY_STATUS[severity]}"
                 who = "{{ $labels.service }} {{ $labels.subject }}"
