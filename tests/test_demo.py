@@ -131,6 +131,9 @@ def test_deploy_marks_a_regression(demo_store):
     deploys = con.execute("SELECT service, version, epoch(ts) FROM deploys ORDER BY ts").fetchall()
     assert ("shop-api", VERSION_AFTER) in {(s, v) for s, v, _ in deploys}
     at = next(t for s, v, t in deploys if v == VERSION_AFTER)
+    # the marker is stamped at the deploy's own time, not at the first request after it (which fell in
+    # the next minute now and then, so `compare --deploy` named another minute than the report)
+    assert at == pytest.approx(demo_store["report"].deploy_at, abs=0.001)
     before, after = con.execute("""SELECT median(duration_ms) FILTER (WHERE epoch(ts) < ?),
                                           median(duration_ms) FILTER (WHERE epoch(ts) >= ?)
                                    FROM request_events WHERE endpoint = '/search'""", [at, at]).fetchone()

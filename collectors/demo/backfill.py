@@ -128,10 +128,13 @@ def backfill_service(app, service: str, rate, *, start: float, end: float, trans
         t += rng.expovariate(max(rate(t), 1e-6))
         if t >= end:
             break
-        clock.now = t
         if deploy_at is not None and t >= deploy_at:
+            # stamped at the deploy's own time, not at the first request after it (which can fall in
+            # the next minute, so the deploy report.deploy_at names and the marker disagreed)
+            clock.now = deploy_at
             app.version, deploy_at = VERSION_AFTER, None
             sdk.mark_deploy(VERSION_AFTER)
+        clock.now = t
         name = app.pick()
         key = (name, app.version if name in VERSIONED_ENDPOINTS else None)
         pool = pools.get(key)
