@@ -23,7 +23,11 @@ it with `unless`, so each series is judged against exactly the levels the health
 The YAML is written here (no YAML library is a dependency): keys are fixed, and every value that is not a
 plain word is single-quoted when it is printable ASCII, else double-quoted with every other character
 escaped. Names from the configuration reach PromQL as escaped string literals and the annotations only as
-text: a "{{" in them is written as a template that prints it, never run as one."""
+text: a "{{" in them is written as a template that prints it, never run as one.
+
+The direct rules measure /metrics' fixed 5-minute window; the health statuses the collector's [alerts]
+window (5 minutes too by default). This module is not named export.py: a submodule of that name would
+replace the `export` group as an attribute of collectors.cli; `main`'s package registers the command on it."""
 from __future__ import annotations
 
 import math
