@@ -376,20 +376,21 @@ BUFFERS = tuple(kind.buffer for kind in KINDS if kind.buffer)     # what the rec
 
 
 def encode(*, service: str, host: str, pid: int, sent_at: float, dropped: int = 0, send_errors: int = 0,
-           rejected: Counter | None = None, **events) -> tuple[str, bytes, int]:
+           rejected: Counter | None = None, batch_id: str | None = None, **events) -> tuple[str, bytes, int]:
     """Build one batch from drained buffers, given by kind (requests=[...], llm=[...], see KINDS).
     Returns (batch id, payload, number of events in it).
 
     `rejected` is the flusher's cumulative counter: given it, every event is checked (see the module's
     docs), what does not fit is counted there, and the batch reports it. Without it, requests, LLM
     calls, deploys and cache sizes are encoded as given, which is how tests build batches for the
-    collector to refuse. Either way an event that cannot be encoded costs only itself."""
+    collector to refuse. Either way an event that cannot be encoded costs only itself. `batch_id`: a
+    deterministic id (the OTLP receiver's, from a hash of its body), else a random one."""
     unknown = events.keys() - {kind.key for kind in KINDS}
     if unknown:
         raise TypeError(f"encode() got events of unknown kinds: {', '.join(sorted(unknown))}")
     check = rejected is not None
     counter = Counter() if rejected is None else rejected
-    batch_id = uuid.uuid4().hex
+    batch_id = batch_id or uuid.uuid4().hex
     parts, n = [], 0
     for kind in KINDS:
         items = events.get(kind.key)
