@@ -93,6 +93,8 @@ class Collector:
         self._next_status = 0.0
         self._pending_samples: list = []    # taken from the samplers' queue, not yet written
         self._notes: dict[str, Counter] = {}  # source -> what it skipped or repaired, not yet written
+        self._outside_notes: Counter = Counter()   # note(): counted on other threads, not yet written
+        self._outside_lock = threading.Lock()
         self._last_failure: dict[str, str] = {}   # job -> its last error, while it keeps failing
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_compact = self._last_retention = 0.0
@@ -199,9 +201,32 @@ class Collector:
                 lo, hi = min(lo, self._dirty_minutes[0]), max(hi, self._dirty_minutes[1])
             self._dirty_minutes = (lo, hi)
 
+    def note(self, kind: str, reason: str, n: int = 1) -> None:
+        """Count something refused outside the sources (the HTTP listener's OTLP bodies that are no OTLP) in
+        ingest_rejects, like a source's notes. Safe from any thread: written by this one at its next tick."""
+        with self._outside_lock:
+            self._outside_notes[kind, reason] += n
+
+    def write_notes(self) -> int:
+        """Write what note() counted since the last tick; kept for the next one when the write fails."""
+        with self._outside_lock:
+            notes, self._outside_notes = self._outside_notes, Counter()
+        if not notes:
+            return 0
+        try:
+            with connection.write(self.db) as con:
+                con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
+                                [(kind, reason, n) for (kind, reason), n in notes.items()])
+        except Exception:
+            with self._outside_lock:
+                self._outside_notes.update(notes)
+            raise
+        return sum(notes.values())
+
     def ingest_pending(self) -> Report:
         """Ingest until every source is empty."""
         total = Report()
+        self._isolated("notes", self.write_notes)
         for source in self.sources:
             while True:
                 r = self._isolated(f"ingest from {source.name}", self.ingest_source, source, default=None)
