@@ -36,18 +36,21 @@ def main(verbose: bool) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="What to watch: perfdeck.toml by default, or $PERFDECK_CONFIG.")
 @click.option("--http", "http_listen", default=None, metavar="HOST:PORT",
-              help="Serve GET /healthz and GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9464 "
+              help="Serve GET /healthz, GET /metrics (Prometheus) and POST /v1/traces (OTLP/HTTP) on this address, "
+                   "e.g. 127.0.0.1:9464 "
                    "(default $PERFDECK_HTTP_LISTEN, [http] listen in perfdeck.toml, else no listener). Any "
                    "address but loopback needs a bearer token: [http] token or $PERFDECK_HTTP_TOKEN.")
 def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) -> None:
     """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
     send, samples the host, Redis instances and databases named in perfdeck.toml, runs the index
     advisor on those databases hourly, and evaluates the alert rules every [alerts] interval. With
-    --http it also answers /healthz (as `perfdeck health --json`) and /metrics for Prometheus."""
+    --http it also answers /healthz (as `perfdeck health --json`) and /metrics for Prometheus, and takes
+    OpenTelemetry traces (OTLP/HTTP) at /v1/traces."""
     from collectors import config
     from collectors.cli.health import assessment
     from collectors.cli.wiring import build_collector
     from collectors.http import Listener, http_settings
+    from collectors.http.otlp import PATH, Receiver
     from collectors.pricing import PriceFileError
 
     try:   # a broken prices, thresholds or [http] table stops the start with one clear line
@@ -69,7 +72,10 @@ def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) 
     listener = None
     if listen:
         try:
-            listener = Listener(listen, collector.db, health=assess, window_s=window_s).start()
+            listener = Listener(listen, collector.db, health=assess, window_s=window_s)
+            # OTLP traces become spool files the daemon ingests: it stays the store's one writer.
+            listener.route("POST", PATH, Receiver(collector.sources[0].directory, collector.note, collector.db).handle)
+            listener.start()
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror or exc}") from None
     collector.install_signal_handlers()
