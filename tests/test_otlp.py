@@ -297,6 +297,10 @@ def test_json_gzip_replays_bad_bodies_and_versions(collector, store):
                                         {"Content-Encoding": "gzip"}, 413)):
         status, _, answer = post(port, payload, kind, **extra)
         assert status == code and answer.count(b"\n") == 1, (status, answer)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:     # past the listener's own cap
+        raw.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                    b"Content-Length: 20000000\r\n\r\n")
+        assert raw.makefile("rb").readline().split()[1] == b"413"
     assert post(port, body("api", "/after", 2, seed=4).SerializeToString())[0] == 200
     # versions: each new one a deploy, once
     for version, seed in (("2.0", 5), ("2.0", 6), ("2.1", 7), ("2.0", 8)):
@@ -311,9 +315,9 @@ def test_json_gzip_replays_bad_bodies_and_versions(collector, store):
     def refusals():
         got = dict(rows(store, "SELECT reason, sum(count)::INT FROM ingest_rejects WHERE kind = 'otlp' "
                                "AND batch_id IS NULL GROUP BY reason"))
-        return got if got.get("otlp_too_large") == 2 else None
+        return got if got.get("otlp_too_large") == 3 else None
     assert wait_for(refusals, timeout=30) == {"otlp_undecodable": 3, "otlp_bad_gzip": 1, "otlp_bad_content_type": 1,
-                                              "otlp_too_large": 2}
+                                              "otlp_too_large": 3}
 
 
 # -- any attribute values: mapped, checked, read by the collector, never an exception -----------------------

@@ -74,7 +74,8 @@ def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) 
         try:
             listener = Listener(listen, collector.db, health=assess, window_s=window_s)
             # OTLP traces become spool files the daemon ingests: it stays the store's one writer.
-            listener.route("POST", PATH, Receiver(collector.sources[0].directory, collector.note, collector.db).handle)
+            receiver = Receiver(collector.sources[0].directory, collector.note, collector.db)
+            listener.route("POST", PATH, receiver.handle, too_large=receiver.too_large)
             listener.start()
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror or exc}") from None

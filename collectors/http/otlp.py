@@ -168,14 +168,15 @@ def _value(any_value):
 
 
 def attributes(key_values) -> dict:
-    return {kv.key: _value(kv.value) for kv in key_values}
+    """{key: AnyValue}: a value is made Python (_value) only when a mapping asks for it."""
+    return {kv.key: kv.value for kv in key_values}
 
 
 def _first(attrs: dict, names: tuple, default=None):
     """The value of the first name present (the current convention first), as it came."""
     for name in names:
         if name in attrs:
-            return attrs[name]
+            return _value(attrs[name])
     return default
 
 
@@ -183,8 +184,8 @@ def _text(attrs: dict, names: tuple) -> str | None:
     """The first of `names` holding a non-empty string; values of other types are ignored."""
     for name in names:
         value = attrs.get(name)
-        if isinstance(value, str) and value:
-            return value
+        if value is not None and value.WhichOneof("value") == "string_value" and value.string_value:
+            return value.string_value
     return None
 
 
@@ -283,6 +284,10 @@ class Receiver:
     def _count(self, reason: str, n: int = 1) -> None:
         if self.note is not None and n:
             self.note(NOTE_KIND, reason, n)
+
+    def too_large(self) -> None:
+        """A body the listener refused unread for its size (over collectors.http.server.MAX_BODY_BYTES)."""
+        self._count("otlp_too_large")
 
     def handle(self, request: Request) -> Response:
         try:

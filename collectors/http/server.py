@@ -130,14 +130,28 @@ class Listener:
         self.settings, self.db = settings, connection.db_path(db)
         self.health, self.window_s = health, window_s
         self.routes: dict[tuple[str, str], Handler] = {}
+        self._too_large: dict[tuple[str, str], Callable[[], None]] = {}   # told of a 413 before its handler
         self.route("GET", "/healthz", self.healthz)
         self.route("GET", "/metrics", self.metrics)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def route(self, method: str, path: str, handler: Handler) -> None:
-        """Serve `method path` with handler(Request) -> Response (behind the token, and the 500 rule)."""
+    def route(self, method: str, path: str, handler: Handler, *, too_large: Callable[[], None] | None = None) -> None:
+        """Serve `method path` with handler(Request) -> Response (behind the token, and the 500 rule).
+        `too_large()` is called when a body over MAX_BODY_BYTES is refused unread (413), so it can be counted."""
         self.routes[(method.upper(), path)] = handler
+        if too_large is not None:
+            self._too_large[(method.upper(), path)] = too_large
+
+    def refuse_too_large(self, method: str, path: str, headers: dict[str, str]) -> Response:
+        """413 for a body not read; the route's too_large() hears of it (once authorised)."""
+        hook = self._too_large.get((method, path))
+        if hook is not None and self.authorised(headers):
+            try:
+                hook()
+            except Exception:
+                log.exception("%s %s: counting a refused body failed", method, path)
+        return Response.text(413, f"a body of at most {MAX_BODY_BYTES} bytes")
 
     # -- the routes --------------------------------------------------------------------------------
     def _assess(self, con, now: datetime):
@@ -238,11 +252,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         try:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
+            headers = {k.lower(): v for k, v in self.headers.items()}
             if length > MAX_BODY_BYTES:
-                response = Response.text(413, f"a body of at most {MAX_BODY_BYTES} bytes")
+                response = self.owner.refuse_too_large(self.command, parts.path, headers)
             else:
                 body = self.rfile.read(length) if length > 0 else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
                 response = self.owner.answer(Request(self.command, parts.path, parts.query, headers, body))
         except Exception as exc:        # a malformed request line or header: still one line, never a traceback
             log.error("%s %s failed: %s", self.command, self.path, f"{type(exc).__name__}: {exc}".splitlines()[0])
