@@ -49,6 +49,7 @@ from collectors.sdk.batch import encode
 from collectors.sdk.fingerprint import fingerprint
 from collectors.store import connection, utcnow
 from collectors.store.ingest import decode
+from dashboard.queries.compare import deploy_windows
 from dashboard.queries.latency import endpoint_percentiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +312,9 @@ def test_json_gzip_replays_bad_bodies_and_versions(collector, store):
     assert landed(store, "api", "/gzip") == 4
     assert landed(store, "api", "/twice") == 5
     assert sorted(rows(store, "SELECT version FROM deploys WHERE service = 'api'")) == [("2.0",), ("2.1",)]
+    with connection.read(store) as con:          # what Compare reads around a deploy
+        windows = deploy_windows(con, version="2.1", service="api")
+    assert len(windows) == 1 and windows["before_start"].iloc[0] < windows["ts"].iloc[0]
 
     def refusals():
         got = dict(rows(store, "SELECT reason, sum(count)::INT FROM ingest_rejects WHERE kind = 'otlp' "
