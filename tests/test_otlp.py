@@ -364,3 +364,50 @@ def test_any_attribute_values_map_to_a_batch_the_collector_reads(resource, spans
         batch = decode(payload)                  # raises MalformedBatch if the collector could not read it
         assert batch.id == "otlp-test-0" and batch.events <= n
         assert n + sum(rejected.values()) >= len(mapped.requests) + len(mapped.llm)
+
+
+# -- in process: a spool that cannot be written, and values the checks refuse --------------------------------
+
+def _listener(spool, notes):
+    from collectors.http import HttpSettings, Listener
+    from collectors.http.otlp import PATH, Receiver
+
+    receiver = Receiver(spool, lambda *note: notes.append(note))
+    listener = Listener(HttpSettings("127.0.0.1", 0), spool.parent / "none.duckdb")
+    listener.route("POST", PATH, receiver.handle, too_large=receiver.too_large)
+    return listener.start()
+
+
+def test_an_unwritable_spool_is_a_503_the_exporter_retries(tmp_path):
+    (tmp_path / "spool").write_text("a file where the spool folder goes")
+    notes = []
+    listener = _listener(tmp_path / "spool", notes)
+    try:
+        status, _, answer = post(listener.address[1], body("api", "/x", 2).SerializeToString())
+        assert status == 503 and answer.startswith(b"cannot hand the spans to the collector's spool") \
+            and answer.count(b"\n") == 1
+        assert notes == [("otlp", "otlp_spool_unwritable", 1)]
+        (tmp_path / "spool").unlink()                       # fixed: the retry of the same body lands
+        assert post(listener.address[1], body("api", "/x", 2).SerializeToString())[0] == 200
+        assert len(list((tmp_path / "spool").glob("*.batch"))) == 1
+    finally:
+        listener.stop()
+
+
+def test_values_the_checks_refuse_are_counted_and_reported_back(tmp_path):
+    notes = []
+    listener = _listener(tmp_path / "spool", notes)
+    message = body("api", "/x", 3, status=200)
+    spans = message.resource_spans[0].scope_spans[0].spans
+    spans[0].end_time_unix_nano = spans[0].start_time_unix_nano - 1          # negative duration
+    spans[1].attributes.append(_kv("http.response.status_code", "teapot"))   # a status that is no number
+    try:
+        status, _, answer = post(listener.address[1], message.SerializeToString())
+    finally:
+        listener.stop()
+    response = ExportTraceServiceResponse()
+    response.ParseFromString(answer)
+    assert status == 200 and response.partial_success.rejected_spans == 2
+    [path] = (tmp_path / "spool").glob("*.batch")
+    batch = decode(path.read_bytes())
+    assert len(batch.requests) == 1 and batch.sdk.rejected == {"requests:bad_duration": 1, "requests:bad_status": 1}

@@ -34,7 +34,8 @@ as JSON) lands once.
 A body that is not OTLP (undecodable protobuf or JSON, bad gzip) is a 400, another content type a 415,
 a body over MAX_BODY_BYTES (before or after gzip) a 413, each with a one-line reason and counted in
 ingest_rejects (kind "otlp", reason "otlp_undecodable", "otlp_bad_gzip", "otlp_bad_content_type",
-"otlp_too_large") through the daemon. A good body gets 200 with an ExportTraceServiceResponse in the
+"otlp_too_large") through the daemon; a spool that cannot be written a 503 (retried by exporters,
+"otlp_spool_unwritable"). A good body gets 200 with an ExportTraceServiceResponse in the
 request's encoding; its partial_success says how many spans the checks refused."""
 from __future__ import annotations
 
@@ -269,7 +270,11 @@ class Receiver:
 
     Why a spool file and not a write: the daemon is the store's one writer, and the spool is the path
     SDK batches take to it: durable before the 200 goes out (a collector that dies after answering
-    loses nothing), validated and deduplicated by batch id in the daemon's transaction."""
+    loses nothing), validated and deduplicated by batch id in the daemon's transaction. A spool that
+    cannot be written answers 503, which exporters retry.
+
+    The batches carry the SDK's self-report, cumulative per (service, host) as an SDK process's is, under
+    this collector's pid: the receiver is the process that checked the events and counted what it left out."""
 
     def __init__(self, spool_dir: str | os.PathLike, note: Callable[[str, str, int], None] | None = None,
                  db: str | os.PathLike | None = None):
@@ -293,11 +298,11 @@ class Receiver:
         try:
             message, as_json = parse(request.body, request.headers.get("content-type", ""),
                                      request.headers.get("content-encoding", ""))
+            rejected = self.accept(message)
         except Refused as exc:
             self._count(exc.reason)
             log.warning("POST %s refused: %s", PATH, exc)
             return Response.text(exc.status, str(exc))
-        rejected = self.accept(message)
         response = ExportTraceServiceResponse()
         if rejected:
             response.partial_success.rejected_spans = rejected
@@ -334,7 +339,11 @@ class Receiver:
                                        pid=self.pid, sent_at=now, rejected=counter,
                                        batch_id=f"otlp-{digest}-{i}", **events)
                 refused += sum(counter.values()) - before
-                self.spool.send(f"otlp-{digest}-{i}", payload)
+                try:
+                    self.spool.send(f"otlp-{digest}-{i}", payload)
+                except OSError as exc:    # a full disk: 503 is one the exporters retry (the same ids again)
+                    raise Refused(503, "otlp_spool_unwritable",
+                                  f"cannot hand the spans to the collector's spool: {exc.strerror or exc}") from None
                 self._versions.update((service, v) for v in mapped.versions)
             self._recent[digest] = None
             while len(self._recent) > _RECENT:
