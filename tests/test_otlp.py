@@ -188,7 +188,7 @@ def test_otlp_traffic_lands_as_perfdeck_records_it(collector, store):
     for endpoint in own.index:
         assert otel.loc[endpoint, "requests"] == own.loc[endpoint, "requests"], endpoint
         # the OpenTelemetry span wraps perfdeck's timing: the same within a log bucket or two (2 % each)
-        assert otel.loc[endpoint, "p95_ms"] == pytest.approx(own.loc[endpoint, "p95_ms"], rel=0.05, abs=1.0), endpoint
+        assert otel.loc[endpoint, "p95_ms"] == pytest.approx(own.loc[endpoint, "p95_ms"], rel=0.05, abs=0.5), endpoint
     errors = dict(rows(store, "SELECT service, count(*) FROM request_events WHERE status >= 500 GROUP BY ALL"))
     assert errors == {"shop-otel": 10, "shop-sdk": 10}
     methods = rows(store, "SELECT DISTINCT method, host FROM request_events WHERE service = 'shop-otel'")

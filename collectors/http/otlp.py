@@ -224,8 +224,8 @@ def map_request(message: ExportTraceServiceRequest) -> tuple[dict[tuple[str, str
     ignored = 0
     for rs in message.resource_spans:
         resource = attributes(rs.resource.attributes)
-        service = _text(resource, ("service.name",)) or UNKNOWN_SERVICE
-        host = _text(resource, ("host.name",))
+        service = (_text(resource, ("service.name",)) or UNKNOWN_SERVICE)[:checks.MAX_LABEL]
+        host = (_text(resource, ("host.name",)) or "")[:checks.MAX_LABEL] or None
         mapped = out.get((service, host))
         if mapped is None:
             mapped = out[service, host] = Mapped()
@@ -280,7 +280,7 @@ class Receiver:
                  db: str | os.PathLike | None = None):
         self.spool = SpoolTransport(spool_dir)
         self.note, self.db = note, None if db is None else Path(db)
-        self.host, self.pid = None, os.getpid()
+        self.pid = os.getpid()
         self._lock = threading.Lock()
         self._rejected: dict[tuple[str, str | None], Counter] = {}   # cumulative, like an SDK process's
         self._versions: set[tuple[str, str]] = set()                 # (service, version) marked or found
@@ -335,8 +335,7 @@ class Receiver:
                     continue
                 counter = self._rejected.setdefault((service, host), Counter())
                 before = sum(counter.values())
-                _, payload, n = encode(service=service[:checks.MAX_LABEL], host=host and host[:checks.MAX_LABEL],
-                                       pid=self.pid, sent_at=now, rejected=counter,
+                _, payload, n = encode(service=service, host=host, pid=self.pid, sent_at=now, rejected=counter,
                                        batch_id=f"otlp-{digest}-{i}", **events)
                 refused += sum(counter.values()) - before
                 try:
