@@ -132,7 +132,9 @@ def losses(since, until) -> None:
     st.subheader("Source notes")
     st.caption("What the collector counted that belongs to no batch: something in the spool that is not a batch "
                "(a directory, a fifo, a link), a stale temporary file removed, stream entries deleted before they "
-               "were read, a consumer group recreated, samples for a table the store does not have.")
+               "were read, a consumer group recreated, samples for a table the store does not have, OTLP bodies "
+               "the listener refused (kind otlp: undecodable, bad gzip, another content type, too large) and the "
+               "spans it ignored.")
     show(other["notes"], "ingest-source-notes", ["kind", "reason", "count", "first_seen", "last_seen"],
          "No note about a source in this range.")
 

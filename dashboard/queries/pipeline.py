@@ -199,7 +199,8 @@ def source_notes(con: duckdb.DuckDBPyConnection, *, since: datetime, until: date
     """[kind, reason, count, first_seen, last_seen]: what the collector counted in [since, until) that
     belongs to no batch (kind "spool": a directory, a fifo, a stale temp file removed...; "stream":
     entries deleted before they were read, the consumer group recreated; "samples": rows for a table it
-    does not write), the latest first."""
+    does not write; "otlp": bodies POSTed to /v1/traces it refused, and the spans it ignored), the latest
+    first."""
     df, _ = run_query(SOURCE_NOTES_SQL, {"since": since, "until": until}, con=con)
     return df
 
