@@ -411,3 +411,43 @@ def test_values_the_checks_refuse_are_counted_and_reported_back(tmp_path):
     [path] = (tmp_path / "spool").glob("*.batch")
     batch = decode(path.read_bytes())
     assert len(batch.requests) == 1 and batch.sdk.rejected == {"requests:bad_duration": 1, "requests:bad_status": 1}
+
+
+json_value = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+                          lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                  st.dictionaries(st.sampled_from(
+                                                      ["resourceSpans", "scopeSpans", "spans", "traceId", "spanId",
+                                                       "links", "attributes", "kind", "x"]), inner, max_size=3)),
+                          max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), json_value.map(lambda v: json.dumps(v).encode())),
+       st.sampled_from(["application/x-protobuf", "application/json"]), st.booleans())
+def test_any_body_is_read_or_refused_with_a_reason(payload, content_type, zipped):
+    from collectors.http.otlp import Refused, parse
+
+    try:
+        message, as_json = parse(gzip.compress(payload) if zipped else payload, content_type, "gzip" if zipped else "")
+    except Refused as exc:
+        assert exc.status == 400 and exc.reason == "otlp_undecodable" and "\n" not in str(exc)
+        return
+    assert as_json == (content_type == "application/json")
+    map_request(message)
+
+
+def test_the_token_guards_v1_traces(tmp_path):
+    from collectors.http import HttpSettings, Listener
+    from collectors.http.otlp import PATH, Receiver
+
+    receiver = Receiver(tmp_path / "spool")
+    listener = Listener(HttpSettings("127.0.0.1", 0, "s3cret"), tmp_path / "none.duckdb")
+    listener.route("POST", PATH, receiver.handle, too_large=receiver.too_large)
+    listener.start()
+    try:
+        payload = body("api", "/x", 1).SerializeToString()
+        assert post(listener.address[1], payload)[0] == 401
+        assert post(listener.address[1], payload, Authorization="Bearer s3cret")[0] == 200
+    finally:
+        listener.stop()
+    assert len(list((tmp_path / "spool").glob("*.batch"))) == 1
