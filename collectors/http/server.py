@@ -222,7 +222,8 @@ class Listener:
                                         name="perfdeck-http", daemon=True)
         self._thread.start()
         host, port = self.address
-        log.info("serving /healthz and /metrics on http://%s:%d%s", f"[{host}]" if ":" in host else host, port,
+        served = ", ".join(f"{method} {path}" for method, path in self.routes)
+        log.info("serving %s on http://%s:%d%s", served, f"[{host}]" if ":" in host else host, port,
                  " (bearer token required)" if self.settings.token else "")
         return self
 
