@@ -171,9 +171,14 @@ def test_collect_serves_metrics_that_match_the_store(collector, store):
 
 def test_collect_healthz_is_the_health_document_with_503_when_the_gate_fails(collector, store):
     port, _ = collector
-    status, headers, body = get(port, "/healthz")
+
+    def ticked():      # the collector's first tick records its spool source, which health then checks
+        status, headers, body = get(port, "/healthz")
+        doc = json.loads(body)
+        return (status, headers, doc) if "Ingest" in {c["component"] for c in doc["components"]} else None
+
+    status, headers, doc = wait_for(ticked, timeout=30)
     assert status == 503 and headers["Content-Type"].startswith("application/json")
-    doc = json.loads(body)
     cli = json.loads(CliRunner().invoke(health, ["--db", str(store), "--json"]).output)
     assert list(doc) == list(cli) == ["status", "window_s", "at", "reasons", "components", "checks"]
     assert {k: v for k, v in doc.items() if k != "at"} == {k: v for k, v in cli.items() if k != "at"}
