@@ -254,6 +254,25 @@ def body(service: str, route: str, n: int = 1, version: str | None = None, statu
     return message
 
 
+@pytest.mark.parametrize("name, attrs, endpoint", [
+    ("GET /items/42", [], "/items/{id}"),               # a plain ASGI instrumentation: no http.route
+    ("POST /orders/9f1c2e7a-aa41-4c4e-9d7e-1f0d2c3b4a5e/lines", [], "/orders/{id}/lines"),
+    ("GET /items/42", [("http.route", "/items/{item_id}")], "/items/{item_id}"),
+    ("/health", [], "/health"),
+    ("checkout", [], "checkout"),
+])
+def test_a_server_span_without_a_route_is_named_by_its_templated_path(name, attrs, endpoint):
+    """Found by hand: opentelemetry-instrumentation-asgi on a plain Starlette app sets no http.route and
+    names the span by the raw path, so every id became an endpoint of its own."""
+    message = body("shop", "/x")
+    span = message.resource_spans[0].scope_spans[0].spans[0]
+    span.name = name
+    del span.attributes[:]
+    span.attributes.extend([_kv(k, v) for k, v in attrs])
+    mapped, _ = map_request(message)
+    assert [r[1] for r in mapped["shop", None].requests] == [endpoint]
+
+
 def otlp_json(message: ExportTraceServiceRequest) -> bytes:
     """The OTLP JSON encoding: the protobuf JSON mapping with hex ids."""
     doc = json_format.MessageToDict(message)

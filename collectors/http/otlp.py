@@ -8,7 +8,8 @@ decoded with the official message classes (opentelemetry-proto). Each span is ma
 SDK's record call would have made (current semantic conventions first, then the older names):
 
     SERVER span            -> a request: service.name of the resource; endpoint http.route, else the span
-                              name; method http.request.method | http.method; status
+                              name with the ids of its path templated ("GET /items/42" -> "/items/{id}");
+                              method http.request.method | http.method; status
                               http.response.status_code | http.status_code (none: 200), 500 when the span's
                               status is ERROR and the HTTP status says no error; duration end - start; time:
                               the end; request id: the trace id (hex), so LLM calls of the trace join it
@@ -60,6 +61,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from collectors.http.server import Request, Response
+from collectors.integrations.wsgi import template_path
 from collectors.sdk import checks
 from collectors.sdk.batch import encode
 from collectors.sdk.transport.spool import SpoolTransport
@@ -218,6 +220,19 @@ def _status(attrs: dict, span) -> object:
     return 200 if status is None else status
 
 
+def _endpoint(attrs: dict, name: str) -> str:
+    """`http.route`; else the span name, whose raw path (a plain ASGI or WSGI instrumentation names a
+    span "GET /items/42") has its id-like segments templated as the SDK's WSGI integration does
+    ("/items/{id}"), so each id does not become an endpoint of its own."""
+    route = _text(attrs, _ROUTE)
+    if route:
+        return route
+    method, _, path = name.partition(" ")
+    if path.startswith("/") and method.isalpha() and method.isupper():
+        return template_path(path)
+    return template_path(name) if name.startswith("/") else name
+
+
 def map_request(message: ExportTraceServiceRequest) -> tuple[dict[tuple[str, str | None], Mapped], int]:
     """{(service, host): Mapped}, and the number of spans ignored (no kind perfdeck records)."""
     out: dict[tuple[str, str | None], Mapped] = {}
@@ -242,7 +257,7 @@ def map_request(message: ExportTraceServiceRequest) -> tuple[dict[tuple[str, str
                 if version and start and (mapped.first_ns is None or start < mapped.first_ns):
                     mapped.first_ns = start
                 if span.kind == Span.SPAN_KIND_SERVER:
-                    route = _text(attrs, _ROUTE) or span.name
+                    route = _endpoint(attrs, span.name)
                     routes.setdefault(span.trace_id, route)
                     mapped.requests.append((_seconds(end), route, duration_ms, _status(attrs, span),
                                             _text(attrs, _METHOD) or "", span.trace_id.hex() or None, None))
