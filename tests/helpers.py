@@ -84,6 +84,21 @@ def clear_health_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "no-config.toml"))
 
 
+def clear_listener_env(monkeypatch, tmp_path) -> None:
+    """clear_health_env, and no listener address or token of whoever runs the tests."""
+    clear_health_env(monkeypatch, tmp_path)
+    for var in ("PERFDECK_HTTP_LISTEN", "PERFDECK_HTTP_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nobody listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def spooled(spool, kind: str) -> list[dict]:
     """Every row of one kind ("requests", "cache", "llm", "queries") in the batches the SDK spooled (flushed
     first), each batch decoded as the collector would decode it; requests as their store columns, the

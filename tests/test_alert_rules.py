@@ -123,7 +123,7 @@ def test_yaml_quoting():
     assert yaml_scalar("warning") == "warning"
     assert yaml_scalar("yes") == "'yes'" and yaml_scalar("5m") == "'5m'"
     assert yaml_scalar("it's {x}: #1") == "'it''s {x}: #1'"
-    assert yaml_scalar('a"b\nc é 😀\u2028') == '"a\\"b\\nc \\xE9 \\U0001F600\\u2028"'
+    assert yaml_scalar('a"b\nc é 😀\u2028') == '"a\\"b\\nc \\u00E9 \\U0001F600\\u2028"'   # as PromQL writes it
     assert promql_string('a"b\\c\nd é') == '"a\\"b\\\\c\\nd \\u00E9"'
 
 

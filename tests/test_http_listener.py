@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import clear_health_env, query, wait_for
+from helpers import clear_listener_env, free_port, query, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,15 +39,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch, tmp_path):
-    clear_health_env(monkeypatch, tmp_path)
-    for var in ("PERFDECK_HTTP_LISTEN", "PERFDECK_HTTP_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    clear_listener_env(monkeypatch, tmp_path)
 
 
 def get(port: int, path: str, token: str | None = None) -> tuple[int, dict, str]:

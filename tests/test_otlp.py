@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from helpers import clear_health_env, query, wait_for
+from helpers import clear_listener_env, free_port, query, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -57,15 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch, tmp_path):
-    clear_health_env(monkeypatch, tmp_path)
-    for var in ("PERFDECK_HTTP_LISTEN", "PERFDECK_HTTP_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    clear_listener_env(monkeypatch, tmp_path)
 
 
 def post(port: int, body: bytes, content_type: str = "application/x-protobuf", **headers) -> tuple[int, dict, bytes]:

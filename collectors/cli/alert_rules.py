@@ -85,26 +85,7 @@ def yaml_scalar(value) -> str:
         return text
     if all(0x20 <= ord(ch) < 0x7F for ch in text):
         return "'" + text.replace("'", "''") + "'"
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append("\\uFFFD")
-        elif code <= 0xFF:
-            out.append(f"\\x{code:02X}")
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(f"\\U{code:08X}")
-    return '"' + "".join(out) + '"'
+    return promql_string(text)      # a YAML double-quoted scalar reads the same escapes (\u00E9 for é)
 
 
 def to_yaml(value, indent: int = 0) -> str:
