@@ -22,8 +22,18 @@ def count(db, table: str, where: str = "TRUE") -> int:
         con.close()
 
 
-def query(db, sql: str, params=()) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
+def query(db, sql: str, params=(), *, timeout: float = 30.0) -> list[tuple]:
+    """Rows of one read of the store at `db`; while a running collector holds its write lock, the read
+    waits and tries again, as the dashboard's reads do."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     try:
         return con.execute(sql, list(params)).fetchall()
     finally:
