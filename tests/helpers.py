@@ -6,6 +6,7 @@ import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 
 import duckdb
 
@@ -107,6 +108,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_collector(store, tmp_path, *args: str, drop_env: tuple[str, ...] = ("PERFDECK_",)):
+    """`perfdeck collect --http 127.0.0.1:<port>` on `store` (spool tmp_path/spool, no host sampler, none of
+    this shell's variables starting with `drop_env`), once its listener answers; yields the port."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    config = tmp_path / "perfdeck.toml"
+    config.write_text("[host]\nenabled = false\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_env)}
+    proc = subprocess.Popen([sys.executable, "-m", "collectors.cli", "collect", "--db", str(store),
+                             "--spool", str(tmp_path / "spool"), "--config", str(config), *args,
+                             "--http", f"127.0.0.1:{port}"], cwd=Path(__file__).resolve().parent.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                return True
+            except urllib.error.HTTPError:       # 503: it answers
+                return True
+            except OSError:
+                return proc.poll() is not None   # died: stop waiting
+        assert wait_for(up, timeout=60), "the listener never answered"
+        assert proc.poll() is None, proc.stdout.read()
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def spooled(spool, kind: str) -> list[dict]:

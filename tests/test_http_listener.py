@@ -5,20 +5,15 @@ escaping (Hypothesis), and a request that fails inside answering 500 while the l
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from datetime import timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import clear_listener_env, free_port, query, wait_for
+from helpers import clear_listener_env, query, running_collector, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,7 +28,6 @@ from collectors.http.metrics import LE_BOUNDS, MAX_ENDPOINTS, OTHER, Exposition
 from collectors.store import migrate, utcnow, write
 from collectors.store.histogram import bucket_of, value_of
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-token"
 
 
@@ -86,30 +80,8 @@ def collector(store, tmp_path):
     """`perfdeck collect --http 127.0.0.1:<port>` on a store seeded with seed_health; (port, seeded now)."""
     now = utcnow()
     seed_health(store, now=now)
-    config = tmp_path / "perfdeck.toml"
-    config.write_text("[host]\nenabled = false\n")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFDECK_")}
-    proc = subprocess.Popen([sys.executable, "-m", "collectors.cli", "collect", "--db", str(store),
-                             "--spool", str(tmp_path / "spool"), "--config", str(config),
-                             "--http", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def up():
-            try:
-                return get(port, "/healthz")[0]
-            except OSError:
-                return proc.poll() is not None   # died: stop waiting
-        assert wait_for(up, timeout=60), "the listener never answered"
-        assert proc.poll() is None, proc.stdout.read()
+    with running_collector(store, tmp_path) as port:
         yield port, now
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_collect_serves_metrics_that_match_the_store(collector, store):

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
-from helpers import clear_listener_env, free_port, query, wait_for
+from helpers import clear_listener_env, query, running_collector, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
@@ -52,8 +47,6 @@ from collectors.store.ingest import decode
 from dashboard.queries.compare import deploy_windows
 from dashboard.queries.latency import endpoint_percentiles
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(autouse=True)
 def _no_env(monkeypatch, tmp_path):
@@ -73,32 +66,8 @@ def post(port: int, body: bytes, content_type: str = "application/x-protobuf", *
 @pytest.fixture
 def collector(store, tmp_path):
     """`perfdeck collect --http 127.0.0.1:<port>`: (port, spool directory)."""
-    config = tmp_path / "perfdeck.toml"
-    config.write_text("[host]\nenabled = false\n")
-    port, spool = free_port(), tmp_path / "spool"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PERFDECK_", "OTEL_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "collectors.cli", "collect", "--db", str(store), "--spool", str(spool),
-                             "--config", str(config), "--interval", "0.2", "--http", f"127.0.0.1:{port}"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def up():
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                return True
-            except urllib.error.HTTPError:
-                return True
-            except OSError:
-                return proc.poll() is not None
-        assert wait_for(up, timeout=60), "the listener never answered"
-        assert proc.poll() is None, proc.stdout.read()
-        yield port, spool
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_collector(store, tmp_path, "--interval", "0.2", drop_env=("PERFDECK_", "OTEL_")) as port:
+        yield port, tmp_path / "spool"
 
 
 def rows(store, sql: str, params=()) -> list[tuple]:
