@@ -397,7 +397,8 @@ def test_cli_a_service_silent_for_the_window_fails_the_gate(store):
     assert result.exit_code == 2, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("CRITICAL: 1 check over the last 5 min")
-    assert lines[1] == f"  no data from worker for 20 min (last batch {last:%H:%M} UTC)"
+    when = f"{last:%H:%M}" if last.date() == utcnow().date() else f"{last:%Y-%m-%d %H:%M}"   # dated past midnight
+    assert lines[1] == f"  no data from worker for 20 min (last batch {when} UTC)"
     assert "  Ingest  critical  1  no data from worker for 20 min" in result.output
     assert re.search(r"\n  critical  no_data_s +worker +no data from worker for 20 min", result.output)
 
