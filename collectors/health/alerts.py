@@ -304,15 +304,15 @@ class AlertEngine:
         for t in transitions:
             a = t.alert
             if t.kind == "firing":
-                a.id = con.execute("""
-                    INSERT INTO alerts (rule, target, severity, state, value, message, started_at, resolved_at,
+                a.id = connection.next_id(con, "alerts")
+                con.execute("""
+                    INSERT INTO alerts (id, rule, target, severity, state, value, message, started_at, resolved_at,
                                         notified_at, service, subject, threshold, peak_value, updated_at, silenced,
                                         notifications, peak_severity)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    RETURNING id
-                """, [a.rule, a.target, a.severity, a.state, a.value, a.message, a.started_at, a.resolved_at,
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, [a.id, a.rule, a.target, a.severity, a.state, a.value, a.message, a.started_at, a.resolved_at,
                       a.notified_at, a.service, a.subject, a.threshold, a.peak_value, a.updated_at, a.silenced,
-                      a.notifications, a.peak_severity]).fetchone()[0]
+                      a.notifications, a.peak_severity])
                 self.firing[a.key].id = a.id
             elif a.id is not None:
                 updates.append([a.severity, a.state, a.value, a.message, a.resolved_at, a.notified_at, a.threshold,

@@ -21,40 +21,46 @@ import pandas as pd
 # request ends, after its calls (the same margin as the cost queries' join had).
 EVENT_MARGIN = timedelta(minutes=15)
 
+# A MERGE, not INSERT ... ON CONFLICT: the lake has no keys (collectors.store.lake). Each SET sees the
+# row as it was before this statement.
 _ADD_CALLS = """
-INSERT INTO llm_requests
-SELECT request_id,
-       min(ts) AS ts,
-       min(ts) AS first_call_ts,
-       arg_min(service, ts) AS service,
-       arg_min(endpoint, ts) AS endpoint,
-       NULL AS host,
-       min(user_id) AS user_id,
-       NULL AS duration_ms,
-       count(*) AS calls,
-       list_sort(list_distinct(list(model))) AS models,
-       sum(input_tokens) AS input_tokens,
-       sum(output_tokens) AS output_tokens,
-       coalesce(sum(CAST(cost_usd AS DECIMAL(18, 12))), 0) AS llm_usd,
-       false AS has_event
-FROM _incoming_calls
-GROUP BY request_id
-ON CONFLICT (request_id) DO UPDATE SET
-    calls = calls + excluded.calls,
-    models = list_sort(list_distinct(list_concat(models, excluded.models))),
-    input_tokens = input_tokens + excluded.input_tokens,
-    output_tokens = output_tokens + excluded.output_tokens,
-    llm_usd = llm_usd + excluded.llm_usd,
-    user_id = coalesce(least(user_id, excluded.user_id), user_id, excluded.user_id),
+MERGE INTO llm_requests AS r
+USING (
+    SELECT request_id,
+           min(ts) AS ts,
+           min(ts) AS first_call_ts,
+           arg_min(service, ts) AS service,
+           arg_min(endpoint, ts) AS endpoint,
+           NULL::VARCHAR AS host,
+           min(user_id) AS user_id,
+           NULL::DOUBLE AS duration_ms,
+           count(*) AS calls,
+           list_sort(list_distinct(list(model))) AS models,
+           sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens,
+           coalesce(sum(CAST(cost_usd AS DECIMAL(18, 12))), 0) AS llm_usd,
+           false AS has_event
+    FROM _incoming_calls
+    GROUP BY request_id
+) AS x
+ON r.request_id = x.request_id
+WHEN MATCHED THEN UPDATE SET
+    calls = r.calls + x.calls,
+    models = list_sort(list_distinct(list_concat(r.models, x.models))),
+    input_tokens = r.input_tokens + x.input_tokens,
+    output_tokens = r.output_tokens + x.output_tokens,
+    llm_usd = r.llm_usd + x.llm_usd,
+    user_id = coalesce(least(r.user_id, x.user_id), r.user_id, x.user_id),
     -- while no event places the request, its earliest call does
-    ts = CASE WHEN has_event OR ts <= excluded.first_call_ts THEN ts ELSE excluded.first_call_ts END,
-    service = CASE WHEN has_event OR first_call_ts <= excluded.first_call_ts THEN service ELSE excluded.service END,
+    ts = CASE WHEN r.has_event OR r.ts <= x.first_call_ts THEN r.ts ELSE x.first_call_ts END,
+    service = CASE WHEN r.has_event OR r.first_call_ts <= x.first_call_ts THEN r.service ELSE x.service END,
     -- the first call that names an endpoint, as arg_min does (exact unless a request's calls name
     -- different endpoints and the first of them names none)
-    endpoint = CASE WHEN has_event OR excluded.endpoint IS NULL THEN endpoint
-                    WHEN endpoint IS NULL OR first_call_ts > excluded.first_call_ts THEN excluded.endpoint
-                    ELSE endpoint END,
-    first_call_ts = least(first_call_ts, excluded.first_call_ts)
+    endpoint = CASE WHEN r.has_event OR x.endpoint IS NULL THEN r.endpoint
+                    WHEN r.endpoint IS NULL OR r.first_call_ts > x.first_call_ts THEN x.endpoint
+                    ELSE r.endpoint END,
+    first_call_ts = least(r.first_call_ts, x.first_call_ts)
+WHEN NOT MATCHED THEN INSERT BY NAME
 """
 
 _WAITING = """

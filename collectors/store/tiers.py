@@ -56,8 +56,11 @@ def rolled_until(con: duckdb.DuckDBPyConnection) -> dict[str, datetime | None]:
 def set_mark(con: duckdb.DuckDBPyConnection, name: str, ts: datetime) -> None:
     """Move a watermark forward (never back)."""
     con.execute("""
-        INSERT INTO rollup_watermarks VALUES (?, ?)
-        ON CONFLICT (name) DO UPDATE SET ts = greatest(ts, excluded.ts)
+        MERGE INTO rollup_watermarks AS w
+        USING (SELECT ?::VARCHAR AS name, ?::TIMESTAMP AS ts) AS x
+        ON w.name = x.name
+        WHEN MATCHED THEN UPDATE SET ts = greatest(w.ts, x.ts)
+        WHEN NOT MATCHED THEN INSERT BY NAME
     """, [name, ts])
 
 

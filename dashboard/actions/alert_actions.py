@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from collectors.store import read, utcnow, write
+from collectors.store import next_id, read, utcnow, write
 from dashboard.actions.framework import ActionError, Field, InvalidInput, Preview, Progress, Result
 from dashboard.actions.store_actions import _StoreAction
 from dashboard.queries.alerts import active_alerts, active_silences, alert_facets, alert_targets
@@ -102,11 +102,11 @@ class SilenceAlerts(_AlertAction):
         starts, ends = (datetime.fromisoformat(preview.data[k]) for k in ("starts_at", "ends_at"))
         created_by = progress.actor.name if progress.actor else "unknown"
         with write(self.db) as con:
-            silence_id = con.execute("""
-                INSERT INTO silences (rule, target, starts_at, ends_at, reason, created_by, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
-                RETURNING id
-            """, [params["rule"], params["target"], starts, ends, params["reason"], created_by, utcnow()]).fetchone()[0]
+            silence_id = next_id(con, "silences")
+            con.execute("""
+                INSERT INTO silences (id, rule, target, starts_at, ends_at, reason, created_by, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """, [silence_id, params["rule"], params["target"], starts, ends, params["reason"], created_by, utcnow()])
         return Result(f"Silence #{silence_id}: {_scope(params['rule'], params['target'])} muted until "
                       f"{_when(ends, starts)}.", {"silence_id": silence_id, "ends_at": ends.isoformat(),
                                                   "firing": preview.count})
@@ -157,15 +157,10 @@ class EndSilence(_AlertAction):
 
     def execute(self, params: dict, preview: Preview, progress: Progress) -> Result:
         now = utcnow()
-        with write(self.db) as con:
-            ended = con.execute("""
-                UPDATE silences
-                SET cancelled_at = ?
-                WHERE id = ?
-                  AND cancelled_at IS NULL
-                  AND ends_at > ?
-                RETURNING id
-            """, [now, params["silence"], now]).fetchall()
+        active = "id = ? AND cancelled_at IS NULL AND ends_at > ?"
+        with write(self.db) as con:       # counted first: the lake takes no UPDATE ... RETURNING
+            ended = con.execute(f"SELECT count(*) FROM silences WHERE {active}", [params["silence"], now]).fetchone()[0]
+            con.execute(f"UPDATE silences SET cancelled_at = ? WHERE {active}", [now, params["silence"], now])
         if not ended:
             raise ActionError(f"silence #{params['silence']} had already ended")
         return Result(f"Silence #{params['silence']} ended at {now:%H:%M} UTC.", {"silence_id": params["silence"]})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from collectors.redact import redact, redact_value
-from collectors.store import utcnow, write
+from collectors.store import next_id, utcnow, write
 
 
 def _json(value) -> str | None:
@@ -22,14 +22,15 @@ def _json(value) -> str | None:
 def start(db, *, actor, action: str, target: str | None, params: dict, preview: str | None) -> int:
     """Insert the row of a run about to start; returns its id."""
     with write(db) as con:
-        return con.execute(
+        audit_id = next_id(con, "action_audit")
+        con.execute(
             """
-            INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome)
-            VALUES (?, ?, ?, ?, ?, ?, 'running')
-            RETURNING id
+            INSERT INTO action_audit (id, ts, actor, action, target, params, preview, outcome)
+            VALUES (?, ?, ?, ?, ?, ?, ?, 'running')
             """,
-            [utcnow(), actor.name, action, redact(target), _json(params), redact(preview)],
-        ).fetchone()[0]
+            [audit_id, utcnow(), actor.name, action, redact(target), _json(params), redact(preview)],
+        )
+    return audit_id
 
 
 def finish(db, audit_id: int, *, outcome: str, duration_ms: float, result: str | None = None,
@@ -49,12 +50,13 @@ def record(db, *, actor, action: str, target: str | None, params: dict, preview:
            error: str | None = None, result: str | None = None) -> int:
     """One complete row for something that did not run (refused, invalid) or had no steps (a login)."""
     with write(db) as con:
-        return con.execute(
+        audit_id = next_id(con, "action_audit")
+        con.execute(
             """
-            INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome, duration_ms, result, error)
-            VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
-            RETURNING id
+            INSERT INTO action_audit (id, ts, actor, action, target, params, preview, outcome, duration_ms, result, error)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)
             """,
-            [utcnow(), actor.name, action, redact(target), _json(params), redact(preview), outcome,
+            [audit_id, utcnow(), actor.name, action, redact(target), _json(params), redact(preview), outcome,
              redact(result), redact(error)],
-        ).fetchone()[0]
+        )
+    return audit_id
