@@ -37,6 +37,9 @@ to watch, with environment overrides. Every key is optional:
     max_future = "5m"              # events timed further ahead of the collector's clock are rejected
     max_age = "400d"               # and so are older ones (default: as long as rollups are kept)
 
+    [store]                        # only for a DuckLake store (--db ducklake:postgres:...; collectors.store.lake)
+    lake_data_path = "/mnt/shared/perfdeck/"   # its Parquet files: a folder every collector and dashboard sees, or s3://
+
     [http]                         # `perfdeck collect` serves /healthz and /metrics (collectors.http)
     listen = "127.0.0.1:9464"      # unset: no listener; --http overrides
     token = "..."                  # bearer token; required on any address but loopback
@@ -46,7 +49,8 @@ URLs, added to the file's lists, each `name=url` or a bare URL named after its h
 PERFDECK_PRICES_FILE, PERFDECK_DAILY_BUDGET, PERFDECK_MONTHLY_BUDGET and
 PERFDECK_COMPUTE_USD_PER_CORE_HOUR for the [cost] keys (the target per request is the cost_per_query_usd
 threshold's); PERFDECK_INGEST_MAX_FUTURE and PERFDECK_INGEST_MAX_AGE; PERFDECK_SPOOL, PERFDECK_REDIS and
-PERFDECK_TRANSPORT (the SDK's) for [transport]; PERFDECK_HTTP_LISTEN and PERFDECK_HTTP_TOKEN for [http]."""
+PERFDECK_TRANSPORT (the SDK's) for [transport]; PERFDECK_HTTP_LISTEN and PERFDECK_HTTP_TOKEN for [http];
+PERFDECK_LAKE_DATA_PATH for [store]."""
 from __future__ import annotations
 
 import os
@@ -72,6 +76,14 @@ def load(path: str | os.PathLike | None = None) -> dict:
     if "PERFDECK_HOST_INTERVAL" in os.environ:
         config["host"]["interval"] = float(os.environ["PERFDECK_HOST_INTERVAL"])
     config["_path"] = str(path)
+    store = config.get("store", {})
+    unknown = set(store) - {"lake_data_path"}
+    if unknown:
+        raise ValueError(f"[store]: unknown keys {sorted(unknown)}; known: ['lake_data_path']")
+    if store.get("lake_data_path") and not os.environ.get("PERFDECK_LAKE_DATA_PATH"):
+        # Read from the environment where the lake is opened (collectors.store.lake), in this process
+        # and in the dashboard it starts.
+        os.environ["PERFDECK_LAKE_DATA_PATH"] = str(store["lake_data_path"])
     config.setdefault("advisor", {})
     if "PERFDECK_ADVISOR_INTERVAL" in os.environ:
         config["advisor"]["interval"] = float(os.environ["PERFDECK_ADVISOR_INTERVAL"])

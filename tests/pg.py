@@ -182,3 +182,24 @@ def pg_cluster():
 def pg_cluster_no_pgss():
     """A PostgreSQL cluster without shared_preload_libraries (pg_stat_statements created but unusable)."""
     yield from _cluster(preload=False)
+
+
+@pytest.fixture
+def lake_store(pg_cluster, tmp_path, monkeypatch):
+    """A new, empty DuckLake store: its catalog a fresh database of the session's cluster, its data a temp
+    folder (PERFDECK_LAKE_DATA_PATH is set, for subprocesses too). The process's attached lakes and catalog
+    sessions are closed afterwards."""
+    import uuid
+
+    from collectors.store import lake
+
+    name = f"lake_{uuid.uuid4().hex[:10]}"
+    pg_cluster.create_database(name)
+    data = tmp_path / "lake-data"
+    data.mkdir()
+    monkeypatch.setenv(lake.DATA_PATH_ENV, str(data))
+    store = lake.parse(f"ducklake:postgres:host=127.0.0.1 port={pg_cluster.port} user=postgres dbname={name}")
+    try:
+        yield store
+    finally:
+        lake.close_all()

@@ -23,7 +23,8 @@ def parse_span(text: str) -> timedelta:
 
 
 db_option = click.option("--db", type=click.Path(dir_okay=False), default=None,
-                         help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb).")
+                         help="Store file (default $PERFDECK_DB or data/perfdeck.duckdb), or a DuckLake: "
+                              "ducklake:postgres:<libpq conninfo> with $PERFDECK_LAKE_DATA_PATH.")
 format_option = click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
                              show_default=True, help="Output format.")
 since_option = click.option("--since", default="24h", show_default=True, callback=lambda _c, _p, v: parse_span(v),
@@ -34,9 +35,10 @@ since_option = click.option("--since", default="24h", show_default=True, callbac
 def reading(db):
     """The store, read-only, with its errors as one clear line instead of a traceback."""
     from collectors.store import StoreLocked, StoreMissing, read
+    from collectors.store.lake import LakeUnavailable
 
     try:
         with read(db) as con:
             yield con
-    except (StoreMissing, StoreLocked) as exc:
+    except (StoreMissing, StoreLocked, LakeUnavailable) as exc:
         raise click.ClickException(str(exc)) from None

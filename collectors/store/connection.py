@@ -52,6 +52,8 @@ from pathlib import Path
 
 import duckdb
 
+from collectors.store import lake
+
 DEFAULT_DB = Path("data") / "perfdeck.duckdb"
 DEFAULT_READ_MEMORY_LIMIT = "1GB"
 DEFAULT_READ_KEEP_S = 0.0          # the dashboard's: DASHBOARD_READ_KEEP_S
@@ -73,13 +75,31 @@ class StoreLocked(RuntimeError):
     """Another process held the store file for longer than we were willing to wait."""
 
 
+class StoreBusy(StoreLocked):
+    """On a lake: another writer's commit conflicted with this one's, which wrote nothing. Like a lock,
+    the store's state and not the data's: the same write is tried again."""
+
+
 class StoreMissing(FileNotFoundError):
     """The store file does not exist yet (nothing has been collected)."""
 
 
-def db_path(path: str | os.PathLike | None = None) -> Path:
-    """The store file: explicit argument, then $PERFDECK_DB, then data/perfdeck.duckdb."""
-    return Path(path or os.environ.get("PERFDECK_DB") or DEFAULT_DB)
+def db_path(path: str | os.PathLike | lake.Lake | None = None) -> Path | lake.Lake:
+    """The store: explicit argument, then $PERFDECK_DB, then data/perfdeck.duckdb. A `ducklake:` spec is a
+    lake (collectors.store.lake), which read() and write() take like a file."""
+    spec = path or os.environ.get("PERFDECK_DB") or DEFAULT_DB
+    if isinstance(spec, lake.Lake):
+        return spec
+    if lake.is_lake(spec):
+        return lake.parse(str(spec))
+    return Path(spec)
+
+
+def next_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """The id of a row about to be inserted into `table` (alerts, silences, action_audit): one more than the
+    largest. Race-free on both backends: the file has one writer, and on the lake such rows are written
+    under the exclusive write lock. (DuckLake has neither sequences nor RETURNING.)"""
+    return con.execute(f'SELECT coalesce(max(id), 0) + 1 FROM "{table}"').fetchone()[0]
 
 
 def read_settings() -> dict[str, str]:
@@ -366,9 +386,16 @@ def _writing(path: Path, timeout: float) -> Iterator[Callable[[], None]]:
 
 
 @contextmanager
-def write(path: str | os.PathLike | None = None, *, timeout: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the store read-write, run the body in one transaction, commit and close."""
+def write(path: str | os.PathLike | None = None, *, timeout: float = 30.0,
+          exclusive: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the store read-write, run the body in one transaction, commit and close. On a lake, a write
+    that only inserts (ingest) passes exclusive=False and runs beside other such writes; see
+    collectors.store.lake for why the others run alone there."""
     p = db_path(path)
+    if isinstance(p, lake.Lake):
+        with _lake_write(p, timeout, exclusive) as con:
+            yield con
+        return
     p.parent.mkdir(parents=True, exist_ok=True)
     with _writing(p, timeout) as waiting:
         con = _connect(p, read_only=False, timeout=timeout, waiting=waiting)
@@ -385,10 +412,39 @@ def write(path: str | os.PathLike | None = None, *, timeout: float = 30.0) -> It
 
 
 @contextmanager
+def _lake_write(store: lake.Lake, timeout: float, exclusive: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    with lake.locked(store, exclusive=exclusive, timeout=timeout):
+        cur = lake.cursor(store)
+        try:
+            cur.begin()
+            try:
+                yield cur
+            except BaseException:
+                cur.rollback()
+                raise
+            try:
+                cur.commit()
+            except duckdb.TransactionException as exc:
+                if lake.conflict(exc):
+                    raise StoreBusy(f"another writer changed the same tables of {store.name}; "
+                                    f"nothing was written: {exc}") from exc
+                raise
+        finally:
+            cur.close()
+
+
+@contextmanager
 def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """The store read-only for one unit of work: a cursor of this process's shared read connection
     (see the module's docstring), closed at the end of the block."""
     p = db_path(path)
+    if isinstance(p, lake.Lake):          # a snapshot: never waits for a writer
+        cur = lake.cursor(p)
+        try:
+            yield cur
+        finally:
+            cur.close()
+        return
     if not p.exists():   # said before any wait for a writer
         raise StoreMissing(f"no perfdeck store at {p} yet: run `perfdeck collect` (or `perfdeck demo`)")
     with _reads.reading(p, timeout) as con:
@@ -396,8 +452,18 @@ def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Ite
 
 
 def checkpoint(path: str | os.PathLike | None = None, *, timeout: float = 30.0) -> None:
-    """Write the WAL into the store file (CHECKPOINT cannot run inside write()'s transaction)."""
+    """Write the WAL into the store file (CHECKPOINT cannot run inside write()'s transaction). On a lake,
+    DuckLake's CHECKPOINT: inlined rows flushed to Parquet, small files merged, expired snapshots and the
+    files nobody references any more removed."""
     p = db_path(path)
+    if isinstance(p, lake.Lake):
+        with lake.locked(p, exclusive=True, timeout=timeout):
+            cur = lake.cursor(p)
+            try:
+                cur.execute("CHECKPOINT")
+            finally:
+                cur.close()
+        return
     with _writing(p, timeout) as waiting:
         con = _connect(p, read_only=False, timeout=timeout, waiting=waiting)
         try:

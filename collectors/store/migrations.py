@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import duckdb
 
-from collectors.store import llm_rollup, request_costs
+from collectors.store import lake, llm_rollup, request_costs
 from collectors.store.connection import utcnow
 from collectors.store.rollups import roll_tiers
 
@@ -502,7 +502,10 @@ def applied(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply pending migrations inside the caller's transaction; return the names applied."""
+    """Apply pending migrations inside the caller's transaction; return the names applied. On a lake their
+    DDL is adapted to what DuckLake takes (collectors.store.lake.adapt_ddl)."""
+    if lake.is_lake_connection(con):
+        con = lake.AdaptingConnection(con)
     done = set(applied(con))
     new = []
     for migration in MIGRATIONS:
