@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ from collectors.pricing import PriceBook
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
-from collectors.store import connection, migrate, utcnow
+from collectors.store import connection, lake, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact, roll_tiers
@@ -50,16 +51,22 @@ MAX_BYTES_PER_TX = 64 * 1024 * 1024
 NOTIFIER_DRAIN_S = 5.0     # at stop, how long queued alert messages may take
 MAX_WRITE_TRIES = 3        # a batch whose write fails alone this often is quarantined
 STATUS_EVERY_S = 10.0      # between two rows of each source's backlog in ingest_sources
+BUSY_TRIES = 5             # on a lake, a write that lost to another collector's commit is run again this often
+LAKE_MAINTENANCE_EVERY_S = 3600.0   # DuckLake CHECKPOINT: small files merged, old snapshots and files removed
 _UPSERT_COMPONENT = """
-    INSERT INTO components VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET
-        kind = excluded.kind,
-        target = excluded.target,
-        since = CASE WHEN components.status = excluded.status THEN components.since ELSE excluded.since END,
-        status = excluded.status,
-        last_ok = coalesce(excluded.last_ok, components.last_ok),
-        checked_at = excluded.checked_at,
-        error = excluded.error
+    MERGE INTO components AS c
+    USING (SELECT ?::VARCHAR AS name, ?::VARCHAR AS kind, ?::VARCHAR AS target, ?::VARCHAR AS status,
+                  ?::TIMESTAMP AS since, ?::TIMESTAMP AS last_ok, ?::TIMESTAMP AS checked_at, ?::VARCHAR AS error) AS x
+    ON c.name = x.name
+    WHEN MATCHED THEN UPDATE SET
+        kind = x.kind,
+        target = x.target,
+        since = CASE WHEN c.status = x.status THEN c.since ELSE x.since END,
+        status = x.status,
+        last_ok = coalesce(x.last_ok, c.last_ok),
+        checked_at = x.checked_at,
+        error = x.error
+    WHEN NOT MATCHED THEN INSERT BY NAME
 """
 
 
@@ -97,7 +104,14 @@ class Collector:
         self._outside_lock = threading.Lock()
         self._last_failure: dict[str, str] = {}   # job -> its last error, while it keeps failing
         self._dirty_minutes: tuple[datetime, datetime] | None = None
-        self._last_compact = self._last_retention = 0.0
+        self._last_run: dict[str, float] = {}   # job -> when this collector last ran it (DuckDB file)
+        # On a lake, the duties lease decides who runs compaction, retention, alerts, the advisor and
+        # maintenance, and when (collectors.store.lease).
+        self.lease = None
+        self._holding = False
+        if isinstance(self.db, lake.Lake):
+            from collectors.store.lease import Lease
+            self.lease = Lease(self.db)
         self.stop_event = threading.Event()
         self._errors: list[str] = []
         self.samples: queue.Queue = queue.Queue()
@@ -110,7 +124,6 @@ class Collector:
         if (alerts is None) != (health is None):
             raise ValueError("alerts and health go together: the engine evaluates what health(con, now) assesses")
         self.alerts, self.health = alerts, health
-        self._next_alerts = 0.0
         if alerts is not None and alerts.notifier is None:
             from collectors.health.notify import Notifier
             alerts.notifier = Notifier(alerts.settings, on_result=self._notification_outcome)
@@ -139,14 +152,7 @@ class Collector:
         for _, batch in good:
             self.prices.price_frame(batch.llm)
         try:
-            with connection.write(self.db) as con:
-                report.events = write_batches(con, [b for _, b in good], source.name)
-                if bad:
-                    con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
-                                    [(source.name, item.name, reason) for item, reason in bad])
-                if notes:
-                    con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
-                                    [(kind, reason, n) for (kind, reason), n in notes.items()])
+            report.events = self._write_ingest(source, good, bad, notes)
         except Exception as exc:
             if isinstance(exc, connection.StoreLocked | duckdb.IOException | OSError):
                 raise                            # the store or the disk, not the batches: wait it out
@@ -167,6 +173,30 @@ class Collector:
         report.batches, report.quarantined = len(good), len(bad)
         self._mark_dirty([b for _, b in good])
         return report
+
+    def _write_ingest(self, source, good: list, bad: list, notes: Counter) -> int:
+        """One ingest transaction; on a lake it runs beside other collectors' (a shared write) and is run
+        again when another's commit conflicted with it (StoreBusy: nothing of it was written)."""
+        for attempt in range(1, BUSY_TRIES + 1):
+            try:
+                with connection.write(self.db, exclusive=False) as con:
+                    events = write_batches(con, [b for _, b in good], source.name)
+                    if bad:
+                        con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
+                                        [(source.name, item.name, reason) for item, reason in bad])
+                    if notes:
+                        con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
+                                        [(kind, reason, n) for (kind, reason), n in notes.items()])
+                    if hasattr(source, "still_ours") and not source.still_ours([item for item, _ in good]):
+                        # Held past half the claim time: another collector may have claimed them by now.
+                        raise connection.StoreBusy(f"batches from {source.name} were held too long to commit")
+                return events
+            except connection.StoreBusy:
+                if attempt == BUSY_TRIES:
+                    raise
+                log.debug("ingest from %s lost to another collector's commit; again (%d)", source.name, attempt)
+                time.sleep(random.uniform(0.01, 0.1 * attempt))
+        raise AssertionError("unreachable")
 
     def _write_failed(self, source, item: Item, exc: Exception) -> Report:
         """A batch whose write failed on its own: tried again next tick, quarantined after MAX_WRITE_TRIES
@@ -197,6 +227,9 @@ class Collector:
                     highs.append(values.max())
         if lows:
             lo, hi = min(lows).floor("min").to_pydatetime(), max(highs).to_pydatetime()
+            if self.lease is not None:        # compacted by whichever collector holds the duties
+                self._isolated("noting ingested minutes", self.lease.note_ingested, lo, hi)
+                return
             if self._dirty_minutes:
                 lo, hi = min(lo, self._dirty_minutes[0]), max(hi, self._dirty_minutes[1])
             self._dirty_minutes = (lo, hi)
@@ -214,7 +247,7 @@ class Collector:
         if not notes:
             return 0
         try:
-            with connection.write(self.db) as con:
+            with connection.write(self.db, exclusive=False) as con:
                 con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
                                 [(kind, reason, n) for (kind, reason), n in notes.items()])
         except Exception:
@@ -294,8 +327,15 @@ class Collector:
                     by_table.setdefault((item.table, item.once), []).extend(item.rows)
                 else:
                     unknown[item.table] += len(item.rows)
+            on_lake = isinstance(self.db, lake.Lake)
             for (table, once), rows in by_table.items():
                 marks = ", ".join("?" * len(rows[0]))
+                if once and on_lake:      # no keys there: a row equal to one stored is the same row
+                    con.execute(f'CREATE OR REPLACE TEMP TABLE _once AS FROM "{table}" LIMIT 0')
+                    con.executemany(f"INSERT INTO _once VALUES ({marks})", rows)
+                    con.execute(f'INSERT INTO "{table}" FROM _once EXCEPT FROM "{table}"')
+                    con.execute("DROP TABLE _once")
+                    continue
                 verb = "INSERT OR IGNORE INTO" if once else "INSERT INTO"
                 con.executemany(f'{verb} "{table}" VALUES ({marks})', rows)
             for st in statuses:
@@ -315,7 +355,7 @@ class Collector:
             status = source.status() if hasattr(source, "status") else {}
             rows.append((source.name, *(status.get(k) for k in ("pending", "oldest_pending_s", "stream_length",
                                                                  "stream_pending", "error"))))
-        with connection.write(self.db) as con:
+        with connection.write(self.db, exclusive=False) as con:
             con.executemany("INSERT INTO ingest_sources VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?)", rows)
 
     # -- index advisor ---------------------------------------------------------------------------
@@ -375,14 +415,26 @@ class Collector:
     def compact(self) -> int:
         """Merge the rollup rows of the minutes ingested since the last compaction, and roll complete
         hours and days (and late minutes) into the request rollups' tiers."""
+        if self.lease is not None:
+            self._dirty_minutes = self.lease.take_ingested()
         if not self._dirty_minutes:
             return 0
         lo, hi = self._dirty_minutes
-        with connection.write(self.db) as con:
-            removed = compact(con, lo, hi + timedelta(minutes=1))
-            roll_tiers(con, utcnow(), touched=(lo, hi + timedelta(minutes=1)))
+        try:
+            with connection.write(self.db) as con:
+                removed = compact(con, lo, hi + timedelta(minutes=1))
+                roll_tiers(con, utcnow(), touched=(lo, hi + timedelta(minutes=1)))
+        except Exception:
+            if self.lease is not None:        # kept for the next compaction, whoever runs it
+                self.lease.note_ingested(lo, hi)
+            raise
         self._dirty_minutes = None
         return removed
+
+    def maintain_lake(self) -> None:
+        """DuckLake's CHECKPOINT (collectors.store.connection.checkpoint); nothing to do on the file."""
+        if self.lease is not None:
+            connection.checkpoint(self.db)
 
     def retention(self) -> dict[str, int]:
         with connection.write(self.db) as con:
@@ -443,18 +495,19 @@ class Collector:
             if now >= self._next_status:
                 self._isolated("source status", self.record_source_status)
                 self._next_status = now + STATUS_EVERY_S
-            if now - self._last_compact >= self.compact_every:
+            if self.lease is not None:
+                self._holding = bool(self._isolated("duties lease", self.lease.renew, default=False))
+            if self._due("compaction", self.compact_every, now):
                 self._isolated("compaction", self.compact)
-                self._last_compact = now
-            if now - self._last_retention >= self.retention_every:
+            if self._due("retention", self.retention_every, now):
                 self._isolated("retention", self.retention)
-                self._last_retention = now
-            if self.advise and now >= self._next_advice:
+            if self.advise and self._due("advisor", self.advise_every, now, first=self._next_advice):
                 self._isolated("advisor", self.start_advisor)
                 self._next_advice = now + self.advise_every
-            if self.alerts is not None and now >= self._next_alerts:
+            if self.alerts is not None and self._due("alerts", self.alerts.settings.interval_s, now):
                 self._isolated("alerts", self.evaluate_alerts)
-                self._next_alerts = now + self.alerts.settings.interval_s
+            if self.lease is not None and self._due("lake maintenance", LAKE_MAINTENANCE_EVERY_S, now):
+                self._isolated("lake maintenance", self.maintain_lake)
             self._errors.clear()
             self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
         # Last drain so that what the apps flushed at their own shutdown is not left behind.
@@ -463,10 +516,25 @@ class Collector:
             t.thread.join(timeout=10)
         self._drain_notifier()
         self._isolated("samples", self.write_samples)
-        self._isolated("compaction", self.compact)
+        if self.lease is None or self._holding:
+            self._isolated("compaction", self.compact)
+        if self.lease is not None and self._holding:
+            self._isolated("duties lease", self.lease.release)    # another collector takes them at once
         for source in self.sources:
             source.close()
         log.info("collector stopped")
+
+    def _due(self, job: str, every: float, now: float, first: float | None = None) -> bool:
+        """Whether `job` runs this tick. On the file: every `every` seconds of this collector's clock (from
+        `first` when given). On a lake: when this collector holds the duties and claims the job's period."""
+        if self.lease is not None:
+            return self._holding and bool(self._isolated(f"{job} schedule", self.lease.due, job, every, default=False))
+        if first is not None:
+            return now >= first
+        if now - self._last_run.get(job, float("-inf")) < every:
+            return False
+        self._last_run[job] = now
+        return True
 
     def stop(self, *_args) -> None:
         self.stop_event.set()

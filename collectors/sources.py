@@ -221,7 +221,7 @@ class RedisSource:
     fetch recreates both and goes on reading (what the SDK sent since is read from the start)."""
 
     GROUP = "perfdeck-collector"
-    CLAIM_IDLE_MS = 60_000  # pending entries of a consumer silent this long are taken over
+    CLAIM_IDLE_MS = 60_000  # pending entries of a consumer silent this long are taken over ($PERFDECK_CLAIM_IDLE_S)
 
     def __init__(self, url: str, quarantine_dir: str | os.PathLike, *, stream: str = STREAM,
                  consumer: str | None = None, block_ms: int = 0):
@@ -230,7 +230,12 @@ class RedisSource:
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
                                            client_name="perfdeck-collector")   # marked in CLIENT LIST
         self.stream, self.quarantine_dir, self.block_ms = stream, Path(quarantine_dir), block_ms
-        self.consumer = consumer or socket.gethostname()
+        # Collectors sharing the group need names of their own (perfdeck collect --consumer); a restarted
+        # collector under its old name reads what it had pending at once, others claim it after CLAIM_IDLE_MS.
+        self.consumer = consumer or os.environ.get("PERFDECK_CONSUMER") or socket.gethostname()
+        claim_s = os.environ.get("PERFDECK_CLAIM_IDLE_S")
+        self.claim_idle_ms = int(float(claim_s) * 1000) if claim_s else self.CLAIM_IDLE_MS
+        self._delivered: dict[str, float] = {}   # entry id -> when it was (re)delivered to us (monotonic)
         self.name = f"redis:{stream}"
         self._own_pending_done = False
         self._notes: Counter = Counter()
@@ -263,8 +268,10 @@ class RedisSource:
             self._recreate_group()
             entries = self._next_entries(max_items)
         items, size, gone = [], 0, []
+        delivered = time.monotonic()
         for entry_id, fields in entries:
             name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            self._delivered[name] = delivered
             if not fields:                # deleted (trimmed) after delivery: only its id is left
                 gone.append(name)
                 continue
@@ -289,7 +296,7 @@ class RedisSource:
             self._own_pending_done = not entries
         if not entries:
             _, claimed, *_ = self.client.xautoclaim(self.stream, self.GROUP, self.consumer,
-                                                    min_idle_time=self.CLAIM_IDLE_MS, count=max_items)
+                                                    min_idle_time=self.claim_idle_ms, count=max_items)
             entries = [e for e in claimed if e[1]]
         if not entries:
             entries = self._read(">", max_items, block=self.block_ms or None)
@@ -306,7 +313,15 @@ class RedisSource:
         reply = self.client.xreadgroup(self.GROUP, self.consumer, {self.stream: start}, count=count, block=block)
         return reply[0][1] if reply else []
 
+    def still_ours(self, items: list[Item]) -> bool:
+        """Whether these were delivered to us less than half the claim time ago: past it, another collector
+        may claim them, so the write must not commit (they are read again, or the other ingests them)."""
+        now = time.monotonic()
+        return all(now - self._delivered.get(i.name, now) < self.claim_idle_ms / 2000 for i in items)
+
     def ack(self, items: list[Item]) -> None:
+        for i in items:
+            self._delivered.pop(i.name, None)
         if items:
             ids = [i.name for i in items]
             pipe = self.client.pipeline()

@@ -5,6 +5,7 @@ they share; wiring.py the collector as perfdeck.toml describes it."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def main(verbose: bool) -> None:
 @click.option("--redis", "redis_url", default=None,
               help="Also read the Redis stream transport at this URL (default $PERFDECK_REDIS, or the SDK's "
                    "$PERFDECK_TRANSPORT when it is a redis:// URL).")
+@click.option("--consumer", default=None, envvar="PERFDECK_CONSUMER", metavar="NAME",
+              help="This collector's name in the Redis stream's consumer group (default: the host name). Give "
+                   "each collector sharing a stream its own, the same across its restarts.")
 @click.option("--once", is_flag=True, help="Ingest everything pending, run rollups and retention, then exit.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between ingest ticks.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -40,7 +44,7 @@ def main(verbose: bool) -> None:
                    "e.g. 127.0.0.1:9464 "
                    "(default $PERFDECK_HTTP_LISTEN, [http] listen in perfdeck.toml, else no listener). Any "
                    "address but loopback needs a bearer token: [http] token or $PERFDECK_HTTP_TOKEN.")
-def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) -> None:
+def collect(db, spool_dir, redis_url, consumer, once, interval, config_path, http_listen) -> None:
     """Run the collector daemon: the single writer of the store. It ingests what instrumented apps
     send, samples the host, Redis instances and databases named in perfdeck.toml, runs the index
     advisor on those databases hourly, and evaluates the alert rules every [alerts] interval. With
@@ -52,14 +56,17 @@ def collect(db, spool_dir, redis_url, once, interval, config_path, http_listen) 
     from collectors.http import Listener, http_settings
     from collectors.http.otlp import PATH, Receiver
     from collectors.pricing import PriceFileError
+    from collectors.store.lake import LakeUnavailable
 
+    if consumer:
+        os.environ["PERFDECK_CONSUMER"] = consumer       # read where the Redis source is made
     try:   # a broken prices, thresholds or [http] table stops the start with one clear line
         cfg = config.load(config_path)
         listen = http_settings(cfg, http_listen)
         window_s, assess = assessment(cfg) if listen else (None, None)
         collector = build_collector(cfg, db, sources=config.transport(cfg, spool=spool_dir, redis_url=redis_url),
                                     interval=interval)
-    except (ValueError, PriceFileError) as exc:
+    except (ValueError, PriceFileError, LakeUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if once:
         try:
@@ -195,7 +202,7 @@ def reprice(db, since, until_ago, model, config_path, yes) -> None:
 
     from collectors import config
     from collectors.pricing import PriceBook, PriceFileError, apply_reprice, plan_reprice
-    from collectors.store import StoreLocked, utcnow, write
+    from collectors.store import StoreLocked, next_id, utcnow, write
 
     try:
         settings = config.cost_settings(config.load(config_path))
@@ -219,10 +226,10 @@ def reprice(db, since, until_ago, model, config_path, yes) -> None:
             plan = plan_reprice(con, book, since=start, until=end, model=model)
             apply_reprice(con, plan)
             con.execute("""
-                INSERT INTO action_audit (ts, actor, action, target, params, preview, outcome, duration_ms, result,
+                INSERT INTO action_audit (id, ts, actor, action, target, params, preview, outcome, duration_ms, result,
                                           figures)
-                VALUES (?, ?, 'reprice', 'store', ?, ?, 'ok', ?, ?, ?)
-            """, [utcnow(), f"cli:{getpass.getuser()}",
+                VALUES (?, ?, ?, 'reprice', 'store', ?, ?, 'ok', ?, ?, ?)
+            """, [next_id(con, "action_audit"), utcnow(), f"cli:{getpass.getuser()}",
                   json.dumps({"since": str(start), "until": str(end), "model": model,
                               "prices_file": str(settings.prices_file)}),
                   preview.summary(), (time.perf_counter() - t0) * 1000, plan.summary(),
