@@ -453,16 +453,10 @@ def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Ite
 
 def checkpoint(path: str | os.PathLike | None = None, *, timeout: float = 30.0) -> None:
     """Write the WAL into the store file (CHECKPOINT cannot run inside write()'s transaction). On a lake,
-    DuckLake's CHECKPOINT: inlined rows flushed to Parquet, small files merged, expired snapshots and the
-    files nobody references any more removed."""
+    DuckLake's maintenance (collectors.store.lake.checkpoint)."""
     p = db_path(path)
     if isinstance(p, lake.Lake):
-        with lake.locked(p, exclusive=True, timeout=timeout):
-            cur = lake.cursor(p)
-            try:
-                cur.execute("CHECKPOINT")
-            finally:
-                cur.close()
+        lake.checkpoint(p, timeout)
         return
     with _writing(p, timeout) as waiting:
         con = _connect(p, read_only=False, timeout=timeout, waiting=waiting)

@@ -252,6 +252,36 @@ def locked(lake: Lake, *, exclusive: bool, timeout: float) -> Iterator[None]:
             con.close()        # the session is gone, and its locks with it
 
 
+# -- maintenance ---------------------------------------------------------------------------------------
+# Snapshots older than this are expired, and files no snapshot needs any more are deleted this long after.
+# Time travel is not used; the margin is for reads that began on an older snapshot.
+KEEP_SNAPSHOTS = "1 hour"
+
+
+def checkpoint(lake: Lake, timeout: float) -> None:
+    """DuckLake's CHECKPOINT, alone: inlined rows flushed to Parquet, small files merged, files rewritten
+    without their deleted rows, snapshots older than KEEP_SNAPSHOTS expired and unreferenced files removed."""
+    with locked(lake, exclusive=True, timeout=timeout):
+        cur = cursor(lake)
+        try:
+            for option in ("expire_older_than", "delete_older_than"):
+                cur.execute(f"CALL {CATALOG}.set_option(?, ?)", [option, KEEP_SNAPSHOTS])
+            cur.execute("CHECKPOINT")
+        finally:
+            cur.close()
+
+
+def data_files(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(files, bytes) of the lake's current Parquet data and delete files, from its catalog."""
+    row = con.execute(f"""
+        SELECT count(*), coalesce(sum(file_size_bytes), 0)
+        FROM (SELECT file_size_bytes FROM __ducklake_metadata_{CATALOG}.ducklake_data_file WHERE end_snapshot IS NULL
+              UNION ALL
+              SELECT file_size_bytes FROM __ducklake_metadata_{CATALOG}.ducklake_delete_file WHERE end_snapshot IS NULL)
+    """).fetchone()
+    return int(row[0]), int(row[1])
+
+
 # -- the schema as DuckLake takes it ------------------------------------------------------------------
 # Statements at the start of a line (so a comment that names one is left alone).
 _SEQUENCE = re.compile(r"^\s*CREATE\s+SEQUENCE\s+[^;]+;", re.IGNORECASE | re.MULTILINE)
