@@ -80,6 +80,11 @@ class StoreBusy(StoreLocked):
     the store's state and not the data's: the same write is tried again."""
 
 
+class StoreUnavailable(StoreLocked):
+    """On a lake: its catalog database or its data path did not answer. Waited out like a lock: the
+    collector keeps its batches and tries again, the dashboard says so and reads again later."""
+
+
 class StoreMissing(FileNotFoundError):
     """The store file does not exist yet (nothing has been collected)."""
 
@@ -413,7 +418,7 @@ def write(path: str | os.PathLike | None = None, *, timeout: float = 30.0,
 
 @contextmanager
 def _lake_write(store: lake.Lake, timeout: float, exclusive: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-    with lake.locked(store, exclusive=exclusive, timeout=timeout):
+    with lake.unavailable_as(StoreUnavailable, store), lake.locked(store, exclusive=exclusive, timeout=timeout):
         cur = lake.cursor(store)
         try:
             cur.begin()
@@ -439,11 +444,12 @@ def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Ite
     (see the module's docstring), closed at the end of the block."""
     p = db_path(path)
     if isinstance(p, lake.Lake):          # a snapshot: never waits for a writer
-        cur = lake.cursor(p)
-        try:
-            yield cur
-        finally:
-            cur.close()
+        with lake.unavailable_as(StoreUnavailable, p):
+            cur = lake.cursor(p)
+            try:
+                yield cur
+            finally:
+                cur.close()
         return
     if not p.exists():   # said before any wait for a writer
         raise StoreMissing(f"no perfdeck store at {p} yet: run `perfdeck collect` (or `perfdeck demo`)")

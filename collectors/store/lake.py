@@ -143,13 +143,21 @@ def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
         quoted = "'" + lake.spec.replace("'", "''") + "'"
         data = "'" + lake.data_path.replace("'", "''") + "'"
         con.execute(f"ATTACH {quoted} AS {CATALOG} (DATA_PATH {data})")
+    except duckdb.IOException:
+        con.close()
+        raise                 # the catalog or the data not answering: unavailable_as says so
     except duckdb.Error as exc:
         con.close()
-        raise LakeUnavailable(f"cannot open the lake {lake.name}: {redact(str(exc), lake.spec)}") from None
+        raise LakeUnavailable(f"cannot open the lake {lake.name}: {_one_line(redact(str(exc), lake.spec))}") from None
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _one_line(text: str) -> str:
+    """An error of libpq or DuckDB (which add hints on lines of their own) as one line of a message."""
+    return " ".join(text.split())
 
 
 def _object_store_secret(con: duckdb.DuckDBPyConnection) -> None:
@@ -178,6 +186,18 @@ def close_all() -> None:
     _sessions.open.clear()
 
 
+@contextmanager
+def unavailable_as(error: type[Exception], lake: Lake) -> Iterator[None]:
+    """The catalog or the data not answering (a PostgreSQL restart, a network, an unmounted folder), raised
+    as `error` with the secrets masked: a store that is away for a while, not a fault of what was written."""
+    import psycopg
+
+    try:
+        yield
+    except (duckdb.IOException, duckdb.HTTPException, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise error(f"the lake {lake.name} is not answering: {_one_line(redact(str(exc), lake.spec))}") from None
+
+
 def cursor(lake: Lake) -> duckdb.DuckDBPyConnection:
     """A cursor of the process's lake instance, its default catalog the lake."""
     cur = _instances.get(lake).cursor()
@@ -201,10 +221,8 @@ def session(lake: Lake):
 
     con = _sessions.open.get(lake)
     if con is None or con.closed or con.broken:
-        try:
-            con = _sessions.open[lake] = psycopg.connect(lake.conninfo, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise LakeUnavailable(f"cannot reach the lake's catalog {lake.name}: {redact(str(exc), lake.spec)}") from None
+        # Not answering: psycopg.OperationalError, which unavailable_as turns into StoreUnavailable.
+        con = _sessions.open[lake] = psycopg.connect(lake.conninfo, autocommit=True, connect_timeout=10)
     return con
 
 
