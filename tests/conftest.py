@@ -32,6 +32,8 @@ def pytest_collection_modifyitems(items):
         module = item.module.__name__.rpartition(".")[2]
         if module in SLOW_MODULES or module.startswith("test_page_") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
+        if "lake_store" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lake)
 
 
 # A database of its own, flushed around each test ($PERFDECK_TEST_REDIS_DB lets parallel runs apart).
