@@ -357,7 +357,10 @@ def operator_hash(password_stdin) -> None:
               help="Also cache the shop's products in this Redis (keys demo_products:*) and sample it.")
 @click.option("--postgres", "postgres_url", default=None, metavar="URL",
               help="Also read order histories from this PostgreSQL (schema perfdeck_demo), sample and advise it.")
-def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -> None:
+@click.option("--db", "store", default=None, metavar="LAKE",
+              help="Keep the demo's store here instead of in the data dir: a lake, ducklake:postgres:<conninfo> "
+                   "with $PERFDECK_LAKE_DATA_PATH (see When one machine is not enough).")
+def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url, store) -> None:
     """Backfill days of history from a real instrumented workload, keep it running live, collect it,
     and serve the dashboard on it (on 127.0.0.1; $STREAMLIT_SERVER_ADDRESS for other machines, which
     needs viewer login or --no-auth). Ctrl-C stops everything."""
@@ -369,7 +372,7 @@ def demo(data_dir, port, days, no_dashboard, no_auth, redis_url, postgres_url) -
         if warning:
             click.echo(f"perfdeck demo: {warning}", err=True)
     sys.exit(run(Path(data_dir), port=port, backfill_days=days, dashboard=not no_dashboard,
-                 redis_url=redis_url, postgres_url=postgres_url))
+                 redis_url=redis_url, postgres_url=postgres_url, store=store))
 
 
 # The dashboard's launch, health, alerts and regressions live in modules of their own; they import the

@@ -209,10 +209,11 @@ def demo_config(data_dir: Path, *, redis_url: str | None = None, postgres_url: s
 
 
 def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, dashboard: bool = True,
-        redis_url: str | None = None, postgres_url: str | None = None) -> int:
+        redis_url: str | None = None, postgres_url: str | None = None, store: str | None = None) -> int:
     """Run the demo until SIGINT/SIGTERM; returns the exit code. With `redis_url` / `postgres_url`
     the live shop also keeps its products in that Redis and reads order histories from that
-    PostgreSQL (schema perfdeck_demo), and the collector samples both."""
+    PostgreSQL (schema perfdeck_demo), and the collector samples both. `store` puts the store elsewhere
+    (a lake) than the data dir."""
     from collectors import config
     from collectors.cli.wiring import build_collector
     from collectors.demo.backfill import DAY, backfill
@@ -223,7 +224,9 @@ def run(data_dir: Path, *, port: int | None = None, backfill_days: float = 4.0, 
     t0 = time.monotonic()
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    db, spool = data_dir / "perfdeck.duckdb", data_dir / "spool"
+    from collectors.store import connection
+    db = connection.db_path(store) if store else data_dir / "perfdeck.duckdb"
+    spool = data_dir / "spool"
     stop = threading.Event()
     stopped_by: list[str] = []
 
