@@ -401,3 +401,19 @@ def test_the_migration_takes_the_peak_severity_of_old_rows_from_severity(store):
                        VALUES ('request_p95_ms', 'shop-api /search', 'critical', 'resolved', 120, ?)""", [T0])
         m008_alert_peak_severity(con)
     assert query(store, "SELECT severity, peak_severity FROM alerts") == [("critical", "critical")]
+
+
+def test_duties_passed_between_two_collectors_keep_one_alert_row(migrated_store):
+    """On a lake the collector holding the duties runs the alerts; one that takes them over forgets what it
+    remembered (AlertEngine.forget) and reads the firing alerts from the store, which the other advanced."""
+    a = AlertEngine(migrated_store, AlertSettings(for_s=0))
+    b = AlertEngine(migrated_store, AlertSettings(for_s=0))      # started beside it: nothing stored yet
+    a.tick(frame(p95(800, "warning")), T0)
+    b.forget()                                                   # b takes the duties over
+    [escalated] = b.tick(frame(p95(1200, "critical")), T0 + MIN)
+    assert escalated.kind == "escalated"
+    a.forget()                                                   # and a takes them back
+    [resolved] = a.tick(frame(p95(120, "healthy")), T0 + 2 * MIN)
+    assert resolved.kind == "resolved"
+    assert query(migrated_store, "SELECT state, severity, peak_severity FROM alerts") == [
+        ("resolved", "healthy", "critical")]

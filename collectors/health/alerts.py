@@ -153,6 +153,13 @@ class AlertEngine:
             pass            # no store (or not migrated) yet: loaded at the first tick
 
     # -- restart ---------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Drop what this engine remembers; the next tick reads the firing alerts from the store again. For a
+        collector taking the duties over on a lake: another one advanced the alerts meanwhile. (Breaches not
+        yet firing are not stored: their `for` starts again.)"""
+        self.firing, self.pending, self.last_notified = {}, {}, {}
+        self._loaded = False
+
     def _load(self, con: duckdb.DuckDBPyConnection) -> None:
         rows = con.execute("""
             SELECT id, rule, target, service, subject, severity, value, threshold, message, started_at,
