@@ -41,6 +41,7 @@ DATA_PATH_ENV = "PERFDECK_LAKE_DATA_PATH"
 EXTENSIONS = {"postgres": "postgres_scanner", "ducklake": "ducklake", "httpfs": "httpfs"}
 LOCK_KEY = 0x7065_7266_6465_636B       # "perfdeck": the advisory lock writers share or hold alone
 TURNSTILE_KEY = LOCK_KEY + 1           # taken alone by a writer waiting for it alone (see locked())
+ATTACH_KEY = LOCK_KEY + 3              # one ATTACH at a time (see _attaching); + 2 is the lease's
 INSTALL_HINT = "pip install 'perfdeck[lake]'"
 
 
@@ -142,7 +143,8 @@ def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
             con.execute(f"SET {name} = ?", [value])
         quoted = "'" + lake.spec.replace("'", "''") + "'"
         data = "'" + lake.data_path.replace("'", "''") + "'"
-        con.execute(f"ATTACH {quoted} AS {CATALOG} (DATA_PATH {data})")
+        with _attaching(lake):
+            con.execute(f"ATTACH {quoted} AS {CATALOG} (DATA_PATH {data})")
     except duckdb.IOException:
         con.close()
         raise                 # the catalog or the data not answering: unavailable_as says so
@@ -153,6 +155,24 @@ def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
+
+
+@contextmanager
+def _attaching(lake: Lake) -> Iterator[None]:
+    """One ATTACH of the lake at a time, across processes: the first creates DuckLake's tables in the catalog
+    database, and two collectors starting together on a new lake both did (the second failed: relation
+    "ducklake_metadata" already exists)."""
+    import psycopg
+
+    con = session(lake)
+    con.execute("SELECT pg_advisory_lock(%s)", [ATTACH_KEY])
+    try:
+        yield
+    finally:
+        try:
+            con.execute("SELECT pg_advisory_unlock(%s)", [ATTACH_KEY])
+        except psycopg.Error:
+            con.close()        # the session is gone, and its lock with it
 
 
 def _one_line(text: str) -> str:
