@@ -56,6 +56,7 @@ def collect(db, spool_dir, redis_url, consumer, once, interval, config_path, htt
     from collectors.http import Listener, http_settings
     from collectors.http.otlp import PATH, Receiver
     from collectors.pricing import PriceFileError
+    from collectors.store import StoreLocked
     from collectors.store.lake import LakeUnavailable
 
     if consumer:
@@ -66,7 +67,7 @@ def collect(db, spool_dir, redis_url, consumer, once, interval, config_path, htt
         window_s, assess = assessment(cfg) if listen else (None, None)
         collector = build_collector(cfg, db, sources=config.transport(cfg, spool=spool_dir, redis_url=redis_url),
                                     interval=interval)
-    except (ValueError, PriceFileError, LakeUnavailable) as exc:
+    except (ValueError, PriceFileError, LakeUnavailable, StoreLocked) as exc:   # StoreUnavailable too
         raise click.ClickException(str(exc)) from None
     if once:
         try:
