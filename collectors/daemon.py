@@ -33,7 +33,7 @@ from collectors.pricing import PriceBook
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
-from collectors.store import connection, lake, migrate, utcnow
+from collectors.store import connection, lake, migrate, request_costs, utcnow
 from collectors.store.ingest import MalformedBatch, decode, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact, roll_tiers
@@ -177,6 +177,7 @@ class Collector:
     def _write_ingest(self, source, good: list, bad: list, notes: Counter) -> int:
         """One ingest transaction; on a lake it runs beside other collectors' (a shared write) and is run
         again when another's commit conflicted with it (StoreBusy: nothing of it was written)."""
+        taken = False
         for attempt in range(1, BUSY_TRIES + 1):
             try:
                 with connection.write(self.db, exclusive=False) as con:
@@ -188,11 +189,14 @@ class Collector:
                         con.executemany("INSERT INTO ingest_rejects VALUES (now()::TIMESTAMP, NULL, ?, ?, ?)",
                                         [(kind, reason, n) for (kind, reason), n in notes.items()])
                     if hasattr(source, "still_ours") and not source.still_ours([item for item, _ in good]):
-                        # Held past half the claim time: another collector may have claimed them by now.
-                        raise connection.StoreBusy(f"batches from {source.name} were held too long to commit")
+                        # Claimed by another collector meanwhile (this write outlasted the claim time): it
+                        # ingests them, so not tried again here.
+                        taken = True
+                        raise connection.StoreBusy(f"batches from {source.name} were claimed by another "
+                                                   f"collector before this write committed")
                 return events
             except connection.StoreBusy:
-                if attempt == BUSY_TRIES:
+                if attempt == BUSY_TRIES or taken:
                     raise
                 log.debug("ingest from %s lost to another collector's commit; again (%d)", source.name, attempt)
                 time.sleep(random.uniform(0.01, 0.1 * attempt))
@@ -424,6 +428,8 @@ class Collector:
             with connection.write(self.db) as con:
                 removed = compact(con, lo, hi + timedelta(minutes=1))
                 roll_tiers(con, utcnow(), touched=(lo, hi + timedelta(minutes=1)))
+                if self.lease is not None:    # ingests that ran side by side: see request_costs.attach_events
+                    request_costs.attach_events(con, lo, hi + timedelta(minutes=1))
         except Exception:
             if self.lease is not None:        # kept for the next compaction, whoever runs it
                 self.lease.note_ingested(lo, hi)

@@ -213,6 +213,28 @@ class SpoolSource:
         pass
 
 
+# KEYS[1] the stream; ARGV: group, consumer, entry ids. 1 when every entry is pending to the consumer, which then
+# holds them afresh (XCLAIM resets their idle time; JUSTID leaves their delivery count); else 0. One script:
+# no other collector's XAUTOCLAIM comes between the check and the claim.
+_RENEW_IF_OURS = """
+for i = 3, #ARGV do
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+    if #p == 0 or p[1][2] ~= ARGV[2] then
+        return 0
+    end
+end
+for first = 3, #ARGV, 100 do
+    local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+    for i = first, math.min(first + 99, #ARGV) do
+        args[#args + 1] = ARGV[i]
+    end
+    args[#args + 1] = 'JUSTID'
+    redis.call(unpack(args))
+end
+return 1
+"""
+
+
 class RedisSource:
     """The batch stream, read through a consumer group. Entries are acknowledged (and deleted) only
     after the DuckDB commit, so a daemon killed mid-ingest finds them again as pending.
@@ -235,7 +257,6 @@ class RedisSource:
         self.consumer = consumer or os.environ.get("PERFDECK_CONSUMER") or socket.gethostname()
         claim_s = os.environ.get("PERFDECK_CLAIM_IDLE_S")
         self.claim_idle_ms = int(float(claim_s) * 1000) if claim_s else self.CLAIM_IDLE_MS
-        self._delivered: dict[str, float] = {}   # entry id -> when it was (re)delivered to us (monotonic)
         self.name = f"redis:{stream}"
         self._own_pending_done = False
         self._notes: Counter = Counter()
@@ -268,10 +289,8 @@ class RedisSource:
             self._recreate_group()
             entries = self._next_entries(max_items)
         items, size, gone = [], 0, []
-        delivered = time.monotonic()
         for entry_id, fields in entries:
             name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            self._delivered[name] = delivered
             if not fields:                # deleted (trimmed) after delivery: only its id is left
                 gone.append(name)
                 continue
@@ -314,14 +333,28 @@ class RedisSource:
         return reply[0][1] if reply else []
 
     def still_ours(self, items: list[Item]) -> bool:
-        """Whether these were delivered to us less than half the claim time ago: past it, another collector
-        may claim them, so the write must not commit (they are read again, or the other ingests them)."""
-        now = time.monotonic()
-        return all(now - self._delivered.get(i.name, now) < self.claim_idle_ms / 2000 for i in items)
+        """Just before the commit of their write: whether these entries are still pending to us, and if so
+        held afresh (their idle time reset, as by a new delivery), so no other collector claims them for
+        the next claim time, in which the commit ends. False when another collector claimed them (we were
+        slower than the claim time: it ingests them) or Redis cannot say: the write must not commit.
+        (Timing the hold from the delivery instead livelocked: a write slower than that never committed.)"""
+        import redis
+
+        ids = [i.name for i in items]
+        if not ids:
+            return True
+        try:
+            return bool(self.client.eval(_RENEW_IF_OURS, 1, self.stream, self.GROUP, self.consumer, *ids))
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):     # Redis flushed or restarted empty: nobody can claim them, or read them again
+                return True
+            log.warning("cannot check that %d entries of %s are still ours: %s", len(ids), self.stream, exc)
+            return False
+        except redis.RedisError as exc:
+            log.warning("cannot check that %d entries of %s are still ours: %s", len(ids), self.stream, exc)
+            return False
 
     def ack(self, items: list[Item]) -> None:
-        for i in items:
-            self._delivered.pop(i.name, None)
         if items:
             ids = [i.name for i in items]
             pipe = self.client.pipeline()
