@@ -23,7 +23,7 @@ SLOW_MODULES = {
     "test_demo_services", "test_demo_switch", "test_health", "test_ingest_faults", "test_ingest_property",
     "test_names_as_text", "test_notify", "test_otlp", "test_pipeline", "test_queries_pipeline", "test_redact", "test_redis_depth",
     "test_sampler_database", "test_sampler_redis", "test_sdk_faults", "test_sources_faults", "test_time_range_url",
-    "test_viewer_auth",
+    "test_viewer_auth", "test_lake",
 }
 
 
