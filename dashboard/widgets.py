@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,10 +21,12 @@ import streamlit as st
 
 from collectors.health import assess
 from collectors.redact import redact
-from collectors.store import StoreLocked, StoreMissing, db_path, read, utcnow
+from collectors.store import StoreLocked, StoreMissing, StoreUnavailable, db_path, read, utcnow
+from collectors.store.lake import Lake, LakeUnavailable
 from dashboard import charts, columns, queries
 from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
 from dashboard.queries._run import QueryLimitExceeded, QueryTooSlow, query_timeout_s
+from dashboard.queries.storage import store_name
 
 CACHE_TTL_S = 10
 # Relative ranges end at "now" rounded down to this, so reruns within it share cache entries.
@@ -162,11 +165,17 @@ def _custom_range(sb) -> TimeRange:
     return TimeRange(CUSTOM, start=start.replace(tzinfo=None), end=end.replace(tzinfo=None))
 
 
+def store_key(store: Path | Lake) -> str:
+    """What read() is handed (and the cache is keyed on): the file's path, or the lake's whole spec. A
+    lake's str() is redacted, and a catalog whose password is masked cannot be reached: so never str()."""
+    return store.spec if isinstance(store, Lake) else str(store)
+
+
 def service_names() -> list[str]:
-    """Services that have reported requests; [] when the store is missing, empty or busy."""
+    """Services that have reported requests; [] when the store is missing, empty, busy or unreachable."""
     try:
-        frames = _cached(str(db_path()), (("services", ()),))
-    except (StoreMissing, StoreLocked, duckdb.Error):
+        frames = _cached(store_key(db_path()), (("services", ()),))
+    except (StoreMissing, StoreLocked, LakeUnavailable, duckdb.Error):
         return []  # the page body explains what is wrong
     return [] if isinstance(frames, _OverLimit) else frames[0]["service"].tolist()
 
@@ -205,16 +214,24 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
         if fn.__name__ not in queries.__all__:
             raise ValueError(f"{fn.__name__} is not a dashboard.queries function")
     frozen = tuple(sorted(params.items()))
-    path = db_path()
     try:
-        frames = _cached(str(path), tuple((fn.__name__, frozen) for fn in calls.values()))
+        path = db_path()
+        frames = _cached(store_key(path), tuple((fn.__name__, frozen) for fn in calls.values()))
     except StoreMissing:
         no_data_yet(f"There is no perfdeck store at `{path}` yet.")
         return None
     except duckdb.CatalogException:
-        no_data_yet(f"The store at `{path}` has not been initialised.")
+        where = f"The lake {as_text(store_name(path))}" if isinstance(path, Lake) else f"The store at `{path}`"
+        no_data_yet(f"{where} has not been initialised.")
         return None
-    except StoreLocked:
+    except LakeUnavailable as exc:      # a lake as configured cannot be opened: extensions, data path missing
+        st.error(f"**The store cannot be opened.** {as_text(exc)}", icon=":material/error:")
+        return None
+    except StoreUnavailable as exc:     # a lake whose catalog database or data path did not answer
+        st.warning(f"**The store is not answering.** {as_text(exc)}. This view tries again on the next refresh "
+                   "(or reload the page).", icon=":material/cloud_off:")
+        return None
+    except StoreLocked:                 # the file only: a lake's reads are snapshots and never wait
         st.warning(
             "The store is busy: the collector held it longer than expected. This view will try "
             "again on the next refresh (or reload the page).", icon=":material/hourglass:",

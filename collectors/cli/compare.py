@@ -234,6 +234,7 @@ def compare(before, after, version, span, service, alpha, min_ratio, min_request
     the whole CI lies above --min-ratio (×1.10). Exit 1 when an endpoint regressed, 0 when none did,
     2 on an error (bad windows, no store, no data). A window still open is judged on the data so far."""
     from collectors.store import StoreLocked, StoreMissing, read, utcnow
+    from collectors.store.lake import LakeUnavailable
     from dashboard.queries.compare import compare_windows
 
     now = utcnow()
@@ -259,7 +260,7 @@ def compare(before, after, version, span, service, alpha, min_ratio, min_request
                 title = service or "all services"
             df = compare_windows(con, before=windows[0], after=windows[1], service=service, min_requests=min_requests,
                                  alpha=alpha, min_ratio=min_ratio, now=now)
-    except (StoreMissing, StoreLocked) as exc:
+    except (StoreMissing, StoreLocked, LakeUnavailable) as exc:
         raise CompareError(str(exc)) from None
     if df.empty:
         raise CompareError("no endpoint has requests in both windows"

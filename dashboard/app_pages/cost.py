@@ -13,8 +13,8 @@ from collectors.formatting import money, percent
 from collectors.health.settings import configured_thresholds
 from collectors.pricing import PriceBook
 from collectors.store import db_path, utcnow
-from collectors.store.connection import DEFAULT_DB
 from dashboard import charts, columns, widgets
+from dashboard.queries.storage import cli_command
 
 st.title("Cost")
 filters = widgets.sidebar_filters()
@@ -84,7 +84,7 @@ def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> Non
     if not totals.unpriced_calls:
         return
     tokens = int(unpriced["input_tokens"].sum() + unpriced["output_tokens"].sum())
-    store = "" if db_path() == DEFAULT_DB else f" --db {db_path()}"
+    command = cli_command(db_path(), "reprice --since 30d")
     known = unpriced.apply(lambda r: priced_now(price_book(prices_file), r.provider, r.model), axis=1).astype(bool)
     unknown = unpriced[~known]
 
@@ -104,7 +104,7 @@ def unpriced_note(totals: pd.Series, unpriced: pd.DataFrame, prices_file) -> Non
     st.warning(
         f"**{totals.unpriced_calls:,} calls ({tokens:,} tokens) have no price** and are not in the spend "
         f"below. {' '.join(why)} Then price the calls already recorded:\n\n"
-        f"```\nperfdeck reprice --since 30d{store}\n```", icon=":material/price_change:")
+        f"```\n{command}\n```", icon=":material/price_change:")
 
 
 def headline(t: pd.Series, overall: pd.Series, budget: pd.DataFrame, target: float) -> None:
