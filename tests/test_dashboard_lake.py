@@ -22,6 +22,7 @@ from dashboard.actions import VIEWER, NotAuthorized, make_preview, run_action
 from dashboard.actions.access import SESSION_KEY, hash_password, log_in, operator_config
 from dashboard.actions.store_actions import CompactStore, PurgeRawData
 from dashboard.queries.storage import cli_command, lake_storage, store_name
+from dashboard.widgets import store_key
 from tests.helpers import OPERATOR, clear_health_env
 from tests.pg import lake_store, pg_cluster  # noqa: F401
 from tests.seed_health import seed_health
@@ -155,6 +156,7 @@ def test_every_page_shows_the_same_figures_on_the_lake_as_on_the_file(twins, env
 def test_the_lake_is_named_without_its_password(lake_store):  # noqa: F811
     lake = with_password(lake_store)
     assert PASSWORD not in store_name(lake) and "dbname=" in store_name(lake)
+    assert store_key(lake) == lake.spec and db_path(store_key(lake)) == lake   # what reads get: the password too
     command = cli_command(lake, "reprice --since 30d")
     assert PASSWORD not in command
     assert command.startswith(f"PERFDECK_LAKE_DATA_PATH={lake.data_path} perfdeck reprice --since 30d --db 'ducklake:")
@@ -367,3 +369,23 @@ def test_compare_on_a_lake_that_does_not_answer_is_one_line_and_exit_2(env, lake
     result = CliRunner().invoke(compare, ["--before", "-2h..-1h", "--after", "-1h..now", "--db", lake_store.spec])
     assert result.exit_code == 2, result.output
     assert "needs a data path" in result.output and "Traceback" not in result.output
+
+
+def test_dashboard_and_advise_on_a_lake_without_its_data_path_are_one_line(env, lake_store, tmp_path):  # noqa: F811
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from collectors.cli import advise
+    from collectors.cli.dashboard import dashboard
+
+    env.delenv("PERFDECK_LAKE_DATA_PATH")
+    spec = with_password(lake_store).spec
+    app = tmp_path / "app.sqlite"
+    with sqlite3.connect(app) as con:
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    for command, args in ((dashboard, ["--db", spec, "--port", "1"]),
+                          (advise, ["--db", f"sqlite:///{app}", "--store", spec])):
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 1 and "needs a data path" in result.output, result.output
+        assert "Traceback" not in result.output and PASSWORD not in result.output

@@ -307,6 +307,7 @@ def advise(database, queries, queries_file, store, as_json) -> None:
     from collectors.advisor.advise import advise as run_advisor
     from collectors.advisor.model import Statement
     from collectors.store import db_path
+    from collectors.store.lake import LakeUnavailable
 
     url, target = _advise_target(database)
     try:
@@ -317,7 +318,11 @@ def advise(database, queries, queries_file, store, as_json) -> None:
     texts = list(queries) + (_queries_from_file(queries_file, dialect) if queries_file else [])
     statements = [Statement(t, 1, 0.0, "given", key=t) for t in texts] or None
     recorded = []
-    if statements is None and db_path(store).exists():
+    try:
+        recorded_too = statements is None and db_path(store).exists()
+    except LakeUnavailable as exc:        # a lake without its data path: one line, not a traceback
+        raise click.ClickException(str(exc)) from None
+    if recorded_too:
         with reading(store) as con:
             recorded = store_workload(con, url, target)
     try:

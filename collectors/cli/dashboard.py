@@ -173,6 +173,12 @@ def dashboard(db, port, address, no_auth, streamlit_args) -> None:
     warning = exposure(resolve_address(address, streamlit_args), no_auth)
     if warning:
         click.echo(f"perfdeck dashboard: {warning}", err=True)
+    from collectors.store.lake import LakeUnavailable
+
     cmd = dashboard_command(port, streamlit_args, address=address)
+    try:
+        env = dashboard_env(db)
+    except LakeUnavailable as exc:        # e.g. a lake without its data path: one line, not a traceback
+        raise click.ClickException(str(exc)) from None
     # Become Streamlit rather than wrap it, so signals (Ctrl-C, SIGTERM) reach it directly.
-    os.execve(cmd[0], cmd, dashboard_env(db))
+    os.execve(cmd[0], cmd, env)
