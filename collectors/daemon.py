@@ -502,7 +502,10 @@ class Collector:
                 self._isolated("source status", self.record_source_status)
                 self._next_status = now + STATUS_EVERY_S
             if self.lease is not None:
-                self._holding = bool(self._isolated("duties lease", self.lease.renew, default=False))
+                holding = bool(self._isolated("duties lease", self.lease.renew, default=False))
+                if holding and not self._holding and self.alerts is not None:
+                    self.alerts.forget()        # another collector may have advanced them since we held them
+                self._holding = holding
             if self._due("compaction", self.compact_every, now):
                 self._isolated("compaction", self.compact)
             if self._due("retention", self.retention_every, now):
