@@ -228,7 +228,8 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
         st.error(f"**The store cannot be opened.** {as_text(exc)}", icon=":material/error:")
         return None
     except StoreUnavailable as exc:     # a lake whose catalog database or data path did not answer
-        st.warning(f"**The store is not answering.** {as_text(exc)}. This view tries again on the next refresh "
+        said = str(exc)        # "the lake <name> is not answering: <why>"
+        st.warning(f"{as_text(said[:1].upper() + said[1:])}. This view tries again on the next refresh "
                    "(or reload the page).", icon=":material/cloud_off:")
         return None
     except StoreLocked:                 # the file only: a lake's reads are snapshots and never wait

@@ -23,7 +23,7 @@ from dashboard.actions.access import SESSION_KEY, hash_password, log_in, operato
 from dashboard.actions.store_actions import CompactStore, PurgeRawData
 from dashboard.queries.storage import cli_command, lake_storage, store_name
 from dashboard.widgets import store_key
-from tests.helpers import OPERATOR, clear_health_env
+from tests.helpers import OPERATOR, clear_health_env, shown_text
 from tests.pg import lake_store, pg_cluster  # noqa: F401
 from tests.seed_health import seed_health
 from tests.seed_pipeline import seed_pipeline
@@ -322,14 +322,14 @@ def test_an_unreachable_lake_is_said_on_the_page_without_its_password(env, lake_
                 lake_store.data_path)
     use(env, gone)
     at = render("overview.py", utcnow())
-    said = [e.value for e in (*at.error, *at.warning) if "store" in e.value]
-    assert said and said[0].startswith("**The store is not answering.**"), said
+    said = [shown_text(e.value) for e in (*at.error, *at.warning) if "not answering" in e.value]
+    assert said and said[0].startswith("The lake DuckLake ") and "does not exist" in said[0], said
+    assert said[0].endswith("This view tries again on the next refresh (or reload the page).")
     assert PASSWORD not in everything_shown(at)
     assert db_path(gone.spec) == gone
 
 
 def test_the_cost_page_asks_to_reprice_the_lake_without_showing_its_password(env, lake_store, tmp_path):  # noqa: F811
-    from tests.helpers import shown_text
     from tests.seed_cost import call, seed_cost
 
     lake = with_password(lake_store)
