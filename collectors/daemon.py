@@ -33,8 +33,8 @@ from collectors.pricing import PriceBook
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
 from collectors.sources import Item, RedisSource, SpoolSource
-from collectors.store import connection, lake, migrate, request_costs, utcnow
-from collectors.store.ingest import MalformedBatch, decode, write_batches
+from collectors.store import connection, lake, migrate, utcnow
+from collectors.store.ingest import MalformedBatch, decode, merges, write_batches
 from collectors.store.retention import purge
 from collectors.store.rollups import compact, roll_tiers
 from collectors.store.schema import Limits
@@ -175,12 +175,14 @@ class Collector:
         return report
 
     def _write_ingest(self, source, good: list, bad: list, notes: Counter) -> int:
-        """One ingest transaction; on a lake it runs beside other collectors' (a shared write) and is run
-        again when another's commit conflicted with it (StoreBusy: nothing of it was written)."""
+        """One ingest transaction. On a lake it runs beside other collectors' (a shared write) unless a batch
+        has rows merged with other batches' (ingest.merges), and is run again when another's commit
+        conflicted with it (StoreBusy: nothing of it was written)."""
         taken = False
+        alone = any(merges(batch) for _, batch in good)
         for attempt in range(1, BUSY_TRIES + 1):
             try:
-                with connection.write(self.db, exclusive=False) as con:
+                with connection.write(self.db, exclusive=alone) as con:
                     events = write_batches(con, [b for _, b in good], source.name)
                     if bad:
                         con.executemany("INSERT INTO quarantine VALUES (now()::TIMESTAMP, ?, ?, ?)",
@@ -428,8 +430,6 @@ class Collector:
             with connection.write(self.db) as con:
                 removed = compact(con, lo, hi + timedelta(minutes=1))
                 roll_tiers(con, utcnow(), touched=(lo, hi + timedelta(minutes=1)))
-                if self.lease is not None:    # ingests that ran side by side: see request_costs.attach_events
-                    request_costs.attach_events(con, lo, hi + timedelta(minutes=1))
         except Exception:
             if self.lease is not None:        # kept for the next compaction, whoever runs it
                 self.lease.note_ingested(lo, hi)

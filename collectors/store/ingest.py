@@ -479,6 +479,17 @@ def _write_queries(con: duckdb.DuckDBPyConnection, b: Batch, df: pd.DataFrame) -
             buckets, [b.service])
 
 
+# Kinds whose rows are merged at ingest with rows other batches wrote: a request's LLM calls into its cost
+# row and call span (whichever batch brings its calls or its event), a cache's size into the largest of its
+# minute. On a lake, two writes side by side would each miss the other's rows, so a batch with any of
+# these is written alone (Collector._write_ingest); the other kinds only append.
+MERGED_KINDS = ("llm", "cache_sizes")
+
+
+def merges(batch: Batch) -> bool:
+    return any(batch.frames.get(kind) is not None for kind in MERGED_KINDS)
+
+
 @dataclass(frozen=True)
 class Stored:
     """How one kind's rows, validated against schema.KINDS, become what its table takes."""

@@ -112,10 +112,9 @@ def add(con: duckdb.DuckDBPyConnection, calls: pd.DataFrame | None, earliest, la
 
 
 def attach_events(con: duckdb.DuckDBPyConnection, earliest, latest) -> None:
-    """Step 2 alone: rows still without an event, first called within EVENT_MARGIN of `earliest`..`latest`,
-    take their event. On a lake the compaction runs it again over the minutes ingested: two ingests
-    committed side by side, one with a request's event and one with its calls, each without the other's
-    rows in sight, left the request without its event (collectors.store.lake)."""
+    """Step 2: rows still without an event, first called within EVENT_MARGIN of `earliest`..`latest`, take
+    their event. (On a lake a batch with calls is written alone, so it sees every event committed before
+    it, and a batch with events written after it sees its row: collectors.store.ingest.MERGED_KINDS.)"""
     span = {"since": earliest - EVENT_MARGIN, "until": latest + EVENT_MARGIN}
     waiting = con.execute(_WAITING, span).df()
     if waiting.empty:
