@@ -17,7 +17,7 @@ from collectors.health import ASSESSED_COLUMNS
 from collectors.health.alerts import AlertEngine
 from collectors.health.settings import AlertSettings
 from collectors.store import db_path, read, utcnow, write
-from collectors.store.lake import Lake
+from collectors.store.lake import KEEP_SNAPSHOTS, Lake
 from dashboard.actions import VIEWER, NotAuthorized, make_preview, run_action
 from dashboard.actions.access import SESSION_KEY, hash_password, log_in, operator_config
 from dashboard.actions.store_actions import CompactStore, PurgeRawData
@@ -229,6 +229,7 @@ def test_compaction_on_the_lake_merges_runs_ducklake_maintenance_and_reports_its
     params, preview = make_preview(action, {}, actor=OPERATOR)
     assert preview.count == 500 and preview.confirm is None and preview.statements == ["CHECKPOINT"]
     assert "Parquet files" in preview.summary and "file." not in preview.summary and PASSWORD not in preview.summary
+    assert f"expires snapshots older than {KEEP_SNAPSHOTS}" in preview.summary    # what checkpoint() sets, fresh lake too
     with read(lake) as con:
         live = lake_storage(con).iloc[0]
     assert preview.data["files"] == live.live_files > 0 and preview.data["size"] == live.live_bytes > 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from collectors import formatting as fmt
 from collectors.store import StoreBusy, StoreLocked, StoreMissing, StoreUnavailable, connection, read, utcnow, write
-from collectors.store.lake import Lake, LakeUnavailable
+from collectors.store.lake import KEEP_SNAPSHOTS, Lake, LakeUnavailable
 from collectors.store.retention import count_expired, purge_table, retention_days
 from collectors.store.rollups import compact, mergeable, roll_tiers
 from dashboard.actions.framework import Action, Field, InvalidInput, Preview, Progress, Result, TargetUnavailable
@@ -160,8 +160,8 @@ class CompactStore(_StoreAction):
             summary = f"{merge} the {fmt.size(size['size'])} file."
         else:
             summary = (f"{merge} the lake: DuckLake's maintenance flushes rows held in its catalog to Parquet, "
-                       f"merges small files, expires snapshots older than {_age(size['expire_older_than'])} and "
-                       f"removes files unused for {_age(size['delete_older_than'])}. {_lake_size(size)}")
+                       f"merges small files, expires snapshots older than {KEEP_SNAPSHOTS} and removes files unused "
+                       f"for {KEEP_SNAPSHOTS}. {_lake_size(size)}")
         return Preview(
             summary=summary, statements=["CHECKPOINT"],
             rows=[{"table": t, "rows to merge": n} for t, n in counts.items()],
@@ -193,10 +193,6 @@ def _option(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _age(value) -> str:
-    return value if isinstance(value, str) and value else "DuckLake's default"   # NULL in the catalog: unset
-
-
 def _kept(size: dict) -> str:
     """What the lake holds on storage besides its current data, and when that goes."""
     older = size["kept_files"] + size["scheduled_files"]
@@ -207,7 +203,7 @@ def _kept(size: dict) -> str:
     files = (f"{older:,} files of older snapshots or replaced by merges"
              + ("" if held else f" (at least {fmt.size(size['kept_bytes'])})"))
     return (f"; {held + ', with ' if held else ''}{files}, kept for readers of those snapshots until unused "
-            f"for {_age(size['delete_older_than'])} (a maintenance run after that removes them)")
+            f"for {KEEP_SNAPSHOTS} (a maintenance run after that removes them)")
 
 
 def _lake_size(size: dict) -> str:
