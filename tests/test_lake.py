@@ -191,18 +191,22 @@ def pending_of(client: redis.Redis, consumer: str) -> list[str]:
 
 
 class Sender(threading.Thread):
-    """An app sending `n` batches to the stream through the SDK's transport, a few milliseconds apart."""
+    """An app sending batches to the stream through the SDK's transport, a few milliseconds apart: at
+    least `n`, and on until `done` is set (so the collectors are ingesting whenever the test kills one)."""
 
     def __init__(self, redis_url: str, n: int):
         super().__init__(daemon=True)
         self.redis_url, self.n = redis_url, n
+        self.done = threading.Event()
         self.sent: list[str] = []
         self.called: set[str] = set()      # request ids with an LLM call
 
     def run(self) -> None:
         transport, now = RedisTransport(self.redis_url), time.time()
         try:
-            for i in range(self.n):
+            for i in range(5000):
+                if i >= self.n and self.done.is_set():
+                    break
                 batch_id, payload, called = stream_batch(i, now)
                 transport.send(batch_id, payload)
                 self.sent.append(batch_id)
@@ -249,6 +253,7 @@ def test_two_collectors_one_killed_mid_ingest_count_every_event_once(lake_store,
         held_by_the_dead = pending_of(client, "A")
         time.sleep(1.0)
         collectors["A"].start()                          # the same consumer name, as a restarted service
+        sender.done.set()
         sender.join(60)
         assert wait_for(lambda: acked_by_group(client), timeout=120, interval=0.5), \
             f"stream not drained: {client.xpending(STREAM, RedisSource.GROUP)}"
@@ -257,6 +262,7 @@ def test_two_collectors_one_killed_mid_ingest_count_every_event_once(lake_store,
         assert [c.proc.returncode for c in collectors.values()] == [0, 0], \
             collectors["A"].output()[-3000:] + collectors["B"].output()[-3000:]
     finally:
+        sender.done.set()
         for c in collectors.values():
             if c.proc is not None:
                 stop(c.proc)
@@ -271,6 +277,12 @@ def test_two_collectors_one_killed_mid_ingest_count_every_event_once(lake_store,
         [(events, events)]
     assert lake_value(lake_store, "SELECT sum(requests) FROM request_rollup") == events
     assert lake_value(lake_store, "SELECT sum(count) FROM latency_hist") == events
+    # Compacted at the end by the holder of the duties: one row per key, whichever collector wrote the parts.
+    assert lake_rows(lake_store, "SELECT count(*), count(DISTINCT (minute, service, endpoint)) FROM request_rollup") \
+        == lake_rows(lake_store, "SELECT count(DISTINCT (minute, service, endpoint)), "
+                                 "count(DISTINCT (minute, service, endpoint)) FROM request_rollup")
+    assert lake_value(lake_store, "SELECT count(*) - count(DISTINCT (minute, service, endpoint, bucket)) "
+                                  "FROM latency_hist") == 0
     calls = len(sender.called)
     assert lake_value(lake_store, "SELECT count(*) FROM llm_calls") == calls
     # One row per request that called, with its one call and its event (from another batch).
@@ -420,35 +432,48 @@ def test_collect_on_a_lake_it_cannot_open_prints_one_line(lake_store, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("Error: ") and expected in lines[0], result.stderr
 
 
-# -- a request's event and its calls in two ingests at once ------------------------------------------------
-def test_an_event_and_its_calls_ingested_at_once_by_two_collectors_meet(lake_store, tmp_path, monkeypatch):  # noqa: F811
-    """Two collectors' ingests side by side (shared), one with a request's event, the other with its LLM
-    call: neither sees the other's rows before it commits. After the compaction the request's cost row
-    has its event, as on the DuckDB file."""
+# -- one request's rows in two ingests at once ------------------------------------------------------------
+def ingest_side_by_side(collectors: list[Collector], monkeypatch) -> list[int]:
+    """Each collector's ingest_pending() on a thread of its own, each write waiting (up to 2 s) inside its
+    transaction for the other's to be written too: side by side wherever the lake lets them be. The events
+    each wrote."""
     from collectors import daemon
 
-    now = time.time()
-    sends = {"event": dict(requests=[(now - 10, "/a", 5.0, 200, "GET", "r1", None)]),
-             "call": dict(llm=[(now - 11, "openai", "gpt-4o-mini", 10, 5, 0, "r1", "/a", "u", False, 100.0, 0)])}
-    collectors = []
-    for name, events in sends.items():
-        SpoolTransport(tmp_path / name).send(*encode(service="api", host="h", pid=1, sent_at=now, **events)[:2])
-        collectors.append(Collector(lake_store, spool_dir=tmp_path / name))
-    both_written, write_batches = threading.Barrier(2, timeout=30), daemon.write_batches
+    write_batches, written = daemon.write_batches, [threading.Event() for _ in collectors]
 
     def write_then_wait_for_the_other(con, batches, source):
-        written = write_batches(con, batches, source)
-        both_written.wait()                       # neither has committed yet
-        return written
+        n = write_batches(con, batches, source)
+        mine = next(i for i, c in enumerate(collectors) if source in {s.name for s in c.sources})
+        written[mine].set()
+        written[1 - mine].wait(2.0)              # neither has committed yet, unless the lake keeps them apart
+        return n
 
     monkeypatch.setattr(daemon, "write_batches", write_then_wait_for_the_other)
-    reports = []
+    reports: list = []
     threads = [threading.Thread(target=lambda c=c: reports.append(c.ingest_pending())) for c in collectors]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(r.events for r in reports) == [1, 1]
-    collectors[0].compact()
-    assert lake_rows(lake_store, "SELECT request_id, calls, has_event, endpoint, duration_ms FROM llm_requests") == \
-        [("r1", 1, True, "/a", 5.0)]
+    return sorted(r.events for r in reports)
+
+
+CALL = ("openai", "gpt-4o-mini", 10, 5, 0, "r1", "/a", "u", False, 100.0, 0)   # an LLM call of request r1, untimed
+
+
+@pytest.mark.parametrize("kinds", [("event", "call"), ("call", "call")])
+def test_one_requests_rows_ingested_at_once_by_two_collectors_meet(lake_store, tmp_path, monkeypatch, kinds):  # noqa: F811
+    """Two collectors ingest at once, one a request's event and the other its LLM call (or each a call of
+    it): the request has one cost row, with its event and every call, as on the DuckDB file."""
+    now = time.time()
+    sends = {"event": dict(requests=[(now - 10, "/a", 5.0, 200, "GET", "r1", None)]),
+             "call": dict(llm=[(now - 11, *CALL)])}
+    collectors = []
+    for i, kind in enumerate(kinds):
+        spool = tmp_path / f"spool-{i}"
+        SpoolTransport(spool).send(*encode(service="api", host="h", pid=1, sent_at=now, **sends[kind])[:2])
+        collectors.append(Collector(lake_store, spool_dir=spool))
+    assert ingest_side_by_side(collectors, monkeypatch) == [1, 1]
+    calls = kinds.count("call")
+    assert lake_rows(lake_store, "SELECT request_id, calls, has_event, endpoint FROM llm_requests") == \
+        [("r1", calls, "event" in kinds, "/a")]
