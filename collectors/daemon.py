@@ -51,8 +51,13 @@ MAX_BYTES_PER_TX = 64 * 1024 * 1024
 NOTIFIER_DRAIN_S = 5.0     # at stop, how long queued alert messages may take
 MAX_WRITE_TRIES = 3        # a batch whose write fails alone this often is quarantined
 STATUS_EVERY_S = 10.0      # between two rows of each source's backlog in ingest_sources
+# The store, not what is written, failing: locked, busy, not answering, a full disk, a lake misconfigured
+# (a changed password). Waited out, the rows kept; never counted toward quarantining them.
+STORE_AWAY = (connection.StoreLocked, duckdb.IOException, OSError, lake.LakeUnavailable)
 BUSY_TRIES = 5             # on a lake, a write that lost to another collector's commit is run again this often
-LAKE_MAINTENANCE_EVERY_S = 3600.0   # DuckLake CHECKPOINT: small files merged, old snapshots and files removed
+# DuckLake's CHECKPOINT: each ingest commit writes a small file per table (their number doubled in 5 minutes
+# of the demo's live traffic), merged here; old snapshots and unreferenced files removed.
+LAKE_MAINTENANCE_EVERY_S = 600.0
 _UPSERT_COMPONENT = """
     MERGE INTO components AS c
     USING (SELECT ?::VARCHAR AS name, ?::VARCHAR AS kind, ?::VARCHAR AS target, ?::VARCHAR AS status,
@@ -154,7 +159,7 @@ class Collector:
         try:
             report.events = self._write_ingest(source, good, bad, notes)
         except Exception as exc:
-            if isinstance(exc, connection.StoreLocked | duckdb.IOException | OSError):
+            if isinstance(exc, STORE_AWAY):
                 raise                            # the store or the disk, not the batches: wait it out
             if len(good) != 1:
                 self._split[source.name] = len(items)   # the source hands them again, oldest first
@@ -296,7 +301,7 @@ class Collector:
         items, self._pending_samples = self._pending_samples, []
         try:
             return self._write_sample_items(items)
-        except (connection.StoreLocked, duckdb.IOException, OSError):
+        except STORE_AWAY:
             self._pending_samples = items + self._pending_samples      # the store, not the rows: retry all
             raise
         except Exception:
@@ -305,7 +310,7 @@ class Collector:
         for item in items:
             try:
                 written += self._write_sample_items([item])
-            except (connection.StoreLocked, duckdb.IOException, OSError):
+            except STORE_AWAY:
                 self._pending_samples.append(item)
             except Exception:
                 log.exception("dropped rows for %s that the store refused", getattr(item, "table", "components"))

@@ -217,12 +217,13 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
     try:
         path = db_path()
         frames = _cached(store_key(path), tuple((fn.__name__, frozen) for fn in calls.values()))
-    except StoreMissing:
-        no_data_yet(f"There is no perfdeck store at `{path}` yet.")
-        return None
-    except duckdb.CatalogException:
-        where = f"The lake {as_text(store_name(path))}" if isinstance(path, Lake) else f"The store at `{path}`"
-        no_data_yet(f"{where} has not been initialised.")
+    except (StoreMissing, duckdb.CatalogException) as exc:
+        if isinstance(path, Lake):        # no catalog there yet, or no tables in it
+            no_data_yet(f"The lake {as_text(store_name(path))} has not been initialised.")
+        elif isinstance(exc, StoreMissing):
+            no_data_yet(f"There is no perfdeck store at `{path}` yet.")
+        else:
+            no_data_yet(f"The store at `{path}` has not been initialised.")
         return None
     except LakeUnavailable as exc:      # a lake as configured cannot be opened: extensions, data path missing
         st.error(f"**The store cannot be opened.** {as_text(exc)}", icon=":material/error:")

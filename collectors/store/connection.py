@@ -419,7 +419,7 @@ def write(path: str | os.PathLike | None = None, *, timeout: float = 30.0,
 @contextmanager
 def _lake_write(store: lake.Lake, timeout: float, exclusive: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     with lake.unavailable_as(StoreUnavailable, store), lake.locked(store, exclusive=exclusive, timeout=timeout):
-        cur = lake.cursor(store)
+        cur = lake.cursor(store, create=True)
         try:
             cur.begin()
             try:
@@ -443,13 +443,14 @@ def read(path: str | os.PathLike | None = None, *, timeout: float = 10.0) -> Ite
     """The store read-only for one unit of work: a cursor of this process's shared read connection
     (see the module's docstring), closed at the end of the block."""
     p = db_path(path)
-    if isinstance(p, lake.Lake):          # a snapshot: never waits for a writer
+    if isinstance(p, lake.Lake):          # one snapshot for the whole block: never waits for a writer
         with lake.unavailable_as(StoreUnavailable, p):
             cur = lake.cursor(p)
             try:
+                cur.begin()
                 yield cur
             finally:
-                cur.close()
+                cur.close()               # rolls the read-only transaction back
         return
     if not p.exists():   # said before any wait for a writer
         raise StoreMissing(f"no perfdeck store at {p} yet: run `perfdeck collect` (or `perfdeck demo`)")

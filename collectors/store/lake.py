@@ -115,11 +115,11 @@ class _Instances:
         self.lock = threading.Lock()
         self.open: dict[Lake, duckdb.DuckDBPyConnection] = {}
 
-    def get(self, lake: Lake) -> duckdb.DuckDBPyConnection:
+    def get(self, lake: Lake, create: bool) -> duckdb.DuckDBPyConnection:
         with self.lock:
             con = self.open.get(lake)
             if con is None:
-                con = self.open[lake] = _attach(lake)
+                con = self.open[lake] = _attach(lake, create)
             return con
 
     def close(self) -> None:
@@ -129,7 +129,9 @@ class _Instances:
             self.open.clear()
 
 
-def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
+def _attach(lake: Lake, create: bool) -> duckdb.DuckDBPyConnection:
+    """The lake attached to a new in-memory DuckDB. Only a writer may create it: a reader pointed at an empty
+    or mistyped database must not turn it into a lake with the data path it happened to be given."""
     from collectors.store.connection import read_settings
 
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
@@ -144,12 +146,16 @@ def _attach(lake: Lake) -> duckdb.DuckDBPyConnection:
         quoted = "'" + lake.spec.replace("'", "''") + "'"
         data = "'" + lake.data_path.replace("'", "''") + "'"
         with _attaching(lake):
-            con.execute(f"ATTACH {quoted} AS {CATALOG} (DATA_PATH {data})")
+            con.execute(f"ATTACH {quoted} AS {CATALOG} (DATA_PATH {data}, CREATE_IF_NOT_EXISTS {str(create).lower()})")
     except duckdb.IOException:
         con.close()
         raise                 # the catalog or the data not answering: unavailable_as says so
     except duckdb.Error as exc:
         con.close()
+        if "does not exist" in str(exc) and not create:
+            from collectors.store.connection import StoreMissing
+            raise StoreMissing(f"no perfdeck store at {lake.name} yet: run `perfdeck collect` on it first (or check "
+                               f"the database name)") from None
         raise LakeUnavailable(f"cannot open the lake {lake.name}: {_one_line(redact(str(exc), lake.spec))}") from None
     except BaseException:
         con.close()
@@ -206,6 +212,10 @@ def close_all() -> None:
     _sessions.open.clear()
 
 
+_MISCONFIGURED = re.compile(r"password authentication failed|no password supplied|role \"[^\"]*\" does not exist|"
+                            r"database \"[^\"]*\" does not exist|no pg_hba\.conf entry", re.IGNORECASE)
+
+
 @contextmanager
 def unavailable_as(error: type[Exception], lake: Lake) -> Iterator[None]:
     """The catalog or the data not answering (a PostgreSQL restart, a network, an unmounted folder), raised
@@ -215,12 +225,14 @@ def unavailable_as(error: type[Exception], lake: Lake) -> Iterator[None]:
     try:
         yield
     except (duckdb.IOException, duckdb.HTTPException, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        if _MISCONFIGURED.search(str(exc)):        # answering, and saying no: waiting will not help
+            raise LakeUnavailable(f"cannot open the lake {lake.name}: {_one_line(redact(str(exc), lake.spec))}") from None
         raise error(f"the lake {lake.name} is not answering: {_one_line(redact(str(exc), lake.spec))}") from None
 
 
-def cursor(lake: Lake) -> duckdb.DuckDBPyConnection:
-    """A cursor of the process's lake instance, its default catalog the lake."""
-    cur = _instances.get(lake).cursor()
+def cursor(lake: Lake, *, create: bool = False) -> duckdb.DuckDBPyConnection:
+    """A cursor of the process's lake instance, its default catalog the lake (made when `create`: writers)."""
+    cur = _instances.get(lake, create).cursor()
     cur.execute(f"USE {CATALOG}")
     return cur
 
