@@ -321,17 +321,6 @@ def checkpoint(lake: Lake, timeout: float) -> None:
             cur.close()
 
 
-def data_files(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-    """(files, bytes) of the lake's current Parquet data and delete files, from its catalog."""
-    row = con.execute(f"""
-        SELECT count(*), coalesce(sum(file_size_bytes), 0)
-        FROM (SELECT file_size_bytes FROM __ducklake_metadata_{CATALOG}.ducklake_data_file WHERE end_snapshot IS NULL
-              UNION ALL
-              SELECT file_size_bytes FROM __ducklake_metadata_{CATALOG}.ducklake_delete_file WHERE end_snapshot IS NULL)
-    """).fetchone()
-    return int(row[0]), int(row[1])
-
-
 # -- the schema as DuckLake takes it ------------------------------------------------------------------
 # Statements at the start of a line (so a comment that names one is left alone).
 _SEQUENCE = re.compile(r"^\s*CREATE\s+SEQUENCE\s+[^;]+;", re.IGNORECASE | re.MULTILINE)
