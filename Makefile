@@ -40,6 +40,7 @@ bench: install-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/host_sampler.py
 	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/lake.py    # PostgreSQL for the catalogs, Redis for the ingest part (skipped without)
 
 lint: install-dev
 	$(BIN)/ruff check .
