@@ -237,7 +237,7 @@ class Collector:
                     lows.append(values.min())
                     highs.append(values.max())
         if lows:
-            lo, hi = min(lows).floor("min").to_pydatetime(), max(highs).to_pydatetime()
+            lo, hi = min(lows).floor("min").to_pydatetime(), max(highs).ceil("us").to_pydatetime()
             if self.lease is not None:        # compacted by whichever collector holds the duties
                 self._isolated("noting ingested minutes", self.lease.note_ingested, lo, hi)
                 return

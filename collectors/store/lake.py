@@ -42,6 +42,7 @@ EXTENSIONS = {"postgres": "postgres_scanner", "ducklake": "ducklake", "httpfs": 
 LOCK_KEY = 0x7065_7266_6465_636B       # "perfdeck": the advisory lock writers share or hold alone
 TURNSTILE_KEY = LOCK_KEY + 1           # taken alone by a writer waiting for it alone (see locked())
 ATTACH_KEY = LOCK_KEY + 3              # one ATTACH at a time (see _attaching); + 2 is the lease's
+ATTACH_WAIT_S = 60.0
 INSTALL_HINT = "pip install 'perfdeck[lake]'"
 
 
@@ -170,8 +171,11 @@ def _attaching(lake: Lake) -> Iterator[None]:
     "ducklake_metadata" already exists)."""
     import psycopg
 
+    from collectors.store.connection import StoreLocked
+
     con = session(lake)
-    con.execute("SELECT pg_advisory_lock(%s)", [ATTACH_KEY])
+    if not _take(con, "pg_try_advisory_lock", ATTACH_KEY, time.monotonic() + ATTACH_WAIT_S):
+        raise StoreLocked(f"another process has been opening the lake {lake.name} for {ATTACH_WAIT_S:.0f} s; gave up")
     try:
         yield
     finally:
