@@ -136,13 +136,25 @@ PAGE_FILES = ["overview.py", "host.py", "caches.py", "database.py", "cost.py", "
               "ingest.py", "actions.py"]
 
 
-def test_every_page_shows_the_same_figures_on_the_lake_as_on_the_file(twins, env):
-    path, lake, now = twins
-    for page in PAGE_FILES:
+def renders_in_one_window(env, page: str, path, lake, now) -> tuple[AppTest, AppTest]:
+    """The page on the file and on the lake. Its health checks measure the last minutes of the real clock,
+    which can move on to another minute between two renders on a loaded machine: then the pair is rendered
+    again (the file rendered before and after the lake differ)."""
+    for _ in range(3):
         use(env, path)
         on_file = render(page, now)
         use(env, lake)
         on_lake = render(page, now)
+        use(env, path)
+        if figures(render(page, now)) == figures(on_file):
+            break
+    return on_file, on_lake
+
+
+def test_every_page_shows_the_same_figures_on_the_lake_as_on_the_file(twins, env):
+    path, lake, now = twins
+    for page in PAGE_FILES:
+        on_file, on_lake = renders_in_one_window(env, page, path, lake, now)
         shown = everything_shown(on_lake)
         assert PASSWORD not in shown, page
         assert "store is busy" not in shown and "No data yet" not in shown, (page, shown[:2000])
