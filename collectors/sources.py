@@ -259,6 +259,7 @@ class RedisSource:
         self.claim_idle_ms = int(float(claim_s) * 1000) if claim_s else self.CLAIM_IDLE_MS
         self.name = f"redis:{stream}"
         self._own_pending_done = False
+        self._handed: set[str] = set()        # entry ids fetched and not acknowledged yet
         self._notes: Counter = Counter()
         try:
             self._ensure_group()
@@ -281,6 +282,11 @@ class RedisSource:
     def fetch(self, max_items: int, max_bytes: int) -> list[Item]:
         import redis
 
+        if self._handed:
+            # What the last fetch handed out was not all acknowledged (its write failed): it comes again
+            # first, oldest first, as the daemon expects (else it waited CLAIM_IDLE_MS for XAUTOCLAIM).
+            self._own_pending_done = False
+            self._handed.clear()
         try:
             entries = self._next_entries(max_items)
         except redis.ResponseError as exc:
@@ -296,6 +302,7 @@ class RedisSource:
                 continue
             payload = fields.get(b"b", b"")
             items.append(Item(name, payload))
+            self._handed.add(name)
             size += len(payload)
             if size >= max_bytes:
                 # The rest were delivered to this consumer already: re-read them from its pending list.
@@ -357,6 +364,7 @@ class RedisSource:
     def ack(self, items: list[Item]) -> None:
         if items:
             ids = [i.name for i in items]
+            self._handed.difference_update(ids)
             pipe = self.client.pipeline()
             pipe.xack(self.stream, self.GROUP, *ids)
             pipe.xdel(self.stream, *ids)

@@ -327,6 +327,23 @@ def test_entries_deleted_before_ingest_are_counted_not_quarantined(own_redis, tm
 
 
 @pytest.mark.redis
+def test_entries_whose_write_failed_come_again_first(own_redis, tmp_path):
+    """A failed write acknowledges nothing: the next fetch hands the same entries again, oldest first (the
+    daemon then writes them one per transaction), not new ones while they wait out the claim time."""
+    send(own_redis.url, 3)
+    source = RedisSource(own_redis.url, tmp_path / "q", consumer="c1")
+    failed = source.fetch(10, 1 << 20)
+    send(own_redis.url, 2)
+    again = source.fetch(1, 1 << 20)
+    assert [i.name for i in again] == [failed[0].name]
+    source.ack(again)
+    rest = source.fetch(10, 1 << 20)
+    assert [i.name for i in rest] == [f.name for f in failed[1:]]
+    source.ack(rest)
+    assert len(source.fetch(10, 1 << 20)) == 2          # then the new ones
+
+
+@pytest.mark.redis
 def test_flush_database_preview_counts_the_unread_batches_it_loses(own_redis, tmp_path, monkeypatch,
                                                                    migrated_store, operator):
     monkeypatch.setenv("PERFDECK_CONFIG", str(tmp_path / "absent.toml"))
