@@ -508,6 +508,9 @@ class Collector:
                 self._next_status = now + STATUS_EVERY_S
             if self.lease is not None:
                 holding = bool(self._isolated("duties lease", self.lease.renew, default=False))
+                if holding != self._holding:
+                    log.info("%s the duties (compaction, retention, alerts, advisor, maintenance) as %s",
+                             "took" if holding else "lost", self.lease.holder)
                 if holding and not self._holding and self.alerts is not None:
                     self.alerts.forget()        # another collector may have advanced them since we held them
                 self._holding = holding

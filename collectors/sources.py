@@ -324,6 +324,9 @@ class RedisSource:
             _, claimed, *_ = self.client.xautoclaim(self.stream, self.GROUP, self.consumer,
                                                     min_idle_time=self.claim_idle_ms, count=max_items)
             entries = [e for e in claimed if e[1]]
+            if entries:
+                log.info("claimed %d entries of %s that a silent collector had read and not acknowledged",
+                         len(entries), self.stream)
         if not entries:
             entries = self._read(">", max_items, block=self.block_ms or None)
         return entries

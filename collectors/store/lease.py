@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS perfdeck.ingested (name text PRIMARY KEY, first_minut
 
 
 def holder_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """The collector's consumer name (--consumer) when it has one, else its host; and its pid."""
+    return f"{os.environ.get('PERFDECK_CONSUMER') or socket.gethostname()}:{os.getpid()}"
 
 
 class Lease:
