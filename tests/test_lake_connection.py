@@ -12,6 +12,17 @@ from collectors.store import connection, lake, migrate
 from tests.pg import lake_store, pg_cluster  # noqa: F401  (the fixtures)
 
 
+def open_failing(store, error: type[Exception], use: str = "read", **match) -> pytest.ExceptionInfo:
+    """What opening `store` to read (or write) raises, which must be `error`; the lake detached after."""
+    try:
+        with pytest.raises(error, **match) as caught:
+            with getattr(connection, use)(store) as con:
+                con.execute("SELECT 1")
+    finally:
+        lake.close_all()
+    return caught
+
+
 def test_a_read_block_is_one_snapshot(lake_store):  # noqa: F811
     with connection.write(lake_store) as con:
         migrate(con)
@@ -37,12 +48,7 @@ def test_a_reader_does_not_make_a_lake_of_an_empty_database(pg_cluster, tmp_path
     monkeypatch.setenv(lake.DATA_PATH_ENV, str(tmp_path))
     store = connection.db_path(f"ducklake:postgres:host=127.0.0.1 port={pg_cluster.port} user=postgres "
                                f"dbname=not_a_lake_yet")
-    try:
-        with pytest.raises(connection.StoreMissing, match="no perfdeck store at .* yet: run `perfdeck collect`"):
-            with connection.read(store) as con:
-                con.execute("SELECT 1")
-    finally:
-        lake.close_all()
+    open_failing(store, connection.StoreMissing, match="no perfdeck store at .* yet: run `perfdeck collect`")
     assert pg_cluster.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ducklake%'",
                               dbname="not_a_lake_yet") == [(0,)]
 
@@ -54,12 +60,7 @@ def test_a_catalog_that_says_no_is_misconfigured_not_away(pg_cluster, tmp_path, 
     monkeypatch.setenv(lake.DATA_PATH_ENV, str(tmp_path))
     store = connection.db_path(f"ducklake:postgres:host=127.0.0.1 port={pg_cluster.port} user=postgres "
                                f"dbname=no_such_database password=hunter2")
-    try:
-        with pytest.raises(lake.LakeUnavailable) as caught:
-            with getattr(connection, use)(store) as con:
-                con.execute("SELECT 1")
-    finally:
-        lake.close_all()
+    caught = open_failing(store, lake.LakeUnavailable, use)
     assert not isinstance(caught.value, connection.StoreUnavailable)
     assert 'database "no_such_database" does not exist' in str(caught.value)
     assert "hunter2" not in str(caught.value)
@@ -68,9 +69,4 @@ def test_a_catalog_that_says_no_is_misconfigured_not_away(pg_cluster, tmp_path, 
 def test_a_catalog_that_does_not_answer_is_away(tmp_path, monkeypatch):
     monkeypatch.setenv(lake.DATA_PATH_ENV, str(tmp_path))
     store = connection.db_path(f"ducklake:postgres:host=127.0.0.1 port={free_port()} user=postgres dbname=x")
-    try:
-        with pytest.raises(connection.StoreUnavailable, match="is not answering"):
-            with connection.read(store) as con:
-                con.execute("SELECT 1")
-    finally:
-        lake.close_all()
+    open_failing(store, connection.StoreUnavailable, match="is not answering")
