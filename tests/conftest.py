@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(items):
         module = item.module.__name__.rpartition(".")[2]
         if module in SLOW_MODULES or module.startswith("test_page_") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
-        if "lake_store" in getattr(item, "fixturenames", ()):
+        if "lake" in module or "lake_store" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.lake)
 
 

@@ -51,7 +51,9 @@ def _free_port() -> int:
 
 
 def _command(port: int) -> list[str]:
-    cli = ROOT / ".venv" / "bin" / "perfdeck"
+    # The perfdeck command of the interpreter running the tests: another venv's may hold another DuckDB,
+    # which cannot open a store this one wrote (make test-newest-duckdb).
+    cli = Path(sys.executable).parent / "perfdeck"
     if cli.exists() and subprocess.run([str(cli), "dashboard", "--help"], capture_output=True, check=False).returncode == 0:
         return [str(cli), "dashboard", "--port", str(port), "--server.headless", "true"]
     return [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),

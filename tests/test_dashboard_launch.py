@@ -223,7 +223,7 @@ def _build_wheel(out: Path, src: Path) -> Path:
     whose stale files later builds would ship). Offline when this venv's setuptools builds wheels by
     itself (>= 70.1, or the `wheel` package present); else pip fetches the build backend from PyPI."""
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "data", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"))
+        ".venv", ".venv-*", ".git", "data", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache"))
     try:
         major, minor = (int(x) for x in re.findall(r"\d+", version("setuptools"))[:2])
         offline = (major, minor) >= (70, 1) or shutil.which("wheel", path=str(Path(sys.executable).parent)) is not None
