@@ -10,11 +10,14 @@ What differs from the DuckDB file, and how the rest of the store copes:
   The migrations' DDL is adapted here (`adapt_ddl`); upserts are MERGE statements, which both backends
   run; ids come from `connection.next_id` (max + 1 under the exclusive write lock below).
 - **Writers.** A transaction that deletes from or updates a table fails at commit when another one
-  inserted into it meanwhile (DuckLake checks conflicts per table). So writes take a lock in the catalog
-  database: ingest (insert-only) takes it shared, and any number of collectors ingest at once; every other
-  write (compaction, retention, alerts, actions, migrations) takes it exclusive and runs alone, after the
-  ingests in flight. A collector killed mid-write drops its PostgreSQL session and with it the lock.
-- **Readers** see the snapshot committed when their transaction began, and never wait.
+  inserted into it meanwhile (DuckLake checks conflicts per table), and two writes side by side do not see
+  each other's rows. So writes take a lock in the catalog database: the ingest of batches that only append
+  takes it shared, and any number of collectors do that at once; a batch whose rows merge with other
+  batches' (collectors.store.ingest.merges) and every other write (compaction, retention, alerts, actions,
+  migrations) take it alone, after the writes in flight. A collector killed mid-write drops its PostgreSQL
+  session and with it the lock.
+- **Readers** see, for a whole read() block, the snapshot committed when it began, and never wait. Only
+  writers create a lake.
 
 The extensions come from the PyPI wheels that `pip install 'perfdeck[lake]'` brings (duckdb-extension-*),
 loaded by path: nothing is downloaded at run time. One DuckDB instance per process holds the attached lake
