@@ -43,9 +43,7 @@ def _store_errors() -> Iterator[None]:
     line on the page (and an audited failure), not a traceback."""
     try:
         yield
-    except LakeUnavailable as exc:
-        raise TargetUnavailable(str(exc)) from None
-    except (StoreMissing, StoreUnavailable) as exc:
+    except (LakeUnavailable, StoreMissing, StoreUnavailable) as exc:
         raise TargetUnavailable(str(exc)) from None
     except StoreBusy as exc:          # a lake commit that lost to another writer's: it wrote nothing
         raise TargetUnavailable(f"{exc}; try again") from None
@@ -146,8 +144,7 @@ class CompactStore(_StoreAction):
             row = lake_storage(con).iloc[0]
         return {"size": int(row.live_bytes), "files": int(row.live_files), "kept_bytes": int(row.kept_bytes),
                 "kept_files": int(row.kept_files), "scheduled_files": int(row.scheduled_files),
-                "folder_bytes": folder_bytes(store.data_path), "snapshots": int(row.snapshots),
-                "expire_older_than": _option(row.expire_older_than), "delete_older_than": _option(row.delete_older_than)}
+                "folder_bytes": folder_bytes(store.data_path), "snapshots": int(row.snapshots)}
 
     def preview(self, params: dict) -> Preview:
         with _store_errors():
@@ -187,10 +184,6 @@ class CompactStore(_StoreAction):
         return Result(f"Merged {removed:,} rollup rows; the lake's current data are {fmt.size(after['size'])} in "
                       f"{after['files']:,} Parquet files (were {fmt.size(before['size'])} in {before['files']:,})"
                       f"{_kept(after)}.", figures)
-
-
-def _option(value) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def _kept(size: dict) -> str:

@@ -4,9 +4,9 @@ through the catalog database DuckLake attaches beside the lake), so its figures 
 
 - live: the data files of the current snapshot, what every query reads;
 - kept: files that only older snapshots still reference (time travel), removed once those snapshots
-  expire (the lake's `expire_older_than`) and the files have been unused for `delete_older_than`;
-- scheduled: files no snapshot references any more, waiting out `delete_older_than` before the next
-  maintenance deletes them (the catalog keeps no size for them).
+  expire and the files have been unused for a while (both collectors.store.lake.KEEP_SNAPSHOTS);
+- scheduled: files no snapshot references any more, waiting out that time before the next maintenance
+  deletes them (the catalog keeps no size for them).
 """
 from __future__ import annotations
 
@@ -51,18 +51,14 @@ SELECT
     count(*) FILTER (WHERE NOT live)                     AS kept_files,
     coalesce(sum(bytes) FILTER (WHERE NOT live), 0)      AS kept_bytes,
     (SELECT count(*) FROM {METADATA}.ducklake_files_scheduled_for_deletion) AS scheduled_files,
-    (SELECT count(*) FROM {METADATA}.ducklake_snapshot)  AS snapshots,
-    (SELECT any_value(value) FROM {METADATA}.ducklake_metadata
-      WHERE key = 'expire_older_than' AND scope IS NULL) AS expire_older_than,
-    (SELECT any_value(value) FROM {METADATA}.ducklake_metadata
-      WHERE key = 'delete_older_than' AND scope IS NULL) AS delete_older_than
+    (SELECT count(*) FROM {METADATA}.ducklake_snapshot)  AS snapshots
 FROM files
 """
 
 
 def lake_storage(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    """One row: [live_files, live_bytes, kept_files, kept_bytes, scheduled_files, snapshots,
-    expire_older_than, delete_older_than] of the lake `con` reads (see the module's docstring)."""
+    """One row: [live_files, live_bytes, kept_files, kept_bytes, scheduled_files, snapshots] of the lake
+    `con` reads (see the module's docstring)."""
     df, _ = run_query(LAKE_STORAGE_SQL, con=con)
     return df
 
