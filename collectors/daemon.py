@@ -32,7 +32,7 @@ import duckdb
 from collectors.pricing import PriceBook
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
-from collectors.sources import Item, RedisSource, SpoolSource
+from collectors.sources import Item, RedisSource, SpoolSource, collector_name
 from collectors.store import connection, lake, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, merges, write_batches
 from collectors.store.retention import purge
@@ -110,6 +110,7 @@ class Collector:
         self._last_failure: dict[str, str] = {}   # job -> its last error, while it keeps failing
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_run: dict[str, float] = {}   # job -> when this collector last ran it (DuckDB file)
+        self.name = collector_name()
         # On a lake, the duties lease decides who runs compaction, retention, alerts, the advisor and
         # maintenance, and when (collectors.store.lease).
         self.lease = None
@@ -367,7 +368,11 @@ class Collector:
             rows.append((source.name, *(status.get(k) for k in ("pending", "oldest_pending_s", "stream_length",
                                                                  "stream_pending", "error"))))
         with connection.write(self.db, exclusive=False) as con:
-            con.executemany("INSERT INTO ingest_sources VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany("""
+                INSERT INTO ingest_sources (ts, source, pending, oldest_pending_s, stream_length, stream_pending, error,
+                                            collector)
+                VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)
+            """, [(*row, self.name) for row in rows])
 
     # -- index advisor ---------------------------------------------------------------------------
     def start_advisor(self, *, wait: bool = False) -> None:

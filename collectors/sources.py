@@ -235,6 +235,12 @@ return 1
 """
 
 
+def collector_name() -> str:
+    """This collector's name: its --consumer ($PERFDECK_CONSUMER), else its host. Its consumer in the Redis
+    group, the reporter of its sources' rows, the holder of the duties on a lake (with its pid)."""
+    return os.environ.get("PERFDECK_CONSUMER") or socket.gethostname()
+
+
 class RedisSource:
     """The batch stream, read through a consumer group. Entries are acknowledged (and deleted) only
     after the DuckDB commit, so a daemon killed mid-ingest finds them again as pending.
@@ -254,7 +260,7 @@ class RedisSource:
         self.stream, self.quarantine_dir, self.block_ms = stream, Path(quarantine_dir), block_ms
         # Collectors sharing the group need names of their own (perfdeck collect --consumer); a restarted
         # collector under its old name reads what it had pending at once, others claim it after CLAIM_IDLE_MS.
-        self.consumer = consumer or os.environ.get("PERFDECK_CONSUMER") or socket.gethostname()
+        self.consumer = consumer or collector_name()
         claim_s = os.environ.get("PERFDECK_CLAIM_IDLE_S")
         self.claim_idle_ms = int(float(claim_s) * 1000) if claim_s else self.CLAIM_IDLE_MS
         self.name = f"redis:{stream}"

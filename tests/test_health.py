@@ -358,6 +358,21 @@ def test_a_silent_collector_and_services_go_critical(pipeline):
     assert set(df["check"]) == {"no_data_s", "collector_silent_s"}
 
 
+def test_each_of_several_collectors_is_judged_on_its_own_reports(pipeline):
+    """On a lake two collectors report the same stream: the one that went silent is critical by its name,
+    though the other still reports."""
+    with write(pipeline) as con:
+        for name, ago in (("collector-a", 10), ("collector-b", 190)):
+            con.execute("INSERT INTO ingest_sources (ts, source, pending, collector) VALUES (?, 'redis:perfdeck:batches', 0, ?)",
+                        [NOW - timedelta(seconds=ago), name])
+    with read(pipeline) as con:
+        df = current_health(con, now=NOW)
+    silent = df[df["check"] == "collector_silent_s"].set_index("subject")
+    assert silent["severity"].to_dict() == {"collector collector-a": "healthy", "collector collector-b": "critical"}
+    assert silent.loc["collector collector-b", "message"] == \
+        "no report from the collector collector-b for 3.2 min (last report 11:57 UTC)"
+
+
 def test_no_data_levels_are_configurable_per_service_and_in_the_environment(pipeline, tmp_path, monkeypatch):
     path = tmp_path / "thresholds.toml"
     path.write_text("[[no_data_s.overrides]]\nservice = 'worker'\nwarning = 1800\ncritical = 7200\n")

@@ -113,7 +113,7 @@ def test_all_well(tmp_path, monkeypatch):
     with write(path) as con:
         migrate(con)
         con.execute("INSERT INTO ingested_batches VALUES ('b1', ?, 'api', 'h', 1, 5, ?)", [SPOOL, now])
-        con.execute("INSERT INTO ingest_sources VALUES (?, ?, 0, NULL, NULL, NULL, NULL)", [now, SPOOL])
+        con.execute("INSERT INTO ingest_sources (ts, source, pending) VALUES (?, ?, 0)", [now, SPOOL])
     monkeypatch.setenv("PERFDECK_DB", str(path))
     at = run_app(PAGE)
     assert [s.value for s in at.success] == ["All 6 ingest checks within their targets over the last 5 min."]

@@ -13,6 +13,7 @@ from seed_pipeline import API, COLLECTOR_REJECTS, DENIED, REDIS, SDK_LOSSES, SDK
 from collectors.store import migrate, read, write
 from dashboard.queries import (
     collector_rejects,
+    collector_reports,
     ingest_sources,
     last_batches,
     quarantine_counts,
@@ -133,6 +134,23 @@ def test_quarantined_batches_newest_first(seeded):
     assert df["reason"].iloc[0] == "batch schema: requests.ts expected a number"
     assert rows(counts, ["source", "batches"]) == [(SPOOL, 2)]
     assert len(cut) == 2 and cut.attrs["truncated"]
+
+
+def report_as(store, collector: str, seconds_ago: float) -> None:
+    """A report of the Redis stream by a named collector (several share one on a lake)."""
+    with write(store) as con:
+        con.execute("INSERT INTO ingest_sources (ts, source, pending, collector) VALUES (?, ?, 0, ?)",
+                    [NOW - timedelta(seconds=seconds_ago), REDIS, collector])
+
+
+def test_collector_reports_each_collectors_latest(seeded):
+    with read(seeded) as con:                # the seed's reports name no collector (written before names)
+        assert rows(collector_reports(con, **WINDOW), ["collector", "report_age_s"]) == [(None, 10.0)]
+    report_as(seeded, "collector-a", 5)
+    report_as(seeded, "collector-b", 200)
+    with read(seeded) as con:
+        df = collector_reports(con, **WINDOW)
+    assert rows(df, ["collector", "report_age_s"]) == [(None, 10.0), ("collector-a", 5.0), ("collector-b", 200.0)]
 
 
 def test_ingest_sources_latest_report_of_each(seeded):

@@ -17,7 +17,7 @@ def test_migrations_are_recorded_and_applied_once(store):
                                 "m005_llm_costs", "m006_alerting", "m007_pipeline_health",
                                 "m008_alert_peak_severity", "m009_rollup_tiers", "m010_llm_requests",
                                 "m011_ingest_rollup", "m012_llm_rollup", "m013_postgres_depth",
-                                "m014_advisor_statements"]
+                                "m014_advisor_statements", "m015_source_reporter"]
     with write(store) as con:
         assert migrate(con) == []
     with read(store) as con:
@@ -26,7 +26,7 @@ def test_migrations_are_recorded_and_applied_once(store):
             ("m005_llm_costs",), ("m006_alerting",), ("m007_pipeline_health",),
             ("m008_alert_peak_severity",), ("m009_rollup_tiers",), ("m010_llm_requests",),
             ("m011_ingest_rollup",), ("m012_llm_rollup",), ("m013_postgres_depth",),
-            ("m014_advisor_statements",)]
+            ("m014_advisor_statements",), ("m015_source_reporter",)]
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert {"request_events", "latency_hist", "cache_stats", "llm_calls", "query_stats", "system_metrics",
             "redis_metrics", "ingested_batches", "deploys", "alerts", "action_audit",

@@ -14,7 +14,6 @@ On the DuckDB file there is one collector and none of this applies (the daemon k
 from __future__ import annotations
 
 import os
-import socket
 from datetime import datetime
 
 from collectors.store import lake as lake_backend
@@ -32,8 +31,8 @@ CREATE TABLE IF NOT EXISTS perfdeck.ingested (name text PRIMARY KEY, first_minut
 
 
 def holder_name() -> str:
-    """The collector's consumer name (--consumer) when it has one, else its host; and its pid."""
-    return f"{os.environ.get('PERFDECK_CONSUMER') or socket.gethostname()}:{os.getpid()}"
+    from collectors.sources import collector_name
+    return f"{collector_name()}:{os.getpid()}"
 
 
 class Lease:

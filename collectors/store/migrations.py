@@ -488,12 +488,20 @@ def m014_advisor_statements(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+
+def m015_source_reporter(con: duckdb.DuckDBPyConnection) -> None:
+    # Several collectors report the same Redis stream (on a lake): each report says whose it is, so one
+    # collector gone silent shows beside another that still reports.
+    con.execute("ALTER TABLE ingest_sources ADD COLUMN collector VARCHAR")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_initial, m002_samplers, m003_action_results,
                                                                   m004_index_advice, m005_llm_costs, m006_alerting,
                                                                   m007_pipeline_health, m008_alert_peak_severity,
                                                                   m009_rollup_tiers, m010_llm_requests,
                                                                   m011_ingest_rollup, m012_llm_rollup,
-                                                                  m013_postgres_depth, m014_advisor_statements]
+                                                                  m013_postgres_depth, m014_advisor_statements,
+                                                                  m015_source_reporter]
 
 
 def applied(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -75,6 +75,7 @@ from dashboard.queries.pg_depth import (
 )
 from dashboard.queries.pipeline import (
     collector_rejects,
+    collector_reports,
     ingest_sources,
     last_batches,
     quarantine_counts,
@@ -112,6 +113,7 @@ __all__ = [
     "cache_actions",
     "cache_savings",
     "collector_rejects",
+    "collector_reports",
     "compare_windows",
     "component_status",
     "compute_costs",

@@ -15,7 +15,14 @@ import pandas as pd
 
 from dashboard.queries._run import run_query
 from dashboard.queries.cost import budget_status, request_costs
-from dashboard.queries.pipeline import collector_rejects, ingest_sources, last_batches, quarantine_counts, sdk_losses
+from dashboard.queries.pipeline import (
+    collector_rejects,
+    collector_reports,
+    ingest_sources,
+    last_batches,
+    quarantine_counts,
+    sdk_losses,
+)
 from dashboard.queries.samplers import label_sql
 
 MEASUREMENT_COLUMNS = ["check", "service", "subject", "value", "samples"]
@@ -218,9 +225,14 @@ def _ingest(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime)
     rows += [("stream_pending", None, s, v, 1) for s, v in zip(sources["source"], sources["stream_pending"])
              if pd.notna(v)]
     rows += [("ingest_source_up", None, s, 1.0 if ok else 0.0, 1) for s, ok in zip(sources["source"], readable)]
-    # The collector reports each source every ~10 s: its newest report, whatever the source, says it lives.
-    reports = ingest_sources(con, since=until - REPORTING_LOOKBACK, until=until)
-    if not reports.empty:
+    # A collector reports its sources every ~10 s: its newest report, whatever the source, says it lives.
+    # With several (a lake), each is judged on its own, so one gone silent shows while another reports.
+    reports = collector_reports(con, since=until - REPORTING_LOOKBACK, until=until)
+    named = reports["collector"].notna()
+    if named.sum() > 1:
+        rows += [("collector_silent_s", None, f"collector {r.collector}", r.report_age_s, 1)
+                 for r in reports[named].itertuples()]
+    elif not reports.empty:
         rows.append(("collector_silent_s", None, "collector", reports["report_age_s"].min(), 1))
     return rows
 

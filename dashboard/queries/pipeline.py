@@ -267,6 +267,26 @@ def ingest_sources(con: duckdb.DuckDBPyConnection, *, since: datetime, until: da
     return df
 
 
+# Reports written before collectors named themselves (NULL) count as one unnamed collector.
+COLLECTORS_SQL = """
+SELECT collector,
+       max(ts) AS last_report,
+       epoch($until - max(ts)) AS report_age_s
+FROM ingest_sources
+WHERE ts >= $since
+  AND ts < $until
+GROUP BY collector
+ORDER BY collector NULLS FIRST
+"""
+
+
+def collector_reports(con: duckdb.DuckDBPyConnection, *, since: datetime, until: datetime) -> pd.DataFrame:
+    """[collector, last_report, report_age_s]: each collector's latest report of its sources in [since, until)
+    (several on a lake; `collector` is its --consumer name or host, None for reports from before names)."""
+    df, _ = run_query(COLLECTORS_SQL, {"since": since, "until": until}, con=con)
+    return df
+
+
 # Batches still known by id (the raw window), and per minute those whose ids were purged: a batch
 # is in exactly one of the two (retention moves it in the purging transaction).
 LAST_BATCHES_SQL = """
