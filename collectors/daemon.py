@@ -14,6 +14,7 @@ without losing the others'. Each source's backlog and lag are recorded every STA
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import signal
@@ -32,7 +33,7 @@ import duckdb
 from collectors.pricing import PriceBook
 from collectors.redact import redact
 from collectors.samplers import Rows, Sampler, SamplerThread, Status
-from collectors.sources import Item, RedisSource, SpoolSource, collector_name
+from collectors.sources import Item, RedisSource, SpoolSource
 from collectors.store import connection, lake, migrate, utcnow
 from collectors.store.ingest import MalformedBatch, decode, merges, write_batches
 from collectors.store.retention import purge
@@ -110,7 +111,9 @@ class Collector:
         self._last_failure: dict[str, str] = {}   # job -> its last error, while it keeps failing
         self._dirty_minutes: tuple[datetime, datetime] | None = None
         self._last_run: dict[str, float] = {}   # job -> when this collector last ran it (DuckDB file)
-        self.name = collector_name()
+        # In its sources' reports only when given a name (--consumer, which several collectors need): a host
+        # name can change at every restart of a container, and each old one would be a collector gone silent.
+        self.name = os.environ.get("PERFDECK_CONSUMER") or None
         # On a lake, the duties lease decides who runs compaction, retention, alerts, the advisor and
         # maintenance, and when (collectors.store.lease).
         self.lease = None

@@ -237,7 +237,7 @@ return 1
 
 def collector_name() -> str:
     """This collector's name: its --consumer ($PERFDECK_CONSUMER), else its host. Its consumer in the Redis
-    group, the reporter of its sources' rows, the holder of the duties on a lake (with its pid)."""
+    group, and the holder of the duties on a lake (with its pid)."""
     return os.environ.get("PERFDECK_CONSUMER") or socket.gethostname()
 
 

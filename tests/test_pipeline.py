@@ -312,3 +312,15 @@ def test_redis_entries_past_the_size_cap_come_back_in_the_next_fetch(tmp_path, r
         source.ack(items)
     assert len(sent) == len(seen) == len(set(seen)) == 5
     assert transport.client.xlen("perfdeck:batches") == 0
+
+
+@pytest.mark.parametrize("consumer", [None, "collector-a"])
+def test_a_collector_signs_its_sources_reports_with_its_consumer_name(store, spool, monkeypatch, consumer):
+    """Named when given a name (several collectors on a lake are, and health then judges each); unnamed
+    otherwise, as a host name can change with every restart of a container."""
+    if consumer:
+        monkeypatch.setenv("PERFDECK_CONSUMER", consumer)
+    else:
+        monkeypatch.delenv("PERFDECK_CONSUMER", raising=False)
+    Collector(store, spool_dir=spool).record_source_status()
+    assert query(store, "SELECT source, collector FROM ingest_sources") == [(f"spool:{spool}", consumer)]

@@ -490,8 +490,8 @@ def m014_advisor_statements(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m015_source_reporter(con: duckdb.DuckDBPyConnection) -> None:
-    # Several collectors report the same Redis stream (on a lake): each report says whose it is, so one
-    # collector gone silent shows beside another that still reports.
+    # Several collectors report the same Redis stream (on a lake): each report says whose it is (its
+    # --consumer name; NULL for a collector not given one), so one gone silent shows beside another.
     con.execute("ALTER TABLE ingest_sources ADD COLUMN collector VARCHAR")
 
 
