@@ -1,4 +1,5 @@
-"""The single-writer discipline for the DuckDB file.
+"""The single-writer discipline for the DuckDB file. (A lake, `ducklake:postgres:...`, is read and written
+through the same read(), write() and checkpoint(), with no file lock: see collectors.store.lake.)
 
 DuckDB lets one process hold a file read-write and then no other process may open it at all. So a
 writer opens the store for one short unit of work and closes it at once:
