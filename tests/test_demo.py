@@ -405,7 +405,9 @@ def test_durations_spread_like_production(demo_store):
     rows = demo_store["con"].execute("""
         SELECT service, endpoint, count(*), count(DISTINCT duration_ms), quantile_cont(duration_ms, 0.5),
                quantile_cont(duration_ms, 0.95), quantile_cont(duration_ms, 0.99)
-        FROM request_events GROUP BY ALL HAVING count(*) >= 300""").fetchall()
+        FROM request_events GROUP BY ALL HAVING count(*) >= 200""").fetchall()
+    # 200, not 300: the backfill ends now, and 0.2 days ending at 03:00 UTC (the traffic's night) held 305
+    # /recommendations in one run and fewer than 300 in a fresh-clone run at that hour.
     assert {e for _, e, *_ in rows} >= {"/products/{id}", "/search", "/customers/{id}/orders", "/recommendations"}
     for service, endpoint, n, distinct, p50, p95, p99 in rows:
         assert distinct > 0.99 * n, (endpoint, n, distinct)         # no replayed durations repeating
