@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -22,6 +21,7 @@ import streamlit as st
 from collectors.health import assess
 from collectors.redact import redact
 from collectors.store import StoreLocked, StoreMissing, StoreUnavailable, db_path, read, utcnow
+from collectors.store.connection import store_spec
 from collectors.store.lake import Lake, LakeUnavailable
 from dashboard import charts, columns, queries
 from dashboard.charts import _HIDDEN, plot_text  # noqa: F401 - pages escape Plotly text as widgets.plot_text
@@ -165,16 +165,10 @@ def _custom_range(sb) -> TimeRange:
     return TimeRange(CUSTOM, start=start.replace(tzinfo=None), end=end.replace(tzinfo=None))
 
 
-def store_key(store: Path | Lake) -> str:
-    """What read() is handed (and the cache is keyed on): the file's path, or the lake's whole spec. A
-    lake's str() is redacted, and a catalog whose password is masked cannot be reached: so never str()."""
-    return store.spec if isinstance(store, Lake) else str(store)
-
-
 def service_names() -> list[str]:
     """Services that have reported requests; [] when the store is missing, empty, busy or unreachable."""
     try:
-        frames = _cached(store_key(db_path()), (("services", ()),))
+        frames = _cached(store_spec(db_path()), (("services", ()),))
     except (StoreMissing, StoreLocked, LakeUnavailable, duckdb.Error):
         return []  # the page body explains what is wrong
     return [] if isinstance(frames, _OverLimit) else frames[0]["service"].tolist()
@@ -216,7 +210,7 @@ def load(calls: dict[str, Callable[..., pd.DataFrame]], **params: Any) -> dict[s
     frozen = tuple(sorted(params.items()))
     try:
         path = db_path()
-        frames = _cached(store_key(path), tuple((fn.__name__, frozen) for fn in calls.values()))
+        frames = _cached(store_spec(path), tuple((fn.__name__, frozen) for fn in calls.values()))
     except (StoreMissing, duckdb.CatalogException) as exc:
         if isinstance(path, Lake):        # no catalog there yet, or no tables in it
             no_data_yet(f"The lake {as_text(store_name(path))} has not been initialised.")

@@ -18,12 +18,12 @@ from collectors.health import ASSESSED_COLUMNS
 from collectors.health.alerts import AlertEngine
 from collectors.health.settings import AlertSettings
 from collectors.store import db_path, read, utcnow, write
+from collectors.store.connection import store_spec
 from collectors.store.lake import KEEP_SNAPSHOTS, Lake
 from dashboard.actions import NotAuthorized, make_preview, run_action
 from dashboard.actions.access import SESSION_KEY, hash_password, log_in, operator_config
 from dashboard.actions.store_actions import CompactStore, PurgeRawData
 from dashboard.queries.storage import cli_command, lake_storage, store_name
-from dashboard.widgets import store_key
 from tests.helpers import OPERATOR, clear_health_env, free_port, shown_text
 from tests.pg import lake_store, pg_cluster  # noqa: F401
 from tests.seed_health import seed_health
@@ -174,7 +174,7 @@ def test_every_page_shows_the_same_figures_on_the_lake_as_on_the_file(twins, env
 def test_the_lake_is_named_without_its_password(lake_store):  # noqa: F811
     lake = with_password(lake_store)
     assert PASSWORD not in store_name(lake) and "dbname=" in store_name(lake)
-    assert store_key(lake) == lake.spec and db_path(store_key(lake)) == lake   # what reads get: the password too
+    assert store_spec(lake) == lake.spec and db_path(store_spec(lake)) == lake   # what reads get: the password too
     command = cli_command(lake, "reprice --since 30d")
     assert PASSWORD not in command
     assert command.startswith(f"PERFDECK_LAKE_DATA_PATH={lake.data_path} perfdeck reprice --since 30d --db 'ducklake:")

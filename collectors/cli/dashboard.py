@@ -137,15 +137,14 @@ def dashboard_env(db: str | os.PathLike | None) -> dict:
     perfdeck.toml (the targets actions may touch) as absolute paths."""
     from collectors import config
     from collectors.store import db_path
-    from collectors.store.connection import DASHBOARD_READ_KEEP_S
-    from collectors.store.lake import Lake
+    from collectors.store.connection import DASHBOARD_READ_KEEP_S, store_spec
 
     try:
         spool = config.transport(config.load()).spool
     except ValueError:      # a broken perfdeck.toml: the page says so; the environment still says where
         spool = config.transport().spool
     store = db_path(db)
-    env = dict(os.environ, PERFDECK_DB=store.spec if isinstance(store, Lake) else str(store.resolve()),
+    env = dict(os.environ, PERFDECK_DB=store_spec(store.resolve()),
                PERFDECK_SPOOL=str(spool))
     # Streamlit's server would put a loopback peer's X-Forwarded-For in place of its address, letting any
     # local client pick its login key; perfdeck reads the header itself, from PERFDECK_TRUSTED_PROXIES only.

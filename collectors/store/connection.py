@@ -101,6 +101,12 @@ def db_path(path: str | os.PathLike | lake.Lake | None = None) -> Path | lake.La
     return Path(spec)
 
 
+def store_spec(store: Path | lake.Lake) -> str:
+    """What names the store to read() and to a child process: the file's path, or the lake's whole spec. A
+    lake's str() is redacted, and a catalog whose password is masked cannot be reached: so never str()."""
+    return store.spec if isinstance(store, lake.Lake) else str(store)
+
+
 def next_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
     """The id of a row about to be inserted into `table` (alerts, silences, action_audit): one more than the
     largest. Race-free on both backends: the file has one writer, and on the lake such rows are written
